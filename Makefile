@@ -1,0 +1,47 @@
+# Two commands matter: `make demo` (the whole blueprint end to end on the local stack) and
+# `make test`. Both install what they need into .venv (and Azurite into node_modules/).
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+            command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+            && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+AZURITE := node_modules/.bin/azurite-blob
+PYTEST_ARGS ?= -n 2
+
+.PHONY: all setup test demo lint typecheck bench clean distclean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11+ is required (set PYTHON=...)" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+$(AZURITE): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: npm (Node.js 18+) is required for Azurite" >&2; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(STAMP) $(AZURITE)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/edb demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/.out
+
+distclean: clean
+	rm -rf $(VENV) node_modules .edb

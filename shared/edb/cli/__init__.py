@@ -1,0 +1,1 @@
+"""The ``edb`` command line."""
