@@ -25,8 +25,8 @@ _GROUPS: dict[str, tuple[str, str]] = {
     "keyvault": ("edb_cloud.keyvault_cli", "KEK and signing keys in Azure Key Vault; release policy."),
     "keyrelease": ("key_release_service.cli", "Run the key release service locally."),
     "local": ("edb_local.cli", "Start, stop and inspect the local stack of Azure stand-ins."),
-    "monitor": ("edb_local.cli", "Print upstream messages, like `az iot hub monitor-events`."),
-    "twin": ("edb_local.cli", "Show module twins."),
+    "monitor": ("edb_local.hub.cli", "Print upstream messages, like `az iot hub monitor-events`."),
+    "twin": ("edb_local.hub.cli", "Show module twins."),
     "cloud": ("edb_cloud.cli", "Orchestrator: train, build, publish, deploy, roll out, status."),
     "demo": ("edb_cloud.demo", "Run the whole blueprint end to end on the local stack."),
 }
