@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
+from edb.errors import InstallError
 from edb.schemas.packages import check_url
-from package_installer.errors import InstallError
 
 
 @dataclass(frozen=True)

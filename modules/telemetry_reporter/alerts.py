@@ -1,0 +1,49 @@
+"""Which module events are security alerts, and of what type (pure)."""
+
+from __future__ import annotations
+
+from edb.schemas import Alert, AlertType, EventKind, ModuleEvent
+
+#: Integrity failures: the bytes are not what the publisher signed.
+_TAMPER_CODES = frozenset(
+    {
+        "CPK_BAD_MAGIC",
+        "CPK_TRUNCATED",
+        "CPK_STREAM_OUT_OF_BOUNDS",
+        "CPK_MANIFEST_INVALID",
+        "CPK_TAG_MISMATCH",
+        "CPK_DIGEST_MISMATCH",
+        "CPK_SIGNATURE_INVALID",
+        "CPK_UNTRUSTED_SIGNER",
+        "INSTALL_HASH_MISMATCH",
+        "INSTALL_SIZE_MISMATCH",
+        "INSTALL_REDIRECT_REFUSED",
+    }
+)
+#: Refusals by policy: the package or device is not entitled to the key.
+_DENIAL_CODES = frozenset({"CPK_WRONG_TARGET", "CPK_EXPIRED", "INSTALL_PATH_OUTSIDE", "INSTALL_URL_SCHEME"})
+#: Transient key release outcomes: retried by the installer, not an alert.
+_TRANSIENT_SUFFIXES = ("_UNAVAILABLE", "_TIMEOUT", "_RATE_LIMITED", "_NETWORK")
+
+
+def classify_code(code: str) -> AlertType | None:
+    if "ROLLBACK" in code:
+        return AlertType.ROLLBACK
+    if code in _TAMPER_CODES or (code.startswith("TEE_") and "TAMPER" in code):
+        return AlertType.TAMPER
+    if code in _DENIAL_CODES:
+        return AlertType.DENIAL
+    if code.startswith("KR_") and not code.endswith(_TRANSIENT_SUFFIXES):
+        return AlertType.DENIAL
+    return None
+
+
+def classify(event: ModuleEvent) -> Alert | None:
+    """An alert for a failed install or load whose code is a security signal; None otherwise."""
+    if event.event not in (EventKind.PACKAGE_FAILED, EventKind.MODEL_FAILED) or event.error is None:
+        return None
+    alert_type = classify_code(event.error.code)
+    if alert_type is None:
+        return None
+    return Alert(alert_type, event.error.code, event.error.message, event.package, event.version, event.source,
+                 at=event.at)
