@@ -1,0 +1,1 @@
+"""The supervisor behind ``edb local up | down | status``: the stack's components as one table."""
