@@ -1,0 +1,49 @@
+"""Azure Functions app (Python v2 programming model) over the plain handlers in key_release_service.
+
+Routes (default prefix ``api``): ``POST /api/nonce`` and ``POST /api/release`` are anonymous at the
+Functions layer (the device's evidence is the authentication); the legacy ``POST /api/WrapKey`` and
+``/api/ProvisionKey/{key_name}`` need a function key, as the original did, and answer 404
+``KR_LEGACY_DISABLED`` unless ``EDB_KR_LEGACY_ENABLED=1``. Settings: see docs/key-release.md.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from key_release_service.functions_adapter import get_service, to_api_request, to_func_response
+from key_release_service.http_types import ApiResponse
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+async def _serve(req: func.HttpRequest, handler_name: str) -> func.HttpResponse:
+    api_request = to_api_request(req)
+    if isinstance(api_request, ApiResponse):
+        return to_func_response(api_request)
+    handler = getattr(get_service(), handler_name)
+    return to_func_response(await handler(api_request))
+
+
+@app.function_name(name="nonce")
+@app.route(route="nonce", methods=[func.HttpMethod.POST], auth_level=func.AuthLevel.ANONYMOUS)
+async def nonce(req: func.HttpRequest) -> func.HttpResponse:
+    return await _serve(req, "nonce")
+
+
+@app.function_name(name="release")
+@app.route(route="release", methods=[func.HttpMethod.POST], auth_level=func.AuthLevel.ANONYMOUS)
+async def release(req: func.HttpRequest) -> func.HttpResponse:
+    return await _serve(req, "release")
+
+
+@app.function_name(name="WrapKey")
+@app.route(route="WrapKey", methods=[func.HttpMethod.POST], auth_level=func.AuthLevel.FUNCTION)
+async def wrap_key(req: func.HttpRequest) -> func.HttpResponse:
+    return await _serve(req, "legacy_wrap_key")
+
+
+@app.function_name(name="ProvisionKey")
+@app.route(route="ProvisionKey/{key_name}", methods=[func.HttpMethod.GET, func.HttpMethod.POST],
+           auth_level=func.AuthLevel.FUNCTION)
+async def provision_key(req: func.HttpRequest) -> func.HttpResponse:
+    return await _serve(req, "legacy_provision_key")

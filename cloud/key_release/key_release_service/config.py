@@ -1,0 +1,90 @@
+"""Service settings: environment variables locally, application settings in Azure Functions.
+
+| setting | meaning | default |
+|---|---|---|
+| ``EDB_KEYVAULT_URL`` | the vault holding KEKs and policies | required |
+| ``EDB_KEYVAULT_CREDENTIAL`` | ``default`` (DefaultAzureCredential) or a stand-in credential file path | default |
+| ``EDB_KEYVAULT_CA`` | CA bundle for the vault's TLS (local stack only) | system trust |
+| ``EDB_KR_MANUFACTURER_ROOTS`` | PEM file of trusted manufacturer roots (or ``..._PEM`` with the PEM text) | required |
+| ``EDB_KR_PUBLISHER_ROOTS`` | PEM file of trusted publisher roots (or ``..._PEM``) | required |
+| ``EDB_KR_KEK_NAMES`` | comma-separated KEK names the service may unwrap with | any key in the vault |
+| ``EDB_KR_NONCE_TTL_S`` | nonce lifetime, at most 60 | 60 |
+| ``EDB_KR_RATE_BURST`` / ``EDB_KR_RATE_PER_MINUTE`` | per-device token bucket | 10 / 30 |
+| ``EDB_KR_POLICY_CACHE_S`` | how long a read policy is reused (0 = read every time) | 10 |
+| ``EDB_KR_LEGACY_ENABLED`` | ``1`` to serve the legacy WrapKey/ProvisionKey routes (weaker) | off |
+| ``EDB_KR_LEGACY_API_KEY`` | key the local host requires on legacy routes (``?code=`` or ``x-functions-key``) | none |
+| ``EDB_KR_AUDIT_LOG`` | audit file path; empty = the ``edb.keyrelease.audit`` logger | logger |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from edb.errors import ConfigError
+from edb.pki.certs import load_pem_certificates, load_pem_certificates_file
+from edb.pki.errors import CertificateError
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    vault_url: str
+    manufacturer_roots: tuple[x509.Certificate, ...] = field(repr=False)
+    publisher_roots: tuple[x509.Certificate, ...] = field(repr=False)
+    credential: str = "default"
+    vault_ca: str | None = None
+    kek_names: frozenset[str] | None = None
+    nonce_ttl_s: float = 60.0
+    rate_burst: int = 10
+    rate_per_minute: float = 30.0
+    policy_cache_s: float = 10.0
+    legacy_enabled: bool = False
+    legacy_api_key: str | None = field(default=None, repr=False)
+    audit_log: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
+        env = os.environ if env is None else env
+
+        def need(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise ConfigError(f"setting {name} is required", code="CONFIG_MISSING")
+            return value
+
+        def roots(name: str) -> tuple[x509.Certificate, ...]:
+            try:
+                if env.get(name + "_PEM", "").strip():
+                    return tuple(load_pem_certificates(env[name + "_PEM"].encode()))
+                return tuple(load_pem_certificates_file(need(name)))
+            except CertificateError as exc:
+                raise ConfigError(f"{name}: {exc.message}", code="CONFIG_INVALID") from exc
+
+        def number(name: str, default: float) -> float:
+            try:
+                return float(env.get(name, "") or default)
+            except ValueError as exc:
+                raise ConfigError(f"setting {name} must be a number", code="CONFIG_INVALID") from exc
+
+        ttl = number("EDB_KR_NONCE_TTL_S", 60.0)
+        if not 0 < ttl <= 60:
+            raise ConfigError("EDB_KR_NONCE_TTL_S must be in (0, 60]", code="CONFIG_INVALID")
+        names = [n.strip() for n in env.get("EDB_KR_KEK_NAMES", "").split(",") if n.strip()]
+        return cls(
+            vault_url=need("EDB_KEYVAULT_URL").rstrip("/"),
+            manufacturer_roots=roots("EDB_KR_MANUFACTURER_ROOTS"),
+            publisher_roots=roots("EDB_KR_PUBLISHER_ROOTS"),
+            credential=env.get("EDB_KEYVAULT_CREDENTIAL", "").strip() or "default",
+            vault_ca=env.get("EDB_KEYVAULT_CA", "").strip() or None,
+            kek_names=frozenset(names) if names else None,
+            nonce_ttl_s=ttl,
+            rate_burst=int(number("EDB_KR_RATE_BURST", 10)),
+            rate_per_minute=number("EDB_KR_RATE_PER_MINUTE", 30.0),
+            policy_cache_s=number("EDB_KR_POLICY_CACHE_S", 10.0),
+            legacy_enabled=env.get("EDB_KR_LEGACY_ENABLED", "").strip().lower() in ("1", "true", "yes"),
+            legacy_api_key=env.get("EDB_KR_LEGACY_API_KEY", "").strip() or None,
+            audit_log=env.get("EDB_KR_AUDIT_LOG", "").strip() or None,
+        )

@@ -1,0 +1,43 @@
+"""Azure Functions glue: ``func.HttpRequest`` -> :class:`ApiRequest`, :class:`ApiResponse` ->
+``func.HttpResponse``, and the per-worker service instance built from application settings."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from key_release_service import codes
+from key_release_service.codes import Denied
+from key_release_service.config import ServiceConfig
+from key_release_service.http_types import ApiRequest, ApiResponse
+from key_release_service.request import MAX_BODY_BYTES
+from key_release_service.service import KeyReleaseService
+
+_service: KeyReleaseService | None = None
+
+
+def get_service() -> KeyReleaseService:
+    """One service per worker process (its nonce store and rate limits are in memory)."""
+    global _service
+    if _service is None:
+        _service = KeyReleaseService.from_config(ServiceConfig.from_env())
+    return _service
+
+
+def set_service(service: KeyReleaseService | None) -> None:
+    """For tests and embedding: use this instance instead of one built from the environment."""
+    global _service
+    _service = service
+
+
+def to_api_request(req: func.HttpRequest) -> ApiRequest | ApiResponse:
+    body = req.get_body() or b""
+    if len(body) > MAX_BODY_BYTES:
+        return ApiResponse.from_denial(Denied(codes.REQUEST_TOO_LARGE, "request body too large"))
+    forwarded = req.headers.get("x-forwarded-for", "")
+    return ApiRequest(method=req.method, body=body, headers=dict(req.headers), query=dict(req.params),
+                      route_params=dict(req.route_params), remote=forwarded.split(",")[0].strip() or None)
+
+
+def to_func_response(response: ApiResponse) -> func.HttpResponse:
+    return func.HttpResponse(body=response.body_bytes(), status_code=response.status, headers=response.headers,
+                             mimetype="application/json", charset="utf-8")
