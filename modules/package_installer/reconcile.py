@@ -102,7 +102,10 @@ def _same_report(a: ReportedPackage | None, b: ReportedPackage | None) -> bool:
 
 
 def _installed_matches(installed: Installed | None, package: DesiredPackage) -> bool:
-    return installed is not None and installed.version == package.version
+    """Same version and, when the TEE knows it, the same package file (a re-published version differs)."""
+    if installed is None or installed.version != package.version:
+        return False
+    return not installed.sha256 or installed.sha256 == package.sha256
 
 
 def plan(

@@ -18,16 +18,20 @@ _TAMPER_CODES = frozenset(
         "INSTALL_HASH_MISMATCH",
         "INSTALL_SIZE_MISMATCH",
         "INSTALL_REDIRECT_REFUSED",
+        "TEE_KEY_MISMATCH",
     }
 )
 #: Refusals by policy: the package or device is not entitled to the key.
 _DENIAL_CODES = frozenset({"CPK_WRONG_TARGET", "CPK_EXPIRED", "INSTALL_PATH_OUTSIDE", "INSTALL_URL_SCHEME"})
 #: Transient key release outcomes: retried by the installer, not an alert.
-_TRANSIENT_SUFFIXES = ("_UNAVAILABLE", "_TIMEOUT", "_RATE_LIMITED", "_NETWORK")
+_TRANSIENT_SUFFIXES = ("_UNAVAILABLE", "_TIMEOUT", "_RATE_LIMITED", "_NETWORK", "_BUSY", "_INTERNAL",
+                       "_KEYVAULT_ERROR")
+#: Rollback attempts whose code does not say ROLLBACK (the key release policy's floor).
+_ROLLBACK_CODES = frozenset({"KR_PACKAGE_SVN_TOO_LOW"})
 
 
 def classify_code(code: str) -> AlertType | None:
-    if "ROLLBACK" in code:
+    if "ROLLBACK" in code or code in _ROLLBACK_CODES:
         return AlertType.ROLLBACK
     if code in _TAMPER_CODES or (code.startswith("TEE_") and "TAMPER" in code):
         return AlertType.TAMPER

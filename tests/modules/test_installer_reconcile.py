@@ -43,6 +43,13 @@ def test_installed_version_matching_desired_is_reported_once() -> None:
     assert again.actions == []
 
 
+def test_same_version_with_another_package_file_is_reinstalled() -> None:
+    have = {"digits": Installed("digits", "1.0.0", 1, sha256="cd" * 32)}
+    assert plan({"digits": pkg()}, have, {}, {}, {}, now=0).actions == [StartInstall(pkg(), 1)]
+    same = {"digits": Installed("digits", "1.0.0", 1, sha256=SHA)}
+    assert [type(a) for a in plan({"digits": pkg()}, same, {}, {}, {}, now=0).actions] == [Report]
+
+
 def test_upgrade_starts_install_while_old_version_stays() -> None:
     have = {"digits": Installed("digits", "1.0.0", 1)}
     p = plan({"digits": pkg(version="2.0.0")}, have, {}, {}, {"digits": installed_report("1.0.0")}, now=0)

@@ -37,6 +37,10 @@ def test_alert_classification() -> None:
     assert classify_code("KR_POLICY_DENIED") is AlertType.DENIAL
     assert classify_code("KR_UNAVAILABLE") is None
     assert classify_code("KR_RATE_LIMITED") is None
+    assert classify_code("KR_KEYVAULT_UNAVAILABLE") is None and classify_code("KR_BUSY") is None
+    assert classify_code("KR_PACKAGE_SVN_TOO_LOW") is AlertType.ROLLBACK
+    assert classify_code("KR_DEVICE_NOT_ALLOWED") is AlertType.DENIAL
+    assert classify_code("TEE_SEALED_TAMPERED") is AlertType.TAMPER
     assert classify_code("INSTALL_DOWNLOAD_FAILED") is None
     alert = classify(failed("TEE_ROLLBACK"))
     assert alert is not None and alert.alert_type is AlertType.ROLLBACK and alert.package == "digits"

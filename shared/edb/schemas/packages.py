@@ -19,8 +19,9 @@ from edb.errors import InstallError
 from edb.schemas.common import ErrorInfo, iso_utc
 
 #: Package names become twin keys, file names in the cache and TEE object names: no dots
-#: (twin keys cannot hold them), no slashes, nothing that could walk out of a directory.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: (twin keys cannot hold them), no slashes, nothing that could walk out of a directory, and
+#: lower case only (the TEE's installed-name rule).
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 MAX_URL_LENGTH = 2048
