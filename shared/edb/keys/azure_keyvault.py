@@ -1,0 +1,152 @@
+"""Azure Key Vault key providers (``azure-keyvault-keys`` ``CryptographyClient``).
+
+- :class:`KeyVaultKek`: ``wrap_key``/``unwrap_key`` with RSA-OAEP-256. ``kid`` may be unversioned
+  (``https://<vault>/keys/<name>``): wrapping then uses the current version and the wrapped key
+  records the full versioned id Key Vault reports, so KEK rotation keeps old packages unwrappable
+  (``unwrap`` addresses exactly the version named in the manifest).
+- :class:`KeyVaultSigner`: ``sign`` ES256 on a SHA-256 digest. Key Vault returns the raw
+  ``r || s`` (64 bytes); packages store DER, so it is converted here.
+
+The credential defaults to ``azure.identity.DefaultAzureCredential``; any ``TokenCredential`` can be
+injected (the local Key Vault stand-in's tests do). Extra keyword arguments go to every
+``CryptographyClient`` (for example ``connection_verify=<CA bundle>`` for the local stack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from edb.keys.base import WRAP_ALG, WrappedKey, check_dek, check_digest
+from edb.keys.errors import (
+    INVALID_KEY,
+    SIGN_FAILED,
+    UNAVAILABLE,
+    UNWRAP_FAILED,
+    WRONG_KID,
+    KeyProviderError,
+)
+
+
+def _default_credential() -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def _identifier(kid: str) -> Any:
+    from azure.keyvault.keys import KeyVaultKeyIdentifier
+
+    try:
+        return KeyVaultKeyIdentifier(kid)
+    except (ValueError, TypeError) as exc:
+        raise KeyProviderError(f"not a Key Vault key id: {kid!r}", code=INVALID_KEY) from exc
+
+
+def _provider_error(exc: Exception, action: str, bad_request_code: str) -> KeyProviderError:
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError) and status == 400:
+        return KeyProviderError(f"Key Vault refused to {action} (HTTP 400)", code=bad_request_code)
+    where = f"HTTP {status}" if status else type(exc).__name__
+    return KeyProviderError(f"Key Vault unavailable for {action} ({where})", code=UNAVAILABLE)
+
+
+class KeyVaultKek:
+    """A KEK in Key Vault: an RSA key the caller may wrapKey/unwrapKey with."""
+
+    def __init__(self, key_id: str, credential: Any | None = None, **client_kwargs: Any) -> None:
+        self._id = _identifier(key_id)
+        self._key_id = key_id
+        self._credential = credential if credential is not None else _default_credential()
+        self._client_kwargs = client_kwargs
+        self._clients: dict[str, Any] = {}
+
+    @property
+    def kid(self) -> str:
+        return self._key_id
+
+    def _client(self, key_id: str) -> Any:
+        from azure.keyvault.keys.crypto import CryptographyClient
+
+        client = self._clients.get(key_id)
+        if client is None:
+            client = CryptographyClient(key_id, self._credential, **self._client_kwargs)
+            self._clients[key_id] = client
+        return client
+
+    def wrap(self, dek: bytes) -> WrappedKey:
+        from azure.core.exceptions import AzureError
+        from azure.keyvault.keys.crypto import KeyWrapAlgorithm
+
+        check_dek(dek)
+        try:
+            result = self._client(self._key_id).wrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(dek))
+        except AzureError as exc:
+            raise _provider_error(exc, "wrap", UNAVAILABLE) from exc
+        kid = result.key_id or self._key_id
+        return WrappedKey(kid=kid, alg=WRAP_ALG, value=bytes(result.encrypted_key))
+
+    def unwrap(self, wrapped: WrappedKey) -> bytes:
+        from azure.core.exceptions import AzureError
+        from azure.keyvault.keys.crypto import KeyWrapAlgorithm
+
+        target = _identifier(wrapped.kid)
+        if (target.vault_url.rstrip("/"), target.name) != (self._id.vault_url.rstrip("/"), self._id.name):
+            raise KeyProviderError(f"DEK is wrapped under {wrapped.kid}, not under {self._key_id}", code=WRONG_KID)
+        try:
+            result = self._client(wrapped.kid).unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped.value)
+        except AzureError as exc:
+            raise _provider_error(exc, "unwrap", UNWRAP_FAILED) from exc
+        dek = bytes(result.key)
+        check_dek(dek)
+        return dek
+
+    def __repr__(self) -> str:
+        return f"KeyVaultKek(kid={self._key_id!r})"
+
+
+class KeyVaultSigner:
+    """A publisher signing key (EC P-256) in Key Vault, with its certificate chain (leaf first)."""
+
+    def __init__(
+        self, key_id: str, chain: Sequence[x509.Certificate], credential: Any | None = None, **client_kwargs: Any
+    ) -> None:
+        if not chain:
+            raise KeyProviderError("a signer needs its certificate chain (leaf first)", code=INVALID_KEY)
+        _identifier(key_id)
+        self._key_id = key_id
+        self._chain = list(chain)
+        self._credential = credential if credential is not None else _default_credential()
+        self._client_kwargs = client_kwargs
+        self._client: Any = None
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        from azure.core.exceptions import AzureError
+        from azure.keyvault.keys.crypto import CryptographyClient, SignatureAlgorithm
+
+        check_digest(digest)
+        if self._client is None:
+            self._client = CryptographyClient(self._key_id, self._credential, **self._client_kwargs)
+        try:
+            result = self._client.sign(SignatureAlgorithm.es256, digest)
+        except AzureError as exc:
+            raise _provider_error(exc, "sign", SIGN_FAILED) from exc
+        return raw_to_der_signature(bytes(result.signature))
+
+    def certificate_chain(self) -> list[x509.Certificate]:
+        return list(self._chain)
+
+    def __repr__(self) -> str:
+        return f"KeyVaultSigner(kid={self._key_id!r})"
+
+
+def raw_to_der_signature(raw: bytes) -> bytes:
+    """JOSE/Key Vault ES256 ``r || s`` (2 x 32 bytes, big-endian) -> DER ``ECDSA-Sig-Value``."""
+    if len(raw) != 64:
+        raise KeyProviderError(f"ES256 signature must be 64 bytes, got {len(raw)}", code=SIGN_FAILED)
+    return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
