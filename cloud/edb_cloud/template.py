@@ -10,7 +10,7 @@
   ``createOptions``, ``createOptions01`` .. ``createOptions07`` of at most 512 characters each.
 - ``$schema-template`` is dropped. Only string *values* are expanded, never keys, so a value can
   never break the JSON structure.
-Variables come from env files (``KEY=VALUE``, ``#`` comments, optional quotes and ``export``),
+Variables come from env files (``KEY=VALUE``, ``#`` comments, shell quoting and ``export``),
 later files overriding earlier ones, then the process environment overriding all (iotedgedev
 loads ``.env`` without overriding what the shell already set).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,11 @@ def parse_env_text(text: str) -> dict[str, str]:
         name = name.strip()
         if not sep or not _NAME.match(name):
             raise TemplateError(f"env line {number} is not NAME=value", code="CONFIG_ENV_FILE_INVALID")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        values[name] = value
+        try:
+            parts = shlex.split(value, comments=False, posix=True)  # the shell's quoting (shlex.quote)
+        except ValueError:
+            raise TemplateError(f"env line {number} has unbalanced quotes", code="CONFIG_ENV_FILE_INVALID") from None
+        values[name] = " ".join(parts)
     return values
 
 

@@ -145,10 +145,10 @@ def test_variables_bare_braced_undefined_and_iot_edge_names() -> None:
 
 def test_env_files_override_in_order_and_process_env_wins(tmp_path: Path) -> None:
     first, second = tmp_path / "a.env", tmp_path / ".env"
-    first.write_text("# comment\nexport A=1\nB='quoted value'\nC=\"x\"\n")
+    first.write_text("# comment\nexport A=1\nB='quoted value'\nC=\"x\"\nD='HostName=h;Key=a'\"'\"'b='\n")
     second.write_text("A=2\n\n")
     env = load_env([first, second, tmp_path / "missing.env"], environ={"C": "from-shell"})
-    assert env == {"A": "2", "B": "quoted value", "C": "from-shell"}
+    assert env == {"A": "2", "B": "quoted value", "C": "from-shell", "D": "HostName=h;Key=a'b="}
     bad = tmp_path / "bad.env"
     bad.write_text("not a line\n")
     with pytest.raises(TemplateError):
