@@ -59,6 +59,10 @@ class AgentConfig:
         return self.agent_dir / "deployment.json"
 
     @property
+    def health_file(self) -> Path:
+        return self.agent_dir / "health.json"
+
+    @property
     def workload_socket_dir(self) -> Path:
         return workload_socket_dir(self.state_dir)
 

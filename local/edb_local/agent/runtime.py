@@ -135,6 +135,7 @@ class EdgeAgent:
             observed = {m: r.observation() for m, r in self.records.items()}
             decision = plan(desired, observed, time.monotonic(), self.config.backoff, host)
         await self._report()
+        self._write_health()
         return decision.wake_at
 
     # -- hub connection -------------------------------------------------------------------------
@@ -320,6 +321,23 @@ class EdgeAgent:
             self._wake_later()
             return
         self._reported = apply_patch(self._reported, patch)
+
+    def _write_health(self) -> None:
+        """``agent/health.json``: what ``edb local status`` shows (no secrets: statuses only)."""
+        reported = self.current_reported()
+        doc = {
+            "pid": os.getpid(),
+            "connected": self._connected,
+            "updatedAt": time.time(),
+            "lastDesiredVersion": self.last_desired_version,
+            "lastDesiredStatus": reported["lastDesiredStatus"],
+            "modules": {m: r["runtimeStatus"] for m, r in reported["modules"].items()},
+        }
+        path = self.config.health_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
 
     def _wake_later(self) -> None:
         if self._loop is not None:
