@@ -1,0 +1,493 @@
+"""The hub's behaviour between the transports: authentication, sessions, twins over MQTT,
+edgeHub routing and store-and-forward, direct methods, the upstream log.
+
+Transports call in (the MQTT protocol objects in ``mqtt/server.py``, the HTTPS handlers in
+``service/``); this module never touches a socket itself: it talks to a connected client through
+the small :class:`ClientSession` interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edb_local.hub import errors
+from edb_local.hub.config import OWNER_POLICY, HubConfig
+from edb_local.hub.delivery import InputQueue, QueuedMessage
+from edb_local.hub.errors import HubError
+from edb_local.hub.message import HubMessage
+from edb_local.hub.mqtt.codec import Connect, Publish
+from edb_local.hub.routing import Delivery, RouteTable, parse_edgehub_desired, route_message, route_twin_change
+from edb_local.hub.sas import parse_token, verify_token
+from edb_local.hub.state import HubState
+from edb_local.hub.store import Store, UpstreamRow
+from edb_local.hub.topics import (
+    Identity,
+    MethodResponse,
+    PropertyBag,
+    TelemetryPublish,
+    TwinGet,
+    TwinReportedPatch,
+    allowed_subscriptions,
+    check_username,
+    classify_publish,
+    desired_patch_topic,
+    encode_input_topic,
+    identity_from_client_id,
+    method_request_topic,
+    twin_response_topic,
+)
+from edb_local.hub.twin import Twin
+
+log = logging.getLogger("edb_local.hub")
+
+METHODS_FILTER = "$iothub/methods/POST/#"
+DESIRED_FILTER = "$iothub/twin/PATCH/properties/desired/#"
+TWIN_RES_FILTER = "$iothub/twin/res/#"
+MAX_METHOD_TIMEOUT = 300
+
+
+class ClientSession(Protocol):
+    """A connected MQTT client, as the core sees it."""
+
+    identity: Identity
+    subscriptions: dict[str, int]
+    clean_session: bool
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> int | None: ...
+
+    def send_input(self, message: QueuedMessage, qos: int) -> int | None: ...
+
+    def send_puback(self, packet_id: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Something the hub refused: kept (bounded) for tests and diagnostics, and logged."""
+
+    at: float
+    code: str
+    who: str
+    detail: str
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class HubCore:
+    def __init__(self, config: HubConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.state = HubState(store)
+        self.state.on_desired = self._on_desired
+        self.state.connection_info = self._connection_info
+        self.sessions: dict[Identity, ClientSession] = {}
+        self._conn_times: dict[Identity, tuple[float, float]] = {}
+        self.route_tables: dict[str, RouteTable] = {}
+        self.queues: dict[Identity, InputQueue] = {}
+        self.refusals: deque[Refusal] = deque(maxlen=1000)
+        self._pending_methods: dict[tuple[Identity, str], asyncio.Future[tuple[int, Any]]] = {}
+        self._online_waiters: dict[Identity, list[asyncio.Future[None]]] = {}
+        self._upstream_waiters: list[asyncio.Future[None]] = []
+        self._rids = itertools.count(1)
+        self.counters = {"telemetry_in": 0, "upstream": 0, "inputs_queued": 0, "inputs_acked": 0}
+        for identity, twin in self.state.twins.items():
+            if identity.module_id == "$edgeHub":
+                self._load_routes(identity.device_id, twin, report=False)
+        for row in store.pending():
+            self._queue(Identity(row.device_id, row.module_id)).push(QueuedMessage(
+                row.priority, row.seq, row.input, row.expires, row.body, row.props))
+
+    # -- diagnostics -------------------------------------------------------------------------
+
+    def refuse(self, code: str, who: object, detail: str) -> None:
+        self.refusals.append(Refusal(time.time(), code, str(who), detail))
+        log.warning("refused %s: %s (%s)", who, code, detail)
+
+    def refusal_codes(self) -> list[str]:
+        return [r.code for r in self.refusals]
+
+    def _connection_info(self, identity: Identity) -> tuple[bool, str, str]:
+        updated, activity = self._conn_times.get(identity, (0.0, 0.0))
+        return identity in self.sessions, _iso(updated), _iso(activity)
+
+    # -- authentication ----------------------------------------------------------------------
+
+    def authenticate_device(self, connect: Connect) -> Identity:
+        identity = identity_from_client_id(connect.client_id)
+        check_username(connect.username, identity, self.config.device_host_names)
+        if connect.password is None:
+            raise HubError("no SAS token in the password", code=errors.AUTH_BAD_TOKEN)
+        try:
+            token = parse_token(connect.password.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise HubError("password is not UTF-8", code=errors.AUTH_BAD_TOKEN) from None
+        if token.key_name is not None:
+            raise HubError("device connections take device or module tokens only", code=errors.AUTH_BAD_TOKEN)
+        record = self.state.identities.get(identity)
+        if record is None:
+            raise HubError("unknown identity", code=errors.AUTH_UNKNOWN_IDENTITY)
+        device = self.state.identities.get(Identity(identity.device_id))
+        if device is None or device.status != "enabled":
+            raise HubError("device is disabled", code=errors.AUTH_DISABLED_IDENTITY)
+        verify_token(token, expected_resources=[identity.sas_resource(h) for h in self.config.device_host_names],
+                     keys=record.keys)
+        return identity
+
+    def authenticate_service(self, authorization: str | None) -> None:
+        """The `Authorization` header of a service (azure-iot-hub) request: an `iothubowner` token
+        for this hub's service host name."""
+        if not authorization:
+            raise HubError("no Authorization header", code=errors.AUTH_MISSING)
+        token = parse_token(authorization)
+        if token.key_name != OWNER_POLICY:
+            raise HubError("unknown shared access policy", code=errors.AUTH_UNKNOWN_POLICY)
+        hosts = {self.config.service_host, self.config.address, self.config.hub_name}
+        verify_token(token, expected_resources=hosts, keys=[self.config.owner_key])
+
+    def authenticate_module_request(self, authorization: str | None, edge_module: str | None) -> Identity:
+        """A module's own SAS token plus `x-ms-edge-moduleId: device/module` naming the same module
+        (the edgeHub gateway endpoint for module-to-module methods)."""
+        if not authorization:
+            raise HubError("no Authorization header", code=errors.AUTH_MISSING)
+        if not edge_module:
+            raise HubError("no x-ms-edge-moduleId header", code=errors.AUTH_MISSING)
+        identity = identity_from_client_id(edge_module)
+        if identity.module_id is None:
+            raise HubError("x-ms-edge-moduleId must be device/module", code=errors.AUTH_BAD_CLIENT_ID)
+        token = parse_token(authorization)
+        if token.key_name is not None:
+            raise HubError("module requests take module tokens", code=errors.AUTH_BAD_TOKEN)
+        record = self.state.identities.get(identity)
+        if record is None:
+            raise HubError("unknown identity", code=errors.AUTH_UNKNOWN_IDENTITY)
+        verify_token(token, expected_resources=[identity.sas_resource(h) for h in self.config.device_host_names],
+                     keys=record.keys)
+        return identity
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def attach(self, session: ClientSession) -> bool:
+        """Register a newly authenticated connection; returns CONNACK's session-present flag."""
+        identity = session.identity
+        old = self.sessions.pop(identity, None)
+        if old is not None:
+            self.refuse(errors.MQTT_SESSION_TAKEN_OVER, identity, "a new connection replaced this one")
+            self._release(identity)
+            old.close()
+        client_id = identity.client_id
+        if session.clean_session:
+            self.store.clear_session(client_id)
+            present = False
+            session.subscriptions = {}
+        else:
+            session.subscriptions = self.store.session(client_id)
+            present = bool(session.subscriptions)
+        self.sessions[identity] = session
+        now = time.time()
+        self._conn_times[identity] = (now, now)
+        self._wake_online(identity)
+        asyncio.get_running_loop().call_soon(self.pump, identity)
+        return present
+
+    def detach(self, session: ClientSession) -> None:
+        identity = session.identity
+        if self.sessions.get(identity) is not session:
+            return  # already replaced by a newer connection
+        del self.sessions[identity]
+        self._release(identity)
+        if session.clean_session:
+            self.store.clear_session(identity.client_id)
+        self._conn_times[identity] = (time.time(), self._conn_times.get(identity, (0.0, 0.0))[1])
+
+    def _release(self, identity: Identity) -> None:
+        queue = self.queues.get(identity)
+        if queue is not None:
+            queue.requeue_inflight()
+
+    def touch(self, identity: Identity) -> None:
+        updated, _ = self._conn_times.get(identity, (0.0, 0.0))
+        self._conn_times[identity] = (updated, time.time())
+
+    def subscribe(self, session: ClientSession, topics: tuple[tuple[str, int], ...]) -> list[int]:
+        allowed = allowed_subscriptions(session.identity)
+        codes: list[int] = []
+        for topic_filter, qos in topics:
+            if topic_filter not in allowed:
+                self.refuse(errors.TOPIC_FORBIDDEN, session.identity, f"subscribe {topic_filter[:200]!r}")
+                codes.append(0x80)
+                continue
+            granted = min(qos, 1)
+            session.subscriptions[topic_filter] = granted
+            self.store.subscribe(session.identity.client_id, topic_filter, granted)
+            codes.append(granted)
+        if METHODS_FILTER in session.subscriptions:
+            self._wake_online(session.identity)
+        return codes
+
+    def unsubscribe(self, session: ClientSession, topics: tuple[str, ...]) -> None:
+        for topic_filter in topics:
+            session.subscriptions.pop(topic_filter, None)
+            self.store.unsubscribe(session.identity.client_id, topic_filter)
+
+    # -- publishes from clients --------------------------------------------------------------
+
+    def on_publish(self, session: ClientSession, publish: Publish) -> bool:
+        """Handle a client PUBLISH; False means the connection must be closed."""
+        identity = session.identity
+        if publish.qos == 2:
+            self.refuse(errors.MQTT_QOS2_REFUSED, identity, "QoS 2 PUBLISH")
+            return False
+        try:
+            request = classify_publish(publish.topic, identity)
+        except HubError as exc:
+            self.refuse(exc.code, identity, f"publish to {publish.topic[:200]!r}")
+            return False
+        self.touch(identity)
+        if isinstance(request, TelemetryPublish):
+            if len(publish.payload) > self.config.max_message_bytes:
+                self.refuse(errors.MESSAGE_TOO_LARGE, identity, f"{len(publish.payload)}-byte message")
+                return False
+            self.ingest(identity, request.bag, publish.payload)
+        elif isinstance(request, TwinGet):
+            self._twin_get(session, request.rid)
+        elif isinstance(request, TwinReportedPatch):
+            self._twin_reported(session, request.rid, publish.payload)
+        elif isinstance(request, MethodResponse):
+            self._method_response(identity, request, publish.payload)
+        if publish.qos == 1 and publish.packet_id is not None:
+            packet_id = publish.packet_id
+            self.store.after_commit(lambda: session.send_puback(packet_id))
+        return True
+
+    def on_puback(self, session: ClientSession, packet_id: int) -> None:
+        queue = self.queues.get(session.identity)
+        if queue is not None and queue.ack(packet_id, self.store):
+            self.counters["inputs_acked"] += 1
+            self.pump(session.identity)
+
+    # -- twins -------------------------------------------------------------------------------
+
+    def _twin_get(self, session: ClientSession, rid: str) -> None:
+        twin = self.state.twin(session.identity)
+        session.publish(twin_response_topic(200, rid), json.dumps(twin.mqtt_document()).encode())
+
+    def _twin_reported(self, session: ClientSession, rid: str, payload: bytes) -> None:
+        identity = session.identity
+        try:
+            patch = json.loads(payload.decode("utf-8"))
+            twin = self.state.set_reported(identity, patch)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            self.refuse(errors.TWIN_INVALID, identity, "reported patch is not JSON")
+            session.publish(twin_response_topic(400, rid), b"")
+            return
+        except HubError as exc:
+            self.refuse(exc.code, identity, exc.message)
+            session.publish(twin_response_topic(400, rid), b"")
+            return
+        session.publish(twin_response_topic(204, rid, twin.reported_version), b"")
+        self._twin_change_notification(identity, twin, patch)
+
+    def _on_desired(self, identity: Identity, twin: Twin, patch: dict[str, Any]) -> None:
+        if identity.module_id == "$edgeHub":
+            self._load_routes(identity.device_id, twin, report=True)
+        session = self.sessions.get(identity)
+        if session is not None and DESIRED_FILTER in session.subscriptions:
+            session.publish(desired_patch_topic(twin.desired_version), json.dumps(patch).encode())
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def _load_routes(self, device_id: str, twin: Twin, *, report: bool) -> None:
+        """Compile `$edgeHub` desired routes; a bad configuration keeps the previous table and is
+        reported in `$edgeHub` reported properties, as edgeHub does."""
+        status: dict[str, Any]
+        try:
+            self.route_tables[device_id] = parse_edgehub_desired(twin.desired)
+            status = {"code": 200, "description": ""}
+        except HubError as exc:
+            self.refuse(exc.code, Identity(device_id, "$edgeHub"), exc.message)
+            status = {"code": 400, "description": f"{exc.code}: {exc.message}"}
+        if report:
+            self.state.set_reported(Identity(device_id, "$edgeHub"), {
+                "schemaVersion": "1.1", "lastDesiredVersion": twin.desired_version, "lastDesiredStatus": status})
+
+    def ingest(self, identity: Identity, bag: PropertyBag, body: bytes) -> None:
+        """A message from a device or module: route it (edge modules) or take it upstream."""
+        self.counters["telemetry_in"] += 1
+        now = time.time()
+        system = dict(bag.system)
+        system["connectionDeviceId"] = identity.device_id
+        if identity.module_id:
+            system["connectionModuleId"] = identity.module_id
+        system["enqueuedTime"] = _iso(now)
+        message = HubMessage(body, system, dict(bag.application))
+        device = self.state.identities.get(Identity(identity.device_id))
+        if identity.module_id is not None and device is not None and device.iot_edge:
+            table = self.route_tables.get(identity.device_id)
+            if table is None:
+                return  # edgeHub without routes forwards nothing
+            for delivery in route_message(table, message, module_id=identity.module_id,
+                                          output_name=system.get("outputName")):
+                self._deliver(identity.device_id, delivery, message, now)
+        else:
+            self._upstream(identity, message, now)
+
+    def _deliver(self, device_id: str, delivery: Delivery, message: HubMessage, now: float) -> None:
+        if delivery.sink.upstream:
+            sender = Identity(message.system["connectionDeviceId"], message.system.get("connectionModuleId"))
+            self._upstream(sender, message, now)
+            return
+        assert delivery.sink.module is not None and delivery.sink.input is not None
+        target = Identity(device_id, delivery.sink.module)
+        props = message.to_record()
+        expires = now + delivery.ttl_secs
+        seq = self.store.add_pending(device_id, delivery.sink.module, delivery.sink.input, delivery.priority,
+                                     expires, message.body, props)
+        self._queue(target).push(QueuedMessage(delivery.priority, seq, delivery.sink.input, expires,
+                                               message.body, props))
+        self.counters["inputs_queued"] += 1
+        self.pump(target)
+
+    def _twin_change_notification(self, identity: Identity, twin: Twin, patch: dict[str, Any]) -> None:
+        table = self.route_tables.get(identity.device_id)
+        if identity.module_id is None or table is None:
+            return
+        body = json.dumps({"version": twin.version,
+                           "properties": {"reported": {**patch, "$version": twin.reported_version}}}).encode()
+        now = time.time()
+        message = HubMessage(body, {
+            "contentType": "application/json", "contentEncoding": "utf-8",
+            "connectionDeviceId": identity.device_id, "connectionModuleId": identity.module_id,
+            "enqueuedTime": _iso(now), "messageSchema": "twinChangeNotification",
+        }, {"hubName": self.config.hub_name, "deviceId": identity.device_id, "moduleId": identity.module_id,
+            "opType": "updateTwin", "iothub-message-schema": "twinChangeNotification",
+            "operationTimestamp": _iso(now)})
+        for delivery in route_twin_change(table, message):
+            self._deliver(identity.device_id, delivery, message, now)
+
+    def _queue(self, identity: Identity) -> InputQueue:
+        queue = self.queues.get(identity)
+        if queue is None:
+            queue = self.queues[identity] = InputQueue()
+        return queue
+
+    def pump(self, identity: Identity) -> None:
+        """Send queued input messages to a connected, subscribed module."""
+        session = self.sessions.get(identity)
+        queue = self.queues.get(identity)
+        if session is None or queue is None or not queue.heap:
+            return
+        qos = session.subscriptions.get(f"{identity.topic_base}/inputs/#")
+        if qos is None:
+            return
+        queue.pump(session, self.store, window=self.config.inflight_window, qos=qos)
+
+    def input_topic(self, identity: Identity, message: QueuedMessage) -> str:
+        return encode_input_topic(identity, message.input, message.props.get("system", {}),
+                                  message.props.get("application", {}))
+
+    def expire_pending(self) -> int:
+        return sum(queue.drop_expired(self.store) for queue in self.queues.values())
+
+    # -- upstream (what IoT Hub receives) ----------------------------------------------------
+
+    def _upstream(self, sender: Identity, message: HubMessage, now: float) -> None:
+        self.store.add_upstream(sender.device_id, sender.module_id, message.body, message.to_record(), now)
+        self.counters["upstream"] += 1
+        if self._upstream_waiters:
+            self.store.after_commit(self._wake_upstream)
+
+    def _wake_upstream(self) -> None:
+        waiters, self._upstream_waiters = self._upstream_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def upstream_since(self, since: int, limit: int) -> list[UpstreamRow]:
+        return self.store.upstream_since(since, limit)
+
+    async def wait_upstream(self, since: int, limit: int, timeout: float) -> list[UpstreamRow]:
+        """Long poll: rows after ``since``, waiting up to ``timeout`` seconds for the first one."""
+        rows = self.store.upstream_since(since, limit)
+        if rows or timeout <= 0:
+            return rows
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._upstream_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if waiter in self._upstream_waiters:
+                self._upstream_waiters.remove(waiter)
+        return self.store.upstream_since(since, limit)
+
+    # -- direct methods ----------------------------------------------------------------------
+
+    def _method_session(self, identity: Identity) -> ClientSession | None:
+        session = self.sessions.get(identity)
+        if session is not None and METHODS_FILTER in session.subscriptions:
+            return session
+        return None
+
+    def _wake_online(self, identity: Identity) -> None:
+        for waiter in self._online_waiters.pop(identity, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def invoke_method(self, target: Identity, name: str, payload: Any, *, response_timeout: float,
+                            connect_timeout: float) -> tuple[int, Any]:
+        """Cloud-to-module (and module-to-module) direct method. HUB_DEVICE_NOT_ONLINE (404) when
+        the target is not connected and subscribed within ``connect_timeout``; HUB_METHOD_TIMEOUT
+        (504) when it does not answer within ``response_timeout``."""
+        self.state.identity(target)
+        loop = asyncio.get_running_loop()
+        session = self._method_session(target)
+        deadline = loop.time() + max(0.0, min(connect_timeout, MAX_METHOD_TIMEOUT))
+        while session is None and loop.time() < deadline:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._online_waiters.setdefault(target, []).append(waiter)
+            try:
+                await asyncio.wait_for(waiter, deadline - loop.time())
+            except TimeoutError:
+                break
+            session = self._method_session(target)
+        if session is None:
+            raise HubError(f"{target} is not connected for direct methods", code=errors.DEVICE_NOT_ONLINE)
+        rid = format(next(self._rids), "x")
+        future: asyncio.Future[tuple[int, Any]] = loop.create_future()
+        self._pending_methods[(target, rid)] = future
+        try:
+            session.publish(method_request_topic(name, rid), json.dumps(payload).encode())
+            return await asyncio.wait_for(future, max(1.0, min(response_timeout, MAX_METHOD_TIMEOUT)))
+        except TimeoutError:
+            raise HubError(f"{target} did not answer {name!r} in time", code=errors.METHOD_TIMEOUT) from None
+        finally:
+            self._pending_methods.pop((target, rid), None)
+
+    def _method_response(self, identity: Identity, response: MethodResponse, payload: bytes) -> None:
+        future = self._pending_methods.get((identity, response.rid))
+        if future is None or future.done():
+            return  # late, duplicate, or for a request this identity never received
+        try:
+            body: Any = json.loads(payload.decode("utf-8")) if payload else None
+        except (UnicodeDecodeError, ValueError):
+            body = payload.decode("utf-8", errors="replace")
+        future.set_result((response.status, body))
+
+    def close_all(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close()
+        for future in self._pending_methods.values():
+            if not future.done():
+                future.cancel()

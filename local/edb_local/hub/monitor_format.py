@@ -1,0 +1,75 @@
+"""Upstream messages in the shape `az iot hub monitor-events --properties all` prints. Pure code.
+
+``{"event": {"origin", "module", "interface", "component", "payload", "properties": {"system", "application"}}}``;
+the payload is the parsed JSON when the body is UTF-8 JSON, else the text, else base64 (and then
+system property ``edb-payload-encoding`` is ``base64``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from typing import Any
+
+from edb_local.hub.store import UpstreamRow
+
+_SYSTEM_NAMES = {
+    "messageId": "message_id",
+    "correlationId": "correlation_id",
+    "userId": "user_id",
+    "contentType": "content_type",
+    "contentEncoding": "content_encoding",
+    "expiryTimeUtc": "absolute_expiry_time",
+    "outputName": "output_name",
+    "interfaceId": "dt-interface-id",
+    "connectionDeviceId": "iothub-connection-device-id",
+    "connectionModuleId": "iothub-connection-module-id",
+    "enqueuedTime": "iothub-enqueuedtime",
+    "messageSchema": "iothub-message-schema",
+}
+
+
+def decode_payload(body: bytes) -> tuple[Any, bool]:
+    """(payload, is_base64)"""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode(), True
+    try:
+        return json.loads(text), False
+    except (ValueError, RecursionError):
+        return text, False
+
+
+def upstream_event(row: UpstreamRow) -> dict[str, Any]:
+    props = row.props
+    source_system: dict[str, str] = props.get("system", {})
+    system: dict[str, Any] = {}
+    for name, value in source_system.items():
+        system[_SYSTEM_NAMES.get(name, name)] = value
+    system.setdefault("iothub-enqueuedtime",
+                      dt.datetime.fromtimestamp(row.enqueued, dt.UTC).isoformat().replace("+00:00", "Z"))
+    system["iothub-message-source"] = (
+        "twinChangeEvents" if source_system.get("messageSchema") == "twinChangeNotification" else "Telemetry")
+    payload, is_b64 = decode_payload(row.body)
+    if is_b64:
+        system["edb-payload-encoding"] = "base64"
+    event: dict[str, Any] = {"origin": row.device_id}
+    if row.module_id:
+        event["module"] = row.module_id
+    event.update({"interface": "", "component": "", "payload": payload,
+                  "properties": {"system": system, "application": dict(props.get("application", {}))}})
+    return {"event": event}
+
+
+def event_matches(event: dict[str, Any], *, device: str | None = None, module: str | None = None,
+                  properties: dict[str, str] | None = None) -> bool:
+    """The monitor's filters: device, module, and application properties (`key=value`)."""
+    body = event["event"]
+    if device is not None and body.get("origin") != device:
+        return False
+    if module is not None and body.get("module") != module:
+        return False
+    application = body.get("properties", {}).get("application", {})
+    return all(application.get(key) == value for key, value in (properties or {}).items())

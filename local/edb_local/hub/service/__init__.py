@@ -1,0 +1,1 @@
+"""HTTPS side of the hub stand-in: service REST API, edgeHub gateway methods, /edb extensions."""
