@@ -88,10 +88,6 @@ class CloudConfig:
         return str(self.ca_cert) if self.ca_cert is not None else True
 
     def template_env(self) -> dict[str, str]:
-        """Variables for deployment.template.json, with local-stack values derived where needed."""
-        values = dict(self.env)
-        socket = values.get("EDB_TEE_SOCKET")
-        if socket:  # the local stack names the socket; the template binds its directory
-            values["EDB_TEE_SOCKET_DIR"] = str(Path(socket).parent)
-            values["EDB_TEE_SOCKET_NAME"] = Path(socket).name
-        return values
+        """Variables for deployment.template.json (``edb local up`` writes the local stack's own
+        ``EDB_TEE_SOCKET_DIR``, ``EDB_TEE_SOCKET_NAME`` and ``EDB_PACKAGE_DROP_DIR``)."""
+        return dict(self.env)

@@ -25,7 +25,7 @@ _TAMPER_CODES = frozenset(
 _DENIAL_CODES = frozenset({"CPK_WRONG_TARGET", "CPK_EXPIRED", "INSTALL_PATH_OUTSIDE", "INSTALL_URL_SCHEME"})
 #: Transient key release outcomes: retried by the installer, not an alert.
 _TRANSIENT_SUFFIXES = ("_UNAVAILABLE", "_TIMEOUT", "_RATE_LIMITED", "_NETWORK", "_BUSY", "_INTERNAL",
-                       "_KEYVAULT_ERROR")
+                       "_KEYVAULT_ERROR", "_UNREACHABLE", "_DEADLINE_EXCEEDED", "_BAD_RESPONSE")
 #: Rollback attempts whose code does not say ROLLBACK (the key release policy's floor).
 _ROLLBACK_CODES = frozenset({"KR_PACKAGE_SVN_TOO_LOW"})
 
@@ -45,6 +45,8 @@ def classify_code(code: str) -> AlertType | None:
 def classify(event: ModuleEvent) -> Alert | None:
     """An alert for a failed install or load whose code is a security signal; None otherwise."""
     if event.event not in (EventKind.PACKAGE_FAILED, EventKind.MODEL_FAILED) or event.error is None:
+        return None
+    if event.retryable:  # the installer tries again by itself: a transient failure, not an attack
         return None
     alert_type = classify_code(event.error.code)
     if alert_type is None:

@@ -45,6 +45,10 @@ def test_alert_classification() -> None:
     alert = classify(failed("TEE_ROLLBACK"))
     assert alert is not None and alert.alert_type is AlertType.ROLLBACK and alert.package == "digits"
     assert classify(ModuleEvent(EventKind.PACKAGE_INSTALLED, "i", "digits", "2")) is None
+    assert classify_code("KR_UNREACHABLE") is None
+    transient = ModuleEvent(EventKind.PACKAGE_FAILED, "i", "digits", "2", error=ErrorInfo("KR_HTTP_418", "x"),
+                            retryable=True)
+    assert classify(transient) is None
 
 
 def test_aggregate_counts_rates_percentiles_versions_and_installs() -> None:

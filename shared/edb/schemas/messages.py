@@ -111,6 +111,8 @@ class ModuleEvent:
     error: ErrorInfo | None = None
     duration_ms: float | None = None
     at: str = field(default_factory=iso_utc)
+    #: For failures: the installer will try again by itself (a transient error, not an alert).
+    retryable: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -124,6 +126,7 @@ class ModuleEvent:
             "error": self.error.to_json() if self.error else None,
             "durationMs": self.duration_ms,
             "at": self.at,
+            "retryable": self.retryable,
         }
 
     @classmethod
@@ -142,6 +145,7 @@ class ModuleEvent:
             error=ErrorInfo.from_json(body.get("error")),
             duration_ms=_opt_float(body.get("durationMs")),
             at=_opt_str(body.get("at")) or iso_utc(),
+            retryable=body.get("retryable") if isinstance(body.get("retryable"), bool) else None,
         )
 
 
