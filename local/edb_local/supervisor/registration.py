@@ -44,22 +44,26 @@ def _status(exc: HttpOperationError) -> int | None:
 
 
 def register_edge_device(ctx: StackContext) -> None:
-    with ca_bundle(str(ctx.ca)):
-        registry = IoTHubRegistryManager.from_connection_string(ctx.service_connection_string)
+    register_edge_device_with(ctx.service_connection_string, ctx.device_id, str(ctx.ca))
+
+
+def register_edge_device_with(service_connection_string: str, device_id: str, ca_path: str) -> None:
+    with ca_bundle(ca_path):
+        registry = IoTHubRegistryManager.from_connection_string(service_connection_string)
         try:
             try:
-                registry.get_device(ctx.device_id)
+                registry.get_device(device_id)
             except HttpOperationError as exc:
                 if _status(exc) != 404:
                     raise
-                registry.create_device_with_sas(ctx.device_id, _key(), _key(), "enabled", iot_edge=True)
+                registry.create_device_with_sas(device_id, _key(), _key(), "enabled", iot_edge=True)
             for module_id in SYSTEM_MODULES:
                 try:
-                    registry.get_module(ctx.device_id, module_id)
+                    registry.get_module(device_id, module_id)
                 except HttpOperationError as exc:
                     if _status(exc) != 404:
                         raise
-                    registry.create_module_with_sas(ctx.device_id, module_id, None, _key(), _key())
+                    registry.create_module_with_sas(device_id, module_id, None, _key(), _key())
         except (HttpOperationError, ClientException) as exc:
-            raise SupervisorError(f"cannot register device {ctx.device_id} in the hub: {type(exc).__name__}: {exc}",
+            raise SupervisorError(f"cannot register device {device_id} in the hub: {type(exc).__name__}: {exc}",
                                   code="LOCAL_DEVICE_REGISTRATION") from None
