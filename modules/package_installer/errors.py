@@ -12,6 +12,11 @@ RETRYABLE_CODES = frozenset(
         "INSTALL_INCOMPLETE",  # the server closed before the declared size arrived
         "INSTALL_TEE_UNAVAILABLE",  # the TEE service socket is not answering
         "INSTALL_INTERNAL",  # an unexpected exception: retried, reported by type only
+        # the TEE service restarted or is busy: its unfinished transactions are gone, start again
+        "TEE_UNAVAILABLE",
+        "TEE_CONNECTION_LOST",
+        "TEE_BUSY",
+        "TEE_INSTALL_UNKNOWN",
     }
 )
 

@@ -1,0 +1,62 @@
+"""The installer's configuration, from the environment the deployment manifest gives it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from edb.errors import ConfigError
+from edb.schemas.packages import DEFAULT_MAX_PACKAGE_SIZE
+
+
+@dataclass(frozen=True)
+class InstallerSettings:
+    tee_socket: Path
+    key_release_url: str
+    cache_dir: Path
+    allowed_dirs: tuple[Path, ...] = ()
+    ca_file: Path | None = None  # None: the system trust store
+    max_package_bytes: int = DEFAULT_MAX_PACKAGE_SIZE
+    max_parallel: int = 1
+    resync_interval_s: float = 60.0
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    key_release_attempts: int = 3  # per install attempt; the reconcile loop's backoff does the rest
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> InstallerSettings:
+        env = os.environ if env is None else env
+
+        def required(name: str) -> str:
+            value = env.get(name)
+            if not value:
+                raise ConfigError(f"{name} is not set", code="CONFIG_MISSING")
+            return value
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name)
+            try:
+                return float(raw) if raw else default
+            except ValueError:
+                raise ConfigError(f"{name} must be a number", code="CONFIG_INVALID") from None
+
+        dirs = tuple(Path(p) for p in env.get("EDB_PACKAGE_FILE_DIRS", "").split(os.pathsep) if p)
+        ca = env.get("EDB_CA_CERT")
+        return cls(
+            tee_socket=Path(required("EDB_TEE_SOCKET")),
+            key_release_url=required("EDB_KEY_RELEASE_URL"),
+            cache_dir=Path(env.get("EDB_PACKAGE_CACHE") or "/var/lib/edb/packages"),
+            allowed_dirs=dirs,
+            ca_file=Path(ca) if ca else None,
+            max_package_bytes=int(number("EDB_MAX_PACKAGE_BYTES", DEFAULT_MAX_PACKAGE_SIZE)),
+            max_parallel=max(1, int(number("EDB_INSTALL_PARALLEL", 1))),
+            resync_interval_s=number("EDB_RESYNC_INTERVAL_S", 60.0),
+            backoff_base_s=number("EDB_BACKOFF_BASE_S", 2.0),
+            backoff_cap_s=number("EDB_BACKOFF_CAP_S", 60.0),
+            connect_timeout_s=number("EDB_DOWNLOAD_CONNECT_TIMEOUT_S", 10.0),
+            read_timeout_s=number("EDB_DOWNLOAD_READ_TIMEOUT_S", 30.0),
+        )
