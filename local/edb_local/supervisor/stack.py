@@ -160,13 +160,16 @@ class Stack:
     def status(self) -> list[ComponentStatus]:
         ctx = self.context(create=False)
         results: list[ComponentStatus] = []
+        not_installed: set[str] = set()
         for component in self.components:
             if ctx is None:
                 results.append(ComponentStatus(component.name, STOPPED, "no stack in this state directory"))
                 continue
             missing = component.missing(ctx)
-            if missing is not None:
-                results.append(ComponentStatus(component.name, NOT_INSTALLED, missing))
+            absent = [d for d in component.requires if d in not_installed]
+            if missing is not None or absent:
+                not_installed.add(component.name)
+                results.append(ComponentStatus(component.name, NOT_INSTALLED, missing or f"needs {', '.join(absent)}"))
                 continue
             pid_file = self.paths.pid_file(component.name)
             record = running_record(pid_file)

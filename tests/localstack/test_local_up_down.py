@@ -1,0 +1,147 @@
+"""`edb local up | status | down` on a fresh state directory, then a restart that keeps state.
+
+Runs the real CLI in subprocesses (as a developer would), so the components really are detached
+background processes that outlive the `up` command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from azure.iot.hub import IoTHubConfigurationManager, IoTHubRegistryManager
+from azure.iot.hub.models import ConfigurationContent
+from azure.storage.blob import BlobServiceClient
+
+from edb_local.supervisor.envfile import read_env_file
+from edb_local.supervisor.pidfile import is_alive, read_pid_file
+
+FIXTURE = Path(__file__).parents[1] / "agent" / "fixtures" / "fixture_module.py"
+REQUIRED_ENV = ("EDB_IOTHUB_CONNECTION_STRING", "EDB_DEVICE_ID", "EDB_CA_CERT", "EDB_KEYVAULT_URL",
+                "EDB_KEY_RELEASE_URL", "EDB_BLOB_CONNECTION_STRING")
+ALWAYS_THERE = ("hub", "keyvault", "azurite", "agent")
+
+
+def edb_local(*args: str) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "edb.cli.main", "local", *args, "--json"],
+                         capture_output=True, text=True, timeout=180, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON from edb local {args}: {out.stdout}\n{out.stderr}"
+    return out.returncode, json.loads(lines[-1])
+
+
+def states(doc: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["state"] for c in doc["components"]}
+
+
+def wait_for(probe: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not reached")
+
+
+def module_pid(state: Path) -> int | None:
+    record = read_pid_file(state / "run" / "module.sleeper.pid")
+    return record.pid if record is not None and is_alive(record) else None
+
+
+def test_up_status_down_and_restart_keeps_state(tmp_path: Path, monkeypatch: Any) -> None:
+    state = tmp_path / "edb"
+    (state / "agent").mkdir(parents=True)
+    (state / "agent" / "module_map.json").write_text(json.dumps({"fixture": {"script": str(FIXTURE)}}))
+    try:
+        code, doc = edb_local("up", "--state-dir", str(state), "--device-id", "dev-under-test")
+        assert code == 0 and doc["ok"], doc
+        first = states(doc)
+        assert all(first[c] == "running" for c in ALWAYS_THERE), first
+        assert all(first[c] in ("running", "not installed") for c in ("tee", "keyrelease")), first
+
+        env = read_env_file(state / "local.env")
+        assert all(env.get(k) for k in REQUIRED_ENV)
+        assert env["EDB_DEVICE_ID"] == "dev-under-test"
+        assert (state / "local.env").stat().st_mode & 0o777 == 0o600
+        module_env = read_env_file(state / "agent" / "module.env")
+        assert "EDB_IOTHUB_CONNECTION_STRING" not in module_env and module_env["EDB_CA_CERT"] == env["EDB_CA_CERT"]
+
+        # The values in local.env work with the real SDKs.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", env["EDB_CA_CERT"])
+        registry = IoTHubRegistryManager.from_connection_string(env["EDB_IOTHUB_CONNECTION_STRING"])
+        device_key = registry.get_device("dev-under-test").authentication.symmetric_key.primary_key
+        blobs = BlobServiceClient.from_connection_string(env["EDB_BLOB_CONNECTION_STRING"],
+                                                         connection_verify=env["EDB_CA_CERT"])
+        blobs.create_container("packages")
+        blobs.get_container_client("packages").upload_blob("hello.txt", b"kept across restarts")
+
+        # A module deployed through the hub is run by the agent.
+        modules = {"sleeper": {"version": "1", "type": "docker", "status": "running", "restartPolicy": "always",
+                               "settings": {"image": "${MODULES.fixture}"},
+                               "env": {"FIXTURE_MODE": {"value": "sleep"},
+                                       "FIXTURE_LOG": {"value": str(tmp_path / "starts.log")}}}}
+        IoTHubConfigurationManager.from_connection_string(env["EDB_IOTHUB_CONNECTION_STRING"]) \
+            .apply_configuration_on_edge_device("dev-under-test", ConfigurationContent(modules_content={
+                "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": modules}},
+                "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}}))
+        pid_before = wait_for(lambda: module_pid(state))
+
+        code, doc = edb_local("status", "--state-dir", str(state))
+        assert code == 0 and states(doc) == first
+        assert "sleeper=running" in next(c["detail"] for c in doc["components"] if c["name"] == "agent")
+        for name in ALWAYS_THERE:
+            assert (state / "logs" / f"{name}.log").exists()
+        component_pids = {c["name"]: c["pid"] for c in doc["components"] if c["pid"]}
+
+        code, doc = edb_local("down", "--state-dir", str(state))
+        assert code == 0 and set(states(doc).values()) == {"stopped"}
+        # No orphans: every component and the module process are gone.
+        assert wait_for(lambda: all(_gone(p) for p in [*component_pids.values(), pid_before]), 20)
+        code, doc = edb_local("status", "--state-dir", str(state))
+        assert all(s in ("stopped", "not installed") for s in states(doc).values())
+
+        # Restart: same address, CA, device keys, blobs and deployment; the module runs again.
+        settings_before = (state / "stack.json").read_text()
+        ca_before = (state / "ca" / "ca.pem").read_bytes()
+        code, doc = edb_local("up", "--state-dir", str(state))
+        assert code == 0 and states(doc) == first
+        assert (state / "stack.json").read_text() == settings_before
+        assert (state / "ca" / "ca.pem").read_bytes() == ca_before
+        assert read_env_file(state / "local.env") == env
+        registry = IoTHubRegistryManager.from_connection_string(env["EDB_IOTHUB_CONNECTION_STRING"])
+        assert registry.get_device("dev-under-test").authentication.symmetric_key.primary_key == device_key
+        assert blobs.get_container_client("packages").download_blob("hello.txt").readall() == b"kept across restarts"
+        pid_after = wait_for(lambda: module_pid(state))
+        assert pid_after != pid_before
+        # `up` again while running changes nothing.
+        code, doc = edb_local("up", "--state-dir", str(state))
+        assert code == 0 and {c["name"]: c["pid"] for c in doc["components"] if c["pid"]} == {
+            c["name"]: c["pid"] for c in edb_local("status", "--state-dir", str(state))[1]["components"] if c["pid"]}
+    finally:
+        edb_local("down", "--state-dir", str(state))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def test_state_dir_of_another_device_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "edb"
+    state.mkdir()
+    (state / "stack.json").write_text(json.dumps({"address": "127.9.9.9", "device_id": "dev-a",
+                                                  "hub_name": "h.local", "ports": {}}))
+    out = subprocess.run([sys.executable, "-m", "edb.cli.main", "local", "up", "--state-dir", str(state),
+                          "--device-id", "dev-b"], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2 and "LOCAL_STATE_MISMATCH" in out.stderr
+    assert not (state / "run").exists() or not any((state / "run").iterdir())
+    assert "ca" not in os.listdir(state)  # no credentials were generated for the wrong device
