@@ -12,6 +12,7 @@ encodes them. Reading the bytes is the reader's job.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edb.cpk.errors import (
@@ -102,8 +103,11 @@ def decode_header(data: bytes, limits: Limits) -> FrameHeader:
     return FrameHeader(frame_version, flag, num, manifest_stream, mtype, mversion)
 
 
-def decode_table(header: FrameHeader, table: bytes, file_size: int) -> Frame:
+def decode_table(header: FrameHeader, table: bytes, file_size: int, max_sizes: Sequence[int]) -> Frame:
     """Place every stream inside the file; refuse overlaps and streams past the end.
+
+    Declared sizes are first compared with ``max_sizes`` (per stream, from the configured limits:
+    CPK_TOO_LARGE), then with the real file size, so a hostile size never drives an allocation.
 
     A stream that starts inside the file but ends past it means the file was cut short
     (CPK_TRUNCATED); one that starts past the end, or overlaps another, is a hostile or corrupt
@@ -116,6 +120,8 @@ def decode_table(header: FrameHeader, table: bytes, file_size: int) -> Frame:
     spans = []
     for i in range(header.num_streams):
         offset, size = ENTRY.unpack_from(table, i * ENTRY_SIZE)
+        if size > max_sizes[i]:
+            raise package_error(TOO_LARGE, f"stream {i} declares {size} bytes, the limit is {max_sizes[i]}")
         spans.append(StreamSpan(index=i, offset=offset, size=size, start=header.origin + offset))
     ordered = sorted(spans, key=lambda s: (s.start, s.size))
     previous_end = header.origin

@@ -31,4 +31,11 @@ class Limits:
     max_chunk_size: int = 64 * MIB
 
 
+    @property
+    def max_ciphertext_bytes(self) -> int:
+        """Largest v2 payload stream: the largest plaintext plus one tag per smallest chunk."""
+        chunks = max(1, -(-self.max_payload_bytes // self.min_chunk_size))
+        return self.max_payload_bytes + 16 * chunks
+
+
 DEFAULT_LIMITS = Limits()

@@ -118,7 +118,13 @@ class PackageReader:
         header = decode_header(self._read_at(0, min(size, HEADER_SIZE), allow_short=True), self.limits)
         table_len = ENTRY_SIZE * header.num_streams
         table = self._read_at(HEADER_SIZE, min(table_len, max(0, size - HEADER_SIZE)), allow_short=True)
-        return decode_table(header, table, size)
+        limits = self.limits
+        max_sizes = [limits.max_payload_bytes] * header.num_streams
+        if header.manifest_version == 2 and header.num_streams == V2_NUM_STREAMS:
+            max_sizes = [limits.max_ciphertext_bytes, limits.max_signature_bytes, limits.max_chain_bytes,
+                         limits.max_manifest_bytes]
+        max_sizes[header.manifest_stream] = limits.max_manifest_bytes
+        return decode_table(header, table, size, max_sizes)
 
     def _check_v2_layout(self) -> None:
         h = self.frame.header
