@@ -98,12 +98,12 @@ def test_baseline_is_accepted(package: tuple[Path, bytes], publisher: Publisher)
 # -- flipped bytes ------------------------------------------------------------------------------
 
 HEADER_CODES = {
-    **dict.fromkeys(range(4), {E.BAD_MAGIC}),
-    **dict.fromkeys(range(4, 6), {E.UNSUPPORTED_VERSION}),
-    **dict.fromkeys(range(6, 8), {E.MANIFEST_INVALID}),
-    **dict.fromkeys(range(8, 10), {E.MANIFEST_INVALID, E.TOO_LARGE, E.TRUNCATED, E.STREAM_OUT_OF_BOUNDS}),
-    **dict.fromkeys(range(10, 12), {E.MANIFEST_INVALID}),
-    **dict.fromkeys(range(12, 16), {E.UNSUPPORTED_VERSION}),
+    **dict.fromkeys(range(4), frozenset({E.BAD_MAGIC})),
+    **dict.fromkeys(range(4, 6), frozenset({E.UNSUPPORTED_VERSION})),
+    **dict.fromkeys(range(6, 8), frozenset({E.MANIFEST_INVALID})),
+    **dict.fromkeys(range(8, 10), frozenset({E.MANIFEST_INVALID, E.TOO_LARGE, E.TRUNCATED, E.STREAM_OUT_OF_BOUNDS})),
+    **dict.fromkeys(range(10, 12), frozenset({E.MANIFEST_INVALID})),
+    **dict.fromkeys(range(12, 16), frozenset({E.UNSUPPORTED_VERSION})),
 }
 TABLE_CODES = {E.STREAM_OUT_OF_BOUNDS, E.TRUNCATED, E.TOO_LARGE, E.MANIFEST_INVALID, E.SIGNATURE_INVALID,
                E.UNTRUSTED_SIGNER, E.DIGEST_MISMATCH}
