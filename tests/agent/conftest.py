@@ -42,7 +42,7 @@ async def edge(tmp_path: Path, stack_ca: StackCA, loopback_address: str,
         ca_path=stack_ca.ca_path, service_connection_string=service_cs,
         host_defaults={"FIXTURE_LOG": str(log)},
         backoff=BackoffPolicy(base_s=0.2, max_s=0.8, reset_after_s=600.0),
-        stop_timeout_s=5.0, resync_interval_s=5.0,
+        stop_timeout_s=5.0, resync_interval_s=5.0, reconnect_after_s=3.0,
         module_map=ModuleMap(parse_extra_entries({"fixture": {"script": str(FIXTURE_SCRIPT)}})),
     )
     agent = EdgeAgent(agent_config)

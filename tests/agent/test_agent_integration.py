@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,20 @@ async def refused_or_fail(probe: Any) -> dict[str, Any]:
 
 def test_fixture_script_is_where_the_map_points() -> None:
     assert os.path.isfile(FIXTURE_SCRIPT)
+
+
+async def test_hub_restart_keeps_modules_running_and_the_agent_recovers(edge: EdgeDevice) -> None:
+    await edge.deploy({"steady": module("sleep")})
+    await eventually(lambda: _runtime_status_is(edge, "steady", "running"))
+    await eventually(lambda: edge.starts_of("steady"))
+    pid = int(edge.starts_of("steady")[0][1])
+
+    await asyncio.to_thread(edge.hub.stop)
+    await eventually(lambda: not edge.agent._connected, timeout=30)
+    assert alive(pid)  # the device keeps running its modules while the hub is away
+    await asyncio.to_thread(edge.hub.start)
+
+    # A deployment made after the restart reaches the agent: it reconnected and gets patches again.
+    await edge.deploy({"steady": module("sleep"), "newcomer": module("sleep")})
+    await eventually(lambda: _runtime_status_is(edge, "newcomer", "running"), timeout=60)
+    assert alive(pid) and len(edge.starts_of("steady")) == 1

@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backoff-max", type=float, default=60.0)
     p.add_argument("--stop-timeout", type=float, default=10.0)
     p.add_argument("--resync-interval", type=float, default=30.0)
+    p.add_argument("--reconnect-after", type=float, default=30.0,
+                   help="seconds disconnected before the hub client is recreated")
     return p.parse_args(argv)
 
 
@@ -61,6 +63,7 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
         backoff=BackoffPolicy(base_s=args.backoff_base, max_s=args.backoff_max),
         stop_timeout_s=args.stop_timeout,
         resync_interval_s=args.resync_interval,
+        reconnect_after_s=args.reconnect_after,
         module_map=ModuleMap.from_file(module_map_path),
     )
 

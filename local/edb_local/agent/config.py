@@ -31,6 +31,9 @@ class AgentConfig:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     stop_timeout_s: float = 10.0
     resync_interval_s: float = 30.0
+    # The device SDK can hang in its own reconnect after the hub restarts (azure-iot-sdk-python
+    # #713, #990): after this long disconnected the agent drops the client and makes a new one.
+    reconnect_after_s: float = 30.0
     python: str = sys.executable
     module_map: ModuleMap = field(default_factory=ModuleMap)
 

@@ -48,8 +48,6 @@ from edb_local.workload.signer import WorkloadSigner
 
 log = logging.getLogger(__name__)
 
-_RECONNECT_AFTER_S = 30.0  # the SDK can hang in reconnect after a hub restart (#713, #990)
-
 
 class EdgeAgent:
     def __init__(self, config: AgentConfig) -> None:
@@ -152,7 +150,7 @@ class EdgeAgent:
                 return
             now = time.monotonic()
             self._disconnected_since = self._disconnected_since or now
-            if now - self._disconnected_since < _RECONNECT_AFTER_S:
+            if now - self._disconnected_since < self.config.reconnect_after_s:
                 return
             log.warning("no connection to the hub for %.0f s: recreating the client", now - self._disconnected_since)
             await self._drop_client()
@@ -217,7 +215,8 @@ class EdgeAgent:
         except DeploymentError as exc:
             # Fail closed on the new deployment, keep the previous one running (edgeAgent does).
             self.desired_status = DesiredStatus(exc.status_code, f"{exc.code}: {exc.message}")
-            log.error("deployment %s refused: %s", version, exc)
+            log.log(logging.INFO if exc.status_code == 417 else logging.ERROR, "deployment %s not applied: %s",
+                    version, exc)
             return
         self.resolved = resolved
         self.desired_status = DesiredStatus(200, "")

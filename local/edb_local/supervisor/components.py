@@ -87,10 +87,8 @@ def _keyvault_health(ctx: StackContext) -> Health:
 
 def _manufacturer_roots(ctx: StackContext) -> Path | None:
     directory = ctx.paths.root.resolve() / "manufacturer"
-    for name in ("root.pem", "ca.pem", "manufacturer-ca.pem", "manufacturer.pem"):
-        if (directory / name).exists():
-            return directory / name
-    return None
+    path = directory / "ca.pem"  # edb_tee.manufacturer.ManufacturerCA
+    return path if path.exists() else None
 
 
 def _publisher_pki_dir(ctx: StackContext) -> Path:
@@ -156,8 +154,7 @@ def _tee_missing(ctx: StackContext) -> str | None:
         return reason
     import click
 
-    from edb_tee import cli as tee_cli
-
+    tee_cli = importlib.import_module("edb_tee.cli")
     groups = {name: getattr(tee_cli, name, None) for name in ("tee", "device")}
     for name, command in (("tee", "serve"), ("device", "provision")):
         group = groups[name]
@@ -167,11 +164,12 @@ def _tee_missing(ctx: StackContext) -> str | None:
 
 
 def _device_provisioned(ctx: StackContext) -> bool:
-    return ctx.device_dir.is_dir() and any(ctx.device_dir.iterdir())
+    from edb_tee.paths import DeviceLayout
+
+    return DeviceLayout(ctx.device_dir).provisioned()
 
 
 def _tee_prepare(ctx: StackContext) -> None:
-    ctx.tee_socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if _device_provisioned(ctx) and _manufacturer_roots(ctx) is not None:
         return
     out = subprocess.run(
@@ -184,7 +182,7 @@ def _tee_prepare(ctx: StackContext) -> None:
 
 
 def _tee_command(ctx: StackContext) -> list[str]:
-    return _edb(ctx, "tee", "serve", "--device-dir", str(ctx.device_dir), "--socket", str(ctx.tee_socket))
+    return _edb(ctx, "tee", "serve", "--device-dir", str(ctx.device_dir))
 
 
 def _tee_health(ctx: StackContext) -> Health:

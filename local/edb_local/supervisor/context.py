@@ -55,12 +55,17 @@ class StackContext:
         return self.paths.device_dir(self.device_id).resolve()
 
     @property
-    def tee_socket_dir(self) -> Path:
-        return self.device_dir / "run"
+    def tee_socket(self) -> Path:
+        """Where `edb tee serve --device-dir` listens by default (edb_tee.paths.DeviceLayout)."""
+        try:
+            from edb_tee.paths import DeviceLayout
+        except ImportError:
+            return self.device_dir / "tee.sock"
+        return Path(DeviceLayout(self.device_dir).socket)
 
     @property
-    def tee_socket(self) -> Path:
-        return self.tee_socket_dir / "tee.sock"
+    def tee_socket_dir(self) -> Path:
+        return self.tee_socket.parent
 
     @property
     def keyvault_url(self) -> str:
