@@ -17,6 +17,7 @@ from aiohttp import web
 
 from edb.errors import ConfigError
 from key_release_service import codes
+from key_release_service.audit import AuditLog, AuditRecord
 from key_release_service.codes import Denied
 from key_release_service.http_types import ApiRequest, ApiResponse
 from key_release_service.request import MAX_BODY_BYTES
@@ -31,16 +32,28 @@ def _to_web(response: ApiResponse) -> web.Response:
 
 
 async def _read_body(request: web.Request) -> bytes | None:
-    body = await request.content.read(MAX_BODY_BYTES + 1)
-    return None if len(body) > MAX_BODY_BYTES else body
+    """The whole body, or None as soon as it is known to exceed the limit (never buffered past it)."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(64 * 1024):
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-def _adapt(handler: Handler, *, legacy_key: str | None = None, legacy: bool = False) -> Callable[
-        [web.Request], Awaitable[web.Response]]:
+def _adapt(handler: Handler, *, legacy_key: str | None = None, legacy: bool = False,
+           audit: AuditLog | None = None) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def route(request: web.Request) -> web.Response:
         if legacy and legacy_key is not None:
             presented = request.query.get("code") or request.headers.get("x-functions-key") or ""
             if not hmac.compare_digest(presented.encode(), legacy_key.encode()):
+                if audit is not None:
+                    audit.write(AuditRecord(event="legacy-auth", code=codes.LEGACY_UNAUTHORIZED,
+                                            remote=request.remote))
                 return _to_web(ApiResponse.from_denial(Denied(codes.LEGACY_UNAUTHORIZED, "function key required")))
         body = await _read_body(request)
         if body is None:
@@ -60,8 +73,9 @@ def build_app(service: KeyReleaseService) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1)
     app.router.add_post("/api/nonce", _adapt(service.nonce))
     app.router.add_post("/api/release", _adapt(service.release))
-    app.router.add_post("/api/WrapKey", _adapt(service.legacy_wrap_key, legacy_key=legacy_key, legacy=True))
-    provision = _adapt(service.legacy_provision_key, legacy_key=legacy_key, legacy=True)
+    app.router.add_post("/api/WrapKey", _adapt(service.legacy_wrap_key, legacy_key=legacy_key, legacy=True,
+                                               audit=service.audit))
+    provision = _adapt(service.legacy_provision_key, legacy_key=legacy_key, legacy=True, audit=service.audit)
     app.router.add_route("GET", "/api/ProvisionKey/{key_name}", provision)
     app.router.add_route("POST", "/api/ProvisionKey/{key_name}", provision)
 
