@@ -16,12 +16,15 @@ def pki() -> None:
 @pki.command(name="init")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Default: $EDB_STATE_DIR/pki or .edb/pki.")
 @click.option("--organization", default="EDB Development Publisher", show_default=True)
+@click.option("--kek-bits", type=click.Choice(["2048", "3072", "4096"]), default="3072", show_default=True,
+              help="RSA size of the local KEK.")
 @click.option("--force", is_flag=True, help="Replace an existing PKI (packages signed by it stop verifying).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handles_errors
-def init(directory: str | None, organization: str, force: bool, as_json: bool) -> None:
+def init(directory: str | None, organization: str, kek_bits: str, force: bool, as_json: bool) -> None:
     """Create a publisher root CA, a signing certificate (codeSigning) and a local RSA-3072 KEK."""
-    made = init_publisher_pki(directory or default_pki_dir(), organization=organization, force=force)
+    made = init_publisher_pki(directory or default_pki_dir(), organization=organization, force=force,
+                              kek_bits=int(kek_bits))
     files = {"rootCert": made.root_cert, "rootKey": made.root_key, "signerCert": made.signer_cert,
              "signerKey": made.signer_key, "kek": made.kek, "kekPublic": made.kek_public}
     if as_json:

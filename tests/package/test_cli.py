@@ -1,0 +1,150 @@
+"""edb package / edb pki through the real click command tree."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edb.cli.main import root
+
+
+@pytest.fixture
+def edb(tmp_path: Path):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    env = {"EDB_STATE_DIR": str(tmp_path / ".edb")}
+
+    def run(*args: str, code: int = 0) -> dict:  # type: ignore[type-arg]
+        result = runner.invoke(root, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return json.loads(result.stdout) if "--json" in args else {"text": result.output}
+
+    return run
+
+
+@pytest.fixture
+def ready(edb, tmp_path: Path) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    edb("pki", "init", "--kek-bits", "2048", "--json")
+    model = tmp_path / "model.onnx"
+    model.write_bytes(os.urandom(5000))
+    out = tmp_path / "m.cpk"
+    built = edb("package", "build", str(model), "-o", str(out), "--id", "digits", "--version", "1.2.0",
+                "--security-version", "4", "--target-device", "dev-1", "--target-class", "edge", "--expires", "30d",
+                "--chunk-size", "1KiB", "--media-type", "application/vnd.onnx", "--json")
+    assert built["ok"] and built["securityVersion"] == 4 and built["kid"].startswith("local:")
+    return model, out
+
+
+def test_pki_init_json_and_refuses_overwrite(edb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    made = edb("pki", "init", "--kek-bits", "2048", "--json")
+    assert made["ok"] and Path(made["rootCert"]).exists() and made["dir"] == str(tmp_path / ".edb" / "pki")
+    again = edb("pki", "init", "--json", code=2)
+    assert again == {"ok": False, "error": {"code": "CONFIG_PKI_EXISTS", "message": again["error"]["message"]}}
+
+
+def test_inspect_json(edb, ready) -> None:  # type: ignore[no-untyped-def]
+    _, package = ready
+    info = edb("package", "inspect", str(package), "--json")
+    assert info["ok"] and info["format"] == "cpk-v2" and info["id"] == "digits" and info["version"] == "1.2.0"
+    assert info["target"] == {"device-ids": ["dev-1"], "device-classes": ["edge"]}
+    assert info["plaintextSize"] == 5000 and info["chunkSize"] == 1024 and "Package Signing" in info["signerSubject"]
+    text = edb("package", "inspect", str(package))["text"]
+    assert "cpk-v2" in text and "security version  4" in text
+
+
+def test_verify_ok_and_with_kek(edb, ready, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, package = ready
+    result = edb("package", "verify", str(package), "--json", "--device-id", "dev-1", "--security-floor", "4")
+    assert result["ok"] and [c["status"] for c in result["checks"]][-1] == "skipped"
+    kek = str(tmp_path / ".edb" / "pki" / "kek.pem")
+    result = edb("package", "verify", str(package), "--json", "--kek", kek)
+    assert [c["check"] for c in result["checks"]] == ["signature", "policy", "ciphertext-digest", "decrypt"]
+    assert all(c["status"] == "ok" for c in result["checks"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".edb", "m.cpk", "model.onnx"]  # nothing decrypted to disk
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (("--device-id", "dev-9"), "CPK_WRONG_TARGET"),
+    (("--security-floor", "5"), "CPK_ROLLBACK"),
+])
+def test_verify_policy_failures(edb, ready, args: tuple[str, ...], code: str) -> None:  # type: ignore[no-untyped-def]
+    _, package = ready
+    result = edb("package", "verify", str(package), "--json", *args, code=2)
+    assert result["ok"] is False and result["error"]["code"] == code
+
+
+def test_verify_tampered_and_untrusted(edb, ready, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, package = ready
+    data = bytearray(package.read_bytes())
+    data[200] ^= 1
+    bad = tmp_path / "bad.cpk"
+    bad.write_bytes(bytes(data))
+    assert edb("package", "verify", str(bad), "--json", code=2)["error"]["code"] == "CPK_DIGEST_MISMATCH"
+    other = tmp_path / "other-root.pem"
+    from edb.pki.devpki import init_publisher_pki
+
+    other.write_bytes(init_publisher_pki(tmp_path / "other", kek_bits=2048).root_cert.read_bytes())
+    result = edb("package", "verify", str(package), "--json", "--trust-root", str(other), code=2)
+    assert result["error"]["code"] == "CPK_UNTRUSTED_SIGNER"
+    text = edb("package", "verify", str(bad), code=2)["text"]
+    assert "CPK_DIGEST_MISMATCH" in text
+
+
+def test_rewrap_cli(edb, ready, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from edb.keys.local import LocalKek
+
+    _, package = ready
+    new = tmp_path / "kek2.pem"
+    kek2 = LocalKek.generate(2048)
+    new.write_bytes(kek2.private_pem())
+    old = str(tmp_path / ".edb" / "pki" / "kek.pem")
+    out = tmp_path / "rotated.cpk"
+    result = edb("package", "rewrap", str(package), "-o", str(out), "--old-kek", old, "--new-kek", str(new), "--json")
+    assert result["ok"] and result["kid"] == kek2.kid and result["oldKid"] != kek2.kid
+    assert edb("package", "verify", str(out), "--kek", str(new), "--json")["ok"]
+    assert edb("package", "verify", str(out), "--kek", old, "--json", code=2)["error"]["code"] == "KEY_WRONG_KID"
+
+
+def test_v1_verify_cli(edb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from edb.cpk.v1 import V1Signing, build_v1, key_file_json
+
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "demo")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(7).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    content_key = os.urandom(32)
+    path = tmp_path / "legacy.cpk"
+    build_v1(b"model bytes" * 100, path, cp_id="app-1", key=content_key, signing=V1Signing(key, cert))
+    keys = tmp_path / "keys.json"
+    keys.write_text(key_file_json({"app-1": content_key}))
+    result = edb("package", "verify", str(path), "--key-file", str(keys), "--json")
+    assert result["ok"] and result["format"] == "cpk-v1"
+    assert [c["status"] for c in result["checks"]] == ["ok", "ok", "ok", "unauthenticated"]
+    assert edb("package", "verify", str(path), "--json", code=2)["error"]["code"] == "CPK_KEY_UNAVAILABLE"
+    keys.write_text(key_file_json({"app-1": os.urandom(32)}))
+    failed = edb("package", "verify", str(path), "--key-file", str(keys), "--json", code=2)
+    assert failed["error"]["code"] == "CPK_TAG_MISMATCH" and failed["checks"][0]["status"] == "failed"
+    assert edb("package", "inspect", str(path), "--json")["format"] == "cpk-v1"
+
+
+def test_build_usage_errors(edb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    edb("pki", "init", "--kek-bits", "2048", "--json")
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"x")
+    edb("package", "build", str(model), "-o", str(tmp_path / "o.cpk"), "--id", "a", "--version", "1",
+        "--security-version", "0", code=2)  # no target
+    result = edb("package", "build", str(model), "-o", str(tmp_path / "o.cpk"), "--id", "bad id!", "--version",
+                 "1", "--security-version", "0", "--target-class", "c", "--json", code=2)
+    assert result["error"]["code"] == "CPK_MANIFEST_INVALID"
