@@ -1,1 +1,1 @@
-"""(placeholder: filled in by its issue)"""
+"""A simulated sensor module for the demo: sends real inputs (scikit-learn's bundled digits images)."""

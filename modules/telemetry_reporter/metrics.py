@@ -62,6 +62,7 @@ def aggregate(
     errors_by_code: Counter[str] = Counter()
     inferences = inference_errors = correct = labelled = installs = install_failures = 0
     active = dict(active_versions)
+    last_result: dict[str, object] | None = None
     for observation in observations:
         try:
             if observation.kind == "result":
@@ -72,6 +73,9 @@ def aggregate(
                     errors_by_code[result.error.code] += 1
                     continue
                 latencies.append(result.latency_ms)
+                last_result = {"requestId": result.request_id, "predictions": result.predictions,
+                               "expected": result.expected,
+                               "model": f"{result.model.name}@{result.model.version}" if result.model else None}
                 if result.model is not None:
                     by_version[f"{result.model.name}@{result.model.version}"] += 1
                 if result.expected is not None and result.predictions:
@@ -108,5 +112,6 @@ def aggregate(
         install_duration_ms=summarize(install_durations),
         alerts=alerts,
         errors_by_code=dict(sorted(errors_by_code.items())),
+        last_result=last_result,
     )
     return report, active

@@ -104,6 +104,8 @@ def test_module_packaging_files_exist_and_run_as_non_root() -> None:
             assert "COPY shared/edb" in text, (module_id, platform)
             user_lines = [line for line in text.splitlines() if line.startswith("USER ")]
             assert user_lines and user_lines[-1] not in ("USER root", "USER 0")
+        if module_id != "tee_service":
+            assert (folder / "main.py").is_file() and (folder / "endpoints.py").is_file()
 
 
 def test_split_create_options_into_512_character_parts() -> None:

@@ -250,6 +250,8 @@ class MetricsReport:
     install_duration_ms: LatencySummary
     alerts: int
     errors_by_code: dict[str, int]
+    #: The newest answered request of the window (id, model version, prediction): a sample for operators.
+    last_result: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -273,6 +275,7 @@ class MetricsReport:
             },
             "alerts": self.alerts,
             "errors": self.errors_by_code,
+            "lastResult": self.last_result,
         }
 
 
