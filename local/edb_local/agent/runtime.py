@@ -64,6 +64,7 @@ class EdgeAgent:
         self._connected = False
         self._disconnected_since: float | None = None
         self._twin_dirty = True
+        self._twin_read_at = 0.0
         self._reported: dict[str, Any] = {}
         self._reported_synced = False
         self._wake = asyncio.Event()
@@ -115,6 +116,10 @@ class EdgeAgent:
             await self._shutdown()
 
     async def _reconcile_once(self) -> float | None:
+        # Re-read the twin on patches and reconnections, and every resync interval anyway: the SDK
+        # is known to miss a patch now and then (azure-iot-sdk-python #573, #737).
+        if time.monotonic() - self._twin_read_at >= self.config.resync_interval_s:
+            self._twin_dirty = True
         if self._twin_dirty and self._connected:
             await self._read_deployment()
         desired = {m: r.spec for m, r in self.resolved.items()}
@@ -197,6 +202,7 @@ class EdgeAgent:
             log.warning("cannot read the $edgeAgent twin: %s", _describe(exc))
             return
         self._twin_dirty = False
+        self._twin_read_at = time.monotonic()
         if not self._reported_synced:
             self._reported = dict(twin.get("reported") or {})
             self._reported.pop("$version", None)
@@ -205,9 +211,8 @@ class EdgeAgent:
 
     def _apply_desired(self, desired: Mapping[str, Any], *, persist: bool) -> None:
         version = desired_version_of(desired)
-        if version is not None and version == self.last_desired_version and self.desired_status.code == 200 \
-                and persist:
-            return
+        if version is not None and version == self.last_desired_version:
+            return  # the same document gives the same result (a resync, or the backup's version)
         self.last_desired_version = version
         try:
             deployment = parse_deployment(desired)

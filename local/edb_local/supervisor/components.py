@@ -67,7 +67,7 @@ def _hub_health(ctx: StackContext) -> Health:
     mqtt = tls_handshake(ctx.address, ctx.settings.ports["mqtt"], ctx.ca)
     if not mqtt.ok:
         return mqtt
-    https = https_responds(ctx.address, ctx.settings.ports["https"], ctx.ca)
+    https = https_responds(ctx.address, ctx.settings.ports["https"], ctx.ca, "/edb/health", require_ok=True)
     return Health(https.ok, f"mqtts://{ctx.address}:{ctx.settings.ports['mqtt']}, {https.detail}")
 
 

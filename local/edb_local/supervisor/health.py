@@ -31,14 +31,16 @@ def tls_handshake(address: str, port: int, ca: Path) -> Health:
         return Health(False, f"tls {address}:{port}: {exc}")
 
 
-def https_responds(address: str, port: int, ca: Path, path: str = "/") -> Health:
-    """Any HTTP answer over verified TLS counts: 401/404 mean the server is up and speaking HTTP."""
+def https_responds(address: str, port: int, ca: Path, path: str = "/", *, require_ok: bool = False) -> Health:
+    """An HTTP answer over verified TLS. By default any status counts (401/404 mean the server is up
+    and speaking HTTP); ``require_ok`` wants a 2xx from a health endpoint."""
     context = ssl.create_default_context(cafile=str(ca))
     conn = http.client.HTTPSConnection(address, port, timeout=_TIMEOUT_S, context=context)
     try:
         conn.request("GET", path)
         status = conn.getresponse().status
-        return Health(True, f"https://{address}:{port} answers {status}")
+        ok = 200 <= status < 300 if require_ok else True
+        return Health(ok, f"https://{address}:{port}{path if require_ok else ''} answers {status}")
     except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
         return Health(False, f"https://{address}:{port}: {exc}")
     finally:
