@@ -167,15 +167,18 @@ def evaluate(policy: ReleasePolicy, facts: ReleaseFacts) -> None:
 def build_policy(package_id: str, *, devices: Iterable[str] = (), device_classes: Iterable[str] = (),
                  min_tee_svn: int = 0, measurements: Iterable[str] | None = None, min_security_version: int = 0,
                  revoked_versions: Iterable[str] = ()) -> ReleasePolicy:
-    """Helper for the CLI and tests; validates like :func:`parse_policy`."""
-    policy = ReleasePolicy(
-        package_id=package_id,
-        devices=frozenset(devices) or None,
-        device_classes=frozenset(device_classes) or None,
-        min_tee_svn=min_tee_svn,
-        measurements=None if measurements is None else frozenset(m.lower() for m in measurements),
-        min_security_version=min_security_version,
-        revoked_versions=frozenset(revoked_versions),
-    )
+    """Helper for the CLI and tests; validates like :func:`parse_policy` (KR_POLICY_INVALID)."""
+    try:
+        policy = ReleasePolicy(
+            package_id=package_id,
+            devices=frozenset(devices) or None,
+            device_classes=frozenset(device_classes) or None,
+            min_tee_svn=min_tee_svn,
+            measurements=None if measurements is None else frozenset(m.lower() for m in measurements),
+            min_security_version=min_security_version,
+            revoked_versions=frozenset(revoked_versions),
+        )
+    except ValueError as exc:
+        raise Denied(codes.POLICY_INVALID, f"release policy is invalid: {exc}") from exc
     parse_policy(policy.dumps(), expected_package_id=package_id)  # same validation as the service
     return policy

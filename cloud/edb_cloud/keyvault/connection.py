@@ -1,0 +1,57 @@
+"""How to reach a vault: URL + credential + CA bundle. The same code for Azure and the stand-in.
+
+``credential``: ``default`` -> ``azure.identity.DefaultAzureCredential`` (az login, managed identity,
+environment); a path -> the Key Vault stand-in's credential file (``.edb/keyvault/credentials/
+admin.json``). ``ca``: a PEM bundle to trust (the local stack CA); None = system trust store.
+For loopback vaults the SDK's challenge-resource check (host must end with vault.azure.net) is off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azure.keyvault.keys import KeyClient
+from azure.keyvault.keys.crypto import CryptographyClient
+from azure.keyvault.secrets import SecretClient
+
+from edb.errors import ConfigError
+from key_release_service.keyvault import is_loopback_url
+
+
+@dataclass(frozen=True)
+class VaultConnection:
+    vault_url: str
+    credential_spec: str = "default"
+    ca: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.vault_url.startswith("https://"):
+            raise ConfigError("the Key Vault URL must be https://...", code="CONFIG_INVALID")
+
+    def credential(self) -> Any:
+        if self.credential_spec == "default":
+            from azure.identity import DefaultAzureCredential
+
+            return DefaultAzureCredential()
+        if not Path(self.credential_spec).is_file():
+            raise ConfigError(f"credential file not found: {self.credential_spec}", code="CONFIG_INVALID")
+        from edb_local.keyvault.credential import LocalTokenCredential
+
+        return LocalTokenCredential.from_file(self.credential_spec)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"verify_challenge_resource": not is_loopback_url(self.vault_url)}
+        if self.ca:
+            kwargs["connection_verify"] = self.ca
+        return kwargs
+
+    def key_client(self) -> KeyClient:
+        return KeyClient(self.vault_url, self.credential(), **self.client_kwargs())
+
+    def secret_client(self) -> SecretClient:
+        return SecretClient(self.vault_url, self.credential(), **self.client_kwargs())
+
+    def crypto_client(self, key_id: str) -> CryptographyClient:
+        return CryptographyClient(key_id, self.credential(), **self.client_kwargs())
