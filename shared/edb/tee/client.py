@@ -1,0 +1,327 @@
+"""Typed TEE client (Contract 4): what the package installer and the inference runner call.
+
+::
+
+    tee = TeeClient(".edb/devices/dev-1/tee.sock")
+    info = tee.device_info()
+    t = tee.begin_install("classifier", "cache/classifier-3.cpk")    # TEE verifies before any key release
+    ev = tee.get_install_evidence(t, nonce)                           # -> key release service
+    summary = tee.complete_install(t, jwe)                            # unwrap, decrypt in memory, seal, floor
+    h = tee.load_model("classifier")
+    y = tee.infer(h, {"input": x})["output"]
+
+Connections are pooled (one per concurrent caller thread, up to ``max_connections``), so a runner
+can load a new version on one thread while another keeps serving ``infer``. If the service restarts,
+the next call reconnects (with backoff for up to ``reconnect_s``); a model handle from before the
+restart is reloaded transparently by name if the same version is still installed, otherwise the call
+fails with ``TEE_HANDLE_STALE``. Install transactions do not survive a restart: start again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edb.errors import TeeError
+from edb.tee import errors as E
+from edb.tee.commands import (
+    DEVICE_TA,
+    INSTALLER_TA,
+    LOAD_PREPACK,
+    RUNNER_TA,
+    DeviceCmd,
+    InstallerCmd,
+    RunnerCmd,
+)
+from edb.tee.context import DEFAULT_TIMEOUT_S, TeeContext, TeeSession
+from edb.tee.protocol import Blob, Fd, Param, Tensor, Text, Value
+from edb.tee.types import (
+    DeviceInfo,
+    Evidence,
+    InstalledPackage,
+    InstallSummary,
+    InstallTicket,
+    ModelHandle,
+)
+
+Array = npt.NDArray[Any]
+_RETRYABLE = {E.UNAVAILABLE, E.CONNECTION_LOST}
+
+
+class _Conn:
+    __slots__ = ("ctx", "sessions")
+
+    def __init__(self, ctx: TeeContext) -> None:
+        self.ctx = ctx
+        self.sessions: dict[Any, TeeSession] = {}
+
+    def session(self, ta: Any) -> TeeSession:
+        s = self.sessions.get(ta)
+        if s is None:
+            s = self.sessions[ta] = self.ctx.open_session(ta)
+        return s
+
+
+class TeeClient:
+    def __init__(
+        self,
+        socket_path: Path | str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        reconnect_s: float = 10.0,
+        max_connections: int = 4,
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        self.timeout = timeout
+        self.reconnect_s = reconnect_s
+        self.max_connections = max_connections
+        self._idle: list[_Conn] = []
+        self._count = 0
+        self._cond = threading.Condition()
+        self._handles: dict[int, ModelHandle] = {}  # handles this client loaded, by id (current ids)
+        self._remap: dict[int, int] = {}  # handle id from before a TEE restart -> current id
+        self._closed = False
+
+    # -- connection pool ---------------------------------------------------------------------
+
+    def _connect(self) -> _Conn:
+        deadline = time.monotonic() + self.reconnect_s
+        delay = 0.05
+        while True:
+            try:
+                return _Conn(TeeContext(self.socket_path, timeout=self.timeout))
+            except TeeError as exc:
+                if exc.code not in _RETRYABLE or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    @contextmanager
+    def _conn(self) -> Iterator[_Conn]:
+        with self._cond:
+            if self._closed:
+                raise TeeError("TEE client is closed", code=E.CONNECTION_LOST)
+            while not self._idle and self._count >= self.max_connections:
+                self._cond.wait()
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                self._count += 1
+        if conn is None:
+            try:
+                conn = self._connect()
+            except BaseException:
+                with self._cond:
+                    self._count -= 1
+                    self._cond.notify()
+                raise
+        try:
+            yield conn
+        finally:
+            with self._cond:
+                if conn.ctx.closed or self._closed:
+                    conn.ctx.close()
+                    self._count -= 1
+                else:
+                    self._idle.append(conn)
+                self._cond.notify()
+
+    def _invoke(self, ta: Any, cmd: int, params: Sequence[Param] = (), fds: Sequence[int] = (),
+                *, idempotent: bool = True) -> list[Param]:
+        attempts = 2 if idempotent else 1
+        for attempt in range(attempts):
+            try:
+                with self._conn() as conn:
+                    return conn.session(ta).invoke(cmd, params, fds)
+            except TeeError as exc:
+                if exc.code != E.CONNECTION_LOST or attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for conn in self._idle:
+                conn.ctx.close()
+            self._idle.clear()
+
+    def __enter__(self) -> TeeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- device TA ---------------------------------------------------------------------------
+
+    def device_info(self) -> DeviceInfo:
+        return DeviceInfo.from_json(_json(self._invoke(DEVICE_TA, DeviceCmd.DEVICE_INFO)))
+
+    def get_evidence(self, nonce: str, user_data: bytes = b"") -> Evidence:
+        """Evidence not bound to a package (device health checks); installs use
+        :meth:`get_install_evidence`."""
+        out = self._invoke(DEVICE_TA, DeviceCmd.GET_EVIDENCE, [Text(nonce), Blob(user_data)])
+        return Evidence.from_json(_json(out))
+
+    def list_installed(self) -> list[InstalledPackage]:
+        data = _json(self._invoke(DEVICE_TA, DeviceCmd.LIST_INSTALLED))
+        if not isinstance(data, list):
+            raise TeeError("installed list is not a list", code=E.PROTOCOL)
+        return [InstalledPackage.from_json(item) for item in data]
+
+    def legacy_public_key(self) -> bytes:
+        """LEGACY (weaker, v1 interop): the TEE's RSA-2048 public key (SubjectPublicKeyInfo DER) for
+        the original tools' wrap contract. Anyone holding the wrap endpoint's key can wrap to it; there
+        is no attestation behind it."""
+        out = self._invoke(DEVICE_TA, DeviceCmd.LEGACY_PUBLIC_KEY)
+        return bytes(_blob(out))
+
+    def status(self) -> dict[str, Any]:
+        data = _json(self._invoke(DEVICE_TA, DeviceCmd.STATUS))
+        if not isinstance(data, dict):
+            raise TeeError("status is not an object", code=E.PROTOCOL)
+        return data
+
+    # -- installer TA ------------------------------------------------------------------------
+
+    def begin_install(self, name: str, package_file: Path | str | int | IO[bytes]) -> InstallTicket:
+        """Hand the package to the TEE as a file descriptor (it reads the file itself, nothing is
+        copied through the socket) and let it verify signature, chain, target, expiry and the
+        rollback floor before any key is requested."""
+        if isinstance(package_file, int):
+            fd, owned = package_file, False
+        elif isinstance(package_file, (str, Path)):
+            fd, owned = os.open(package_file, os.O_RDONLY | os.O_CLOEXEC), True
+        else:
+            fd, owned = package_file.fileno(), False
+        try:
+            out = self._invoke(INSTALLER_TA, InstallerCmd.BEGIN_INSTALL, [Text(name), Fd(0)], [fd],
+                               idempotent=False)
+        finally:
+            if owned:
+                os.close(fd)
+        return InstallTicket.from_json(_json(out))
+
+    def get_install_evidence(self, ticket: InstallTicket, nonce: str) -> Evidence:
+        out = self._invoke(INSTALLER_TA, InstallerCmd.GET_INSTALL_EVIDENCE, [Text(ticket.txn), Text(nonce)],
+                           idempotent=False)
+        return Evidence.from_json(_json(out))
+
+    def complete_install(self, ticket: InstallTicket, jwe: str) -> InstallSummary:
+        out = self._invoke(INSTALLER_TA, InstallerCmd.COMPLETE_INSTALL, [Text(ticket.txn), Text(jwe)],
+                           idempotent=False)
+        return InstallSummary.from_json(_json(out))
+
+    def complete_install_legacy(self, ticket: InstallTicket, wrapped_key_b64: str) -> InstallSummary:
+        """LEGACY (weaker, v1 interop): the content key RSA-PKCS#1 v1.5-wrapped to
+        :meth:`legacy_public_key`. No attestation, no signature by a pinned publisher."""
+        out = self._invoke(INSTALLER_TA, InstallerCmd.COMPLETE_INSTALL_LEGACY,
+                           [Text(ticket.txn), Text(wrapped_key_b64)], idempotent=False)
+        return InstallSummary.from_json(_json(out))
+
+    def abort_install(self, ticket: InstallTicket) -> None:
+        self._invoke(INSTALLER_TA, InstallerCmd.ABORT_INSTALL, [Text(ticket.txn)])
+
+    def uninstall(self, name: str) -> None:
+        self._invoke(INSTALLER_TA, InstallerCmd.UNINSTALL, [Text(name)])
+
+    # -- runner TA ---------------------------------------------------------------------------
+
+    def load_model(self, name: str, *, prepack: bool = False) -> ModelHandle:
+        """Load the installed model ``name`` into ONNX Runtime inside the TEE.
+
+        ``prepack=False`` (default): weights are used in place from the TEE's decrypted buffer
+        (peak memory about one model size). ``prepack=True``: ONNX Runtime also keeps prepacked
+        copies of MatMul/Conv weights (faster for batched inputs, about twice the memory)."""
+        out = self._invoke(RUNNER_TA, RunnerCmd.LOAD_MODEL, [Text(name), Value(LOAD_PREPACK if prepack else 0)])
+        h = ModelHandle.from_json(_json(out))
+        with self._cond:
+            self._handles[h.handle] = h
+        return h
+
+    def infer(self, handle: ModelHandle, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """Run the model. Arrays travel in the frame without copies in user space; results are
+        arrays backed by the received frame."""
+        params: list[Param] = [Value(0)]
+        params += [Tensor(k, np.asarray(v)) for k, v in inputs.items()]
+        hid = self._current_id(handle)
+        for attempt in range(2):
+            params[0] = Value(hid)
+            try:
+                out = self._invoke(RUNNER_TA, RunnerCmd.INFER, params)
+                break
+            except TeeError as exc:
+                if exc.code != E.UNKNOWN_HANDLE or attempt == 1 or handle.handle not in self._known():
+                    raise
+                hid = self._reload(handle)
+        result: dict[str, Array] = {}
+        for p in out:
+            if not isinstance(p, Tensor):
+                raise TeeError("infer returned a non-tensor", code=E.PROTOCOL)
+            result[p.name] = p.array
+        return result
+
+    def infer_many(self, handle: ModelHandle, batch: Sequence[Mapping[str, Array]]) -> list[dict[str, Array]]:
+        """Batching: stack many requests along axis 0, run the model once, split the results by the
+        rows each request contributed. Every request must have the same input names."""
+        if not batch:
+            return []
+        names = list(batch[0])
+        rows = [int(np.asarray(item[names[0]]).shape[0]) for item in batch]
+        stacked = {n: np.concatenate([np.asarray(item[n]) for item in batch], axis=0) for n in names}
+        out = self.infer(handle, stacked)
+        bounds = np.cumsum(rows)[:-1]
+        split = {k: np.split(v, bounds, axis=0) for k, v in out.items()}
+        return [{k: split[k][i] for k in split} for i in range(len(batch))]
+
+    def unload(self, handle: ModelHandle) -> None:
+        hid = self._current_id(handle)
+        with self._cond:
+            self._handles.pop(hid, None)
+            self._handles.pop(handle.handle, None)
+            self._remap.pop(handle.handle, None)
+        try:
+            self._invoke(RUNNER_TA, RunnerCmd.UNLOAD, [Value(hid)])
+        except TeeError as exc:
+            if exc.code != E.UNKNOWN_HANDLE:  # gone already (TEE restarted): nothing to release
+                raise
+
+    def _known(self) -> set[int]:
+        with self._cond:
+            return set(self._handles) | set(self._remap)
+
+    def _current_id(self, handle: ModelHandle) -> int:
+        with self._cond:
+            return self._remap.get(handle.handle, handle.handle)
+
+    def _reload(self, handle: ModelHandle) -> int:
+        fresh = self.load_model(handle.name, prepack=handle.prepacked)
+        if fresh.version != handle.version:
+            self.unload(fresh)
+            raise TeeError(f"model {handle.name!r} is now version {fresh.version}, the handle was for "
+                           f"{handle.version}; load it again", code=E.HANDLE_STALE)
+        with self._cond:
+            self._remap[handle.handle] = fresh.handle
+        return fresh.handle
+
+
+def _blob(out: list[Param]) -> bytes | bytearray | memoryview:
+    if len(out) != 1 or not isinstance(out[0], Blob):
+        raise TeeError("expected one blob in the TEE's answer", code=E.PROTOCOL)
+    return out[0].data
+
+
+def _json(out: list[Param]) -> Any:
+    data = _blob(out)
+    try:
+        return json.loads(bytes(data))
+    except ValueError as exc:
+        raise TeeError("TEE answer is not JSON", code=E.PROTOCOL) from exc
+

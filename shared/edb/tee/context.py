@@ -1,0 +1,167 @@
+"""The GlobalPlatform-shaped client: context -> session -> invoke (like TEEC_* over /dev/tee0).
+
+::
+
+    with TeeContext(socket_path) as ctx:           # TEEC_InitializeContext
+        s = ctx.open_session(DEVICE_TA)             # TEEC_OpenSession (checked against the allow-list)
+        out = s.invoke(DeviceCmd.DEVICE_INFO)       # TEEC_InvokeCommand
+        s.close()                                   # TEEC_CloseSession
+
+One context is one connection; calls on it are serialised by a lock (one request in flight). Use
+several contexts for parallel calls (:class:`edb.tee.client.TeeClient` keeps a small pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from edb.errors import TeeError
+from edb.tee.errors import CONNECTION_LOST, PROTOCOL, UNAVAILABLE, error_from_wire
+from edb.tee.protocol import (
+    DEFAULT_LIMITS,
+    Blob,
+    Limits,
+    Message,
+    MsgType,
+    Op,
+    Param,
+    Text,
+    Value,
+    decode,
+    encode,
+    hello_request,
+)
+from edb.tee.transport import PeerClosed, recv_frame, send_frame, socket_address
+
+DEFAULT_TIMEOUT_S = 600.0  # installs of large models take a while; infer calls return in ms
+
+
+class TeeContext:
+    def __init__(
+        self,
+        socket_path: Path | str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = 5.0,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.closed = False
+        try:
+            self._sock.settimeout(connect_timeout)
+            with socket_address(self.socket_path) as address:
+                self._sock.connect(address)
+        except OSError as exc:
+            self._sock.close()
+            raise TeeError(f"cannot reach the TEE at {self.socket_path}: {exc.strerror or exc}",
+                           code=UNAVAILABLE) from exc
+        self.limits = limits
+        try:
+            reply = self._roundtrip(hello_request(), ())
+            if not reply.params or not isinstance(reply.params[0], Value):
+                raise TeeError("hello reply without a version", code=PROTOCOL)
+            self.version = reply.params[0].a
+            max_frame = reply.params[0].b
+            # never accept frames larger than we were configured for, whatever the service says
+            self.limits = Limits(max_frame=min(max_frame, limits.max_frame))
+            self._sock.settimeout(timeout)
+        except BaseException:
+            self._close_socket()
+            raise
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def open_session(self, ta_uuid: uuid.UUID | str) -> TeeSession:
+        ta = uuid.UUID(str(ta_uuid))
+        reply = self.call(Message(MsgType.REQUEST, Op.OPEN_SESSION, params=[Blob(ta.bytes)]))
+        if not reply.params or not isinstance(reply.params[0], Value):
+            raise TeeError("open-session reply without a session id", code=PROTOCOL)
+        return TeeSession(self, ta, reply.params[0].a)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(self, msg: Message, fds: Sequence[int] = ()) -> Message:
+        """Send a request and return its response; a service-side error is raised typed."""
+        if self.closed:
+            raise TeeError("TEE context is closed", code=CONNECTION_LOST)
+        with self._lock:
+            reply = self._roundtrip(msg, fds)
+        if reply.status:
+            code = reply.params[0].text if reply.params and isinstance(reply.params[0], Text) else PROTOCOL
+            text = reply.params[1].text if len(reply.params) > 1 and isinstance(reply.params[1], Text) else ""
+            raise error_from_wire(code, text)
+        return reply
+
+    def _roundtrip(self, msg: Message, fds: Sequence[int]) -> Message:
+        msg.request_id = next(self._ids) & 0xFFFFFFFF
+        try:
+            send_frame(self._sock, encode(msg, self.limits), fds)
+            body, _ = recv_frame(self._sock, self.limits)
+        except PeerClosed as exc:
+            self._close_socket()
+            raise TeeError("the TEE closed the connection", code=CONNECTION_LOST) from exc
+        except TeeError:
+            self._close_socket()
+            raise
+        except OSError as exc:  # includes timeouts, EPIPE, ECONNRESET
+            self._close_socket()
+            raise TeeError(f"connection to the TEE failed: {exc.strerror or exc}", code=CONNECTION_LOST) from exc
+        reply = decode(body, limits=self.limits)
+        if reply.type != MsgType.RESPONSE or reply.request_id != msg.request_id:
+            self._close_socket()
+            raise TeeError("response does not match the request", code=PROTOCOL)
+        return reply
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _close_socket(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def close(self) -> None:
+        """TEEC_FinalizeContext: the service closes this connection's sessions and releases what
+        they held (model handles and install transactions die with the last connection of a process)."""
+        self._close_socket()
+
+    def __enter__(self) -> TeeContext:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+class TeeSession:
+    def __init__(self, context: TeeContext, ta: uuid.UUID, session_id: int) -> None:
+        self.context = context
+        self.ta = ta
+        self.id = session_id
+
+    def invoke(self, command: int, params: Sequence[Param] = (), fds: Sequence[int] = ()) -> list[Param]:
+        reply = self.context.call(
+            Message(MsgType.REQUEST, Op.INVOKE, session=self.id, command=command, params=list(params)), fds
+        )
+        return reply.params
+
+    def close(self) -> None:
+        if not self.context.closed:
+            self.context.call(Message(MsgType.REQUEST, Op.CLOSE_SESSION, session=self.id))
+
+
+def pass_file(path: Path | str) -> int:
+    """An O_RDONLY descriptor for a package file, to pass to the TEE (caller closes it)."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)

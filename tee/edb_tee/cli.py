@@ -1,0 +1,139 @@
+"""``edb device ...`` (factory provisioning) and ``edb tee ...`` (the TEE service)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+
+from edb_tee.config import MeasuredConfig, TeeConfig
+from edb_tee.paths import DeviceLayout
+
+
+def _emit(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        width = max(len(k) for k in data)
+        for k, v in data.items():
+            click.echo(f"{k:<{width}}  {v}")
+
+
+def _load_roots(paths: tuple[Path, ...]) -> list[x509.Certificate]:
+    roots: list[x509.Certificate] = []
+    for p in paths:
+        roots.extend(x509.load_pem_x509_certificates(p.read_bytes()))
+    return roots
+
+
+@click.group(help="Provision a simulated device (manufacturer CA, attestation key).")
+def device() -> None:
+    pass
+
+
+@device.command("provision")
+@click.option("--device-id", required=True, help="Device id (the certificate's CN, the IoT Hub device id).")
+@click.option("--device-class", default="trustbox-edge-201", show_default=True, help="Device class (OU).")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".edb"), show_default=True)
+@click.option("--publisher-root", "publisher_roots", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Publisher root(s) to pin (PEM). Default: <state-dir>/pki/root.pem if it exists.")
+@click.option("--allow-legacy-v1", is_flag=True, help="Enable the weaker v1 key flow (interop only).")
+@click.option("--tee-svn", type=int, default=1, show_default=True, help="TEE security version.")
+@click.option("--json", "as_json", is_flag=True)
+def provision_cmd(device_id: str, device_class: str, state_dir: Path, publisher_roots: tuple[Path, ...],
+                  allow_legacy_v1: bool, tee_svn: int, as_json: bool) -> None:
+    """Create the device's TEE state: HUK, attestation key (made inside the TEE), device certificate
+    from the manufacturer CA, sealed identity."""
+    from edb_tee.provisioning import provision
+
+    if not publisher_roots and (state_dir / "pki" / "root.pem").exists():
+        publisher_roots = (state_dir / "pki" / "root.pem",)
+    result = provision(state_dir, device_id, device_class=device_class, publisher_roots=_load_roots(publisher_roots),
+                       measured=MeasuredConfig(tee_svn=tee_svn, legacy_v1=allow_legacy_v1))
+    out = result.to_json()
+    out["publisherRoots"] = len(publisher_roots)
+    _emit(out, as_json)
+
+
+@device.command("trust-publisher")
+@click.option("--device-id", required=True)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".edb"), show_default=True)
+@click.option("--root", "roots", multiple=True, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--replace", is_flag=True, help="Replace the pinned roots instead of adding.")
+def trust_publisher_cmd(device_id: str, state_dir: Path, roots: tuple[Path, ...], replace: bool) -> None:
+    """Pin publisher root(s) on a provisioned device (the TEE service must be stopped)."""
+    from edb_tee.provisioning import trust_publisher
+
+    n = trust_publisher(DeviceLayout.for_device(state_dir, device_id), _load_roots(roots), replace=replace)
+    click.echo(f"{n} publisher root(s) pinned")
+
+
+@device.command("show")
+@click.option("--device-id", required=True)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".edb"), show_default=True)
+def show_cmd(device_id: str, state_dir: Path) -> None:
+    """Public device facts (no TEE access needed)."""
+    layout = DeviceLayout.for_device(state_dir, device_id)
+    data = json.loads(layout.device_json.read_text())
+    cert = x509.load_pem_x509_certificate(layout.certificate.read_bytes())
+    data["subject"] = cert.subject.rfc4514_string()
+    data["notAfter"] = cert.not_valid_after_utc.isoformat()
+    _emit(data, False)
+
+
+@click.group(help="Run and inspect the TEE-simulated region.")
+def tee() -> None:
+    pass
+
+
+@tee.command("serve")
+@click.option("--device-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=None,
+              help="Unix socket path (default: <device-dir>/tee.sock).")
+def serve_cmd(device_dir: Path, socket_path: Path | None) -> None:
+    """Run the TEE service for one device until SIGTERM/SIGINT."""
+    from edb_tee.service import run_service
+
+    sys.exit(run_service(device_dir, socket_path))
+
+
+@tee.command("measurement")
+@click.option("--device-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Use this device's measured configuration (default: the default configuration).")
+@click.option("--json", "as_json", is_flag=True)
+def measurement_cmd(device_dir: Path | None, as_json: bool) -> None:
+    """Print the TEE measurement (what key release policies pin)."""
+    from edb_tee.measurement import measure, runtime_description
+
+    measured = TeeConfig.load(DeviceLayout(device_dir).config).measured if device_dir else MeasuredConfig()
+    value = measure(measured)
+    if as_json:
+        click.echo(json.dumps({"measurement": value, "measured": measured.to_json(),
+                               "runtime": runtime_description()}, indent=2))
+    else:
+        click.echo(value)
+
+
+def _client(device_dir: Path | None, socket_path: Path | None) -> Any:
+    from edb.tee import TeeClient
+
+    if socket_path is None:
+        if device_dir is None:
+            raise click.UsageError("give --socket or --device-dir")
+        socket_path = DeviceLayout(device_dir).socket
+    return TeeClient(socket_path, reconnect_s=0)
+
+
+@tee.command("info")
+@click.option("--device-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=None)
+def info_cmd(device_dir: Path | None, socket_path: Path | None) -> None:
+    """Ask the running TEE for its identity, measurement, installed packages and status."""
+    with _client(device_dir, socket_path) as client:
+        click.echo(json.dumps({"device": client.device_info().to_json(),
+                               "installed": [p.to_json() for p in client.list_installed()],
+                               "status": client.status()}, indent=2))

@@ -1,0 +1,125 @@
+"""TEE configuration (``<device>/tee/config.json``): a measured part and an access part.
+
+- ``measured``: what changes the TEE's behaviour towards packages and keys (security version,
+  whether the weaker v1 key flow is enabled, limits). It is part of the TEE measurement, so the key
+  release policy pins it along with the code.
+- ``access``: the peer-credential allow-list. Which uids/gids hold which role, and which roles may
+  open a session to which trusted app. It is per-device deployment data (the uids the modules run
+  as), so it is not measured; it lives in the TEE-only directory (0700).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edb.errors import TeeError
+from edb.tee.errors import CONFIG_INVALID
+from edb_tee.paths import write_private
+
+GIB = 1024 * 1024 * 1024
+TA_ROLES_DEFAULT = {"device": ("installer", "runner"), "installer": ("installer",), "runner": ("runner",)}
+
+
+def _bad(why: str) -> TeeError:
+    return TeeError(f"TEE configuration invalid: {why}", code=CONFIG_INVALID)
+
+
+@dataclass(frozen=True)
+class MeasuredConfig:
+    tee_svn: int = 1
+    legacy_v1: bool = False
+    max_model_bytes: int = 4 * GIB
+    max_frame_bytes: int = 64 * 1024 * 1024
+    max_connections: int = 64
+    install_ttl_s: int = 900
+
+    def to_json(self) -> dict[str, Any]:
+        return {"teeSvn": self.tee_svn, "legacyV1": self.legacy_v1, "maxModelBytes": self.max_model_bytes,
+                "maxFrameBytes": self.max_frame_bytes, "maxConnections": self.max_connections,
+                "installTtlSeconds": self.install_ttl_s}
+
+    @classmethod
+    def from_json(cls, d: object) -> MeasuredConfig:
+        keys = {"teeSvn", "legacyV1", "maxModelBytes", "maxFrameBytes", "maxConnections", "installTtlSeconds"}
+        if not isinstance(d, dict) or set(d) != keys:
+            raise _bad(f"measured section must have exactly {sorted(keys)}")
+        ints = [d[k] for k in keys - {"legacyV1"}]
+        if not isinstance(d["legacyV1"], bool) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                          for i in ints):
+            raise _bad("measured values have the wrong types")
+        if not 4096 <= d["maxFrameBytes"] <= 1 << 30 or d["maxConnections"] < 1:
+            raise _bad("frame or connection limit out of range")
+        return cls(d["teeSvn"], d["legacyV1"], d["maxModelBytes"], d["maxFrameBytes"], d["maxConnections"],
+                   d["installTtlSeconds"])
+
+
+@dataclass(frozen=True)
+class Role:
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    roles: dict[str, Role] = field(default_factory=dict)
+    tas: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(TA_ROLES_DEFAULT))
+
+    @classmethod
+    def single_user(cls, uid: int) -> AccessConfig:
+        """Development default: every role held by the user who provisioned the device."""
+        return cls({"installer": Role(frozenset({uid})), "runner": Role(frozenset({uid}))})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"roles": {n: {"uids": sorted(r.uids), "gids": sorted(r.gids)} for n, r in sorted(self.roles.items())},
+                "tas": {n: list(r) for n, r in sorted(self.tas.items())}}
+
+    @classmethod
+    def from_json(cls, d: object) -> AccessConfig:
+        if not isinstance(d, dict) or set(d) != {"roles", "tas"}:
+            raise _bad("access section must have exactly roles and tas")
+        roles: dict[str, Role] = {}
+        if not isinstance(d["roles"], dict) or not isinstance(d["tas"], dict):
+            raise _bad("roles and tas must be objects")
+        for name, r in d["roles"].items():
+            if not isinstance(r, dict) or set(r) != {"uids", "gids"}:
+                raise _bad(f"role {name!r} must have exactly uids and gids")
+            ids = r["uids"] + r["gids"] if isinstance(r["uids"], list) and isinstance(r["gids"], list) else None
+            if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+                raise _bad(f"role {name!r}: uids and gids must be lists of non-negative integers")
+            roles[name] = Role(frozenset(r["uids"]), frozenset(r["gids"]))
+        tas: dict[str, tuple[str, ...]] = {}
+        for ta, allowed in d["tas"].items():
+            if ta not in TA_ROLES_DEFAULT:
+                raise _bad(f"unknown trusted app {ta!r}")
+            if not isinstance(allowed, list) or not all(isinstance(a, str) and a in roles for a in allowed):
+                raise _bad(f"trusted app {ta!r} names an undefined role")
+            tas[ta] = tuple(allowed)
+        return cls(roles, tas)
+
+
+@dataclass(frozen=True)
+class TeeConfig:
+    measured: MeasuredConfig = field(default_factory=MeasuredConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "measured": self.measured.to_json(), "access": self.access.to_json()}
+
+    @classmethod
+    def from_json(cls, d: object) -> TeeConfig:
+        if not isinstance(d, dict) or set(d) != {"version", "measured", "access"} or d["version"] != 1:
+            raise _bad("expected {version: 1, measured, access}")
+        return cls(MeasuredConfig.from_json(d["measured"]), AccessConfig.from_json(d["access"]))
+
+    @classmethod
+    def load(cls, path: Path) -> TeeConfig:
+        try:
+            return cls.from_json(json.loads(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise _bad(f"cannot read {path}: {exc}") from exc
+
+    def save(self, path: Path) -> None:
+        write_private(path, json.dumps(self.to_json(), indent=2).encode() + b"\n")

@@ -1,0 +1,365 @@
+"""Install transactions (Contract 4), inside the TEE.
+
+``begin`` (package passed as a descriptor) -> verify with the package library: signature and chain
+to the publisher roots pinned at provisioning, target = this device, not expired, security version
+>= the floor; no key is involved yet. ``evidence`` -> a fresh one-time P-256 key and a statement
+binding it to the package id, version, security version and manifest hash. ``complete`` -> open the
+released key with the one-time key (it must be bound to this package and the manifest's KEK kid),
+re-check the floor, decrypt into a locked buffer, validate the model with ONNX Runtime, seal it, and
+commit {sealed generation, install record, raised floor} in one replay-protected write.
+
+Any failure before that commit leaves the installed set, the floors and the serving model exactly
+as they were; the transaction is dropped and the plaintext buffer overwritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import logging
+import os
+import secrets
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+
+from edb import onnx_layout
+from edb.attestation.evidence import PackageBinding
+from edb.attestation.keywrap import open_released_key
+from edb.cpk import FORMAT_V2, Limits, PackageReader, VerifiedPackage, decrypt_payload, open_package, verify_package
+from edb.cpk.errors import ROLLBACK
+from edb.errors import PackageError, TeeError
+from edb.tee import errors as E
+from edb.tee.commands import INSTALLER_TA
+from edb.tee.types import NAME_PATTERN, Evidence, InstalledPackage, InstallSummary, InstallTicket
+from edb_tee.hardening import SecureBuffer
+from edb_tee.models import LoadedModel, ModelManager
+from edb_tee.rpmb import RpmbState
+
+if TYPE_CHECKING:
+    from edb_tee.core import DeviceState
+
+log = logging.getLogger("edb_tee.install")
+
+MODEL_MEDIA_TYPES = (onnx_layout.MEDIA_TYPE, "application/onnx", "application/vnd.onnx",
+                     "application/octet-stream")
+MAX_OPEN_PER_OWNER = 4
+MAX_OPEN = 32
+
+
+def model_object(name: str) -> str:
+    return f"model/{name}"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Transaction:
+    txn: str
+    name: str
+    owner: int
+    file: IO[bytes]
+    reader: PackageReader
+    verified: VerifiedPackage | None  # None for legacy v1
+    package_id: str
+    version: str
+    security_version: int
+    format: str
+    sha256: str
+    media_type: str
+    payload_sha256: str
+    created: float = field(default_factory=time.monotonic)
+    one_time_key: ec.EllipticCurvePrivateKey | None = None
+
+    def close(self) -> None:
+        self.one_time_key = None
+        self.reader.close()
+        self.file.close()
+
+    def ticket(self) -> InstallTicket:
+        return InstallTicket(self.txn, self.name, self.package_id, self.version, self.security_version,
+                             self.format, self.verified.signed if self.verified else None, self.sha256)
+
+
+def _file_sha256(fd: int) -> str:
+    h = hashlib.sha256()
+    position = 0
+    while True:
+        block = os.pread(fd, 1 << 20, position)
+        if not block:
+            return h.hexdigest()
+        h.update(block)
+        position += len(block)
+
+
+class InstallEngine:
+    def __init__(self, state: DeviceState, models: ModelManager, *, clock: Any = _utcnow) -> None:
+        self.state = state
+        self.models = models
+        self.clock = clock
+        self._txns: dict[str, Transaction] = {}
+        self._lock = threading.Lock()  # the transaction table
+        self._commit = threading.Lock()  # one complete() at a time
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def installed(self) -> list[InstalledPackage]:
+        return [_record_to_package(n, r) for n, r in sorted(self.state.rpmb.read().installed.items())]
+
+    def record(self, name: str) -> dict[str, Any]:
+        rec = self.state.rpmb.read().installed.get(name)
+        if rec is None:
+            raise TeeError(f"no model named {name!r} is installed", code=E.NOT_INSTALLED)
+        return rec
+
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._txns)
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def _take(self, txn: str, owner: int) -> Transaction:
+        self._expire()
+        with self._lock:
+            t = self._txns.get(txn)
+            if t is None or t.owner != owner:
+                raise TeeError("no such install transaction", code=E.INSTALL_UNKNOWN)
+            return t
+
+    def _drop(self, t: Transaction) -> None:
+        with self._lock:
+            self._txns.pop(t.txn, None)
+        t.close()
+
+    def _expire(self) -> None:
+        ttl = self.state.config.measured.install_ttl_s
+        now = time.monotonic()
+        with self._lock:
+            old = [t for t in self._txns.values() if now - t.created > ttl]
+            for t in old:
+                del self._txns[t.txn]
+        for t in old:
+            t.close()
+
+    def begin(self, name: str, fd: int, owner: int) -> InstallTicket:
+        """Takes ownership of ``fd``."""
+        try:
+            if not NAME_PATTERN.fullmatch(name):
+                raise TeeError(f"invalid package name {name!r}", code=E.BAD_NAME)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise TeeError("the package descriptor is not a regular file", code=E.PACKAGE_FILE)
+            self._expire()
+            with self._lock:
+                mine = sum(1 for t in self._txns.values() if t.owner == owner)
+                if mine >= MAX_OPEN_PER_OWNER or len(self._txns) >= MAX_OPEN:
+                    raise TeeError("too many open install transactions", code=E.BUSY)
+        except BaseException:
+            os.close(fd)
+            raise
+        file = os.fdopen(fd, "rb", closefd=True)
+        try:
+            sha = _file_sha256(fd)
+            limits = Limits(max_payload_bytes=self.state.config.measured.max_model_bytes)
+            reader = open_package(file, limits=limits)
+        except BaseException:
+            file.close()
+            raise
+        try:
+            t = self._verify(name, owner, file, reader, sha)
+        except BaseException:
+            reader.close()
+            file.close()
+            raise
+        with self._lock:
+            self._txns[t.txn] = t
+        log.info("install %s begun: %s %s (%s)", t.txn[:8], t.package_id, t.version, t.format)
+        return t.ticket()
+
+    def _verify(self, name: str, owner: int, file: IO[bytes], reader: PackageReader, sha: str) -> Transaction:
+        ident = self.state.identity
+        txn = secrets.token_hex(16)
+        if reader.format != FORMAT_V2:
+            if not self.state.config.measured.legacy_v1:
+                raise TeeError("v1 packages need the legacy key flow, which is disabled on this device",
+                               code=E.LEGACY_DISABLED)
+            m1 = reader.manifest_v1
+            return Transaction(txn, name, owner, file, reader, None, m1.cp_id, str(m1.payload.ver), 0,
+                               reader.format, sha, "application/onnx", "")
+        if not ident.publisher_roots:
+            raise TeeError("no publisher root is pinned on this device", code=E.NO_TRUST_ROOT)
+        floor = self.state.rpmb.read().floors.get(reader.manifest_v2.package_id)
+        verified = verify_package(reader, trust_roots=ident.publisher_roots, now=self.clock(),
+                                  device_id=ident.device_id, device_class=ident.device_class,
+                                  security_floor=floor, check_payload_digest=False)
+        m = verified.manifest
+        if m.media_type not in MODEL_MEDIA_TYPES:
+            raise TeeError(f"payload media type {m.media_type!r} is not a model this TEE loads", code=E.MODEL_INVALID)
+        if m.plaintext_size > self.state.config.measured.max_model_bytes:
+            raise TeeError("model larger than this TEE accepts", code=E.MODEL_TOO_LARGE)
+        return Transaction(txn, name, owner, file, reader, verified, m.package_id, m.version, m.security_version,
+                           reader.format, sha, m.media_type, m.plaintext_sha256)
+
+    def evidence(self, txn: str, nonce: str, owner: int) -> Evidence:
+        t = self._take(txn, owner)
+        if t.verified is None:
+            raise TeeError("legacy v1 installs have no attestation; use the legacy key flow", code=E.INSTALL_STATE)
+        key = ec.generate_private_key(ec.SECP256R1())
+        binding = PackageBinding(t.package_id, t.version, t.security_version, t.verified.signed.manifest_sha256)
+        ev = self.state.identity.evidence(nonce=nonce, measurement=self.state.measurement,
+                                          tee_svn=self.state.config.measured.tee_svn,
+                                          one_time_key=key.public_key(), package=binding)
+        t.one_time_key = key  # a new request replaces (and so revokes) the previous one-time key
+        return ev
+
+    def abort(self, txn: str, owner: int) -> None:
+        self._drop(self._take(txn, owner))
+
+    def release_owner(self, owner: int) -> None:
+        with self._lock:
+            mine = [t for t in self._txns.values() if t.owner == owner]
+        for t in mine:
+            self._drop(t)
+
+    def close(self) -> None:
+        with self._lock:
+            txns = list(self._txns.values())
+            self._txns.clear()
+        for t in txns:
+            t.close()
+
+    # -- complete ----------------------------------------------------------------------------
+
+    def complete(self, txn: str, jwe: str, owner: int) -> InstallSummary:
+        t = self._take(txn, owner)
+        try:
+            if t.verified is None or t.one_time_key is None:
+                raise TeeError("ask for install evidence before completing", code=E.INSTALL_STATE)
+            released = open_released_key(jwe, t.one_time_key, package_id=t.package_id, version=t.version)
+            if released.kid != t.verified.manifest.kid:
+                raise TeeError("released key is for another KEK than the manifest names", code=E.KEY_MISMATCH)
+            verified = t.verified
+            return self._install(t, lambda buf: decrypt_payload(verified, released.dek, buf.view()),
+                                 verified.manifest.plaintext_size)
+        finally:
+            self._drop(t)
+
+    def complete_legacy(self, txn: str, wrapped_b64: str, owner: int) -> InstallSummary:
+        """LEGACY v1: content key RSA-PKCS#1 v1.5-wrapped to the device's legacy key."""
+        t = self._take(txn, owner)
+        try:
+            if t.verified is not None:
+                raise TeeError("v2 packages use the attested key flow", code=E.INSTALL_STATE)
+            if not self.state.config.measured.legacy_v1:
+                raise TeeError("the legacy v1 key flow is disabled", code=E.LEGACY_DISABLED)
+            try:
+                wrapped = base64.b64decode(wrapped_b64, validate=True)
+                key = self.state.identity.legacy_key.decrypt(wrapped, padding.PKCS1v15())
+            except (binascii.Error, ValueError) as exc:
+                raise TeeError("legacy wrapped key does not open with this device's key", code=E.KEY_MISMATCH) from exc
+            return self._install_legacy(t, key)
+        finally:
+            self._drop(t)
+
+    def _install_legacy(self, t: Transaction, key: bytes) -> InstallSummary:
+        try:
+            from edb.cpk.v1 import decrypt_payload_v1
+        except ImportError as exc:  # pragma: no cover - depends on the package library version
+            raise TeeError("this build has no v1 payload decryption", code=E.LEGACY_UNSUPPORTED) from exc
+        size = t.reader.span(t.reader.manifest_v1.payload.data).size
+        if size > self.state.config.measured.max_model_bytes:
+            raise TeeError("model larger than this TEE accepts", code=E.MODEL_TOO_LARGE)
+
+        def fill(buf: SecureBuffer) -> None:
+            view, position = buf.view(), 0
+
+            def sink(chunk: bytes | memoryview) -> None:
+                nonlocal position
+                view[position:position + len(chunk)] = chunk
+                position += len(chunk)
+
+            decrypt_payload_v1(t.reader, key, sink)
+
+        return self._install(t, fill, size)
+
+    def _install(self, t: Transaction, fill: Any, size: int) -> InstallSummary:
+        with self._commit:
+            floor = self.state.rpmb.read().floors.get(t.package_id)
+            if floor is not None and t.security_version < floor:
+                raise PackageError(f"security version {t.security_version} is below the floor {floor}",
+                                   code=ROLLBACK)
+            buf = SecureBuffer(size)
+            try:
+                fill(buf)
+                buf = _to_layout(buf)
+            except BaseException:
+                buf.close()
+                raise
+            model = self.models.make(t.name, t.version, t.package_id, buf, prepack=False)  # validates
+            try:
+                return self._seal(t, model)
+            except BaseException:
+                model.close()
+                raise
+
+    def _seal(self, t: Transaction, model: LoadedModel) -> InstallSummary:
+        previous = self.state.rpmb.read().installed.get(t.name)
+        record = {"packageId": t.package_id, "version": t.version, "securityVersion": t.security_version,
+                  "sha256": t.sha256, "payloadSha256": t.payload_sha256, "mediaType": t.media_type,
+                  "format": t.format, "installedAt": self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")}
+        key = f"{INSTALLER_TA}/{model_object(t.name)}"
+        after: dict[str, int] = {}
+
+        def commit(state: RpmbState) -> None:
+            state.installed[t.name] = {**record, "gen": state.objects[key]["gen"]}
+            if t.format == FORMAT_V2:
+                state.floors[t.package_id] = max(state.floors.get(t.package_id, 0), t.security_version)
+            after["floor"] = state.floors.get(t.package_id, 0)
+
+        self.state.storage.write(INSTALLER_TA, model_object(t.name), model.buffer.view(), also=commit)
+        self.models.keep_warm(model)
+        log.info("installed %s: %s %s (svn %d)", t.name, t.package_id, t.version, t.security_version)
+        return InstallSummary(_record_to_package(t.name, record), after["floor"],
+                              previous["version"] if previous else None)
+
+    def uninstall(self, name: str) -> None:
+        with self._commit:
+            self.record(name)
+
+            def drop(state: RpmbState) -> None:
+                state.installed.pop(name, None)  # the floor stays: uninstalling never allows a rollback
+
+            self.state.storage.delete(INSTALLER_TA, model_object(name), also=drop)
+        self.models.drop_warm(name)
+        log.info("uninstalled %s", name)
+
+
+def _to_layout(buf: SecureBuffer) -> SecureBuffer:
+    """Plain ONNX -> the aligned layout, inside the TEE (transiently two copies of the weights)."""
+    view = buf.view()
+    if onnx_layout.is_layout(view):
+        return buf
+    plan = onnx_layout.plan(view)
+    out = SecureBuffer(plan.total_size)
+    try:
+        onnx_layout.write_into(plan, view, out.view())
+    except BaseException:
+        out.close()
+        raise
+    del view
+    buf.close()
+    return out
+
+
+def _record_to_package(name: str, r: dict[str, Any]) -> InstalledPackage:
+    return InstalledPackage(name, r["packageId"], r["version"], r["securityVersion"], r["sha256"],
+                            r.get("payloadSha256", ""), r.get("mediaType", ""), r.get("format", FORMAT_V2),
+                            r.get("installedAt", ""))

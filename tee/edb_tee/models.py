@@ -1,0 +1,261 @@
+"""ONNX Runtime inside the TEE, from memory, without a second copy of the weights.
+
+A model is held as the EDB aligned layout (:mod:`edb.onnx_layout`) in one :class:`SecureBuffer`.
+The session is created from the (small) graph bytes; every external initializer is registered with
+``SessionOptions.add_initializer`` as an ``OrtValue`` viewing the buffer, and prepacking is off, so
+ONNX Runtime computes on the TEE's buffer directly (measured: peak RSS about 1.07x the model on top
+of the process baseline, versus about 3x for ``InferenceSession(bytes)``). With ``prepack=True``
+ONNX Runtime additionally keeps prepacked copies of MatMul/Conv weights: faster for batched inputs,
+about twice the memory.
+
+Nothing touches a file: the layout's stub locations resolve against an empty directory that is
+never read (see :mod:`edb.onnx_layout`).
+
+Handles are owned by the client process (its pid, from SO_PEERCRED) that loaded them; they are
+released when it unloads them or when its last connection closes. Sessions of the same installed
+version and options are shared between handles. Unloading the last handle drops the session and
+overwrites the buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from edb import onnx_layout
+from edb.errors import TeeError
+from edb.tee import errors as E
+from edb.tee.protocol import dtype_from_code
+from edb.tee.types import ModelHandle, TensorSpec
+from edb_tee.hardening import SecureBuffer
+
+log = logging.getLogger("edb_tee.models")
+Array = npt.NDArray[Any]
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
+    "tensor(int32)": "int32", "tensor(uint32)": "uint32", "tensor(int64)": "int64", "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, (int, str)) or d is None else str(d) for d in (arg.shape or ()))
+    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, "unknown"), shape)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    return str(exc).strip().splitlines()[0][:limit] if str(exc).strip() else type(exc).__name__
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    package_id: str
+    prepack: bool
+    buffer: SecureBuffer
+    session: ort.InferenceSession
+    ortvalues: list[Any]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    tensor_outputs: list[str]
+    refs: int = 0
+    active: int = 0
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def close(self) -> None:
+        """Wait for running inferences, drop the session, then overwrite and unmap the buffer."""
+        with self.cond:
+            while self.active:
+                self.cond.wait()
+            self.active = -1  # closed: no new inference may start
+        del self.session
+        self.ortvalues.clear()
+        self.buffer.close()
+
+
+def build_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
+                  intra_op_threads: int = 0) -> tuple[ort.InferenceSession, list[Any]]:
+    """Create the session on the layout in ``buffer`` (parsed and bounds-checked first)."""
+    view = buffer.view()
+    parsed = onnx_layout.parse(view)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if intra_op_threads:
+        so.intra_op_num_threads = intra_op_threads
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(empty_dir))
+    ortvalues: list[Any] = []
+    for t in parsed.tensors:
+        dt = dtype_from_code(t.data_type)
+        arr = np.frombuffer(buffer.mm, dtype=dt, count=t.length // dt.itemsize, offset=t.offset).reshape(t.dims)
+        value = ort.OrtValue.ortvalue_from_numpy(arr)
+        ortvalues.append(value)
+        so.add_initializer(t.name, value)
+    graph = bytes(parsed.graph)
+    try:
+        session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        ortvalues.clear()
+        raise TeeError(f"ONNX Runtime refused the model: {_short(exc)}", code=E.MODEL_INVALID) from exc
+    return session, ortvalues
+
+
+@dataclass
+class _Handle:
+    model: LoadedModel
+    owner: int  # pid
+
+
+class ModelManager:
+    def __init__(self, empty_dir: Path, *, intra_op_threads: int = 0) -> None:
+        self.empty_dir = empty_dir
+        self.intra_op_threads = intra_op_threads
+        self._lock = threading.Lock()
+        self._models: dict[tuple[str, str, bool], LoadedModel] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._warm: dict[str, LoadedModel] = {}  # validated at install, not yet loaded by anyone
+
+    # -- creation ----------------------------------------------------------------------------
+
+    def make(self, name: str, version: str, package_id: str, buffer: SecureBuffer, *, prepack: bool) -> LoadedModel:
+        try:
+            session, values = build_session(buffer, prepack=prepack, empty_dir=self.empty_dir,
+                                            intra_op_threads=self.intra_op_threads)
+        except BaseException:
+            buffer.close()
+            raise
+        outputs = tuple(_spec(o) for o in session.get_outputs())
+        return LoadedModel(name, version, package_id, prepack, buffer, session, values,
+                           tuple(_spec(i) for i in session.get_inputs()), outputs,
+                           [o.name for o in outputs if o.dtype != "unknown"])
+
+    def keep_warm(self, model: LoadedModel) -> None:
+        """An install just validated this model: keep its session for the next ``load``."""
+        with self._lock:
+            old = self._warm.pop(model.name, None)
+            self._warm[model.name] = model
+        if old is not None and old is not model:
+            old.close()
+
+    def drop_warm(self, name: str) -> None:
+        with self._lock:
+            old = self._warm.pop(name, None)
+        if old is not None:
+            old.close()
+
+    # -- handles -----------------------------------------------------------------------------
+
+    def load(self, name: str, version: str, package_id: str, owner: int, *, prepack: bool,
+             unseal: Any) -> ModelHandle:
+        """A handle on (name, version); shares a loaded session, adopts the warm one, or unseals."""
+        key = (name, version, prepack)
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                warm = self._warm.get(name)
+                if warm is not None and warm.version == version and warm.prepack == prepack:
+                    model = self._models[key] = self._warm.pop(name)
+        if model is None:
+            model = self.make(name, version, package_id, unseal(), prepack=prepack)
+            with self._lock:
+                existing = self._models.get(key)
+                if existing is None:
+                    self._models[key] = model
+                else:  # another thread loaded it meanwhile
+                    model.close()
+                    model = existing
+        with self._lock:
+            model.refs += 1
+            handle = secrets.randbits(62) + 1
+            self._handles[handle] = _Handle(model, owner)
+        return ModelHandle(handle, name, version, model.inputs, model.outputs, package_id, prepack)
+
+    def _get(self, handle: int, owner: int) -> LoadedModel:
+        with self._lock:
+            h = self._handles.get(handle)
+            if h is None or h.owner != owner:
+                raise TeeError("unknown model handle", code=E.UNKNOWN_HANDLE)
+            return h.model
+
+    def infer(self, handle: int, owner: int, feeds: Mapping[str, Array]) -> dict[str, Array]:
+        model = self._get(handle, owner)
+        with model.cond:
+            if model.active < 0:
+                raise TeeError("model was unloaded", code=E.UNKNOWN_HANDLE)
+            model.active += 1
+        try:
+            known = {i.name for i in model.inputs}
+            unknown = set(feeds) - known
+            if unknown:
+                raise TeeError(f"model has no input(s) {sorted(unknown)}", code=E.INPUT_INVALID)
+            try:
+                results = model.session.run(model.tensor_outputs, dict(feeds))
+            except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as exc:
+                raise TeeError(f"ONNX Runtime refused the inputs: {_short(exc)}", code=E.INPUT_INVALID) from exc
+            except Exception as exc:
+                raise TeeError(f"inference failed: {_short(exc)}", code=E.INFER_FAILED) from exc
+            return {n: np.asarray(r) for n, r in zip(model.tensor_outputs, results, strict=True)}
+        finally:
+            with model.cond:
+                model.active -= 1
+                model.cond.notify_all()
+
+    def unload(self, handle: int, owner: int) -> None:
+        with self._lock:
+            h = self._handles.get(handle)
+            if h is None or h.owner != owner:
+                raise TeeError("unknown model handle", code=E.UNKNOWN_HANDLE)
+            del self._handles[handle]
+            closing = self._release(h.model)
+        if closing is not None:
+            closing.close()
+
+    def _release(self, model: LoadedModel) -> LoadedModel | None:
+        model.refs -= 1
+        if model.refs > 0:
+            return None
+        self._models.pop((model.name, model.version, model.prepack), None)
+        return model
+
+    def release_owner(self, owner: int) -> int:
+        """The owner's last connection closed: release every handle it held."""
+        closing: list[LoadedModel] = []
+        with self._lock:
+            mine = [hid for hid, h in self._handles.items() if h.owner == owner]
+            for hid in mine:
+                m = self._release(self._handles.pop(hid).model)
+                if m is not None:
+                    closing.append(m)
+        for m in closing:
+            m.close()
+        return len(mine)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "loaded": [{"name": m.name, "version": m.version, "prepacked": m.prepack, "handles": m.refs,
+                            "bytes": m.buffer.size, "locked": m.buffer.locked} for m in self._models.values()],
+                "warm": [{"name": m.name, "version": m.version, "bytes": m.buffer.size} for m in self._warm.values()],
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            models = list(self._models.values()) + list(self._warm.values())
+            self._models.clear()
+            self._warm.clear()
+            self._handles.clear()
+        for m in models:
+            m.close()

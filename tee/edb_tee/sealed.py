@@ -1,0 +1,178 @@
+"""Sealed object format: one trusted app's named object, encrypted and authenticated on disk.
+
+::
+
+    "EDBSOBJ1" | u32 n | header (n bytes, canonical JSON) | u32 m | wrapped FEK (m bytes) | chunks
+
+- header: ``{"v":1,"ta":"<uuid>","name":"<object name>","gen":<generation>,"size":<bytes>,
+  "chunk":<chunk size>,"prefix":"<hex, 7 bytes>"}``
+- wrapped FEK: a fresh random 256-bit file encryption key per write, ``nonce(12) || AES-256-GCM(TSK,
+  FEK, aad = "edb-sobj-fek" || header)``; any change to the header makes unwrapping fail.
+- chunks: AES-256-GCM(FEK) of ``chunk``-byte pieces, nonce = prefix || u32 index || u8 last,
+  aad = SHA-256(header), each followed by its 16-byte tag (STREAM construction: truncation,
+  reordering and splicing between objects fail).
+
+Decryption writes straight into the caller's buffer (``AESGCM.decrypt_into``, which releases the
+GIL), so no intermediate plaintext copy is made; the caller must discard the buffer if this raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from edb.errors import TeeError
+from edb.tee.errors import SEALED_NAME_MISMATCH, SEALED_TAMPERED
+
+MAGIC = b"EDBSOBJ1"
+CHUNK = 1024 * 1024
+TAG = 16
+PREFIX = 7
+MAX_HEADER = 4096
+_LEN = struct.Struct("<I")
+_FEK_AAD = b"edb-sobj-fek"
+
+
+def _tampered(why: str) -> TeeError:
+    return TeeError(f"sealed object fails authentication: {why}", code=SEALED_TAMPERED)
+
+
+@dataclass(frozen=True)
+class SealedHeader:
+    ta: uuid.UUID
+    name: str
+    gen: int
+    size: int
+    chunk: int
+    prefix: bytes
+
+    def encode(self) -> bytes:
+        return json.dumps({"v": 1, "ta": str(self.ta), "name": self.name, "gen": self.gen, "size": self.size,
+                           "chunk": self.chunk, "prefix": self.prefix.hex()},
+                          sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SealedHeader:
+        try:
+            d = json.loads(data)
+            if set(d) != {"v", "ta", "name", "gen", "size", "chunk", "prefix"} or d["v"] != 1:
+                raise ValueError("members")
+            h = cls(uuid.UUID(d["ta"]), str(d["name"]), int(d["gen"]), int(d["size"]), int(d["chunk"]),
+                    bytes.fromhex(d["prefix"]))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise _tampered("header is not readable") from exc
+        if h.size < 0 or not 16 <= h.chunk <= 64 * 1024 * 1024 or len(h.prefix) != PREFIX or h.gen < 0:
+            raise _tampered("header out of range")
+        return h
+
+    @property
+    def chunks(self) -> int:
+        return max(1, -(-self.size // self.chunk))
+
+    def sealed_size(self, header_len: int, wrapped_len: int) -> int:
+        return len(MAGIC) + 4 + header_len + 4 + wrapped_len + self.size + self.chunks * TAG
+
+
+def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    return prefix + struct.pack(">IB", index, 1 if last else 0)
+
+
+def seal(out: BinaryIO, tsk: bytes, ta: uuid.UUID, name: str, gen: int, data: memoryview | bytes,
+         *, chunk: int = CHUNK) -> str:
+    """Write one sealed object; returns the hex SHA-256 of its header (recorded in the RPMB store)."""
+    src = memoryview(data).cast("B")
+    header = SealedHeader(ta, name, gen, len(src), chunk, secrets.token_bytes(PREFIX))
+    hbytes = header.encode()
+    fek = AESGCM.generate_key(bit_length=256)
+    wrap_nonce = secrets.token_bytes(12)
+    wrapped = wrap_nonce + AESGCM(tsk).encrypt(wrap_nonce, fek, _FEK_AAD + hbytes)
+    out.write(MAGIC + _LEN.pack(len(hbytes)) + hbytes + _LEN.pack(len(wrapped)) + wrapped)
+    aad = hashlib.sha256(hbytes).digest()
+    aead = AESGCM(fek)
+    buf = bytearray(min(chunk, len(src)) + TAG)
+    for i in range(header.chunks):
+        piece = src[i * chunk:(i + 1) * chunk]
+        view = memoryview(buf)[: len(piece) + TAG]
+        aead.encrypt_into(_nonce(header.prefix, i, i == header.chunks - 1), piece, aad, view)
+        out.write(view)
+    return hashlib.sha256(hbytes).hexdigest()
+
+
+@dataclass(frozen=True)
+class OpenedObject:
+    header: SealedHeader
+    header_bytes: bytes
+    header_sha256: str
+    fek: bytes
+    data_offset: int
+
+    def __repr__(self) -> str:
+        return f"OpenedObject({self.header.name!r}, gen={self.header.gen})"
+
+
+def open_sealed(fh: BinaryIO, tsk: bytes, ta: uuid.UUID, name: str) -> OpenedObject:
+    """Read and authenticate the header of a sealed object and unwrap its key.
+
+    ``TEE_SEALED_TAMPERED`` if anything was edited or cut; ``TEE_SEALED_NAME_MISMATCH`` if it is an
+    authentic object of another name or trusted app (two objects swapped). Generation (rollback) is
+    the caller's check against the replay-protected store."""
+    head = fh.read(len(MAGIC) + 4)
+    if len(head) != len(MAGIC) + 4 or head[: len(MAGIC)] != MAGIC:
+        raise _tampered("not a sealed object")
+    (hlen,) = _LEN.unpack(head[len(MAGIC):])
+    if hlen > MAX_HEADER:
+        raise _tampered("header too long")
+    hbytes = fh.read(hlen)
+    wl = fh.read(4)
+    if len(hbytes) != hlen or len(wl) != 4:
+        raise _tampered("truncated header")
+    (wlen,) = _LEN.unpack(wl)
+    if wlen != 12 + 32 + TAG:
+        raise _tampered("wrapped key has the wrong size")
+    wrapped = fh.read(wlen)
+    if len(wrapped) != wlen:
+        raise _tampered("truncated key")
+    try:
+        fek = AESGCM(tsk).decrypt(wrapped[:12], wrapped[12:], _FEK_AAD + hbytes)
+    except InvalidTag as exc:
+        raise _tampered("header or key was modified, or it belongs to another device or trusted app") from exc
+    header = SealedHeader.decode(hbytes)
+    if header.ta != ta or header.name != name:
+        raise TeeError(f"sealed object slot for {name!r} holds another object", code=SEALED_NAME_MISMATCH)
+    size = os.fstat(fh.fileno()).st_size
+    if size != header.sealed_size(hlen, wlen):
+        raise _tampered("file size does not match its header (truncated or extended)")
+    return OpenedObject(header, hbytes, hashlib.sha256(hbytes).hexdigest(), fek, len(MAGIC) + 8 + hlen + wlen)
+
+
+def unseal_into(fh: io.BufferedIOBase, opened: OpenedObject, dst: memoryview) -> None:
+    """Decrypt the chunks into ``dst`` (at least ``size`` bytes). On error the caller wipes ``dst``."""
+    h = opened.header
+    if len(dst) < h.size:
+        raise ValueError("destination too small")
+    aad = hashlib.sha256(opened.header_bytes).digest()
+    fh.seek(opened.data_offset)
+    ct = bytearray(min(h.chunk, h.size) + TAG)
+    aead = AESGCM(opened.fek)
+    pos = 0
+    for i in range(h.chunks):
+        n = min(h.chunk, h.size - pos)
+        view = memoryview(ct)[: n + TAG]
+        got = fh.readinto(view)
+        if got != n + TAG:
+            raise _tampered("truncated chunk")
+        try:
+            aead.decrypt_into(_nonce(h.prefix, i, i == h.chunks - 1), view, aad, dst[pos:pos + n])
+        except InvalidTag as exc:
+            raise _tampered(f"chunk {i} does not authenticate") from exc
+        pos += n

@@ -1,0 +1,212 @@
+"""The TEE service's socket side: a Unix stream socket (mode 0600), SO_PEERCRED allow-list, one
+thread per connection, the hello handshake, sessions, and dispatch to the trusted apps.
+
+A connection whose peer holds no role is answered ``TEE_ACCESS_DENIED`` and closed before anything
+else is read. Opening a session to a trusted app needs a role that the configuration allows for it.
+Every frame is bounded (``maxFrameBytes``) before it is allocated; a malformed frame is answered
+with ``TEE_PROTOCOL`` / ``TEE_FRAME_TOO_LARGE`` and the connection is closed (the stream cannot be
+trusted to be in sync afterwards). Errors travel as ``(code, message)``; messages never carry
+secrets, and unexpected exceptions become ``TEE_INTERNAL`` with details only in the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from edb.errors import EdbError, TeeError
+from edb.tee import errors as E
+from edb.tee.protocol import (
+    PROTOCOL_VERSION,
+    Blob,
+    Limits,
+    Message,
+    MsgType,
+    Op,
+    Param,
+    Value,
+    decode,
+    encode,
+    error_message,
+    negotiate,
+)
+from edb.tee.transport import PeerClosed, PeerCredentials, peer_credentials, recv_frame, send_frame, socket_address
+from edb_tee.access import may_open, roles_of
+from edb_tee.core import TeeCore
+from edb_tee.tas import REGISTRY, Call, TrustedApp
+
+log = logging.getLogger("edb_tee.server")
+HANDSHAKE_TIMEOUT_S = 5.0
+
+
+class TeeServer:
+    def __init__(self, core: TeeCore, socket_path: Path) -> None:
+        self.core = core
+        self.socket_path = socket_path
+        measured = core.state.config.measured
+        self.limits = Limits(max_frame=measured.max_frame_bytes)
+        self.max_connections = measured.max_connections
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._per_pid: Counter[int] = Counter()
+        self._listener: socket.socket | None = None
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        # we hold the device lock, so a socket file left here is stale
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            with socket_address(self.socket_path) as address:
+                listener.bind(address)
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+        listener.listen(64)
+        self._listener = listener
+        log.info("listening on %s (protocol %d)", self.socket_path, PROTOCOL_VERSION)
+
+    def serve_forever(self) -> None:
+        assert self._listener is not None, "bind() first"
+        while not self._stopping:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                if self._stopping:
+                    break
+                raise
+            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True, name="tee-conn").start()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        peer = peer_credentials(conn)
+        with self._lock:
+            busy = len(self._conns) >= self.max_connections
+            self._conns.add(conn)
+            self._per_pid[peer.pid] += 1
+        try:
+            self._run(conn, peer, busy)
+        except (PeerClosed, OSError):
+            pass
+        except Exception:  # never let one connection take the service down
+            log.exception("connection from pid %d failed", peer.pid)
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+                self._per_pid[peer.pid] -= 1
+                last = self._per_pid[peer.pid] <= 0
+                if last:
+                    del self._per_pid[peer.pid]
+            conn.close()
+            if last:
+                self.core.release_owner(peer.pid)
+
+    def _refuse(self, conn: socket.socket, request: Message, code: str, message: str) -> None:
+        with contextlib.suppress(OSError, EdbError):
+            send_frame(conn, encode(error_message(request, code, message), self.limits))
+
+    def _run(self, conn: socket.socket, peer: PeerCredentials, busy: bool) -> None:
+        access = self.core.state.config.access
+        roles = roles_of(peer, access)
+        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        hello_fallback = Message(MsgType.REQUEST, Op.HELLO)
+        try:
+            body, _ = recv_frame(conn, self.limits)
+            hello = decode(body, limits=self.limits)
+            version = negotiate(hello)
+        except TeeError as exc:
+            self._refuse(conn, hello_fallback, exc.code, exc.message)
+            return
+        if not roles:
+            log.warning("refused pid %d uid %d gid %d: not on the allow-list", peer.pid, peer.uid, peer.gid)
+            self._refuse(conn, hello, E.ACCESS_DENIED, "this process is not allowed to use the TEE")
+            return
+        if busy:
+            self._refuse(conn, hello, E.BUSY, "too many connections")
+            return
+        reply = Message(MsgType.RESPONSE, Op.HELLO, hello.request_id, params=[Value(version, self.limits.max_frame)])
+        send_frame(conn, encode(reply, self.limits))
+        conn.settimeout(None)
+        sessions: dict[int, TrustedApp] = {}
+        next_session = 1
+        while True:
+            fds: list[int] = []
+            try:
+                body, fds = recv_frame(conn, self.limits, max_fds=self.limits.max_fds)
+                msg = decode(body, nfds=len(fds), limits=self.limits)
+                if msg.type != MsgType.REQUEST:
+                    raise TeeError("expected a request", code=E.PROTOCOL)
+            except TeeError as exc:
+                for fd in fds:
+                    os.close(fd)
+                self._refuse(conn, Message(MsgType.REQUEST, Op.INVOKE), exc.code, exc.message)
+                return
+            call = Call(self.core, peer, msg.params, fds)
+            try:
+                if msg.op == Op.OPEN_SESSION:
+                    ta = self._open(msg, roles)
+                    sid = next_session
+                    next_session += 1
+                    sessions[sid] = ta
+                    out: list[Param] = [Value(sid)]
+                elif msg.op == Op.CLOSE_SESSION:
+                    if sessions.pop(msg.session, None) is None:
+                        raise TeeError("no such session", code=E.UNKNOWN_SESSION)
+                    out = []
+                elif msg.op == Op.INVOKE:
+                    ta = sessions.get(msg.session)  # type: ignore[assignment]
+                    if ta is None:
+                        raise TeeError("no such session", code=E.UNKNOWN_SESSION)
+                    out = ta.invoke(msg.command, call)
+                else:
+                    raise TeeError("unexpected operation", code=E.PROTOCOL)
+                response = Message(MsgType.RESPONSE, msg.op, msg.request_id, msg.session, msg.command, 0, out)
+            except EdbError as exc:
+                response = error_message(msg, exc.code, exc.message)
+            except Exception:
+                log.exception("internal error in %s command %d", msg.op.name, msg.command)
+                response = error_message(msg, E.INTERNAL, "internal error in the TEE (see its log)")
+            finally:
+                call.close_untaken()
+            try:
+                frame = encode(response, self.limits)
+            except EdbError as exc:  # e.g. outputs larger than a frame
+                frame = encode(error_message(msg, exc.code, exc.message), self.limits)
+            send_frame(conn, frame)
+
+    def _open(self, msg: Message, roles: frozenset[str]) -> TrustedApp:
+        if len(msg.params) != 1 or not isinstance(msg.params[0], Blob) or len(msg.params[0].data) != 16:
+            raise TeeError("open session takes the trusted app's UUID (16 bytes)", code=E.BAD_PARAMETERS)
+        ta_id = uuid.UUID(bytes=bytes(msg.params[0].data))
+        ta = REGISTRY.get(ta_id)
+        if ta is None:
+            raise TeeError(f"no trusted app {ta_id}", code=E.UNKNOWN_TA)
+        if not may_open(roles, ta.name, self.core.state.config.access):
+            raise TeeError(f"this process may not use the {ta.name} trusted app", code=E.ACCESS_DENIED)
+        return ta

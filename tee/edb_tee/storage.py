@@ -1,0 +1,155 @@
+"""Secure storage: sealed objects per trusted app, with their generations in the replay-protected store.
+
+Each write makes a new generation in a new file (``objects/<ta>/<h(name)>.<gen>.sobj``), then
+commits ``{gen, header hash}`` (and any other state change, such as a rollback floor) to the RPMB
+store in one authenticated write, then removes older generations. A crash at any point leaves
+either the old or the new object current, never a mix. Reads check, in this order: the header and
+key authenticate (``TEE_SEALED_TAMPERED``), the object is the one asked for
+(``TEE_SEALED_NAME_MISMATCH``: swapped with another), and it is the current generation
+(``TEE_SEALED_ROLLBACK``: an older copy put back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from edb.errors import TeeError
+from edb.tee.errors import SEALED_MISSING, SEALED_ROLLBACK
+from edb_tee import sealed
+from edb_tee.hardening import SecureBuffer
+from edb_tee.keys import KeyHierarchy
+from edb_tee.paths import fsync_dir
+from edb_tee.rpmb import ReplayProtectedStore, RpmbState
+
+log = logging.getLogger("edb_tee.storage")
+Mutation = Callable[[RpmbState], None]
+
+
+def _key(ta: uuid.UUID, name: str) -> str:
+    return f"{ta}/{name}"
+
+
+class SecureStorage:
+    def __init__(self, objects_dir: Path, keys: KeyHierarchy, rpmb: ReplayProtectedStore) -> None:
+        self.dir = objects_dir
+        self.keys = keys
+        self.rpmb = rpmb
+
+    def _path(self, ta: uuid.UUID, name: str, gen: int) -> Path:
+        slot = hashlib.sha256(name.encode()).hexdigest()[:32]
+        return self.dir / str(ta) / f"{slot}.{gen}.sobj"
+
+    def generation(self, ta: uuid.UUID, name: str) -> int | None:
+        rec = self.rpmb.read().objects.get(_key(ta, name))
+        return None if rec is None else int(rec["gen"])
+
+    # -- write -------------------------------------------------------------------------------
+
+    def write(self, ta: uuid.UUID, name: str, data: memoryview | bytes, also: Mutation | None = None) -> int:
+        """Seal ``data`` as the next generation of (ta, name) and commit it together with ``also``."""
+        current = self.generation(ta, name)
+        gen = (current or 0) + 1
+        path = self._path(ta, name, gen)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                header_sha = sealed.seal(fh, self.keys.tsk(ta), ta, name, gen, data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+
+            def mutate(state: RpmbState) -> None:
+                state.objects[_key(ta, name)] = {"gen": gen, "hdr": header_sha}
+                if also is not None:
+                    also(state)
+
+            self.rpmb.commit(mutate)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            if self.generation(ta, name) != gen:
+                path.unlink(missing_ok=True)
+            raise
+        if current is not None:
+            self._path(ta, name, current).unlink(missing_ok=True)
+        return gen
+
+    def delete(self, ta: uuid.UUID, name: str, also: Mutation | None = None) -> None:
+        current = self.generation(ta, name)
+
+        def mutate(state: RpmbState) -> None:
+            state.objects.pop(_key(ta, name), None)
+            if also is not None:
+                also(state)
+
+        self.rpmb.commit(mutate)
+        if current is not None:
+            self._path(ta, name, current).unlink(missing_ok=True)
+
+    # -- read --------------------------------------------------------------------------------
+
+    def _open(self, ta: uuid.UUID, name: str) -> tuple[sealed.OpenedObject, Path]:
+        rec = self.rpmb.read().objects.get(_key(ta, name))
+        if rec is None:
+            raise TeeError(f"no sealed object {name!r}", code=SEALED_MISSING)
+        path = self._path(ta, name, int(rec["gen"]))
+        return self._opened(path, ta, name, rec), path
+
+    def _opened(self, path: Path, ta: uuid.UUID, name: str, rec: dict[str, object]) -> sealed.OpenedObject:
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the caller through read()/read_into()
+        except FileNotFoundError as exc:
+            raise TeeError(f"sealed object {name!r} is missing from storage", code=SEALED_MISSING) from exc
+        with fh:
+            opened = sealed.open_sealed(fh, self.keys.tsk(ta), ta, name)
+        if opened.header.gen != rec["gen"] or opened.header_sha256 != rec["hdr"]:
+            raise TeeError(f"sealed object {name!r} is not the current generation (an older copy?)",
+                           code=SEALED_ROLLBACK)
+        return opened
+
+    def read(self, ta: uuid.UUID, name: str) -> bytes:
+        """A small object as bytes (keys, identity). Large ones: :meth:`read_into`."""
+        buf = self.read_into(ta, name)
+        try:
+            return bytes(buf.view())
+        finally:
+            buf.close()
+
+    def read_into(self, ta: uuid.UUID, name: str) -> SecureBuffer:
+        """Unseal into a fresh :class:`SecureBuffer` (decrypted in place, no other plaintext copy)."""
+        opened, path = self._open(ta, name)
+        buf = SecureBuffer(opened.header.size)
+        try:
+            with open(path, "rb") as fh:
+                sealed.unseal_into(fh, opened, buf.view())
+        except BaseException:
+            buf.close()
+            raise
+        return buf
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Remove files of no current generation (left by a crash between write and commit)."""
+        current = {self._path(uuid.UUID(k.split("/", 1)[0]), k.split("/", 1)[1], int(v["gen"]))
+                   for k, v in self.rpmb.read().objects.items()}
+        removed = 0
+        if not self.dir.exists():
+            return 0
+        for f in self.dir.glob("*/*"):
+            if f.is_file() and f not in current:
+                with contextlib.suppress(OSError):
+                    f.unlink()
+                    removed += 1
+        if removed:
+            log.info("removed %d stale sealed-object files", removed)
+        return removed

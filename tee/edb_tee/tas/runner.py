@@ -1,0 +1,45 @@
+"""Runner trusted app: load / infer / unload. Tensors arrive as views of the received frame and
+results leave as views of ONNX Runtime's outputs: no copies in the TEE's user space."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edb.errors import TeeError
+from edb.tee.commands import LOAD_PREPACK, RunnerCmd
+from edb.tee.errors import BAD_PARAMETERS
+from edb.tee.protocol import Param, Tensor, Text, Value
+from edb_tee.tas.base import Call, Handler, json_blob
+
+
+def load_model(c: Call) -> list[Param]:
+    name, flags = c.expect(Text, Value)
+    if flags.a & ~LOAD_PREPACK:
+        raise TeeError("unknown load flags", code=BAD_PARAMETERS)
+    handle = c.core.load_model(name.text, c.peer.pid, prepack=bool(flags.a & LOAD_PREPACK))
+    return json_blob(handle.to_json())
+
+
+def infer(c: Call) -> list[Param]:
+    if not c.params or not isinstance(c.params[0], Value):
+        raise TeeError("infer takes a handle then tensors", code=BAD_PARAMETERS)
+    feeds: dict[str, Any] = {}
+    for p in c.params[1:]:
+        if not isinstance(p, Tensor) or p.name in feeds:
+            raise TeeError("infer inputs must be uniquely named tensors", code=BAD_PARAMETERS)
+        feeds[p.name] = p.array
+    out = c.core.models.infer(c.params[0].a, c.peer.pid, feeds)
+    return [Tensor(name, arr) for name, arr in out.items()]
+
+
+def unload(c: Call) -> list[Param]:
+    (handle,) = c.expect(Value)
+    c.core.models.unload(handle.a, c.peer.pid)
+    return []
+
+
+COMMANDS: dict[int, Handler] = {
+    RunnerCmd.LOAD_MODEL: load_model,
+    RunnerCmd.INFER: infer,
+    RunnerCmd.UNLOAD: unload,
+}
