@@ -73,11 +73,12 @@ class HubServer:
             self._mqtt = await loop.create_server(
                 lambda: MqttConnection(core, self._connections), host=self.config.address,
                 port=self.config.mqtt_port, ssl=context, reuse_address=True, backlog=256)
-            runner = web.AppRunner(ServiceApi(core).app(), access_log=None, handle_signals=False)
+            runner = web.AppRunner(ServiceApi(core).app(), access_log=None, handle_signals=False,
+                                   shutdown_timeout=1.0)
             await runner.setup()
             self._https = runner
             site = web.TCPSite(runner, host=self.config.address, port=self.config.https_port, ssl_context=context,
-                               reuse_address=True, shutdown_timeout=1.0)
+                               reuse_address=True)
             await site.start()
         except OSError as exc:
             await self.stop()

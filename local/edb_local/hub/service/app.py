@@ -132,10 +132,9 @@ class ServiceApi:
         authorization = request.headers.get("Authorization")
         edge_module = request.headers.get("x-ms-edge-moduleId")
         if edge_module is not None and request.method == "POST" and request.path.endswith("/methods"):
-            request["caller"] = self.core.authenticate_module_request(authorization, edge_module)
+            self.core.authenticate_module_request(authorization, edge_module)
         else:
             self.core.authenticate_service(authorization)
-            request["caller"] = None
         return await handler(request)
 
     # -- /edb extensions ---------------------------------------------------------------------
@@ -155,7 +154,8 @@ class ServiceApi:
             raise HubError("since, limit and wait must be numbers", code=errors.BAD_REQUEST) from None
         rows = await self.core.wait_upstream(since, limit, wait)
         events = [{"seq": row.seq, **upstream_event(row)} for row in rows]
-        return web.json_response({"messages": events, "next": rows[-1].seq if rows else since})
+        return web.json_response({"messages": events, "next": rows[-1].seq if rows else since,
+                                  "last": self.core.store.upstream_last_seq()})
 
     # -- identities --------------------------------------------------------------------------
 

@@ -1,0 +1,21 @@
+"""Helpers shared by the hub tests (imported as a plain module: tests/ has no packages)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+
+def threadsafe_queue() -> tuple[asyncio.Queue[Any], Callable[[Any], None]]:
+    """A queue for the running loop and a callback that feeds it from any thread (the aio SDK
+    client runs its handlers on its own handler thread and loop)."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    return queue, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
+
+
+def new_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
