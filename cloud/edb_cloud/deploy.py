@@ -1,0 +1,74 @@
+"""``edb cloud deploy``: the expanded deployment manifest to one device or to a fleet.
+
+One device: ``applyConfigurationContent`` (what ``az iot edge set-modules`` does). A fleet: an
+automatic deployment (``targetCondition`` over device twin tags, ``priority``). Because a
+manifest's desired properties *replace* the module twins' desired properties, a redeploy to one
+device keeps the package pointers currently desired (``packages``) unless told to reset them:
+redeploying the module suite must not uninstall models by accident.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from edb_cloud.config import CloudConfig
+from edb_cloud.iothub import CloudError, HubService
+from edb_cloud.manifest import project_endpoints, require_valid
+from edb_cloud.template import expand_template_file
+
+INSTALLER = "package_installer"
+
+
+def default_template() -> Path:
+    return Path(__file__).resolve().parents[2] / "deployment.template.json"
+
+
+def render_manifest(config: CloudConfig, template: Path, platform: str) -> dict[str, Any]:
+    """Expand the template (iotedgedev rules), check IoT Edge's manifest rules, write config/."""
+    modules_dir = template.resolve().parent / "modules"
+    manifest = expand_template_file(template, config.template_env(), modules_dir=modules_dir, platform=platform)
+    require_valid(manifest, project_endpoints())
+    return manifest
+
+
+def with_current_packages(manifest: dict[str, Any], current_desired: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with the device's currently desired ``packages`` carried over (pure)."""
+    packages = current_desired.get("packages")
+    if not isinstance(packages, dict) or not packages:
+        return manifest
+    out = copy.deepcopy(manifest)
+    desired = out["modulesContent"].setdefault(INSTALLER, {}).setdefault("properties.desired", {})
+    desired["packages"] = {**packages, **(desired.get("packages") or {})}
+    return out
+
+
+def deploy_to_device(hub: HubService, device_id: str, manifest: dict[str, Any], *, keep_packages: bool = True) -> \
+        dict[str, Any]:
+    if keep_packages:
+        try:
+            current = hub.module_twin(device_id, INSTALLER).desired
+        except CloudError as exc:
+            if exc.code != "CLOUD_NOT_FOUND":
+                raise
+            current = {}
+        manifest = with_current_packages(manifest, current)
+    hub.apply_deployment(device_id, manifest["modulesContent"])
+    return manifest
+
+
+def deploy_to_fleet(hub: HubService, deployment_id: str, manifest: dict[str, Any], *, target_condition: str,
+                    priority: int) -> None:
+    hub.put_deployment(deployment_id, manifest["modulesContent"], target_condition=target_condition,
+                       priority=priority, labels={"app": "edb", "kind": "base"})
+
+
+def write_manifest(config: CloudConfig, manifest: dict[str, Any], platform: str) -> Path:
+    """Like iotedgedev: ``config/deployment.<platform>.json`` (under the state dir; it is generated)."""
+    import json
+
+    path = config.state_dir / "config" / f"deployment.{platform}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path

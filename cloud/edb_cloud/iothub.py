@@ -1,0 +1,118 @@
+"""IoT Hub service calls the orchestrator makes (azure-iot-hub), with typed errors.
+
+Same code against Azure IoT Hub and the local stand-in: only the connection string and, locally,
+``REQUESTS_CA_BUNDLE`` (set from ``EDB_CA_CERT`` by :class:`~edb_cloud.config.CloudConfig`) differ.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from edb.errors import EdbError
+
+T = TypeVar("T")
+
+
+class CloudError(EdbError):
+    code = "CLOUD_ERROR"
+
+
+@dataclass(frozen=True)
+class ModuleTwin:
+    device_id: str
+    module_id: str
+    desired: dict[str, Any]
+    reported: dict[str, Any]
+    connection_state: str | None = None
+
+
+class HubService:
+    def __init__(self, connection_string: str) -> None:
+        from azure.iot.hub import IoTHubConfigurationManager, IoTHubRegistryManager
+
+        self._registry = IoTHubRegistryManager.from_connection_string(connection_string)
+        self._configurations = IoTHubConfigurationManager.from_connection_string(connection_string)
+
+    def _call(self, action: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except EdbError:
+            raise
+        except Exception as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            detail = f"HTTP {status}" if status else type(exc).__name__
+            code = "CLOUD_NOT_FOUND" if status == 404 else "CLOUD_IOTHUB_FAILED"
+            raise CloudError(f"IoT Hub {action} failed ({detail})", code=code) from None
+
+    # -- deployments -------------------------------------------------------------------------------
+    def apply_deployment(self, device_id: str, modules_content: Mapping[str, Any]) -> None:
+        from azure.iot.hub.models import ConfigurationContent
+
+        content = ConfigurationContent(modules_content=dict(modules_content))
+        self._call("applyConfigurationContent",
+                   lambda: self._configurations.apply_configuration_on_edge_device(device_id, content))
+
+    def put_deployment(self, deployment_id: str, modules_content: Mapping[str, Any], *, target_condition: str,
+                       priority: int, labels: Mapping[str, str] | None = None) -> None:
+        """Create (or replace) an automatic or layered deployment."""
+        from azure.iot.hub.models import Configuration, ConfigurationContent
+
+        configuration = Configuration(
+            id=deployment_id, schema_version="1.0", labels=dict(labels or {}),
+            content=ConfigurationContent(modules_content=dict(modules_content)),
+            target_condition=target_condition, priority=priority,
+        )
+        try:
+            self._configurations.get_configuration(deployment_id)
+            exists = True
+        except Exception:
+            exists = False
+        if exists:
+            self._call("delete configuration", lambda: self._configurations.delete_configuration(deployment_id))
+        self._call("create configuration", lambda: self._configurations.create_configuration(configuration))
+
+    # -- twins -------------------------------------------------------------------------------------
+    def module_twin(self, device_id: str, module_id: str) -> ModuleTwin:
+        twin = self._call("get module twin", lambda: self._registry.get_module_twin(device_id, module_id))
+        properties = twin.properties
+        return ModuleTwin(device_id, module_id, dict(properties.desired or {}) if properties else {},
+                          dict(properties.reported or {}) if properties else {},
+                          getattr(twin, "connection_state", None))
+
+    def patch_module_desired(self, device_id: str, module_id: str, patch: Mapping[str, Any]) -> None:
+        from azure.iot.hub.models import Twin, TwinProperties
+
+        twin = Twin(properties=TwinProperties(desired=json.loads(json.dumps(patch))))
+        self._call("update module twin", lambda: self._registry.update_module_twin(device_id, module_id, twin, "*"))
+
+    def set_device_tags(self, device_id: str, tags: Mapping[str, Any]) -> None:
+        from azure.iot.hub.models import Twin
+
+        self._call("update device twin", lambda: self._registry.update_twin(device_id, Twin(tags=dict(tags)), "*"))
+
+    def invoke_module_method(self, device_id: str, module_id: str, method: str, payload: Any,
+                             timeout_s: int = 30) -> tuple[int, Any]:
+        from azure.iot.hub.models import CloudToDeviceMethod
+
+        request = CloudToDeviceMethod(method_name=method, payload=payload, response_timeout_in_seconds=timeout_s,
+                                      connect_timeout_in_seconds=10)
+        result = self._call(f"invoke {method}",
+                            lambda: self._registry.invoke_device_module_method(device_id, module_id, request))
+        return int(result.status), result.payload
+
+    def edge_devices(self, condition: str | None = None) -> list[str]:
+        """Device ids of IoT Edge devices, optionally filtered by a twin query condition."""
+        from azure.iot.hub.models import QuerySpecification
+
+        where = "capabilities.iotEdge = true" + (f" AND ({condition})" if condition else "")
+        spec = QuerySpecification(query=f"SELECT * FROM devices WHERE {where}")  # noqa: S608 - the operator's query
+        result = self._call("query devices", lambda: self._registry.query_iot_hub(spec, None, 1000))
+        ids = []
+        for item in result.items or []:
+            device_id = item.get("deviceId") if isinstance(item, Mapping) else getattr(item, "device_id", None)
+            if isinstance(device_id, str):
+                ids.append(device_id)
+        return sorted(set(ids))
