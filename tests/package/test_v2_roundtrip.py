@@ -60,7 +60,10 @@ def test_manifest_records_digests_of_payload_and_chain(make_package: BuildFn) ->
     leaves = b"".join(hashlib.sha256(data[i : i + CHUNK]).digest() for i in range(0, len(data), CHUNK))
     assert m.plaintext_sha256 == hashlib.sha256(leaves).hexdigest()
     with open_package(path) as reader:
-        assert reader.stream_sha256(0) == m.ciphertext_sha256
+        payload = reader.read_stream(0, 1 << 20)
+        sealed = b"".join(hashlib.sha256(payload[i : i + CHUNK + TAG_BYTES]).digest()
+                          for i in range(0, len(payload), CHUNK + TAG_BYTES))
+        assert m.ciphertext_sha256 == hashlib.sha256(sealed).hexdigest()
         assert hashlib.sha256(reader.read_stream(2, 1 << 20)).hexdigest() == m.signer_chain_sha256
         assert reader.signed_manifest().manifest_bytes == reader.read_stream(3, 1 << 20)
 

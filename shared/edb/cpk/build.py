@@ -39,7 +39,14 @@ from edb.cpk.manifest_v2 import (
 )
 from edb.cpk.reader import V2_MANIFEST
 from edb.cpk.signed import SignedManifest, encode_chain
-from edb.cpk.stream_aead import MAX_CHUNKS, NONCE_PREFIX_BYTES, TAG_BYTES, chunk_nonce, stream_aad
+from edb.cpk.stream_aead import (
+    MAX_CHUNKS,
+    NONCE_PREFIX_BYTES,
+    TAG_BYTES,
+    chunk_list_digest,
+    chunk_nonce,
+    stream_aad,
+)
 from edb.errors import KeyProviderError
 from edb.keys.base import KekProvider, Signer
 from edb.keys.errors import INVALID_KEY, SIGNER_MISMATCH
@@ -101,10 +108,10 @@ def _read_full(source: Any, view: memoryview) -> int:
     return filled
 
 
-def _seal_chunk(aead: AESGCM, nonce: bytes, plaintext: memoryview, aad: bytes, out: memoryview) -> bytes:
-    digest = hashlib.sha256(plaintext).digest()
+def _seal_chunk(aead: AESGCM, nonce: bytes, plaintext: memoryview, aad: bytes, out: memoryview) -> tuple[bytes, bytes]:
+    plain_digest = hashlib.sha256(plaintext).digest()
     aead.encrypt_into(nonce, plaintext, aad, out)
-    return digest
+    return plain_digest, hashlib.sha256(out).digest()
 
 
 def _check_signer(signer: Signer) -> tuple[list[bytes], ec.EllipticCurvePublicKey]:
@@ -239,21 +246,23 @@ def _encrypt_stream(
     source: IO[bytes], out: IO[bytes], aead: AESGCM, prefix: bytes, aad: bytes, chunk: int, threads: int,
     limits: Limits, progress: Callable[[int], None] | None,
 ) -> tuple[int, str, str]:
-    """Chunks sealed in parallel, written in order; returns (plaintext size, chunk-list root, ct SHA-256)."""
+    """Chunks sealed and hashed in parallel, written in order; returns (plaintext size, plaintext
+    chunk-list digest, ciphertext chunk-list digest)."""
     workers = max(1, threads)
     ring = 2 * workers + 2
     free_in = [bytearray(chunk) for _ in range(ring)]
     free_out = [bytearray(chunk + TAG_BYTES) for _ in range(ring)]
     plaintext_buffers = list(free_in)
-    root, ct_hash = hashlib.sha256(), hashlib.sha256()
-    pending: deque[tuple[Future[bytes], bytearray, bytearray, memoryview]] = deque()
+    plain_digests, sealed_digests = bytearray(), bytearray()
+    pending: deque[tuple[Future[tuple[bytes, bytes]], bytearray, bytearray, memoryview]] = deque()
     total = 0
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpk-build")
 
     def drain_one() -> None:
         future, in_buf, out_buf, out_view = pending.popleft()
-        root.update(future.result())
-        ct_hash.update(out_view)
+        plain_digest, sealed_digest = future.result()
+        plain_digests.extend(plain_digest)
+        sealed_digests.extend(sealed_digest)
         out.write(out_view)
         if progress is not None:
             progress(len(out_view) - TAG_BYTES)
@@ -295,7 +304,7 @@ def _encrypt_stream(
             index += 1
         while pending:
             drain_one()
-        return total, root.hexdigest(), ct_hash.hexdigest()
+        return total, chunk_list_digest(bytes(plain_digests)), chunk_list_digest(bytes(sealed_digests))
     finally:
         executor.shutdown(wait=True)
         for buf in plaintext_buffers:

@@ -10,7 +10,7 @@ refused (the manifest is signed: nothing in it may be silently ignored). See doc
      "target": {"device-ids": [...], "device-classes": [...]},
      "payload": {"media-type": "application/octet-stream",
                  "plaintext-size": N, "plaintext-sha256": "<hex: chunk-list digest>",
-                 "ciphertext-size": M, "ciphertext-sha256": "<hex: SHA-256 of stream 0>",
+                 "ciphertext-size": M, "ciphertext-sha256": "<hex: chunk-list digest>",
                  "enc": {"alg": "A256GCM-STREAM", "chunk-size": 1048576, "nonce-prefix": "<b64url 7 bytes>"}},
      "dek": {"kid": "...", "alg": "RSA-OAEP-256", "value": "<b64url>"},
      "signer": {"alg": "ES256", "chain-sha256": "<hex: SHA-256 of stream 2>"}}
@@ -79,8 +79,9 @@ class Target:
 
 @dataclass(frozen=True)
 class ManifestV2:
-    """A parsed v2 manifest. Digests are lowercase hex. ``plaintext_sha256`` is the chunk-list
-    digest SHA-256(SHA-256(chunk_0) || ... || SHA-256(chunk_n-1)) (see docs/cpk-v2.md)."""
+    """A parsed v2 manifest. Digests are lowercase hex. ``plaintext_sha256`` and
+    ``ciphertext_sha256`` are chunk-list digests, SHA-256(SHA-256(chunk_0) || ... ||
+    SHA-256(chunk_n-1)) over plaintext chunks and sealed chunks respectively (:mod:`edb.cpk.digests`)."""
 
     package_id: str
     version: str

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,8 @@ class PackageReader:
         self._file = file
         self._owns_file = owns_file
         self.limits = limits
+        self._lock = threading.Lock()
+        self._fd = _descriptor(file)
         try:
             self.frame = self._read_frame()
             self.manifest_bytes = self.read_stream(self.frame.header.manifest_stream, limits.max_manifest_bytes)
@@ -182,6 +186,21 @@ class PackageReader:
             position += n
             remaining -= n
             yield block
+
+    def pread_into(self, position: int, buffer: memoryview) -> None:
+        """Thread-safe :meth:`readinto_at`: ``os.preadv`` on the descriptor when there is one (no
+        shared file position, GIL released), otherwise the seek+read under a lock."""
+        fd = self._fd
+        if fd is None:
+            with self._lock:
+                self.readinto_at(position, buffer)
+            return
+        filled = 0
+        while filled < len(buffer):
+            n = os.preadv(fd, [buffer[filled:]], position + filled)
+            if not n:
+                raise package_error(TRUNCATED, "file ended inside the payload (did it shrink?)")
+            filled += n
 
     def readinto_at(self, position: int, buffer: memoryview) -> None:
         """Fill ``buffer`` from absolute ``position``; CPK_TRUNCATED if the file ends first."""
@@ -282,6 +301,15 @@ class PackageReader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _descriptor(file: IO[bytes]) -> int | None:
+    """The OS descriptor behind ``file`` if positional reads on it are safe (a regular file)."""
+    try:
+        fd = file.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
 
 
 def _ts(value: Any) -> str:

@@ -19,6 +19,7 @@ from edb.cpk.build import BuildResult, _AtomicOutput, _check_signer, header_size
 from edb.cpk.errors import DIGEST_MISMATCH, package_error
 from edb.cpk.reader import V2_PAYLOAD, PackageSource, open_package
 from edb.cpk.signed import encode_chain
+from edb.cpk.stream_aead import TAG_BYTES, chunk_list_digest
 from edb.cpk.verify import verify_package
 from edb.keys.base import KekProvider, Signer
 
@@ -53,13 +54,13 @@ def rewrap(
         try:
             out = atomic.file
             out.write(bytes(header_size()))
-            digest = hashlib.sha256()
-            for block in reader.iter_stream(V2_PAYLOAD):
-                digest.update(block)
+            digests = bytearray()
+            for block in reader.iter_stream(V2_PAYLOAD, block_size=manifest.chunk_size + TAG_BYTES):
+                digests.extend(hashlib.sha256(block).digest())  # one sealed chunk per block
                 out.write(block)
                 if progress is not None:
                     progress(len(block))
-            if digest.hexdigest() != manifest.ciphertext_sha256:
+            if chunk_list_digest(bytes(digests)) != manifest.ciphertext_sha256:
                 raise package_error(DIGEST_MISMATCH, "payload ciphertext SHA-256 differs from the signed manifest")
             size = write_tail(out, 0, manifest.ciphertext_size, signed)
             atomic.commit()

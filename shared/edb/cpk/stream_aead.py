@@ -14,6 +14,7 @@ ciphertext's own digest; instead its identity fields are. Pure functions only.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 TAG_BYTES = 16
@@ -21,6 +22,11 @@ NONCE_PREFIX_BYTES = 7
 MAX_CHUNKS = 2**32  # the counter is 32 bits
 AAD_LABEL = b"EDB-CPK2"
 AEAD_ALG = "A256GCM-STREAM"
+
+
+def chunk_list_digest(chunk_digests: bytes) -> str:
+    """Hex SHA-256 over the concatenated 32-byte SHA-256 digests of the chunks, in order."""
+    return hashlib.sha256(chunk_digests).hexdigest()
 
 
 def chunk_count(plaintext_size: int, chunk_size: int) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from edb.cpk.digests import payload_ciphertext_digest
 from edb.cpk.errors import DIGEST_MISMATCH, MANIFEST_INVALID, package_error
 from edb.cpk.manifest_v2 import ManifestV2
 from edb.cpk.policy import check_policy
@@ -51,10 +52,12 @@ def verify_package(
     device_class: str | None = None,
     security_floor: int | None = None,
     check_payload_digest: bool = True,
+    threads: int = 2,
     progress: Callable[[int], None] | None = None,
 ) -> VerifiedPackage:
     """Signature and chain, manifest/frame consistency, expiry, target, rollback floor, then (by
-    default) the ciphertext SHA-256 over the payload stream. No key is needed.
+    default) the payload's ciphertext digest (chunk-list SHA-256, see :mod:`edb.cpk.digests`). No key
+    is needed.
 
     ``check_payload_digest=False`` skips the one full read of the payload; it is safe when
     :func:`decrypt_payload` follows, because that checks every chunk's tag and the signed
@@ -68,7 +71,9 @@ def verify_package(
             MANIFEST_INVALID, f"payload stream is {payload.size} bytes, the manifest says {manifest.ciphertext_size}"
         )
     check_policy(manifest, now=now, device_id=device_id, device_class=device_class, security_floor=security_floor)
-    if check_payload_digest and reader.stream_sha256(V2_PAYLOAD, progress) != manifest.ciphertext_sha256:
+    if check_payload_digest and payload_ciphertext_digest(
+        reader, manifest, threads=threads, progress=progress
+    ) != manifest.ciphertext_sha256:
         raise package_error(DIGEST_MISMATCH, "payload ciphertext SHA-256 differs from the signed manifest")
     return VerifiedPackage(reader=reader, manifest=manifest, signed=signed, signer=signer,
                            payload_digest_checked=check_payload_digest)
