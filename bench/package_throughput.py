@@ -133,17 +133,21 @@ def main() -> None:
                                    "--workdir", tmp], capture_output=True, text=True, check=True)
             results[size] = json.loads(proc.stdout.strip().splitlines()[-1])
             r = results[size]
-            print(f"{size:>4} MiB  build {r['build_gbps']:.2f} GB/s  verify+decrypt {r['decrypt_verify_gbps']:.2f} GB/s"
-                  f"  (+ciphertext digest pass {r['full_verify_decrypt_gbps']:.2f} GB/s)  peak RSS {r['peak_rss_mib']:.0f} MiB")
+            print(f"{size:>4} MiB  build {r['build_gbps']:.2f} GB/s"
+                  f"  verify+decrypt {r['decrypt_verify_gbps']:.2f} GB/s"
+                  f"  (+ciphertext digest pass {r['full_verify_decrypt_gbps']:.2f} GB/s)"
+                  f"  peak RSS {r['peak_rss_mib']:.0f} MiB")
     base = baseline_cryptography()
     openssl = baseline_openssl()
     baseline = max(base["encrypt"], base["decrypt_into"])
     # Each chunk needs one AES-GCM pass and one SHA-256 pass over its plaintext; with both cores busy
     # the best any implementation can do is 2 / (1/aes + 1/sha256).
     ceiling = 2 / (1 / base["decrypt_into"] + 1 / base["sha256"])
-    print(f"baseline: AES-256-GCM encrypt {base['encrypt']:.2f} GB/s, decrypt_into {base['decrypt_into']:.2f} GB/s,"
+    print(f"baseline: AES-256-GCM encrypt {base['encrypt']:.2f} GB/s,"
+          f" decrypt_into {base['decrypt_into']:.2f} GB/s,"
           f" SHA-256 {base['sha256']:.2f} GB/s (1 core, 1 MiB buffers); openssl speed "
-          f"{openssl if openssl is None else round(openssl, 2)} GB/s; 2-core ceiling for AES+SHA-256 {ceiling:.2f} GB/s")
+          f"{openssl if openssl is None else round(openssl, 2)} GB/s;"
+          f" 2-core ceiling for AES+SHA-256 {ceiling:.2f} GB/s")
     main_size = max(sizes)
     r = results[main_size]
     summary = {
