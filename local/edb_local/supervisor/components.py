@@ -102,6 +102,7 @@ def _keyrelease_missing(ctx: StackContext) -> str | None:
 def _keyrelease_prepare(ctx: StackContext) -> None:
     from edb.pki.devpki import PublisherPki, init_publisher_pki
 
+    ctx.paths.component_dir("keyrelease").mkdir(parents=True, exist_ok=True)  # audit.jsonl lives here
     if not PublisherPki(_publisher_pki_dir(ctx)).exists():
         init_publisher_pki(_publisher_pki_dir(ctx))
     if _manufacturer_roots(ctx) is None:
@@ -129,7 +130,7 @@ def _keyrelease_command(ctx: StackContext) -> list[str]:
 
 
 def _keyrelease_health(ctx: StackContext) -> Health:
-    return https_responds(ctx.address, ctx.settings.ports["keyrelease"], ctx.ca)
+    return https_responds(ctx.address, ctx.settings.ports["keyrelease"], ctx.ca, "/healthz", require_ok=True)
 
 
 # -- Azurite ---------------------------------------------------------------------------------------
