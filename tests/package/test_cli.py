@@ -148,3 +148,40 @@ def test_build_usage_errors(edb, tmp_path: Path) -> None:  # type: ignore[no-unt
     result = edb("package", "build", str(model), "-o", str(tmp_path / "o.cpk"), "--id", "bad id!", "--version",
                  "1", "--security-version", "0", "--target-class", "c", "--json", code=2)
     assert result["error"]["code"] == "CPK_MANIFEST_INVALID"
+
+
+def test_build_aligned_onnx_layout(edb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edb.cpk import decrypt_payload, open_package, verify_package
+    from edb.keys.local import LocalKek
+    from edb.onnx_layout import MEDIA_TYPE, is_layout
+    from edb.pki.certs import load_pem_certificates_file
+
+    weights = numpy_helper.from_array(np.arange(64 * 64, dtype=np.float32).reshape(64, 64), name="W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weights])
+    model = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(model))
+    edb("pki", "init", "--kek-bits", "2048", "--json")
+    out = tmp_path / "aligned.cpk"
+    edb("package", "build", str(model), "-o", str(out), "--id", "mm", "--version", "1", "--security-version", "1",
+        "--target-class", "edge", "--onnx-layout", "aligned", "--json")
+    assert edb("package", "inspect", str(out), "--json")["mediaType"] == MEDIA_TYPE
+    pki = tmp_path / ".edb" / "pki"
+    with open_package(out) as reader:
+        verified = verify_package(reader, trust_roots=load_pem_certificates_file(pki / "root.pem"),
+                                  now=verified_now())
+        buffer = bytearray(verified.manifest.plaintext_size)
+        decrypt_payload(verified, LocalKek.from_file(pki / "kek.pem").unwrap(verified.manifest.wrapped_dek), buffer)
+    assert is_layout(buffer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".edb", "aligned.cpk", "model.onnx"]
+
+
+def verified_now():  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -73,6 +76,23 @@ def _print_info(info: PackageInfo) -> None:
             click.echo(f"{key:<{width}}  {value}")
 
 
+@contextmanager
+def _payload(model: str, layout: str) -> Iterator[tuple[IO[bytes], int]]:
+    """The bytes to encrypt: MODEL itself, or its aligned ONNX layout in an anonymous temporary
+    file (unlinked from the start; the build machine is where plaintext may exist)."""
+    if layout == "plain":
+        with open(model, "rb") as f:
+            yield f, os.fstat(f.fileno()).st_size
+        return
+    from edb.onnx_layout import convert_file
+
+    with tempfile.TemporaryFile() as tmp:
+        convert_file(model, tmp)
+        size = tmp.tell()
+        tmp.seek(0)
+        yield tmp, size
+
+
 @click.group(name="package")
 def package() -> None:
     """Build, inspect, verify and re-wrap confidential packages (.cpk)."""
@@ -89,6 +109,9 @@ def package() -> None:
 @click.option("--target-class", "target_classes", multiple=True, help="Device class allowed to install (repeat).")
 @click.option("--expires", default="365d", show_default=True, help="Duration (30d, 12h) or RFC 3339 UTC time.")
 @click.option("--media-type", default="application/octet-stream", show_default=True)
+@click.option("--onnx-layout", type=click.Choice(["plain", "aligned"]), default="plain", show_default=True,
+              help="aligned: convert MODEL to the page-aligned ONNX layout (edb.onnx_layout) the TEE loads "
+                   "without copying weights; sets the media type.")
 @click.option("--name", default="Unknown", show_default=True, help="Display name.")
 @click.option("--vendor", default="Unknown", show_default=True)
 @click.option("--chunk-size", default=str(DEFAULT_CHUNK_SIZE), show_default=True, help="e.g. 1MiB, 256KiB.")
@@ -100,12 +123,16 @@ def package() -> None:
 @handles_errors
 def build_cmd(model: str, output: str, package_id: str, version: str, security_version: int,
               target_devices: tuple[str, ...], target_classes: tuple[str, ...], expires: str, media_type: str,
-              name: str, vendor: str, chunk_size: str, kek: str | None, signer_key: str | None,
+              onnx_layout: str, name: str, vendor: str, chunk_size: str, kek: str | None, signer_key: str | None,
               signer_cert: str | None, ca_bundle: str | None, as_json: bool) -> None:
     """Encrypt MODEL into a signed v2 package (chunked AES-256-GCM, DEK wrapped under the KEK)."""
     if not target_devices and not target_classes:
         raise click.UsageError("name at least one --target-device or --target-class")
     now = dt.datetime.now(dt.UTC)
+    if onnx_layout == "aligned":
+        from edb.onnx_layout import MEDIA_TYPE
+
+        media_type = MEDIA_TYPE
     identity = PackageIdentity(
         package_id=package_id, version=version, security_version=security_version,
         target=Target(device_ids=tuple(target_devices), device_classes=tuple(target_classes)),
@@ -116,8 +143,8 @@ def build_cmd(model: str, output: str, package_id: str, version: str, security_v
         kek = str(public if public.exists() else default_pki_dir() / "kek.pem")
     kek_p = kek_provider(kek, ca_bundle)
     signer = signer_provider(_pki_file(signer_key, "signer.key"), _pki_file(signer_cert, "signer.pem"), ca_bundle)
-    with progress_bar("encrypting", os.path.getsize(model), not as_json) as advance:
-        result = build(model, output, identity=identity, kek=kek_p, signer=signer,
+    with _payload(model, onnx_layout) as (source, size), progress_bar("encrypting", size, not as_json) as advance:
+        result = build(source, output, identity=identity, kek=kek_p, signer=signer,
                        chunk_size=parse_size(chunk_size), progress=advance)
     m = result.manifest
     if as_json:
