@@ -256,3 +256,24 @@ def test_release_role_is_least_privilege(
     assert exc.value.status_code == 403 and exc.value.error.innererror["code"] == "ForbiddenByRbac"
     with pytest.raises(HttpResponseError):
         client.begin_delete_key(kek.name)
+
+
+def test_secret_soft_delete_recover_purge_and_key_rotate(secret_client: SecretClient, key_client: KeyClient) -> None:
+    name = _name("sec")
+    secret_client.set_secret(name, "v1")
+    secret_client.begin_delete_secret(name).wait()
+    with pytest.raises(ResourceNotFoundError):
+        secret_client.get_secret(name)
+    assert secret_client.get_deleted_secret(name).name == name
+    secret_client.begin_recover_deleted_secret(name).wait()
+    assert secret_client.get_secret(name).value == "v1"
+    secret_client.begin_delete_secret(name).wait()
+    secret_client.purge_deleted_secret(name)
+    with pytest.raises(ResourceNotFoundError):
+        secret_client.get_deleted_secret(name)
+
+    key = key_client.create_rsa_key(_name("rot"), size=2048, key_operations=["wrapKey", "unwrapKey"], tags={"t": "1"})
+    rotated = key_client.rotate_key(key.name)
+    assert rotated.properties.version != key.properties.version
+    assert rotated.key_operations == ["wrapKey", "unwrapKey"] and rotated.properties.tags == {"t": "1"}
+    assert len(rotated.key.n) == 256
