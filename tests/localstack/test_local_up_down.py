@@ -17,7 +17,9 @@ from typing import Any
 from azure.iot.hub import IoTHubConfigurationManager, IoTHubRegistryManager
 from azure.iot.hub.models import ConfigurationContent
 from azure.storage.blob import BlobServiceClient
+from click.testing import CliRunner
 
+from edb_local.cli import local
 from edb_local.supervisor.envfile import read_env_file
 from edb_local.supervisor.pidfile import is_alive, read_pid_file
 
@@ -97,6 +99,12 @@ def test_up_status_down_and_restart_keeps_state(tmp_path: Path, monkeypatch: Any
         for name in ALWAYS_THERE:
             assert (state / "logs" / f"{name}.log").exists()
         component_pids = {c["name"]: c["pid"] for c in doc["components"] if c["pid"]}
+        listing = CliRunner().invoke(local, ["logs", "--state-dir", str(state)])
+        assert listing.exit_code == 0 and "module:sleeper" in listing.output and "hub" in listing.output
+        hub_log = CliRunner().invoke(local, ["logs", "--state-dir", str(state), "hub", "-n", "3"])
+        assert hub_log.exit_code == 0 and len(hub_log.output.splitlines()) == 3
+        outside = CliRunner().invoke(local, ["logs", "--state-dir", str(state), "../local.env"])
+        assert outside.exit_code != 0 and "SharedAccessKey" not in outside.output
 
         code, doc = edb_local("down", "--state-dir", str(state))
         assert code == 0 and set(states(doc).values()) == {"stopped"}
@@ -151,3 +159,10 @@ def test_state_dir_of_another_device_is_refused(tmp_path: Path) -> None:
     assert out.returncode == 2 and "LOCAL_STATE_MISMATCH" in out.stderr
     assert not (state / "run").exists() or not any((state / "run").iterdir())
     assert "ca" not in os.listdir(state)  # no credentials were generated for the wrong device
+
+
+def test_status_of_an_empty_state_dir_creates_nothing(tmp_path: Path) -> None:
+    result = CliRunner().invoke(local, ["status", "--state-dir", str(tmp_path / "none"), "--json"])
+    assert result.exit_code == 0
+    assert {c["state"] for c in json.loads(result.output)["components"]} == {"stopped"}
+    assert not (tmp_path / "none").exists()
