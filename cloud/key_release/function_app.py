@@ -8,8 +8,13 @@ Functions layer (the device's evidence is the authentication); the legacy ``POST
 
 from __future__ import annotations
 
+import logging
+
 import azure.functions as func
 
+from edb.errors import EdbError
+from key_release_service import codes
+from key_release_service.codes import Denied
 from key_release_service.functions_adapter import get_service, to_api_request, to_func_response
 from key_release_service.http_types import ApiResponse
 
@@ -20,8 +25,12 @@ async def _serve(req: func.HttpRequest, handler_name: str) -> func.HttpResponse:
     api_request = to_api_request(req)
     if isinstance(api_request, ApiResponse):
         return to_func_response(api_request)
-    handler = getattr(get_service(), handler_name)
-    return to_func_response(await handler(api_request))
+    try:
+        service = get_service()
+    except EdbError as exc:  # missing or invalid application settings: fail closed, say so in the log
+        logging.getLogger("edb.keyrelease").error("key release service misconfigured: %s", exc)
+        return to_func_response(ApiResponse.from_denial(Denied(codes.INTERNAL, "service misconfigured")))
+    return to_func_response(await getattr(service, handler_name)(api_request))
 
 
 @app.function_name(name="nonce")

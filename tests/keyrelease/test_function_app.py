@@ -81,3 +81,12 @@ async def test_functions_serve_the_same_handlers(functions: dict[str, Any], make
     assert too_big.status_code == 413
     legacy = await call("ProvisionKey", route_params={"key_name": "abc"}, method="GET")
     assert legacy.status_code == 404 and json.loads(legacy.get_body())["error"]["code"] == codes.LEGACY_DISABLED
+
+
+async def test_misconfigured_app_fails_closed(functions: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDB_KEYVAULT_URL", raising=False)
+    set_service(None)
+    request = func.HttpRequest(method="POST", url="https://kr.example/api/nonce", body=b"")
+    response: func.HttpResponse = await functions["nonce"].get_user_function()(request)
+    assert response.status_code == 500
+    assert json.loads(response.get_body())["error"]["code"] == codes.INTERNAL

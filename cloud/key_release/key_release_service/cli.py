@@ -23,7 +23,7 @@ def keyrelease() -> None:
 
 @keyrelease.command()
 @click.option("--address", required=True, help="loopback address to bind, e.g. 127.0.0.8")
-@click.option("--port", type=int, default=8443, show_default=True, help="0 picks a free port")
+@click.option("--port", type=int, default=7071, show_default=True, help="0 picks a free port")
 @click.option("--cert", type=click.Path(exists=True, path_type=Path), required=True, help="server certificate PEM")
 @click.option("--key", type=click.Path(exists=True, path_type=Path), required=True, help="server key PEM")
 def serve(address: str, port: int, cert: Path, key: Path) -> None:

@@ -126,9 +126,8 @@ class AzureVaultGateway:
         async with self._lock:
             client = self._crypto.get(kid)
             if client is None:
-                if len(self._crypto) >= _MAX_CLIENTS:
-                    _, old = self._crypto.popitem()
-                    await old.close()
+                if len(self._crypto) >= _MAX_CLIENTS:  # evict the oldest client
+                    await self._crypto.pop(next(iter(self._crypto))).close()
                 # the SDK GETs the public key once per client; unwrapKey itself always goes to the vault
                 client = CryptographyClient(kid, self._credential, **self._kwargs)
                 self._crypto[kid] = client
