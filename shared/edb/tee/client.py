@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -113,7 +114,10 @@ class TeeClient:
             while not self._idle and self._count >= self.max_connections:
                 self._cond.wait()
             conn = self._idle.pop() if self._idle else None
-            if conn is None:
+            if conn is not None and _stale(conn):
+                conn.ctx.close()  # the service closed it (restart): replace it before sending anything
+                conn = None
+            elif conn is None:
                 self._count += 1
         if conn is None:
             try:
@@ -310,6 +314,13 @@ class TeeClient:
         with self._cond:
             self._remap[handle.handle] = fresh.handle
         return fresh.handle
+
+
+def _stale(conn: _Conn) -> bool:
+    """An idle connection with anything to read is dead: the service never speaks unasked."""
+    poller = select.poll()
+    poller.register(conn.ctx.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
 
 
 def _blob(out: list[Param]) -> bytes | bytearray | memoryview:

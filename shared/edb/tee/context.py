@@ -68,7 +68,7 @@ class TeeContext:
                            code=UNAVAILABLE) from exc
         self.limits = limits
         try:
-            reply = self._roundtrip(hello_request(), ())
+            reply = _checked(self._roundtrip(hello_request(), ()))
             if not reply.params or not isinstance(reply.params[0], Value):
                 raise TeeError("hello reply without a version", code=PROTOCOL)
             self.version = reply.params[0].a
@@ -97,11 +97,7 @@ class TeeContext:
             raise TeeError("TEE context is closed", code=CONNECTION_LOST)
         with self._lock:
             reply = self._roundtrip(msg, fds)
-        if reply.status:
-            code = reply.params[0].text if reply.params and isinstance(reply.params[0], Text) else PROTOCOL
-            text = reply.params[1].text if len(reply.params) > 1 and isinstance(reply.params[1], Text) else ""
-            raise error_from_wire(code, text)
-        return reply
+        return _checked(reply)
 
     def _roundtrip(self, msg: Message, fds: Sequence[int]) -> Message:
         msg.request_id = next(self._ids) & 0xFFFFFFFF
@@ -143,6 +139,15 @@ class TeeContext:
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+
+def _checked(reply: Message) -> Message:
+    """The reply, or the service's error raised as its typed exception."""
+    if reply.status:
+        code = reply.params[0].text if reply.params and isinstance(reply.params[0], Text) else PROTOCOL
+        text = reply.params[1].text if len(reply.params) > 1 and isinstance(reply.params[1], Text) else ""
+        raise error_from_wire(code, text)
+    return reply
 
 
 class TeeSession:

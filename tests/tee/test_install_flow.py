@@ -1,0 +1,222 @@
+"""Install, load and infer through the real TEE service, and the hostile inputs of the install path:
+each is refused with its code and leaves the installed set, the floors and the serving model as
+they were."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from tee_helpers import Device, Publisher, TeeProcess, install, mlp_model, reference, release_key
+
+from edb.attestation.keywrap import wrap_to_one_time_key
+from edb.errors import EdbError
+from edb.tee import TeeClient
+
+
+def test_install_load_infer_matches_plain_onnxruntime(client: TeeClient, make_package, publisher: Publisher,
+                                                       device: Device) -> None:
+    pkg = make_package(security_version=2)
+    summary = install(client, pkg, publisher, device)
+    assert summary.package.version == "1.0.0" and summary.floor == 2 and summary.replaced_version is None
+    assert summary.package.sha256 == __import__("hashlib").sha256(pkg.path.read_bytes()).hexdigest()
+    [installed] = client.list_installed()
+    assert (installed.name, installed.package_id, installed.security_version) == ("mlp", "mlp", 2)
+    h = client.load_model("mlp")
+    assert [i.name for i in h.inputs] == ["input"] and h.outputs[0].dtype == "float32"
+    x = np.random.default_rng(0).standard_normal((5, 64), dtype=np.float32)
+    np.testing.assert_allclose(client.infer(h, {"input": x})["output"], reference(pkg.model, x), rtol=1e-5)
+    # batching: many requests, one TEE call, results split back per request
+    parts = client.infer_many(h, [{"input": x[:2]}, {"input": x[2:]}])
+    np.testing.assert_allclose(np.concatenate([p["output"] for p in parts]), reference(pkg.model, x), rtol=1e-5)
+    client.unload(h)
+
+
+def test_plain_onnx_payload_is_converted_inside_the_tee(client: TeeClient, make_package, publisher: Publisher,
+                                                          device: Device) -> None:
+    pkg = make_package(layout=False)
+    install(client, pkg, publisher, device)
+    h = client.load_model("mlp", prepack=True)
+    assert h.prepacked
+    x = np.ones((1, 64), np.float32)
+    np.testing.assert_allclose(client.infer(h, {"input": x})["output"], reference(pkg.model, x), rtol=1e-5)
+
+
+def test_package_for_another_device_is_refused_before_any_key(client: TeeClient, make_package) -> None:
+    pkg = make_package(device_ids=("someone-else",))
+    with pytest.raises(EdbError) as err:
+        client.begin_install("mlp", pkg.path)
+    assert err.value.code == "CPK_WRONG_TARGET"
+    assert client.list_installed() == []
+
+
+def test_expired_and_unsigned_by_pinned_root_are_refused(client: TeeClient, make_package, tmp_path) -> None:
+    with pytest.raises(EdbError) as err:
+        client.begin_install("mlp", make_package(expires_in=dt.timedelta(seconds=-60)).path)
+    assert err.value.code == "CPK_EXPIRED"
+    pkg = make_package()
+    tampered = tmp_path / "tampered.cpk"
+    data = bytearray(pkg.path.read_bytes())
+    data[-40] ^= 0x01  # inside the manifest, which the publisher signed
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(EdbError) as err:
+        client.begin_install("mlp", tampered)
+    assert err.value.code.startswith("CPK_")
+    assert client.list_installed() == []
+
+
+def test_wrapped_key_for_another_one_time_key_is_refused(client: TeeClient, make_package, publisher: Publisher,
+                                                         device: Device) -> None:
+    good = make_package(version="1.0.0", security_version=1)
+    install(client, good, publisher, device)
+    h = client.load_model("mlp")
+    pkg = make_package(version="2.0.0", security_version=2)
+    ticket = client.begin_install("mlp", pkg.path)
+    client.get_install_evidence(ticket, "nonce-1")
+    stranger = ec.generate_private_key(ec.SECP256R1()).public_key()
+    dek = publisher.kek.unwrap(pkg.result.manifest.wrapped_dek)
+    jwe = wrap_to_one_time_key(dek, stranger, package_id="mlp", version="2.0.0", kid=pkg.result.manifest.kid)
+    with pytest.raises(EdbError) as err:
+        client.complete_install(ticket, jwe)
+    assert err.value.code == "ATT_KEYWRAP_WRONG_KEY"
+    # nothing changed: still version 1.0.0, floor 1, the loaded model still serves
+    [installed] = client.list_installed()
+    assert installed.version == "1.0.0"
+    x = np.ones((1, 64), np.float32)
+    np.testing.assert_allclose(client.infer(h, {"input": x})["output"], reference(good.model, x), rtol=1e-5)
+    # the transaction is gone after a failed completion
+    with pytest.raises(EdbError) as err:
+        client.complete_install(ticket, jwe)
+    assert err.value.code == "TEE_INSTALL_UNKNOWN"
+
+
+def test_key_released_for_another_package_is_refused(client: TeeClient, make_package, publisher: Publisher,
+                                                     device: Device) -> None:
+    a = make_package(package_id="mlp", version="1.0.0")
+    b = make_package(package_id="other", version="1.0.0")
+    ticket = client.begin_install("mlp", a.path)
+    ev = client.get_install_evidence(ticket, "nonce-2")
+    jwe_for_b = release_key(ev, a, publisher, device.manufacturer_ca)  # right key, but rebind it to b:
+    from edb.attestation.keywrap import load_public_jwk
+
+    dek_b = publisher.kek.unwrap(b.result.manifest.wrapped_dek)
+    jwe_for_b = wrap_to_one_time_key(dek_b, load_public_jwk(ev.one_time_jwk), package_id="other", version="1.0.0",
+                                     kid=b.result.manifest.kid)
+    with pytest.raises(EdbError) as err:
+        client.complete_install(ticket, jwe_for_b)
+    assert err.value.code == "ATT_KEYWRAP_BINDING"
+    assert client.list_installed() == []
+
+
+def test_rollback_below_floor_refused_also_after_restart(tee: TeeProcess, make_package, publisher: Publisher,
+                                                          device: Device) -> None:
+    client = tee.client()
+    install(client, make_package(version="3.0.0", security_version=3), publisher, device)
+    old = make_package(version="2.0.0", security_version=2)
+    with pytest.raises(EdbError) as err:
+        client.begin_install("mlp", old.path)
+    assert err.value.code == "CPK_ROLLBACK"
+    # also under another name: the floor belongs to the package id
+    with pytest.raises(EdbError) as err:
+        client.begin_install("elsewhere", old.path)
+    assert err.value.code == "CPK_ROLLBACK"
+    tee.restart()
+    with pytest.raises(EdbError) as err:
+        client.begin_install("mlp", old.path)
+    assert err.value.code == "CPK_ROLLBACK"
+    client.uninstall("mlp")  # uninstalling never lowers the floor
+    with pytest.raises(EdbError) as err:
+        client.begin_install("mlp", old.path)
+    assert err.value.code == "CPK_ROLLBACK"
+    client.close()
+
+
+def test_floor_raised_by_a_concurrent_install_is_rechecked_at_completion(
+        client: TeeClient, make_package, publisher: Publisher, device: Device) -> None:
+    v2 = make_package(version="2.0.0", security_version=2)
+    v3 = make_package(version="3.0.0", security_version=3)
+    t2 = client.begin_install("mlp", v2.path)  # passes the floor check now (no floor yet)
+    ev2 = client.get_install_evidence(t2, "n2")
+    install(client, v3, publisher, device, name="mlp-b")  # raises the floor of package id mlp to 3
+    with pytest.raises(EdbError) as err:
+        client.complete_install(t2, release_key(ev2, v2, publisher, device.manufacturer_ca))
+    assert err.value.code == "CPK_ROLLBACK"
+    assert [p.name for p in client.list_installed()] == ["mlp-b"]
+
+
+def test_hot_swap_serving_continues_while_the_next_version_installs(
+        client: TeeClient, make_package, publisher: Publisher, device: Device) -> None:
+    v1 = make_package(mlp_model(seed=1), version="1.0.0", security_version=1)
+    v2 = make_package(mlp_model(seed=2), version="2.0.0", security_version=2)
+    install(client, v1, publisher, device)
+    h1 = client.load_model("mlp")
+    summary = install(client, v2, publisher, device)
+    assert summary.replaced_version == "1.0.0"
+    x = np.ones((2, 64), np.float32)
+    np.testing.assert_allclose(client.infer(h1, {"input": x})["output"], reference(v1.model, x), rtol=1e-5)
+    h2 = client.load_model("mlp")
+    assert h2.version == "2.0.0"
+    np.testing.assert_allclose(client.infer(h2, {"input": x})["output"], reference(v2.model, x), rtol=1e-5)
+    client.unload(h1)
+
+
+def test_steps_out_of_order_and_foreign_transactions_are_refused(
+        tee: TeeProcess, make_package, publisher: Publisher, device: Device) -> None:
+    a, b = tee.client(), tee.client()
+    pkg = make_package()
+    ticket = a.begin_install("mlp", pkg.path)
+    with pytest.raises(EdbError) as err:
+        a.complete_install(ticket, "x.y.z.w.v")
+    assert err.value.code == "TEE_INSTALL_STATE"
+    # same process, other connection: allowed (transactions belong to the process)
+    ticket = a.begin_install("mlp", pkg.path)
+    assert b.get_install_evidence(ticket, "n").jws
+    # another process cannot continue it
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from edb.tee import TeeClient; from edb.tee.types import InstallTicket; "
+        "from edb.errors import EdbError\n"
+        f"t = InstallTicket('{ticket.txn}', 'mlp', 'mlp', '1.0.0', 1, 'cpk-v2', None, '')\n"
+        f"try:\n    TeeClient('{device.socket}').get_install_evidence(t, 'n')\n"
+        "except EdbError as e:\n    print(e.code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "TEE_INSTALL_UNKNOWN", out.stderr
+    a.abort_install(ticket)
+    with pytest.raises(EdbError) as err:
+        a.get_install_evidence(ticket, "n")
+    assert err.value.code == "TEE_INSTALL_UNKNOWN"
+    for bad in ("../etc", "UPPER", "", "a" * 65):
+        with pytest.raises(EdbError) as err:
+            a.begin_install(bad, pkg.path)
+        assert err.value.code == "TEE_BAD_NAME"
+    a.close()
+    b.close()
+
+
+def test_legacy_flow_is_off_by_default(client: TeeClient) -> None:
+    with pytest.raises(EdbError) as err:
+        client.legacy_public_key()
+    assert err.value.code == "TEE_LEGACY_DISABLED"
+
+
+def test_unknown_model_and_handles(client: TeeClient, make_package, publisher: Publisher, device: Device) -> None:
+    with pytest.raises(EdbError) as err:
+        client.load_model("nothing")
+    assert err.value.code == "TEE_NOT_INSTALLED"
+    install(client, make_package(), publisher, device)
+    h = client.load_model("mlp")
+    with pytest.raises(EdbError) as err:
+        client.infer(h, {"nope": np.ones((1, 64), np.float32)})
+    assert err.value.code == "TEE_INPUT_INVALID"
+    with pytest.raises(EdbError) as err:
+        client.infer(h, {"input": np.ones((1, 3), np.float32)})
+    assert err.value.code == "TEE_INPUT_INVALID"
+    client.unload(h)
+    with pytest.raises(EdbError) as err:
+        client.infer(h, {"input": np.ones((1, 64), np.float32)})
+    assert err.value.code == "TEE_UNKNOWN_HANDLE"
