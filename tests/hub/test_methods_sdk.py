@@ -95,7 +95,8 @@ async def test_module_invokes_module_through_the_gateway(
     callee.on_method_request_received = _echo_handler(callee)
     # invoke_method needs an edge-environment client; this is its local-debugging variant
     # (the production variant, through the workload API, is tested with the edge agent)
-    monkeypatch.setenv("EdgeHubConnectionString", hub.config.module_connection_string("edge-g", "installer", caller_key))
+    connection_string = hub.config.module_connection_string("edge-g", "installer", caller_key)
+    monkeypatch.setenv("EdgeHubConnectionString", connection_string)
     monkeypatch.setenv("EdgeModuleCACertificateFile", str(stack_ca.ca_path))
     caller = IoTHubModuleClient.create_from_edge_environment()
     try:
@@ -104,7 +105,7 @@ async def test_module_invokes_module_through_the_gateway(
             {"methodName": "swap", "payload": {"version": "2"}, "responseTimeoutInSeconds": 10,
              "connectTimeoutInSeconds": 0}, device_id="edge-g", module_id="runner")
         assert response == {"status": 200, "payload": {"method": "swap", "echo": {"version": "2"}}}
-        with pytest.raises(Exception, match="Unexpected failure|not online|404"):
+        with pytest.raises(Exception, match=r"Unexpected failure|not online|404"):
             await caller.invoke_method({"methodName": "x", "payload": None, "responseTimeoutInSeconds": 5},
                                        device_id="edge-g", module_id="nobody")
     finally:

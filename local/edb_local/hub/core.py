@@ -278,9 +278,15 @@ class HubCore:
 
     # -- twins -------------------------------------------------------------------------------
 
+    @staticmethod
+    def _respond(session: ClientSession, topic: str, payload: bytes) -> None:
+        # Answered whether or not the client subscribed to $iothub/twin/res/#, as IoT Hub does: the
+        # SDK's reconnect GET (ensure_desired_properties) is sent before that subscription exists.
+        session.publish(topic, payload)
+
     def _twin_get(self, session: ClientSession, rid: str) -> None:
         twin = self.state.twin(session.identity)
-        session.publish(twin_response_topic(200, rid), json.dumps(twin.mqtt_document()).encode())
+        self._respond(session, twin_response_topic(200, rid), json.dumps(twin.mqtt_document()).encode())
 
     def _twin_reported(self, session: ClientSession, rid: str, payload: bytes) -> None:
         identity = session.identity
@@ -289,13 +295,13 @@ class HubCore:
             twin = self.state.set_reported(identity, patch)
         except (UnicodeDecodeError, ValueError, RecursionError):
             self.refuse(errors.TWIN_INVALID, identity, "reported patch is not JSON")
-            session.publish(twin_response_topic(400, rid), b"")
+            self._respond(session, twin_response_topic(400, rid), b"")
             return
         except HubError as exc:
             self.refuse(exc.code, identity, exc.message)
-            session.publish(twin_response_topic(400, rid), b"")
+            self._respond(session, twin_response_topic(400, rid), b"")
             return
-        session.publish(twin_response_topic(204, rid, twin.reported_version), b"")
+        self._respond(session, twin_response_topic(204, rid, twin.reported_version), b"")
         self._twin_change_notification(identity, twin, patch)
 
     def _on_desired(self, identity: Identity, twin: Twin, patch: dict[str, Any]) -> None:
