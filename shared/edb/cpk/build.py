@@ -98,6 +98,8 @@ def _read_full(source: Any, view: memoryview) -> int:
     while filled < len(view):
         if readinto is not None:
             n = readinto(view[filled:])
+            if n is None:  # a non-blocking stream with no data yet is not the end of the payload
+                raise ValueError("build needs a blocking payload stream")
         else:
             block = source.read(len(view) - filled)
             n = len(block)

@@ -88,7 +88,9 @@ def decrypt_payload(
     count, chunk, size = manifest.chunk_count, manifest.chunk_size, manifest.plaintext_size
     stride = chunk + TAG_BYTES
     workers = max(1, min(threads, count))
-    slots = [(bytearray(stride), None if target is not None else bytearray(chunk)) for _ in range(ring_size(workers))]
+    largest = min(chunk, size)  # a payload smaller than one chunk needs no full-size buffers
+    slots = [(bytearray(largest + TAG_BYTES), None if target is not None else bytearray(largest))
+             for _ in range(ring_size(workers))]
     digests = bytearray()
     done = 0
 

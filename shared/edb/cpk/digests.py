@@ -42,5 +42,6 @@ def payload_ciphertext_digest(
         if progress is not None:
             progress(sealed_len(manifest, index))
 
-    run_ordered(count, [bytearray(stride) for _ in range(ring_size(workers))], work, deliver, workers)
+    largest = min(manifest.chunk_size, manifest.plaintext_size) + TAG_BYTES
+    run_ordered(count, [bytearray(largest) for _ in range(ring_size(workers))], work, deliver, workers)
     return chunk_list_digest(bytes(digests))

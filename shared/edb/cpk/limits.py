@@ -28,7 +28,7 @@ class Limits:
     max_small_stream_bytes: int = 64 * KIB
     #: Chunk size bounds for v2 (the builder's default is 1 MiB).
     min_chunk_size: int = 16
-    max_chunk_size: int = 64 * MIB
+    max_chunk_size: int = 16 * MIB
 
 
     @property
