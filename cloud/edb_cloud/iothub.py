@@ -20,6 +20,21 @@ class CloudError(EdbError):
     code = "CLOUD_ERROR"
 
 
+def _service_error(response: Any) -> str | None:
+    """The service's own error code and message, if the body carries them."""
+    try:
+        body = json.loads(response.text) if response is not None else None
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        return f"{error['code']} {str(error.get('message', ''))[:200]}"
+    message = body.get("Message")
+    return str(message)[:200] if message else None
+
+
 @dataclass(frozen=True)
 class ModuleTwin:
     device_id: str
@@ -42,8 +57,12 @@ class HubService:
         except EdbError:
             raise
         except Exception as exc:
-            status = getattr(getattr(exc, "response", None), "status_code", None)
+            response = getattr(exc, "response", None)
+            status = getattr(response, "status_code", None)
             detail = f"HTTP {status}" if status else type(exc).__name__
+            service_error = _service_error(response)
+            if service_error:
+                detail += f": {service_error}"
             code = "CLOUD_NOT_FOUND" if status == 404 else "CLOUD_IOTHUB_FAILED"
             raise CloudError(f"IoT Hub {action} failed ({detail})", code=code) from None
 

@@ -88,12 +88,24 @@ def validate_manifest(manifest: Mapping[str, Any], endpoints: Mapping[str, Endpo
         if not isinstance(twin, Mapping) or "properties.desired" not in twin:
             problems.append(f"{twin_name}: no properties.desired")
             continue
+        if _has_null(twin["properties.desired"]):
+            problems.append(f"{twin_name}: desired properties in a deployment cannot hold null")
         size = len(json.dumps(twin["properties.desired"], separators=(",", ":")).encode())
         if size > MAX_DESIRED_BYTES:
             problems.append(f"{twin_name}: desired properties are {size} bytes (limit {MAX_DESIRED_BYTES})")
         if twin_name not in ("$edgeAgent", "$edgeHub") and twin_name not in module_ids:
             problems.append(f"{twin_name}: desired properties for a module the deployment does not run")
     return problems
+
+
+def _has_null(node: Any) -> bool:
+    if node is None:
+        return True
+    if isinstance(node, Mapping):
+        return any(_has_null(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_null(v) for v in node)
+    return False
 
 
 def require_valid(manifest: Mapping[str, Any], endpoints: Mapping[str, Endpoints] | None = None) -> None:

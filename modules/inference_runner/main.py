@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from inference_runner.service import RunnerService
@@ -39,13 +40,13 @@ async def run(tee_socket: str) -> None:
             background.add(task)
             task.add_done_callback(background.discard)
 
-    client.on_message_received = service.on_message
-    client.on_twin_desired_properties_patch_received = service.on_desired_patch
-    client.on_method_request_received = on_method
-    client.on_connection_state_change = on_state_change  # type: ignore[assignment]  # called with no argument
+    loop = asyncio.get_running_loop()
+    client.on_message_received = _on_loop(loop, service.on_message)
+    client.on_twin_desired_properties_patch_received = _on_loop(loop, service.on_desired_patch)
+    client.on_method_request_received = _on_loop(loop, on_method)
+    client.on_connection_state_change = _on_loop(loop, on_state_change)  # handler without argument
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await client.connect()
@@ -55,6 +56,19 @@ async def run(tee_socket: str) -> None:
     finally:
         await client.shutdown()
         tee.close()
+
+
+Handler = Callable[..., Coroutine[Any, Any, None]]
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, handler: Handler) -> Handler:
+    """The SDK runs coroutine handlers on its own event loop in another thread; the module's state
+    lives on ``loop``, so each call is handed over to it (asyncio objects are not thread-safe)."""
+
+    async def run(*args: Any) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handler(*args), loop))
+
+    return run
 
 
 def main() -> int:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from edb.errors import EdbError
@@ -48,12 +49,12 @@ async def run(settings: InstallerSettings) -> None:
     async def on_state_change() -> None:
         service.on_connection_state_change()
 
-    client.on_twin_desired_properties_patch_received = service.on_desired_patch
-    client.on_method_request_received = on_method
-    client.on_connection_state_change = on_state_change  # type: ignore[assignment]  # called with no argument
+    loop = asyncio.get_running_loop()
+    client.on_twin_desired_properties_patch_received = _on_loop(loop, service.on_desired_patch)
+    client.on_method_request_received = _on_loop(loop, on_method)
+    client.on_connection_state_change = _on_loop(loop, on_state_change)  # handler without argument
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await client.connect()
@@ -63,6 +64,19 @@ async def run(settings: InstallerSettings) -> None:
     finally:
         await client.shutdown()
         tee.close()
+
+
+Handler = Callable[..., Coroutine[Any, Any, None]]
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, handler: Handler) -> Handler:
+    """The SDK runs coroutine handlers on its own event loop in another thread; the module's state
+    lives on ``loop``, so each call is handed over to it (asyncio objects are not thread-safe)."""
+
+    async def run(*args: Any) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handler(*args), loop))
+
+    return run
 
 
 def main() -> int:

@@ -226,8 +226,7 @@ class InstallerService:
             self.failures.pop(name, None)
             duration_ms = (self.clock() - started) * 1000
             self._report(name, ReportedPackage(PackageState.INSTALLED, installed.version, installed.security_version,
-                                               package.sha256, installed_version=installed.version,
-                                               attempts=attempt))
+                                               package.sha256, installed_version=installed.version))
             self._emit(ModuleEvent(EventKind.PACKAGE_INSTALLED, SOURCE, name, installed.version,
                                    installed.security_version, PackageState.INSTALLED.value,
                                    duration_ms=round(duration_ms, 1)), notify_runner=True)

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from edb.schemas import CONTENT_ENCODING_UTF8, MessageType, application_properties, merge_twin_patch
@@ -31,9 +32,9 @@ async def run() -> None:
         state["desired"] = merge_twin_patch(state["desired"], {k: v for k, v in patch.items() if k != "$version"})
         state["settings"] = SensorSettings.from_desired(state["desired"], state["settings"])
 
-    client.on_twin_desired_properties_patch_received = on_patch
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    client.on_twin_desired_properties_patch_received = _on_loop(loop, on_patch)
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await client.connect()
@@ -57,6 +58,19 @@ async def run() -> None:
                 await asyncio.wait_for(stop.wait(), timeout=settings.interval_ms / 1000)
     finally:
         await client.shutdown()
+
+
+Handler = Callable[..., Coroutine[Any, Any, None]]
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, handler: Handler) -> Handler:
+    """The SDK runs coroutine handlers on its own event loop in another thread; the module's state
+    lives on ``loop``, so each call is handed over to it (asyncio objects are not thread-safe)."""
+
+    async def run(*args: Any) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handler(*args), loop))
+
+    return run
 
 
 def main() -> int:

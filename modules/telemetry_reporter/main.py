@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,12 @@ async def run(db_path: Path) -> None:
         status, payload = await service.handle_method(request.name, request.payload)
         await client.send_method_response(MethodResponse.create_from_method_request(request, status, payload))
 
-    client.on_message_received = service.on_message
-    client.on_twin_desired_properties_patch_received = service.on_desired_patch
-    client.on_method_request_received = on_method
+    loop = asyncio.get_running_loop()
+    client.on_message_received = _on_loop(loop, service.on_message)
+    client.on_twin_desired_properties_patch_received = _on_loop(loop, service.on_desired_patch)
+    client.on_method_request_received = _on_loop(loop, on_method)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await client.connect()
@@ -48,6 +49,19 @@ async def run(db_path: Path) -> None:
     finally:
         await client.shutdown()
         store.close()
+
+
+Handler = Callable[..., Coroutine[Any, Any, None]]
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, handler: Handler) -> Handler:
+    """The SDK runs coroutine handlers on its own event loop in another thread; the module's state
+    lives on ``loop``, so each call is handed over to it (asyncio objects are not thread-safe)."""
+
+    async def run(*args: Any) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handler(*args), loop))
+
+    return run
 
 
 def main() -> int:

@@ -88,7 +88,7 @@ def test_every_output_and_input_of_every_module_is_routed(manifest: dict[str, An
 
 def test_initial_desired_properties(manifest: dict[str, Any]) -> None:
     content = manifest["modulesContent"]
-    assert content["inference_runner"]["properties.desired"]["model"] == {"name": "digits", "minVersion": None}
+    assert content["inference_runner"]["properties.desired"]["model"] == {"name": "digits"}
     assert content["$edgeHub"]["properties.desired"]["storeAndForwardConfiguration"]["timeToLiveSecs"] > 0
 
 
@@ -205,6 +205,7 @@ HUB = ["modulesContent", "$edgeHub", "properties.desired"]
         ([*HUB, "storeAndForwardConfiguration"], {}, "storeAndForward"),
         (["modulesContent", "ghost"], {"properties.desired": {}}, "does not run"),
         (["modulesContent", "inference_runner", "properties.desired", "big"], "x" * 40000, "bytes"),
+        (["modulesContent", "inference_runner", "properties.desired", "model"], {"minVersion": None}, "null"),
     ],
 )
 def test_manifest_rules_catch_violations(manifest: dict[str, Any], path: list[str], value: Any,
