@@ -436,3 +436,13 @@ def test_v1_reader_refuses_v2_calls_and_unknown_versions(package: tuple[Path, by
     with pytest.raises(PackageError) as exc:
         open_package(write(tmp_path, data))
     assert exc.value.code == E.UNSUPPORTED_VERSION
+
+
+def test_unreadable_sources(tmp_path: Path) -> None:
+    for source in (tmp_path / "missing.cpk", tmp_path):
+        with pytest.raises(PackageError) as exc:
+            open_package(source)
+        assert exc.value.code == E.UNREADABLE
+    with pytest.raises(PackageError) as exc:
+        open_package(write(tmp_path, b""))
+    assert exc.value.code == E.TRUNCATED
