@@ -172,10 +172,12 @@ def parse_edgehub_desired(desired: dict[str, Any]) -> RouteTable:
     schema = desired.get("schemaVersion", "1.0")
     if schema not in SCHEMA_VERSIONS:
         raise _invalid(f"unsupported $edgeHub schemaVersion {schema!r}")
-    routes_doc = desired.get("routes") or {}
+    routes_doc = desired.get("routes")
+    routes_doc = {} if routes_doc is None else routes_doc
     if not isinstance(routes_doc, dict):
         raise _invalid("routes must be an object")
-    saf = desired.get("storeAndForwardConfiguration") or {}
+    saf = desired.get("storeAndForwardConfiguration")
+    saf = {} if saf is None else saf
     if not isinstance(saf, dict):
         raise _invalid("storeAndForwardConfiguration must be an object")
     default_ttl = _int_in(saf.get("timeToLiveSecs", DEFAULT_TTL_SECS), 0, 2**31 - 1, "timeToLiveSecs")
