@@ -63,7 +63,7 @@ class Request:
 
 class RunnerService:
     def __init__(self, client: Any, tee: Any, *, check_interval_s: float = 30.0,
-                 report_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 report_interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.tee = tee
         self.clock = clock

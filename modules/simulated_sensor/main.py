@@ -17,6 +17,7 @@ from simulated_sensor import endpoints
 from simulated_sensor.frames import FrameSource, SensorSettings
 
 log = logging.getLogger("simulated_sensor")
+REPORT_INTERVAL_S = 2.0
 
 
 async def run() -> None:
@@ -42,6 +43,8 @@ async def run() -> None:
     await on_patch(twin.get("desired") or {})
     log.info("connected; sending digits frames")
     sent = 0
+    reported_sent = -1
+    last_report = 0.0
     try:
         while not stop.is_set():
             settings: SensorSettings = state["settings"]
@@ -52,8 +55,12 @@ async def run() -> None:
                 message.custom_properties = application_properties(MessageType.FRAME, label=str(frame.label))
                 await client.send_message_to_output(message, endpoints.OUTPUT_FRAMES)
                 sent += 1
-                if sent % 100 == 0:
-                    await client.patch_twin_reported_properties({"sensor": {"sent": sent}})
+            now = loop.time()
+            if sent != reported_sent and now - last_report >= REPORT_INTERVAL_S:
+                # how many frames this run sent, so an operator (or the demo) can match it against answers
+                await client.patch_twin_reported_properties(
+                    {"sensor": {"sent": sent, "bootId": boot, "enabled": settings.enabled}})
+                reported_sent, last_report = sent, now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=settings.interval_ms / 1000)
     finally:
