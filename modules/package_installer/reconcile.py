@@ -77,6 +77,24 @@ class Plan:
     wake_at: float | None = None
 
 
+SECTION = "_section"  # the label parse_desired_packages reports a malformed ``packages`` section under
+
+
+def effective_desired(
+    parsed: Mapping[str, DesiredPackage | InvalidDesired],
+    last_good: Mapping[str, DesiredPackage | InvalidDesired],
+) -> tuple[dict[str, DesiredPackage | InvalidDesired], dict[str, DesiredPackage | InvalidDesired]]:
+    """What to plan with, and the new last good section.
+
+    A ``packages`` section that is not an object at all says nothing about individual packages:
+    acting on it would uninstall everything. Plan with the last good section instead (and report
+    the bad one under ``_section``).
+    """
+    if SECTION in parsed:
+        return {**last_good, SECTION: parsed[SECTION]}, dict(last_good)
+    return dict(parsed), dict(parsed)
+
+
 def record_failure(
     previous: Failure | None,
     identity: Identity,

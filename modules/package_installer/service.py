@@ -27,7 +27,7 @@ from edb.schemas import (
     merge_twin_patch,
     parse_desired_packages,
 )
-from edb.schemas.packages import NAME_PATTERN, DesiredPackage
+from edb.schemas.packages import NAME_PATTERN, DesiredPackage, InvalidDesired
 from package_installer import endpoints
 from package_installer.backoff import Backoff
 from package_installer.errors import is_retryable
@@ -40,6 +40,7 @@ from package_installer.reconcile import (
     Report,
     StartInstall,
     Uninstall,
+    effective_desired,
     plan,
     record_failure,
 )
@@ -76,6 +77,7 @@ class InstallerService:
         self.jobs: dict[str, Job] = {}
         self.failures: dict[str, Failure] = {}
         self.held: dict[str, Identity] = {}
+        self._last_good: dict[str, DesiredPackage | InvalidDesired] = {}
         self.twin_ready = False
         self.writer = ReportedWriter(client)
         self.outputs = OutputSender(client)
@@ -168,7 +170,8 @@ class InstallerService:
         """One reconcile pass; returns how long to sleep at most before the next one."""
         if not await self.refresh_installed():
             return 2.0
-        desired = parse_desired_packages(self.desired_doc, max_size=self.settings.max_package_bytes)
+        parsed = parse_desired_packages(self.desired_doc, max_size=self.settings.max_package_bytes)
+        desired, self._last_good = effective_desired(parsed, self._last_good)
         now = self.clock()
         result = plan(desired, self.installed, {n: j.package.identity for n, j in self.jobs.items()},
                       self.failures, self.reported, now=now, max_parallel=self.settings.max_parallel,

@@ -13,6 +13,7 @@ from package_installer.reconcile import (
     Report,
     StartInstall,
     Uninstall,
+    effective_desired,
     plan,
     record_failure,
 )
@@ -154,6 +155,21 @@ def test_hostile_entries_are_reported_failed_and_do_not_disturb_the_installed_ve
     (label,) = [n for n in reports if n != "digits"]
     assert label.startswith("invalid-") and "." not in label and "/" not in label
     assert reports[label] is not None and reports[label].error.code == "INSTALL_INVALID_NAME"  # type: ignore[union-attr]
+
+
+def test_a_malformed_packages_section_never_uninstalls_anything() -> None:
+    good = parse_desired_packages({"packages": {"digits": pkg().to_twin()}})
+    desired, last_good = effective_desired(good, {})
+    assert desired == good == last_good
+    bad = parse_desired_packages({"packages": ["not", "an", "object"]})
+    desired, kept = effective_desired(bad, last_good)
+    assert kept == last_good and desired["digits"] == pkg()
+    have = {"digits": Installed("digits", "1.0.0", 1, SHA)}
+    p = plan(desired, have, {}, {}, {"digits": installed_report("1.0.0")}, now=0)
+    assert not any(isinstance(a, Uninstall) for a in p.actions)
+    reports = {a.name: a.value for a in p.actions if isinstance(a, Report)}
+    assert reports["_section"] is not None and reports["_section"].error is not None
+    assert reports["_section"].error.code == "INSTALL_INVALID_DESIRED"
 
 
 def test_invalid_desired_cancels_a_running_job() -> None:
