@@ -59,6 +59,7 @@ class MqttConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._peer = "?"
         self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -177,8 +178,18 @@ class MqttConnection(asyncio.Protocol):
     # -- ClientSession (what the core calls) -------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
+        # Packets written in one event-loop turn leave in one TLS write: a burst of PUBACKs and
+        # deliveries costs one record and one send() instead of one each.
+        if self.closed or self.transport is None:
+            return
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
 
     def _packet_id(self) -> int:
         queue = self.core.queues.get(self.identity)
@@ -204,6 +215,7 @@ class MqttConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed:
+            self._flush()   # a CONNACK refusal or SUBACK written just before must still go out
             self.closed = True
             if self.transport is not None:
                 self.transport.close()

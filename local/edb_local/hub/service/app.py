@@ -141,7 +141,8 @@ class ServiceApi:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "hubName": self.core.config.hub_name,
-                                  "connectedClients": len(self.core.sessions)})
+                                  "connectedClients": len(self.core.sessions),
+                                  "upstreamLastSeq": self.core.store.upstream_last_seq()})
 
     async def messages(self, request: web.Request) -> web.Response:
         """Upstream messages after ``since`` in the `az iot hub monitor-events` event shape;
