@@ -286,3 +286,38 @@ def test_connack_rejects_bad_protocol_level_and_client_ids(hub: HubThread, stack
     assert raw.read_packets() == [ConnAck(4)]
     codes = hub.call(hub.server.core.refusal_codes)
     assert {"HUB_MQTT_PROTOCOL_VERSION", "HUB_AUTH_BAD_CLIENT_ID", "HUB_AUTH_BAD_USERNAME"} <= set(codes)
+
+
+async def test_connection_is_dropped_when_its_token_expires(hub: HubThread, legit: Any,
+                                                           paho_clients: Callable[..., PahoClient]) -> None:
+    short = paho_clients(hub, "edge-x", "intruder", _token(hub, "edge-x", "intruder", legit.keys["intruder"], 2))
+    await asyncio.to_thread(short.connected.wait, 10)
+    assert await asyncio.to_thread(short.disconnected.wait, 15)
+    assert "HUB_AUTH_TOKEN_EXPIRED" in hub.call(hub.server.core.refusal_codes)
+    await legit.send()
+    await legit.all_delivered()
+
+
+async def test_a_client_that_never_reads_is_dropped(hub: HubThread, legit: Any, stack_ca: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from edb_local.hub.mqtt import connection
+
+    monkeypatch.setattr(connection, "MAX_WRITE_BUFFER", 64 * 1024)
+    raw = RawTls(hub, str(stack_ca.ca_path))
+    raw.send(encode(Connect(client_id="edge-x/intruder", clean_session=True,
+                            username=_username(hub, "edge-x", "intruder"),
+                            password=_token(hub, "edge-x", "intruder", legit.keys["intruder"]).encode())))
+    get = encode(Publish("$iothub/twin/GET/?$rid=1", b" ", qos=0))
+
+    def flood() -> None:
+        try:
+            for _ in range(400):
+                raw.send(get * 1000)   # ~35 MB of requests, never reading a response
+        except OSError:
+            return
+
+    await asyncio.to_thread(flood)
+    assert "HUB_MQTT_SLOW_CONSUMER" in hub.call(hub.server.core.refusal_codes)
+    raw.close()
+    await legit.send()
+    await legit.all_delivered()

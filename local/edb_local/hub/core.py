@@ -80,6 +80,16 @@ class Refusal:
     detail: str
 
 
+def redact_topic(topic: str) -> str:
+    """A topic fit for a log line: no property bag (application property values) and no query."""
+    path = topic.split("?")[0]
+    if "/messages/events/" in path:
+        path = path.split("/messages/events/")[0] + "/messages/events/..."
+    elif "/inputs/" in path:
+        path = path.split("/inputs/")[0] + "/inputs/..."
+    return path[:160]
+
+
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -111,6 +121,8 @@ class HubCore:
     # -- diagnostics -------------------------------------------------------------------------
 
     def refuse(self, code: str, who: object, detail: str) -> None:
+        """Record a refusal. ``detail`` must hold no secret and no payload (topics are passed
+        through :func:`redact_topic` by callers)."""
         self.refusals.append(Refusal(time.time(), code, str(who), detail))
         log.warning("refused %s: %s (%s)", who, code, detail)
 
@@ -123,7 +135,8 @@ class HubCore:
 
     # -- authentication ----------------------------------------------------------------------
 
-    def authenticate_device(self, connect: Connect) -> Identity:
+    def authenticate_device(self, connect: Connect) -> tuple[Identity, int]:
+        """Check a CONNECT; returns the identity and the token's expiry (epoch seconds)."""
         identity = identity_from_client_id(connect.client_id)
         check_username(connect.username, identity, self.config.device_host_names)
         if connect.password is None:
@@ -142,7 +155,7 @@ class HubCore:
             raise HubError("device is disabled", code=errors.AUTH_DISABLED_IDENTITY)
         verify_token(token, expected_resources=[identity.sas_resource(h) for h in self.config.device_host_names],
                      keys=record.keys)
-        return identity
+        return identity, token.expiry
 
     def authenticate_service(self, authorization: str | None) -> None:
         """The `Authorization` header of a service (azure-iot-hub) request: an `iothubowner` token
@@ -224,7 +237,7 @@ class HubCore:
         codes: list[int] = []
         for topic_filter, qos in topics:
             if topic_filter not in allowed:
-                self.refuse(errors.TOPIC_FORBIDDEN, session.identity, f"subscribe {topic_filter[:200]!r}")
+                self.refuse(errors.TOPIC_FORBIDDEN, session.identity, f"subscribe {redact_topic(topic_filter)!r}")
                 codes.append(0x80)
                 continue
             granted = min(qos, 1)
@@ -251,7 +264,7 @@ class HubCore:
         try:
             request = classify_publish(publish.topic, identity)
         except HubError as exc:
-            self.refuse(exc.code, identity, f"publish to {publish.topic[:200]!r}")
+            self.refuse(exc.code, identity, f"publish to {redact_topic(publish.topic)!r}")
             return False
         self.touch(identity)
         if isinstance(request, TelemetryPublish):

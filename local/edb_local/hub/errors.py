@@ -22,6 +22,8 @@ MQTT_PROTOCOL_VERSION = "HUB_MQTT_PROTOCOL_VERSION"
 MQTT_UNEXPECTED_PACKET = "HUB_MQTT_UNEXPECTED_PACKET"
 MQTT_KEEPALIVE_TIMEOUT = "HUB_MQTT_KEEPALIVE_TIMEOUT"
 MQTT_SESSION_TAKEN_OVER = "HUB_MQTT_SESSION_TAKEN_OVER"  # a newer connection of the same identity
+MQTT_SLOW_CONSUMER = "HUB_MQTT_SLOW_CONSUMER"    # a client that does not read what it asked for
+INTERNAL = "HUB_INTERNAL"                        # a bug; costs the one connection
 
 # Authentication and authorization
 AUTH_BAD_CLIENT_ID = "HUB_AUTH_BAD_CLIENT_ID"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from edb_local.hub import errors
@@ -34,6 +35,7 @@ from edb_local.hub.mqtt.codec import (
 from edb_local.hub.topics import Identity
 
 log = logging.getLogger("edb_local.hub.mqtt")
+MAX_WRITE_BUFFER = 16 * 1024 * 1024
 
 _CONNACK_FOR = {
     errors.AUTH_BAD_CLIENT_ID: ConnectReturnCode.IDENTIFIER_REJECTED,
@@ -57,6 +59,7 @@ class MqttConnection(asyncio.Protocol):
         self._last_rx = 0.0
         self._next_packet_id = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self._peer = "?"
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
@@ -84,7 +87,13 @@ class MqttConnection(asyncio.Protocol):
         for packet in packets:
             if self.closed:
                 return
-            self._handle(packet)
+            try:
+                self._handle(packet)
+            except HubError as exc:
+                self._refuse(exc.code, exc.message)
+            except Exception:  # a bug must cost this connection only, never the hub
+                log.exception("internal error handling %s from %s", type(packet).__name__, self.who)
+                self._refuse(errors.INTERNAL, "internal error")
 
     def eof_received(self) -> bool | None:
         return False
@@ -92,8 +101,9 @@ class MqttConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._registry.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
         if self.connected:
             self.core.detach(self)
 
@@ -139,7 +149,7 @@ class MqttConnection(asyncio.Protocol):
             self._refuse(errors.MQTT_PROTOCOL_VERSION, f"protocol level {connect.protocol_level}")
             return
         try:
-            identity = self.core.authenticate_device(connect)
+            identity, expiry = self.core.authenticate_device(connect)
         except HubError as exc:
             code = _CONNACK_FOR.get(exc.code, ConnectReturnCode.NOT_AUTHORIZED)
             self._write(encode(ConnAck(code)))
@@ -157,6 +167,12 @@ class MqttConnection(asyncio.Protocol):
             self._timer = None
         if self.keep_alive:
             self._schedule(self.keep_alive * 0.75, self._check_keep_alive)
+        # IoT Hub drops a connection when its token expires; the SDK renews before that by reconnecting
+        self._expiry_timer = self._loop.call_later(max(0.0, expiry - time.time()), self._token_expired)
+
+    def _token_expired(self) -> None:
+        if not self.closed:
+            self._refuse(errors.AUTH_TOKEN_EXPIRED, "SAS token expired during the connection")
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -189,6 +205,11 @@ class MqttConnection(asyncio.Protocol):
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self._out))
+            if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                # a client that asks (twin GETs, say) but never reads must not grow our memory
+                self._out.clear()
+                self._refuse(errors.MQTT_SLOW_CONSUMER, "stopped reading; write buffer over the limit")
+                return
         self._out.clear()
 
     def _packet_id(self) -> int:
