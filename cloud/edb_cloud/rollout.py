@@ -74,7 +74,9 @@ def wait_for_install(hub: HubService, device_id: str, release: Release, *, timeo
             on_update(f"{reported.state.value} {reported.version or ''}".strip()
                       + (f" ({reported.error.code})" if reported.error else "")
                       + (f", serving {serving}" if require_serving else ""))
-        if reported is not None and reported.version == release.version:
+        # The same version may be installed already from another package file (a re-publish, or a
+        # tampered copy): only a report about *this* file counts.
+        if reported is not None and reported.version == release.version and reported.sha256 == release.sha256:
             if reported.state is PackageState.FAILED:
                 return Outcome(device_id, "failed", reported, serving)
             if reported.state is PackageState.INSTALLED and (not require_serving or serving == release.version):
