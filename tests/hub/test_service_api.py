@@ -279,3 +279,17 @@ def _ingest(hub: HubThread, device: str, module: str | None, body: dict[str, Any
 
     bag = PropertyBag({"contentType": "application/json", "contentEncoding": "utf-8"}, {"messageType": kind})
     hub.server.core.ingest(_identity(device, module), bag, json.dumps(body).encode())
+
+
+def test_manual_content_is_replaced_by_the_next_automatic_evaluation(hub: HubThread,
+                                                                     registry: IoTHubRegistryManager) -> None:
+    configs = IoTHubConfigurationManager.from_connection_string(hub.config.service_connection_string)
+    registry.create_device_with_sas("edge-m", None, None, "enabled", iot_edge=True)
+    registry.update_twin("edge-m", Twin(tags={"env": "prod"}), "*")
+    configs.create_configuration(_deployment("auto", "tags.env='prod'", 1, {"v": "auto"}))
+    registry.create_module_with_sas("edge-m", "installer", None, None, None)
+    manual = _deployment("manual", "*", 0, {"v": "manual"}).content
+    configs.apply_configuration_on_edge_device("edge-m", manual)
+    assert registry.get_module_twin("edge-m", "installer").properties.desired["v"] == "manual"
+    registry.update_twin("edge-m", Twin(tags={"env": "prod", "rack": 2}), "*")
+    assert registry.get_module_twin("edge-m", "installer").properties.desired["v"] == "auto"

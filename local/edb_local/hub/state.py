@@ -312,6 +312,10 @@ class HubState:
         deployments.apply_modules_content(desired, modules_content)
         for module_id, module_desired in desired.items():
             self.set_desired(Identity(device_id, module_id), module_desired)
+        # the device no longer runs what an automatic deployment gave it: the next evaluation
+        # (configuration or tag change) applies the winning deployment again
+        if self.device_configurations.pop(device_id, None) is not None:
+            self.store.put_deployment(device_id, None)
 
     def reconcile_deployments(self, device_ids: list[str] | None) -> None:
         """Apply automatic deployments to the given edge devices (None: all of them)."""
