@@ -70,6 +70,7 @@ class LoadedModel:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     tensor_outputs: list[str]
+    input_names: frozenset[str] = frozenset()
     refs: int = 0
     active: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -138,9 +139,9 @@ class ModelManager:
             buffer.close()
             raise
         outputs = tuple(_spec(o) for o in session.get_outputs())
-        return LoadedModel(name, version, package_id, prepack, buffer, session, values,
-                           tuple(_spec(i) for i in session.get_inputs()), outputs,
-                           [o.name for o in outputs if o.dtype != "unknown"])
+        inputs = tuple(_spec(i) for i in session.get_inputs())
+        return LoadedModel(name, version, package_id, prepack, buffer, session, values, inputs, outputs,
+                           [o.name for o in outputs if o.dtype != "unknown"], frozenset(i.name for i in inputs))
 
     def keep_warm(self, model: LoadedModel) -> None:
         """An install just validated this model: keep its session for the next ``load``."""
@@ -197,8 +198,7 @@ class ModelManager:
                 raise TeeError("model was unloaded", code=E.UNKNOWN_HANDLE)
             model.active += 1
         try:
-            known = {i.name for i in model.inputs}
-            unknown = set(feeds) - known
+            unknown = feeds.keys() - model.input_names
             if unknown:
                 raise TeeError(f"model has no input(s) {sorted(unknown)}", code=E.INPUT_INVALID)
             try:

@@ -220,3 +220,72 @@ def test_unknown_model_and_handles(client: TeeClient, make_package, publisher: P
     with pytest.raises(EdbError) as err:
         client.infer(h, {"input": np.ones((1, 64), np.float32)})
     assert err.value.code == "TEE_UNKNOWN_HANDLE"
+
+
+def _v1_package(path, model: bytes, key: bytes, cp_id: str = "0b7a3c1e-6f1f-4a59-9e0e-3c7f1b2d4e5a"):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from edb.cpk.v1 import V1Signing, build_v1
+
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "demo")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(signer.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(signer, hashes.SHA256()))
+    build_v1(model, path, cp_id=cp_id, key=key, signing=V1Signing(signer, cert), version=(1, 2, 3))
+    return cp_id
+
+
+def test_legacy_v1_package_with_the_original_key_flow(make_device, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import base64
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    dev = make_device(legacy=True)
+    proc = TeeProcess(dev).start()
+    try:
+        c = proc.client()
+        assert c.device_info().legacy_v1
+        model, key = mlp_model(seed=7), os.urandom(32)
+        cp_id = _v1_package(tmp_path / "legacy.cpk", model, key)
+        ticket = c.begin_install("legacy", tmp_path / "legacy.cpk")
+        assert ticket.legacy and ticket.signed_manifest is None and ticket.package_id == cp_id
+        with pytest.raises(EdbError) as err:  # no attestation for v1
+            c.get_install_evidence(ticket, "n")
+        assert err.value.code == "TEE_INSTALL_STATE"
+        ticket = c.begin_install("legacy", tmp_path / "legacy.cpk")
+        # what the original wrap endpoint does: RSA PKCS#1 v1.5 to the device's (legacy) public key
+        pub = serialization.load_der_public_key(c.legacy_public_key())
+        wrapped = base64.b64encode(pub.encrypt(key, padding.PKCS1v15())).decode()  # type: ignore[union-attr]
+        summary = c.complete_install_legacy(ticket, wrapped)
+        assert (summary.package.format, summary.package.version) == ("cpk-v1", "1.2.3")
+        h = c.load_model("legacy")
+        x = np.ones((1, 64), np.float32)
+        np.testing.assert_allclose(c.infer(h, {"input": x})["output"], reference(model, x), rtol=1e-5)
+        # a wrong content key: the GCM tag fails, nothing is installed under that name
+        other = c.begin_install("legacy2", tmp_path / "legacy.cpk")
+        bad = base64.b64encode(pub.encrypt(os.urandom(32), padding.PKCS1v15())).decode()  # type: ignore[union-attr]
+        with pytest.raises(EdbError) as err:
+            c.complete_install_legacy(other, bad)
+        assert err.value.code.startswith("CPK_")
+        assert [p.name for p in c.list_installed()] == ["legacy"]
+        c.close()
+    finally:
+        proc.stop()
+
+
+def test_v1_package_refused_when_legacy_is_off(client: TeeClient, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    _v1_package(tmp_path / "legacy.cpk", mlp_model(), os.urandom(32))
+    with pytest.raises(EdbError) as err:
+        client.begin_install("legacy", tmp_path / "legacy.cpk")
+    assert err.value.code == "TEE_LEGACY_DISABLED"
