@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +41,7 @@ from edb_local.agent.reported import (
     reported_patch,
 )
 from edb_local.agent.resolve import ResolvedModule, resolve_deployment
+from edb_local.supervisor.health import unix_socket_accepts
 from edb_local.supervisor.pidfile import is_alive, read_pid_file, remove_pid_file
 from edb_local.workload.server import WorkloadServer
 from edb_local.workload.signer import WorkloadSigner
@@ -402,13 +402,7 @@ class EdgeAgent:
 
 
 def _unix_socket_accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
+    return unix_socket_accepts(path).ok
 
 
 def _describe(exc: BaseException) -> str:

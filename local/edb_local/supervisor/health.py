@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -48,12 +49,21 @@ def https_responds(address: str, port: int, ca: Path, path: str = "/", *, requir
 
 
 def unix_socket_accepts(path: Path) -> Health:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(_TIMEOUT_S)
-        try:
-            sock.connect(str(path))
-        except OSError as exc:
-            return Health(False, f"{path}: {exc.strerror or exc}")
+    """A connect to a Unix socket. sun_path holds 108 bytes, so a longer path (deep state or test
+    directories) is reached through ``/proc/self/fd/<directory fd>/<name>``."""
+    try:
+        dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return Health(False, f"{path}: {exc.strerror or exc}")
+    try:
+        address = str(path) if len(os.fsencode(path)) <= 100 else f"/proc/self/fd/{dirfd}/{path.name}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(_TIMEOUT_S)
+            sock.connect(address)
+    except OSError as exc:
+        return Health(False, f"{path}: {exc.strerror or exc}")
+    finally:
+        os.close(dirfd)
     return Health(True, f"socket {path}")
 
 
