@@ -99,6 +99,9 @@ class EdgeAgent:
         stop_task = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
+                # Cleared before the pass, so a wake-up during the pass (a process exiting while
+                # others start) makes the next pass run at once instead of being lost.
+                self._wake.clear()
                 await self._ensure_connected()
                 wake_at = await self._reconcile_once()
                 timeout = self.config.resync_interval_s
@@ -106,7 +109,6 @@ class EdgeAgent:
                     timeout = max(0.0, min(timeout, wake_at - time.monotonic()))
                 if not self._connected:
                     timeout = min(timeout, 2.0)
-                self._wake.clear()
                 wake_task = asyncio.create_task(self._wake.wait())
                 await asyncio.wait({wake_task, stop_task}, timeout=timeout,
                                    return_when=asyncio.FIRST_COMPLETED)
@@ -133,13 +135,15 @@ class EdgeAgent:
                 await self._forget(action.module_id)
             elif isinstance(action, StartModule):
                 await self._start(self.resolved[action.module_id], action)
+        wake_at = decision.wake_at
         if decision.actions:
             # Starts and stops change observations (a start that failed is a failure now).
             observed = {m: r.observation() for m, r in self.records.items()}
             decision = plan(desired, observed, time.monotonic(), self.config.backoff, host)
+            wake_at = time.monotonic() if decision.actions else decision.wake_at
         await self._report()
         self._write_health()
-        return decision.wake_at
+        return wake_at
 
     # -- hub connection -------------------------------------------------------------------------
 

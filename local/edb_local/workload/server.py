@@ -7,6 +7,7 @@ with SO_PEERCRED against the allowed user ids (by default the agent's own).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -73,6 +74,8 @@ class WorkloadServer:
     async def close(self) -> None:
         for module_id in list(self._runners):
             await self.remove_module(module_id)
+        with contextlib.suppress(OSError):  # only if empty: never remove what we did not create
+            self.socket_dir.rmdir()
 
     @web.middleware
     async def _peer_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
