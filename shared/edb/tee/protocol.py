@@ -57,6 +57,7 @@ _TENSOR_HEAD = struct.Struct("<BBH")
 _U64 = struct.Struct("<Q")
 _U8 = struct.Struct("<B")
 TENSOR_ALIGN = 64
+_ZEROS = bytes(TENSOR_ALIGN)
 _U64_MAX = (1 << 64) - 1
 
 
@@ -78,6 +79,10 @@ class ParamKind(IntEnum):
     TEXT = 3
     TENSOR = 4
     FD = 5
+
+
+_MSG_TYPES = {int(t): t for t in MsgType}
+_OPS = {int(o): o for o in Op}
 
 
 @dataclass(frozen=True)
@@ -323,11 +328,10 @@ def decode(body: bytearray | bytes | memoryview, *, nfds: int = 0, limits: Limit
     view = memoryview(body).cast("B")
     check_frame_length(len(view), limits)
     cur = _Cursor(view)
-    mtype, op, nparams, request_id, session, command, status = cur.unpack(_HEADER)
-    try:
-        mtype, op = MsgType(mtype), Op(op)
-    except ValueError as exc:
-        raise protocol_error("unknown message type or operation") from exc
+    raw_type, raw_op, nparams, request_id, session, command, status = cur.unpack(_HEADER)
+    mtype, op = _MSG_TYPES.get(raw_type), _OPS.get(raw_op)
+    if mtype is None or op is None:
+        raise protocol_error("unknown message type or operation")
     if nparams > limits.max_params:
         raise protocol_error(f"more than {limits.max_params} parameters")
     if status not in (0, 1):
@@ -375,7 +379,7 @@ def _decode_tensor(cur: _Cursor, body: bytearray | bytes | memoryview, limits: L
         name = str(cur.take(name_len), "utf-8", "strict")
     except UnicodeDecodeError as exc:
         raise protocol_error("tensor name is not UTF-8") from exc
-    dims = [cur.unpack(_U64)[0] for _ in range(ndim)]
+    dims = list(struct.unpack(f"<{ndim}Q", cur.take(8 * ndim)))
     if any(d > limits.max_dim for d in dims):
         raise protocol_error("tensor dimension out of bounds")
     (nbytes,) = cur.unpack(_U64)
@@ -386,7 +390,7 @@ def _decode_tensor(cur: _Cursor, body: bytearray | bytes | memoryview, limits: L
     if count * dt.itemsize != nbytes:
         raise protocol_error("tensor byte length does not match dtype and shape")
     pad = cur.take(-cur.pos % TENSOR_ALIGN)
-    if any(pad):
+    if pad.tobytes() != _ZEROS[: len(pad)]:
         raise protocol_error("non-zero tensor padding")
     offset = cur.pos
     cur.take(nbytes)
