@@ -199,7 +199,7 @@ class InstallEngine:
         floor = self.state.rpmb.read().floors.get(reader.manifest_v2.package_id)
         verified = verify_package(reader, trust_roots=ident.publisher_roots, now=self.clock(),
                                   device_id=ident.device_id, device_class=ident.device_class,
-                                  security_floor=floor, check_payload_digest=False)
+                                  security_floor=floor, check_payload_digest=True)
         m = verified.manifest
         if m.media_type not in MODEL_MEDIA_TYPES:
             raise TeeError(f"payload media type {m.media_type!r} is not a model this TEE loads", code=E.MODEL_INVALID)

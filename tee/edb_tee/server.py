@@ -43,6 +43,7 @@ from edb_tee.tas import REGISTRY, Call, TrustedApp
 
 log = logging.getLogger("edb_tee.server")
 HANDSHAKE_TIMEOUT_S = 5.0
+HELLO_LIMITS = Limits(max_frame=1024)  # read before the peer is known to be allowed: keep it tiny
 
 
 class TeeServer:
@@ -137,8 +138,8 @@ class TeeServer:
         conn.settimeout(HANDSHAKE_TIMEOUT_S)
         hello_fallback = Message(MsgType.REQUEST, Op.HELLO)
         try:
-            body, _ = recv_frame(conn, self.limits)
-            hello = decode(body, limits=self.limits)
+            body, _ = recv_frame(conn, HELLO_LIMITS)
+            hello = decode(body, limits=HELLO_LIMITS)
             version = negotiate(hello)
         except TeeError as exc:
             self._refuse(conn, hello_fallback, exc.code, exc.message)

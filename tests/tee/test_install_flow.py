@@ -289,3 +289,14 @@ def test_v1_package_refused_when_legacy_is_off(client: TeeClient, tmp_path) -> N
     with pytest.raises(EdbError) as err:
         client.begin_install("legacy", tmp_path / "legacy.cpk")
     assert err.value.code == "TEE_LEGACY_DISABLED"
+
+
+def test_corrupted_payload_is_refused_before_any_key_release(client: TeeClient, make_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pkg = make_package()
+    data = bytearray(pkg.path.read_bytes())
+    data[16 + 4 * 16 + 100] ^= 0x40  # inside stream 0, the payload ciphertext
+    bad = tmp_path / "corrupt.cpk"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(EdbError) as err:
+        client.begin_install("mlp", bad)
+    assert err.value.code == "CPK_DIGEST_MISMATCH"
