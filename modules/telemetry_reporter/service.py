@@ -49,6 +49,7 @@ class ReporterService:
         self.sent = 0
         self.last_sent_at: str | None = None
         self.bad_messages = 0
+        self.duplicates = 0
         self._outbox_ready = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._interval_changed = asyncio.Event()
@@ -85,7 +86,10 @@ class ReporterService:
             self.bad_messages += 1
             body = {"malformed": True}
         now = self.clock()
-        self.store.journal(kind, body, now)
+        message_id = getattr(message, "message_id", None)
+        if not self.store.journal(kind, body, now, str(message_id) if message_id else None):
+            self.duplicates += 1  # redelivered by edgeHub: counted once already
+            return
         if kind == "event" and "malformed" not in body:
             try:
                 alert = classify(ModuleEvent.from_json(body))
@@ -145,7 +149,8 @@ class ReporterService:
 
     def status(self) -> dict[str, Any]:
         return {**self.store.counts(), "sent": self.sent, "lastSentAt": self.last_sent_at,
-                "metricsIntervalSeconds": self.interval_s, "badMessages": self.bad_messages}
+                "metricsIntervalSeconds": self.interval_s, "badMessages": self.bad_messages,
+                "duplicates": self.duplicates}
 
     async def handle_method(self, name: str, payload: Any) -> tuple[int, dict[str, Any]]:
         if name == "status":

@@ -6,7 +6,8 @@ the outbox only after IoT Hub (edgeHub) acknowledged it. So a crash or restart a
 nothing and counts nothing twice (the one gap is the SDK's own: it acknowledges an input message
 to edgeHub before our handler runs, so a crash inside that handler can lose that one message).
 
-Alerts go into the outbox with a higher priority than metrics, and are sent first.
+Alerts go into the outbox with a higher priority than metrics, and are sent first. Input message
+ids are remembered for a day, so a message edgeHub delivers twice is counted once.
 When the outbox is full (long offline periods), the oldest *metrics* are dropped, never alerts, and
 the drop is counted in the next window (``errors.REPORTER_OUTBOX_DROPPED``).
 """
@@ -32,7 +33,10 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, priorit
                                    message_type TEXT NOT NULL, body BLOB NOT NULL, properties TEXT NOT NULL,
                                    created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (message_id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
+#: How long a message id is remembered to drop edgeHub redeliveries (at-least-once delivery).
+SEEN_TTL_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,16 @@ class ReporterStore:
         return float(start)
 
     # --- inputs ----------------------------------------------------------------------------------
-    def journal(self, kind: str, body: dict[str, Any], at: float) -> None:
-        self._db.execute("INSERT INTO journal (at, kind, body) VALUES (?, ?, ?)", (at, kind, json.dumps(body)))
+    def journal(self, kind: str, body: dict[str, Any], at: float, message_id: str | None = None) -> bool:
+        """Record one input; False (and nothing recorded) if ``message_id`` was journaled before."""
+        with self._transaction():
+            if message_id is not None:
+                cursor = self._db.execute("INSERT OR IGNORE INTO seen (message_id, at) VALUES (?, ?)",
+                                          (message_id[:128], at))
+                if cursor.rowcount == 0:
+                    return False
+            self._db.execute("INSERT INTO journal (at, kind, body) VALUES (?, ?, ?)", (at, kind, json.dumps(body)))
+        return True
 
     def record_alert(self, alert: Alert, now: float) -> int:
         with self._transaction():
@@ -106,6 +118,7 @@ class ReporterStore:
             self._set("alerts_in_window", 0)
             self._set("dropped", 0)
             self._set("window_start", now)
+            self._db.execute("DELETE FROM seen WHERE at < ?", (now - SEEN_TTL_S,))
             return self._enqueue(MessageType.METRICS, body, PRIORITY_METRICS, now, **(extra_properties or {}))
 
     # --- outbox ----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,13 +21,17 @@ def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def stack_dir(tmp_path: Path) -> Iterator[Path]:
-    """A state directory whose stack is always stopped at the end, whatever the test did."""
-    state = tmp_path / "stack"
+def stack_dir() -> Iterator[Path]:
+    """A state directory whose stack is always stopped at the end, whatever the test did.
+
+    Short and under /tmp: Unix socket paths (the TEE's, the workload API's) are limited to 108 bytes.
+    """
+    state = Path(tempfile.mkdtemp(prefix="edb-e2e-", dir="/tmp"))
     try:
         yield state
     finally:
         E2EStack(state).down()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture

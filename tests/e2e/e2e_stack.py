@@ -244,7 +244,7 @@ def file_server(ca: StackCA, work_dir: Path, *, bytes_per_second: int | None = N
             self.send_response(206 if start else 200)
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
-            chunk = 64 * 1024
+            chunk = min(64 * 1024, max(1024, (state.bytes_per_second or 1 << 30) // 8))
             try:
                 for offset in range(start, len(data), chunk):
                     self.wfile.write(data[offset:offset + chunk])

@@ -7,9 +7,9 @@ from pathlib import Path
 from edb_cloud.demo import Demo
 
 
-def test_demo_flow_passes_every_step(tmp_path: Path) -> None:
+def test_demo_flow_passes_every_step(stack_dir: Path) -> None:
     lines: list[str] = []
-    demo = Demo(tmp_path / "demo", keep_running=False, echo=lines.append)
+    demo = Demo(stack_dir / "demo", keep_running=False, echo=lines.append)
     ok = demo.run()
     failed = [(r.name, r.detail) for r in demo.results if not r.ok]
     assert ok and not failed, failed

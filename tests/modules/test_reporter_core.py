@@ -125,3 +125,18 @@ def test_full_outbox_drops_old_metrics_never_alerts(tmp_path: Path) -> None:
     newest = decode_json(store.pending()[-1].body)
     assert newest["errors"]["REPORTER_OUTBOX_DROPPED"] >= 1
     store.close()
+
+
+def test_redelivered_messages_are_journaled_once(tmp_path: Path) -> None:
+    store = ReporterStore(tmp_path / "r.db")
+    store.window_start(0)
+    body = result(1).to_json()
+    assert store.journal("result", body, at=1.0, message_id="m-1")
+    assert not store.journal("result", body, at=2.0, message_id="m-1")
+    assert store.journal("result", body, at=2.0, message_id="m-2")
+    store.close()
+    store = ReporterStore(tmp_path / "r.db")  # remembered across a restart
+    assert not store.journal("result", body, at=3.0, message_id="m-2")
+    store.flush_window(now=10.0)
+    assert decode_json(store.pending()[0].body)["inference"]["count"] == 2
+    store.close()
