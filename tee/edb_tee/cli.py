@@ -40,18 +40,27 @@ def device() -> None:
 @click.option("--device-class", default="trustbox-edge-201", show_default=True, help="Device class (OU).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".edb"), show_default=True)
 @click.option("--publisher-root", "publisher_roots", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Publisher root(s) to pin (PEM). Default: <state-dir>/pki/root.pem if it exists.")
+              help="Publisher root(s) to pin (PEM). Default: <state-dir>/pki/root.pem, creating the development "
+                   "publisher PKI there first (as `edb pki init` does) if it does not exist.")
+@click.option("--no-publisher-root", is_flag=True, help="Pin no publisher root now (v2 installs are refused until "
+                                                         "`edb device trust-publisher`).")
 @click.option("--allow-legacy-v1", is_flag=True, help="Enable the weaker v1 key flow (interop only).")
 @click.option("--tee-svn", type=int, default=1, show_default=True, help="TEE security version.")
 @click.option("--json", "as_json", is_flag=True)
 def provision_cmd(device_id: str, device_class: str, state_dir: Path, publisher_roots: tuple[Path, ...],
-                  allow_legacy_v1: bool, tee_svn: int, as_json: bool) -> None:
+                  no_publisher_root: bool, allow_legacy_v1: bool, tee_svn: int, as_json: bool) -> None:
     """Create the device's TEE state: HUK, attestation key (made inside the TEE), device certificate
-    from the manufacturer CA, sealed identity."""
+    from the manufacturer CA, sealed identity with the pinned publisher root(s)."""
     from edb_tee.provisioning import provision
 
-    if not publisher_roots and (state_dir / "pki" / "root.pem").exists():
-        publisher_roots = (state_dir / "pki" / "root.pem",)
+    if not publisher_roots and not no_publisher_root:
+        dev_root = state_dir / "pki" / "root.pem"
+        if not dev_root.exists():
+            from edb.pki.devpki import init_publisher_pki
+
+            init_publisher_pki(state_dir / "pki")
+            click.echo(f"created the development publisher PKI in {state_dir / 'pki'} (edb pki init)", err=True)
+        publisher_roots = (dev_root,)
     result = provision(state_dir, device_id, device_class=device_class, publisher_roots=_load_roots(publisher_roots),
                        measured=MeasuredConfig(tee_svn=tee_svn, legacy_v1=allow_legacy_v1))
     out = result.to_json()

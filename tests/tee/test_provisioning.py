@@ -21,6 +21,7 @@ from edb.pki.oids import DEVICE_ATTESTATION_EKU
 from edb_tee.config import MeasuredConfig
 from edb_tee.core import open_device_state
 from edb_tee.measurement import measure
+from edb_tee.paths import DeviceLayout
 from edb_tee.provisioning import provision
 
 
@@ -110,3 +111,17 @@ def test_cli_provision_measurement_and_info(tmp_path: Path, publisher) -> None:
         proc.terminate()
         proc.wait(10)
     assert not sock.exists()  # removed on shutdown
+
+
+def test_cli_provision_pins_the_development_publisher_root(tmp_path: Path) -> None:
+    state = tmp_path / "fresh"
+    run = [sys.executable, "-m", "edb.cli.main", "device", "provision", "--state-dir", str(state), "--json"]
+    out = subprocess.run([*run, "--device-id", "d1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["publisherRoots"] == 1 and (state / "pki" / "root.pem").exists()
+    none = subprocess.run([*run, "--device-id", "d2", "--no-publisher-root"], capture_output=True, text=True,
+                          timeout=120)
+    assert json.loads(none.stdout)["publisherRoots"] == 0
+    state_d2 = open_device_state(DeviceLayout.for_device(state, "d2"))
+    assert state_d2.identity.publisher_roots == ()
+    state_d2.close()
