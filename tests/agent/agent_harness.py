@@ -44,6 +44,20 @@ class EdgeDevice:
     service_cs: str
     log: Path
     registry: IoTHubRegistryManager
+    _stop: asyncio.Event | None = None
+    _task: asyncio.Task[None] | None = None
+
+    def start_agent(self) -> None:
+        """A fresh agent process-equivalent (new EdgeAgent, same configuration and state dir)."""
+        self.agent = EdgeAgent(self.agent.config)
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.agent.run(self._stop))
+
+    async def stop_agent(self) -> None:
+        if self._stop is not None and self._task is not None:
+            self._stop.set()
+            await asyncio.wait_for(self._task, timeout=60)
+        self._stop = self._task = None
 
     async def deploy(self, modules: dict[str, Any], **agent_extra: Any) -> None:
         desired = {"schemaVersion": "1.1", "runtime": {"type": "docker", "settings": {}},

@@ -45,15 +45,12 @@ async def edge(tmp_path: Path, stack_ca: StackCA, loopback_address: str,
         stop_timeout_s=5.0, resync_interval_s=5.0, reconnect_after_s=3.0,
         module_map=ModuleMap(parse_extra_entries({"fixture": {"script": str(FIXTURE_SCRIPT)}})),
     )
-    agent = EdgeAgent(agent_config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
     registry = IoTHubRegistryManager.from_connection_string(service_cs)
-    device = EdgeDevice(hub, agent, service_cs, log, registry)
+    device = EdgeDevice(hub, EdgeAgent(agent_config), service_cs, log, registry)
+    device.start_agent()
     try:
-        await eventually(lambda: agent._connected, timeout=30)
+        await eventually(lambda: device.agent._connected, timeout=30)
         yield device
     finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=60)
+        await device.stop_agent()
         hub.stop()

@@ -180,3 +180,23 @@ async def test_hub_restart_keeps_modules_running_and_the_agent_recovers(edge: Ed
     await edge.deploy({"steady": module("sleep"), "newcomer": module("sleep")})
     await eventually(lambda: _runtime_status_is(edge, "newcomer", "running"), timeout=60)
     assert alive(pid) and len(edge.starts_of("steady")) == 1
+
+
+async def test_agent_restarted_while_the_hub_is_down_runs_the_last_deployment(edge: EdgeDevice) -> None:
+    await edge.deploy({"durable": module("sleep", env={"FIXTURE_TAG": "first-run"})})
+    await eventually(lambda: edge.starts_of("durable"))
+    first_pid = int(edge.starts_of("durable")[0][1])
+    await edge.stop_agent()
+    assert not alive(first_pid)  # the agent stops its modules when it stops
+    backup = edge.agent.config.deployment_backup
+    assert backup.stat().st_mode & 0o777 == 0o600 and "runtime" not in backup.read_text()
+
+    await asyncio.to_thread(edge.hub.stop)
+    edge.start_agent()  # offline: only the backup tells it what to run
+    await eventually(lambda: len(edge.starts_of("durable")) == 2)
+    assert not edge.agent._connected
+    assert edge.agent.current_reported()["modules"]["durable"]["runtimeStatus"] == "running"
+
+    await asyncio.to_thread(edge.hub.start)
+    await eventually(lambda: _runtime_status_is(edge, "durable", "running"), timeout=60)
+    assert len(edge.starts_of("durable")) == 2  # reconnecting to the same deployment restarts nothing

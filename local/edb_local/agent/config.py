@@ -62,6 +62,10 @@ class AgentConfig:
         return self.agent_dir / "deployment.json"
 
     @property
+    def identity_cache(self) -> Path:
+        return self.agent_dir / "identities.json"
+
+    @property
     def health_file(self) -> Path:
         return self.agent_dir / "health.json"
 
