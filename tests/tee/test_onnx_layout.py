@@ -147,3 +147,30 @@ def test_converter_refuses_what_it_cannot_carry(tmp_path: Path) -> None:
     with pytest.raises(EdbError) as err:
         L.convert(b"\x0a\xff\xff")
     assert err.value.code == "LAYOUT_INVALID"
+
+
+def test_unload_overwrites_and_unmaps_the_buffer(tmp_path: Path) -> None:
+    from edb_tee.models import ModelManager
+
+    manager = ModelManager(tmp_path)
+    layout = L.convert(mlp_model())
+
+    def unseal() -> SecureBuffer:
+        buf = SecureBuffer(len(layout))
+        buf.view()[:] = layout
+        return buf
+
+    a = manager.load("m", "1", "m", owner=1, prepack=False, unseal=unseal)
+    b = manager.load("m", "1", "m", owner=1, prepack=False, unseal=unseal)  # shares the session
+    [model] = manager._models.values()
+    view = model.buffer.mm  # keep a handle on the mapping to look at it afterwards
+    x = np.ones((1, 64), np.float32)
+    assert manager.infer(a.handle, 1, {"input": x})["output"].shape == (1, 64)
+    with pytest.raises(EdbError) as err:
+        manager.infer(a.handle, 2, {"input": x})  # another process's handle
+    assert err.value.code == "TEE_UNKNOWN_HANDLE"
+    manager.unload(a.handle, 1)
+    assert not view.closed  # still used by handle b
+    manager.unload(b.handle, 1)
+    assert view.closed and model.active == -1
+    assert manager.status()["loaded"] == []
