@@ -83,6 +83,7 @@ class RunnerService:
         self._select_lock = asyncio.Lock()
         self._select_wanted = asyncio.Event()
         self._report_dirty = True
+        self._report_now = asyncio.Event()
 
     # -- desired -----------------------------------------------------------------------------------
     async def load_twin(self) -> None:
@@ -338,6 +339,7 @@ class RunnerService:
     def _set_report(self, report: ModelReport) -> None:
         self.report = report
         self._report_dirty = True
+        self._report_now.set()  # a model change is reported at once, not at the next interval
 
     def reported_patch(self) -> dict[str, Any]:
         return {
@@ -350,14 +352,18 @@ class RunnerService:
     async def report_loop(self) -> None:
         last_count = -1
         while True:
+            self._report_now.clear()  # before sending, so a change made meanwhile wakes us again
             if self._report_dirty or self.stats.count != last_count:
+                self._report_dirty = False
                 try:
                     await self.client.patch_twin_reported_properties(self.reported_patch())
-                    self._report_dirty = False
                     last_count = self.stats.count
                 except Exception as exc:
+                    self._report_dirty = True
                     log.warning("reported patch failed (%s)", type(exc).__name__)
-            await asyncio.sleep(self.report_interval_s if not self._report_dirty else 0.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_now.wait(),
+                                       timeout=self.report_interval_s if not self._report_dirty else 0.5)
 
     async def handle_method(self, name: str, payload: Any) -> tuple[int, dict[str, Any]]:
         if name == "status":

@@ -131,16 +131,17 @@ async def download(package: DesiredPackage, source: HttpsSource, settings: Downl
                    progress: Progress | None = None) -> FetchedPackage:
     final, part = cache_paths(settings.cache_dir, package)
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not final.exists():
-        await _download_to(part, package, source, settings, progress)
+    fresh = not final.exists()
+    if fresh:
+        await _download_to(part, package, source, settings, progress)  # hashed while it arrived
         os.replace(part, final)
     fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     fetched = FetchedPackage(fd, final, cached=True)
     try:
-        # Checked again on what will be handed to the TEE (a cached file from an earlier run too).
         if os.fstat(fd).st_size != package.size:
             raise InstallError("cached package has the wrong size", code="INSTALL_SIZE_MISMATCH")
-        _check_hash(await asyncio.to_thread(_hash_fd, fd), package)
+        if not fresh:  # left by an earlier run: check it again before using it
+            _check_hash(await asyncio.to_thread(_hash_fd, fd), package)
     except InstallError:
         fetched.discard()
         raise

@@ -1,0 +1,194 @@
+"""Deploy latency: seconds from the module twin desired patch to the runner serving the new version.
+
+For models of about 1, 10 and 100 MB, on a fresh local stack (its own state directory and
+loopback address): build the confidential package (aligned ONNX layout, DEK wrapped under the Key
+Vault KEK, signed), publish it to Azurite, patch ``packages.digits`` on the installer's module twin
+and time until the runner's reported ``model`` says ``serving`` that version. That path covers the
+HTTPS download, the hash check, the TEE's verification, key release (nonce, evidence, policy, Key
+Vault unwrapKey, JWE), decryption in the TEE, sealing, the notification and the ONNX Runtime load.
+
+Baseline, same run, same machine: the same ONNX model in plaintext, fetched over plain HTTP from a
+local server and loaded with ``onnxruntime.InferenceSession(bytes)`` plus one inference: no
+protection at all.
+
+Usage: ``.venv/bin/python bench/deploy_latency.py [--sizes 1,10,100] [--repeat 1]``.
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE = "edge-device-1"
+NAME = "digits"
+
+
+def make_model(target_mb: float, seed: int) -> bytes:
+    """A valid model with the runner's interface (input [N,64] -> label, probabilities) whose weights
+    make it about ``target_mb`` MB: 64 -> hidden (ReLU) -> 10, random float32 weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden = max(16, int(target_mb * 1e6 / (4 * (64 + 10))))
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.standard_normal((64, hidden), dtype=np.float32) * 0.01, "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((hidden, 10), dtype=np.float32) * 0.01, "w2")
+    nodes = [
+        helper.make_node("MatMul", ["input", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("MatMul", ["hr", "w2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "bench", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+        initializer=[w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return bytes(model.SerializeToString())
+
+
+def edb(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edb.cli.main", *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+@contextlib.contextmanager
+def plain_http_server(directory: Path) -> Iterator[str]:
+    """The baseline's unprotected file server: plain HTTP on a fresh loopback address."""
+    from edb_local.net import free_loopback_address, free_port
+
+    address = free_loopback_address()
+    port = free_port(address)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(directory), **kwargs)  # type: ignore[arg-type]
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((address, port), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{address}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def plain_download_and_load(url: str) -> float:
+    import onnxruntime as ort
+    import requests
+
+    started = time.perf_counter()
+    data = requests.get(url, timeout=120).content
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session.run(None, {"input": np.zeros((1, 64), dtype=np.float32)})
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,10,100", help="model sizes in MB")
+    parser.add_argument("--repeat", type=int, default=1, help="rollouts per size (the median is reported)")
+    parser.add_argument("--keep", action="store_true", help="leave the stack running")
+    args = parser.parse_args()
+    sizes = [float(s) for s in args.sizes.split(",")]
+
+    sys.path.insert(0, str(ROOT))
+    from edb.pki.devpki import init_publisher_pki
+    from edb.schemas.common import iso_utc
+    from edb_cloud.blob import publish_blob
+    from edb_cloud.config import CloudConfig
+    from edb_cloud.deploy import default_template, deploy_to_device, render_manifest
+    from edb_cloud.iothub import HubService
+    from edb_cloud.packaging import build_package
+    from edb_cloud.publisher import ensure_release_policy, init_publisher
+    from edb_cloud.releases import Release
+    from edb_cloud.rollout import rollout_to_device
+
+    state = Path(tempfile.mkdtemp(prefix="edb-bench-", dir="/tmp"))
+    results = []
+    try:
+        init_publisher_pki(state / "pki")
+        up = edb("local", "up", "--state-dir", str(state), "--json")
+        if up.returncode != 0:
+            print(up.stdout[-2000:], up.stderr[-2000:], file=sys.stderr)
+            return 1
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("EDB_")}
+        config = CloudConfig.load(state, environ=environ)
+        config.trust_ca_for_requests()
+        hub = HubService(config.iothub_connection_string)
+        init_publisher(config)
+        ensure_release_policy(config, NAME, devices=[DEVICE], device_classes=[])
+        deploy_to_device(hub, DEVICE, render_manifest(config, default_template(), "amd64"))
+
+        def runner_serving() -> str | None:
+            model = hub.module_twin(DEVICE, "inference_runner").reported.get("model") or {}
+            return model.get("version") if model.get("state") == "serving" else None
+
+        models = state / "models"
+        models.mkdir()
+        svn = 0
+        for index, mb in enumerate(sizes):
+            model = make_model(mb, index)
+            model_path = models / f"model-{index}.onnx"
+            model_path.write_bytes(model)
+            twin_times, plain_times = [], []
+            for attempt in range(args.repeat):
+                svn += 1
+                version = f"{index + 1}.{attempt}.0"
+                package = state / "cloud" / f"{NAME}-{version}.cpk"
+                build_package(config, model_path, package, package_id=NAME, version=version, security_version=svn,
+                              devices=[DEVICE], device_classes=[])
+                uploaded = publish_blob(package, name=NAME, version=version,
+                                        connection_string=config.blob_connection_string,
+                                        container=config.blob_container, connection_verify=config.connection_verify())
+                release = Release(NAME, NAME, version, svn, uploaded.url, uploaded.sha256, uploaded.size,
+                                  uploaded.blob, iso_utc())
+                started = time.perf_counter()
+                rollout_to_device(hub, DEVICE, release)
+                deadline = started + 300
+                while runner_serving() != version:
+                    if time.perf_counter() > deadline:
+                        raise TimeoutError(f"{version} not serving after 300 s")
+                    time.sleep(0.02)
+                twin_times.append(time.perf_counter() - started)
+                with plain_http_server(models) as base:
+                    plain_times.append(plain_download_and_load(f"{base}/{model_path.name}"))
+            twin_s = float(np.median(twin_times))
+            plain_s = float(np.median(plain_times))
+            row = {"mb": round(len(model) / 1e6, 1), "package_mb": round(uploaded.size / 1e6, 1),
+                   "twin_to_serving_s": round(twin_s, 3), "plain_download_load_s": round(plain_s, 3),
+                   "ratio": round(twin_s / plain_s, 2)}
+            results.append(row)
+            print(f"{row['mb']:>7} MB: twin -> serving {twin_s:7.3f} s, plaintext download + load {plain_s:7.3f} s, "
+                  f"ratio {row['ratio']}", file=sys.stderr)
+    finally:
+        if not args.keep:
+            edb("local", "down", "--state-dir", str(state), "--json")
+            shutil.rmtree(state, ignore_errors=True)
+    print(json.dumps({"bench": "deploy_latency", "repeat": args.repeat, "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
