@@ -51,7 +51,7 @@ packets = st.one_of(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(packets, min_size=1, max_size=6), st.integers(1, 64))
 def test_round_trip_in_any_chunking(sequence: list[object], chunk: int) -> None:
     wire = b"".join(encode(p) for p in sequence)  # type: ignore[arg-type]
@@ -63,7 +63,7 @@ def test_round_trip_in_any_chunking(sequence: list[object], chunk: int) -> None:
     assert decoder.buffered == 0
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_decode_or_fail_with_a_code(data: bytes) -> None:
     decoder = MqttDecoder(max_packet_size=256)
@@ -75,7 +75,7 @@ def test_arbitrary_bytes_decode_or_fail_with_a_code(data: bytes) -> None:
         assert exc.code in ("HUB_MQTT_MALFORMED", "HUB_MQTT_OVERSIZED")
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(packets, min_size=1, max_size=3), st.data())
 def test_mutated_packets_never_escape_as_other_errors(sequence: list[object], data: st.DataObject) -> None:
     wire = bytearray(b"".join(encode(p) for p in sequence))  # type: ignore[arg-type]
