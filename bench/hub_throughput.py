@@ -5,13 +5,17 @@ Flow measured (1 KiB UTF-8 JSON, QoS 1): module `sender` -> route -> module `rel
 `azure-iot-device` aio IoTHubModuleClients; the hub runs as its own process
 (`python -m edb_local.hub`), as mosquitto does.
 
-Baseline: the same flow through mosquitto (Debian package; installed here with apt-get when
-missing) on its own loopback address with TLS and a stack-CA certificate, driven by the SDK's own
-MQTT transport (`azure.iot.device.common.mqtt_transport.MQTTTransport`, the paho wrapper the SDK
-clients use): sender publishes to `bench/in`, relay subscribes and republishes to `bench/up`, a
-monitor subscriber counts. mosquitto has no routing, so this is the transport doing the same
-publish/subscribe. For a like-for-like view the hub is also driven by that raw transport
-(`transport_msgs_per_s`): the gap between the two hub figures is the SDK client stack, not the hub.
+Baseline (`baseline_*`, `ratio_to_baseline`): the same flow with the same SDK module clients through
+mosquitto (Debian package; installed here with apt-get when missing) on its own loopback address,
+TLS 1.2 with a stack-CA certificate. mosquitto has no routes, so a bridge from mosquitto to itself
+(plain TCP on its own 1883) remaps the sender's telemetry topic onto the relay's input topic, and a
+subscriber on the relay's telemetry topic plays `$upstream` (the hub's `$upstream` is its SQLite log).
+
+`transport_*`: the flow driven by the SDK's raw MQTT transport
+(`azure.iot.device.common.mqtt_transport.MQTTTransport`, the paho wrapper inside the SDK clients),
+without the client pipeline above it: through the hub with IoT Hub topics, through mosquitto on
+`bench/in` -> relay -> `bench/up` -> subscriber. The gap between the SDK-client and the transport
+figures is the SDK's client stack, which bounds both brokers in the main comparison.
 
 Latency (`p50/p95_route_latency_ms`): sender publish -> relay receive with one message in flight.
 Throughput: N messages with up to 64 in flight from the sender, until the last reached $upstream.
