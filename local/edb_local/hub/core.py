@@ -479,6 +479,11 @@ class HubCore:
             try:
                 await asyncio.wait_for(waiter, deadline - loop.time())
             except TimeoutError:
+                waiters = self._online_waiters.get(target, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._online_waiters.pop(target, None)
                 break
             session = self._method_session(target)
         if session is None:
