@@ -224,3 +224,14 @@ def test_route_grammar_accepts_every_documented_source_form() -> None:
     route = parse_route("r", 'from /messages/modules/m/outputs/o into BrokeredEndpoint("/modules/n/inputs/i")')
     assert (route.source_module, route.source_output, route.sink_module, route.sink_input) == ("m", "o", "n", "i")
     assert Endpoints(("i",), ("o",)).inputs == ("i",)
+
+
+def test_devcontainer_sets_the_project_up() -> None:
+    import re
+
+    text = (ROOT / ".devcontainer" / "devcontainer.json").read_text()
+    config = json.loads(re.sub(r"^\s*//.*$", "", text, flags=re.M))  # JSON with comments
+    assert config["build"]["dockerfile"] == "Dockerfile" and config["postCreateCommand"] == "make setup"
+    assert "net.ipv4.ip_unprivileged_port_start=0" in " ".join(config["runArgs"])
+    dockerfile = (ROOT / ".devcontainer" / "Dockerfile").read_text()
+    assert "nodejs" in dockerfile and "python:1-3.11" in dockerfile and "USER vscode" in dockerfile
