@@ -14,8 +14,12 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContentSettings
 
 ProgressHook = Callable[[int, int | None], None]
 
@@ -81,7 +85,7 @@ def publish_blob(
     return Uploaded(blob=blob_name, url=f"{blob.url}?{sas}", sha256=sha256, size=size)
 
 
-def _content_settings() -> object:
+def _content_settings() -> ContentSettings:
     from azure.storage.blob import ContentSettings
 
     return ContentSettings(content_type="application/vnd.edb.cpk")

@@ -207,13 +207,14 @@ class Demo:
         return f"KEK {record.kek}; signing key {record.signer_key.rsplit('/', 2)[-2]} with a publisher certificate"
 
     def train(self) -> str:
-        from edb_cloud.train import train_digits
+        from edb_cloud.train import Variant, train_digits
 
         models = self.s.config.cloud_dir / "models"
         models.mkdir(parents=True, exist_ok=True)
         details = []
-        for variant in ("v1", "v2"):
-            model = train_digits(variant)  # type: ignore[arg-type]
+        variants: tuple[Variant, ...] = ("v1", "v2")
+        for variant in variants:
+            model = train_digits(variant)
             if model.accuracy < 0.9:
                 raise StepFailed(f"{variant} accuracy {model.accuracy:.3f} < 0.9")
             (models / f"digits-{variant}.onnx").write_bytes(model.onnx)
@@ -370,7 +371,7 @@ class Demo:
         outcome = wait_for_install(self.s.hub, self.s.device_id, release, timeout_s=60, poll_s=0.25)
         reported = outcome.reported
         code = reported.error.code if reported and reported.error else None
-        if outcome.state != "failed" or code not in TAMPER_CODES:
+        if outcome.state != "failed" or reported is None or reported.error is None or code not in TAMPER_CODES:
             raise StepFailed(f"tampered package: {outcome.state} {code}")
         if reported.installed_version != V2 or self._serving() != V2:
             raise StepFailed("the serving version was disturbed")
@@ -388,7 +389,7 @@ class Demo:
         outcome = wait_for_install(self.s.hub, self.s.device_id, release, timeout_s=60, poll_s=0.25)
         reported = outcome.reported
         code = reported.error.code if reported and reported.error else None
-        if outcome.state != "failed" or code not in ROLLBACK_CODES:
+        if outcome.state != "failed" or reported is None or reported.error is None or code not in ROLLBACK_CODES:
             raise StepFailed(f"rollback: {outcome.state} {code}")
         _wait("a rollback alert upstream", lambda: [a for a in alerts(self._poll_upstream(), "rollback", ROLLBACK_CODES)
                                                     if a.seq > mark], 20)
