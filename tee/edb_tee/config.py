@@ -35,15 +35,20 @@ class MeasuredConfig:
     max_frame_bytes: int = 64 * 1024 * 1024
     max_connections: int = 64
     install_ttl_s: int = 900
+    #: models up to this many bytes are prepacked by default (speed); larger ones load in place (memory)
+    prepack_max_bytes: int = 64 * 1024 * 1024
 
     def to_json(self) -> dict[str, Any]:
         return {"teeSvn": self.tee_svn, "legacyV1": self.legacy_v1, "maxModelBytes": self.max_model_bytes,
                 "maxFrameBytes": self.max_frame_bytes, "maxConnections": self.max_connections,
-                "installTtlSeconds": self.install_ttl_s}
+                "installTtlSeconds": self.install_ttl_s, "prepackMaxBytes": self.prepack_max_bytes}
 
     @classmethod
     def from_json(cls, d: object) -> MeasuredConfig:
         keys = {"teeSvn", "legacyV1", "maxModelBytes", "maxFrameBytes", "maxConnections", "installTtlSeconds"}
+        if isinstance(d, dict) and "prepackMaxBytes" not in d:  # devices provisioned before it existed
+            d = {**d, "prepackMaxBytes": cls.prepack_max_bytes}
+        keys.add("prepackMaxBytes")
         if not isinstance(d, dict) or set(d) != keys:
             raise _bad(f"measured section must have exactly {sorted(keys)}")
         ints = [d[k] for k in keys - {"legacyV1"}]
@@ -53,7 +58,7 @@ class MeasuredConfig:
         if not 4096 <= d["maxFrameBytes"] <= 1 << 30 or d["maxConnections"] < 1:
             raise _bad("frame or connection limit out of range")
         return cls(d["teeSvn"], d["legacyV1"], d["maxModelBytes"], d["maxFrameBytes"], d["maxConnections"],
-                   d["installTtlSeconds"])
+                   d["installTtlSeconds"], d["prepackMaxBytes"])
 
 
 @dataclass(frozen=True)

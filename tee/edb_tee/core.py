@@ -27,7 +27,7 @@ from edb_tee.identity import IDENTITY_OBJECT, DeviceIdentity
 from edb_tee.install import InstallEngine, model_object
 from edb_tee.keys import HUK_BYTES, KeyHierarchy
 from edb_tee.measurement import measure
-from edb_tee.models import ModelManager
+from edb_tee.models import ModelManager, choose_prepack
 from edb_tee.paths import DeviceLayout, check_device_id
 from edb_tee.rpmb import ReplayProtectedStore
 from edb_tee.storage import SecureStorage
@@ -116,10 +116,11 @@ class TeeCore:
 
     # -- runner TA ---------------------------------------------------------------------------
 
-    def load_model(self, name: str, owner: int, *, prepack: bool) -> ModelHandle:
+    def load_model(self, name: str, owner: int, *, prepack: bool | None) -> ModelHandle:
         for _ in range(3):  # an install may commit between reading the record and unsealing
             record = self.installer.record(name)
             gen = record["gen"]
+            chosen = choose_prepack(prepack, record.get("size"), self.state.config.measured.prepack_max_bytes)
 
             def unseal(gen: int = gen) -> hardening.SecureBuffer:
                 current = self.state.storage.generation(INSTALLER_TA, model_object(name))
@@ -128,7 +129,7 @@ class TeeCore:
                 return self.state.storage.read_into(INSTALLER_TA, model_object(name))
 
             try:
-                return self.models.load(name, record["version"], record["packageId"], owner, prepack=prepack,
+                return self.models.load(name, record["version"], record["packageId"], owner, prepack=chosen,
                                         unseal=unseal)
             except _Moved:
                 continue

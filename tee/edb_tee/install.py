@@ -39,7 +39,7 @@ from edb.tee import errors as E
 from edb.tee.commands import INSTALLER_TA
 from edb.tee.types import NAME_PATTERN, Evidence, InstalledPackage, InstallSummary, InstallTicket
 from edb_tee.hardening import SecureBuffer
-from edb_tee.models import LoadedModel, ModelManager
+from edb_tee.models import LoadedModel, ModelManager, choose_prepack
 from edb_tee.rpmb import RpmbState
 
 if TYPE_CHECKING:
@@ -303,7 +303,9 @@ class InstallEngine:
             except BaseException:
                 buf.close()
                 raise
-            model = self.models.make(t.name, t.version, t.package_id, buf, prepack=False)  # validates
+            # validate with ONNX Runtime in the mode a default load_model will use, and keep it warm
+            prepack = choose_prepack(None, buf.size, self.state.config.measured.prepack_max_bytes)
+            model = self.models.make(t.name, t.version, t.package_id, buf, prepack=prepack)
             try:
                 return self._seal(t, model)
             except BaseException:
@@ -313,8 +315,9 @@ class InstallEngine:
     def _seal(self, t: Transaction, model: LoadedModel) -> InstallSummary:
         previous = self.state.rpmb.read().installed.get(t.name)
         record = {"packageId": t.package_id, "version": t.version, "securityVersion": t.security_version,
-                  "sha256": t.sha256, "payloadSha256": t.payload_sha256, "mediaType": t.media_type,
-                  "format": t.format, "installedAt": self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")}
+                  "size": model.buffer.size, "sha256": t.sha256, "payloadSha256": t.payload_sha256,
+                  "mediaType": t.media_type, "format": t.format,
+                  "installedAt": self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")}
         key = f"{INSTALLER_TA}/{model_object(t.name)}"
         after: dict[str, int] = {}
 

@@ -86,6 +86,13 @@ class LoadedModel:
         self.buffer.close()
 
 
+def choose_prepack(requested: bool | None, model_bytes: int | None, limit: int) -> bool:
+    """The caller's choice, else prepack small models (speed) and load large ones in place (memory)."""
+    if requested is not None:
+        return requested
+    return model_bytes is not None and model_bytes <= limit
+
+
 def build_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
                   intra_op_threads: int = 0) -> tuple[ort.InferenceSession, list[Any]]:
     """Create the session on the layout in ``buffer`` (parsed and bounds-checked first)."""

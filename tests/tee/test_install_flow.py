@@ -26,6 +26,12 @@ def test_install_load_infer_matches_plain_onnxruntime(client: TeeClient, make_pa
     assert (installed.name, installed.package_id, installed.security_version) == ("mlp", "mlp", 2)
     h = client.load_model("mlp")
     assert [i.name for i in h.inputs] == ["input"] and h.outputs[0].dtype == "float32"
+    assert h.prepacked  # default: small models are prepacked (prepackMaxBytes), large ones load in place
+    in_place = client.load_model("mlp", prepack=False)
+    assert not in_place.prepacked
+    x1 = np.ones((1, 64), np.float32)
+    np.testing.assert_allclose(client.infer(in_place, {"input": x1})["output"], reference(pkg.model, x1), rtol=1e-5)
+    client.unload(in_place)
     x = np.random.default_rng(0).standard_normal((5, 64), dtype=np.float32)
     np.testing.assert_allclose(client.infer(h, {"input": x})["output"], reference(pkg.model, x), rtol=1e-5)
     # batching: many requests, one TEE call, results split back per request

@@ -174,3 +174,11 @@ def test_unload_overwrites_and_unmaps_the_buffer(tmp_path: Path) -> None:
     manager.unload(b.handle, 1)
     assert view.closed and model.active == -1
     assert manager.status()["loaded"] == []
+
+
+def test_prepack_policy() -> None:
+    from edb_tee.models import choose_prepack
+
+    assert choose_prepack(None, 10, 64) and not choose_prepack(None, 65, 64)
+    assert not choose_prepack(None, None, 64)  # size unknown (installed by an older version): in place
+    assert choose_prepack(True, 10**9, 64) and not choose_prepack(False, 1, 64)

@@ -60,7 +60,7 @@ class AsyncTeeClient:
     async def uninstall(self, name: str) -> None:
         await asyncio.to_thread(self.sync.uninstall, name)
 
-    async def load_model(self, name: str, *, prepack: bool = False) -> ModelHandle:
+    async def load_model(self, name: str, *, prepack: bool | None = None) -> ModelHandle:
         return await asyncio.to_thread(lambda: self.sync.load_model(name, prepack=prepack))
 
     async def infer(self, handle: ModelHandle, inputs: Mapping[str, Array]) -> dict[str, Array]:

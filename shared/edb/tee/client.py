@@ -37,6 +37,7 @@ from edb.tee import errors as E
 from edb.tee.commands import (
     DEVICE_TA,
     INSTALLER_TA,
+    LOAD_IN_PLACE,
     LOAD_PREPACK,
     RUNNER_TA,
     DeviceCmd,
@@ -238,13 +239,16 @@ class TeeClient:
 
     # -- runner TA ---------------------------------------------------------------------------
 
-    def load_model(self, name: str, *, prepack: bool = False) -> ModelHandle:
+    def load_model(self, name: str, *, prepack: bool | None = None) -> ModelHandle:
         """Load the installed model ``name`` into ONNX Runtime inside the TEE.
 
-        ``prepack=False`` (default): weights are used in place from the TEE's decrypted buffer
-        (peak memory about one model size). ``prepack=True``: ONNX Runtime also keeps prepacked
-        copies of MatMul/Conv weights (faster for batched inputs, about twice the memory)."""
-        out = self._invoke(RUNNER_TA, RunnerCmd.LOAD_MODEL, [Text(name), Value(LOAD_PREPACK if prepack else 0)])
+        ``prepack=False``: weights are used in place from the TEE's decrypted buffer (peak memory
+        about one model size). ``prepack=True``: ONNX Runtime also keeps prepacked copies of
+        MatMul/Conv weights (much faster for batched inputs, about twice the memory). ``None``
+        (default): the TEE prepacks models up to its ``prepackMaxBytes`` (64 MiB by default) and
+        loads larger ones in place. ``handle.prepacked`` says what was done."""
+        flags = 0 if prepack is None else (LOAD_PREPACK if prepack else LOAD_IN_PLACE)
+        out = self._invoke(RUNNER_TA, RunnerCmd.LOAD_MODEL, [Text(name), Value(flags)])
         h = ModelHandle.from_json(_json(out))
         with self._cond:
             self._handles[h.handle] = h

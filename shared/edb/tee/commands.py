@@ -44,3 +44,4 @@ class RunnerCmd(IntEnum):
 
 #: LOAD_MODEL flags
 LOAD_PREPACK = 1  # let ONNX Runtime prepack weights: faster batched MatMul/Conv, about 2x model memory
+LOAD_IN_PLACE = 2  # use the weights in place (about 1x model memory); neither flag: the TEE decides by size

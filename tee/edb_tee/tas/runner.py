@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from edb.errors import TeeError
-from edb.tee.commands import LOAD_PREPACK, RunnerCmd
+from edb.tee.commands import LOAD_IN_PLACE, LOAD_PREPACK, RunnerCmd
 from edb.tee.errors import BAD_PARAMETERS
 from edb.tee.protocol import Param, Tensor, Text, Value
 from edb_tee.tas.base import Call, Handler, json_blob
@@ -14,9 +14,10 @@ from edb_tee.tas.base import Call, Handler, json_blob
 
 def load_model(c: Call) -> list[Param]:
     name, flags = c.expect(Text, Value)
-    if flags.a & ~LOAD_PREPACK:
-        raise TeeError("unknown load flags", code=BAD_PARAMETERS)
-    handle = c.core.load_model(name.text, c.peer.pid, prepack=bool(flags.a & LOAD_PREPACK))
+    if flags.a & ~(LOAD_PREPACK | LOAD_IN_PLACE) or flags.a == LOAD_PREPACK | LOAD_IN_PLACE:
+        raise TeeError("unknown or contradictory load flags", code=BAD_PARAMETERS)
+    prepack = True if flags.a & LOAD_PREPACK else False if flags.a & LOAD_IN_PLACE else None
+    handle = c.core.load_model(name.text, c.peer.pid, prepack=prepack)
     return json_blob(handle.to_json())
 
 
