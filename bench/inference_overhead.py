@@ -70,7 +70,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def measure(base: Callable[[], object], tee: Callable[[], object], calls: int,
-            blocks: int = 10) -> tuple[list[float], list[float]]:
+            blocks: int = 20) -> tuple[list[float], list[float]]:
     for _ in range(max(20, calls // 20)):
         base()
         tee()
