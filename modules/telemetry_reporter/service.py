@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,6 +49,7 @@ class ReporterService:
         self.last_sent_at: str | None = None
         self.bad_messages = 0
         self.duplicates = 0
+        self._stopping = False
         self._outbox_ready = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._interval_changed = asyncio.Event()
@@ -121,14 +121,19 @@ class ReporterService:
     async def send_loop(self) -> None:
         from azure.iot.device import Message
 
-        while True:
+        store_id = self.store.store_id
+        while not self._stopping:
             items = self.store.pending(limit=20)
             if not items:
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
                 continue
             for item in items:
-                message = Message(item.body, message_id=str(uuid.uuid4()),  # type: ignore[no-untyped-call]
+                if self._stopping:
+                    break
+                # The id is stable across restarts: a message re-sent after a crash between the
+                # send and its acknowledgement is recognisable upstream (at-least-once delivery).
+                message = Message(item.body, message_id=f"reporter-{store_id}-{item.id}",  # type: ignore[no-untyped-call]
                                   content_encoding=CONTENT_ENCODING_UTF8, content_type=CONTENT_TYPE_JSON)
                 message.custom_properties = dict(item.properties)
                 try:
@@ -169,14 +174,21 @@ class ReporterService:
                 log.warning("get_twin failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(2.0)
         self._outbox_ready.set()  # drain what a previous run left behind
-        tasks = [asyncio.create_task(self.window_loop()), asyncio.create_task(self.send_loop()),
-                 asyncio.create_task(self.report_loop())]
+        sender = asyncio.create_task(self.send_loop())
+        tasks = [asyncio.create_task(self.window_loop()), asyncio.create_task(self.report_loop())]
         try:
             await stop.wait()
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Let a send in progress finish and be acknowledged in the outbox (cancelling it could
+            # send the message twice after the restart); then stop.
+            self._stopping = True
+            self._outbox_ready.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sender), timeout=3.0)
+            sender.cancel()
+            await asyncio.gather(sender, *tasks, return_exceptions=True)
 
 
 def _output_for(item: OutboxItem) -> str:

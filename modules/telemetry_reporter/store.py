@@ -68,6 +68,18 @@ class ReporterStore:
     def _set(self, key: str, value: Any) -> None:
         self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
+    @property
+    def store_id(self) -> str:
+        """A random id of this store, persisted: outbox message ids are ``<store id>-<row id>``, stable
+        across restarts, so a message re-sent after a crash can be recognised upstream."""
+        value = self._get("store_id", None)
+        if value is None:
+            import secrets
+
+            value = secrets.token_hex(8)
+            self._set("store_id", value)
+        return str(value)
+
     def window_start(self, now: float) -> float:
         """When the current window began (persisted, so a restart continues the same window)."""
         start = self._get("window_start", None)

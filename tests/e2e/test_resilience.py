@@ -95,8 +95,10 @@ def test_reporter_offline_events_and_results_all_arrive_later(e2e: E2EStack) -> 
 
     def all_counted() -> bool:
         answered = (e2e.hub.module_twin(DEVICE, "inference_runner").reported.get("stats") or {}).get("count")
-        metrics = [e for e in e2e.upstream() if e.application.get("messageType") == "metrics"]
-        counted = sum(e.payload["inference"]["count"] for e in metrics)
+        # upstream delivery is at-least-once: a window re-sent after a restart has the same message id
+        metrics = {e.system.get("message_id"): e for e in e2e.upstream()
+                   if e.application.get("messageType") == "metrics"}
+        counted = sum(e.payload["inference"]["count"] for e in metrics.values())
         seen.append((answered, counted))
         return bool(answered) and counted == answered
 
