@@ -87,8 +87,10 @@ def test_reporter_offline_events_and_results_all_arrive_later(e2e: E2EStack) -> 
              lambda: (e2e.hub.module_twin(DEVICE, "inference_runner").reported.get("stats") or {}).get("count", 0) > 20,
              30)
     assert not [e for e in e2e.upstream() if e.seq > offline_from and e.module == "telemetry_reporter"]
-    e2e.hub.patch_module_desired(DEVICE, "simulated_sensor", {"enabled": False})
+    # the reporter comes back; the sensor pauses so the totals can settle (a deployment replaces the
+    # modules' desired properties, so the pause goes into the manifest)
     agent["telemetry_reporter"]["status"] = "running"
+    manifest["modulesContent"]["simulated_sensor"]["properties.desired"]["enabled"] = False
     e2e.deploy(manifest)
 
     seen: list[tuple[int, int]] = []
