@@ -11,7 +11,7 @@ Baseline, same run, same machine: the same ONNX model in plaintext, fetched over
 local server and loaded with ``onnxruntime.InferenceSession(bytes)`` plus one inference: no
 protection at all.
 
-Usage: ``.venv/bin/python bench/deploy_latency.py [--sizes 1,10,100] [--repeat 1]``.
+Usage: ``.venv/bin/python bench/deploy_latency.py [--sizes 1,10,100] [--repeat 3]``.
 The last line printed is one JSON object.
 """
 
@@ -108,7 +108,7 @@ def plain_download_and_load(url: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10,100", help="model sizes in MB")
-    parser.add_argument("--repeat", type=int, default=1, help="rollouts per size (the median is reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="rollouts per size (the median is reported)")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]

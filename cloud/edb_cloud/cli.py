@@ -384,7 +384,7 @@ def status_cmd(ctx: click.Context, devices: tuple[str, ...], condition: str | No
         return
     from rich.console import Console
 
-    Console(file=sys.stdout).print(render_table(rows))
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(render_table(rows))
 
 
 @cloud.command(name="tag")
