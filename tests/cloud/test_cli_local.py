@@ -1,0 +1,44 @@
+"""`edb cloud` commands that need no service: train-demo and deploy --dry-run, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+from click.testing import CliRunner
+
+from edb_cloud.cli import cloud
+from edb_cloud.template import join_create_options
+
+
+def test_train_demo_exports_an_accurate_onnx_model(tmp_path: Path) -> None:
+    out = tmp_path / "digits.onnx"
+    result = CliRunner().invoke(cloud, ["--state-dir", str(tmp_path), "train-demo", "--variant", "v1",
+                                        "--out", str(out), "--json"], env={"EDB_STATE_DIR": ""})
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["ok"] and doc["accuracy"] >= 0.95 and doc["testSamples"] == 450
+    model = onnx.load(str(out))
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["label", "probabilities"]
+
+
+def test_deploy_dry_run_writes_the_expanded_manifest(tmp_path: Path) -> None:
+    env_file = tmp_path / "site.env"
+    env_file.write_text("EDB_KEY_RELEASE_URL=https://kr.example/api\nCONTAINER_REGISTRY_SERVER=myacr.azurecr.io\n")
+    runner = CliRunner()
+    result = runner.invoke(cloud, ["--state-dir", str(tmp_path), "--env-file", str(env_file), "deploy", "--dry-run",
+                                   "--platform", "arm64v8", "--json"], env={"EDB_KEY_RELEASE_URL": None})
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    manifest = json.loads(Path(doc["manifest"]).read_text())
+    modules = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
+    assert modules["package_installer"]["settings"]["image"] == "myacr.azurecr.io/package_installer:0.1.0-arm64v8"
+    assert json.loads(join_create_options(modules["inference_runner"]["settings"]))["HostConfig"]["Binds"]
+    assert doc["target"] == "dry run" and doc["manifest"].endswith("deployment.arm64v8.json")
+
+    missing = runner.invoke(cloud, ["--state-dir", str(tmp_path / "empty"), "deploy", "--dry-run", "--json"],
+                            env={"EDB_KEY_RELEASE_URL": None})
+    assert missing.exit_code == 2
+    assert json.loads(missing.output)["error"]["code"] == "CONFIG_UNDEFINED_VARIABLE"
