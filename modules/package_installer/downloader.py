@@ -165,6 +165,8 @@ class _Partial:
 async def _download_to(part: Path, package: DesiredPackage, source: HttpsSource, settings: DownloadSettings,
                        progress: Progress | None) -> None:
     partial = _Partial(part)
+    # No fsync of the partial file: a resume that builds on bytes a crash lost fails the hash and
+    # starts over once (below), which is cheaper than syncing every download to disk.
     if part.exists():
         with part.open("rb") as fh:
             while chunk := fh.read(CHUNK):
@@ -172,6 +174,7 @@ async def _download_to(part: Path, package: DesiredPackage, source: HttpsSource,
                 partial.have += len(chunk)
         if partial.have > package.size:
             partial.restart()
+    resumed = partial.have > 0
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s,
                                     sock_read=settings.read_timeout_s)
     connector = aiohttp.TCPConnector(ssl=ssl_context(settings.ca_file))
@@ -192,6 +195,8 @@ async def _download_to(part: Path, package: DesiredPackage, source: HttpsSource,
         raise DownloadError(f"server closed after {partial.have} of {package.size} bytes", code="INSTALL_INCOMPLETE")
     if partial.digest.hexdigest() != package.sha256:
         partial.restart()
+        if resumed:  # perhaps the kept part was damaged (a crash, a changed blob): once more from zero
+            raise DownloadError("a resumed download did not verify; starting over", code="INSTALL_INCOMPLETE")
         raise InstallError("downloaded bytes do not match the declared sha256", code="INSTALL_HASH_MISMATCH")
 
 
@@ -227,7 +232,5 @@ async def _get(session: aiohttp.ClientSession, source: HttpsSource, partial: _Pa
                     partial.have += len(chunk)
                     if progress is not None:
                         progress(partial.have, package.size)
-                fh.flush()
-                os.fsync(fh.fileno())
             return
     raise InstallError("too many redirects", code="INSTALL_REDIRECT_REFUSED")

@@ -209,6 +209,7 @@ class InstallerService:
             job = self.jobs.get(name)
             if job is not None:
                 job.state = state
+            log.info("%s %s: %s (+%.0f ms)", name, package.version, state.value, (self.clock() - started) * 1000)
             installed = self.installed.get(name)
             self._report(name, ReportedPackage(state, package.version, security_version, package.sha256,
                                                installed_version=installed.version if installed else None,

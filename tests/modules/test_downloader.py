@@ -77,6 +77,20 @@ async def test_server_ignoring_range_restarts_cleanly(package_server: PackageSer
     assert await get(pkg, st) == DATA
 
 
+async def test_a_damaged_partial_file_costs_one_retry_from_zero(package_server: PackageServer,
+                                                                  tmp_path: Path) -> None:
+    package_server.files["a.cpk"] = DATA
+    pkg = desired(package_server.url("a.cpk"))
+    st = settings(tmp_path, package_server)
+    _, part = cache_paths(st.cache_dir, pkg)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 4096)  # what a crash can leave: a prefix that is not the server's bytes
+    with pytest.raises(InstallError) as info:
+        await get(pkg, st)
+    assert info.value.code == "INSTALL_INCOMPLETE" and not part.exists()  # retryable, part dropped
+    assert await get(pkg, st) == DATA
+
+
 async def test_hash_mismatch_is_refused_and_the_partial_file_removed(package_server: PackageServer,
                                                                      tmp_path: Path) -> None:
     package_server.files["a.cpk"] = DATA
