@@ -72,13 +72,20 @@ class LoadedModel:
     tensor_outputs: list[str]
     input_names: frozenset[str] = frozenset()
     refs: int = 0
-    active: int = 0
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    active: int = 0  # inferences running; -1 once closed
+    closing: bool = False
+    # a plain lock on the per-call path; the condition (same lock) only wakes a closing thread
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cond: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition(self.lock)
 
     def close(self) -> None:
         """Wait for running inferences, drop the session, then overwrite and unmap the buffer."""
         with self.cond:
-            while self.active:
+            self.closing = True
+            while self.active > 0:
                 self.cond.wait()
             self.active = -1  # closed: no new inference may start
         del self.session
@@ -192,33 +199,35 @@ class ModelManager:
         return ModelHandle(handle, name, version, model.inputs, model.outputs, package_id, prepack)
 
     def _get(self, handle: int, owner: int) -> LoadedModel:
-        with self._lock:
-            h = self._handles.get(handle)
-            if h is None or h.owner != owner:
-                raise TeeError("unknown model handle", code=E.UNKNOWN_HANDLE)
-            return h.model
+        h = self._handles.get(handle)  # one dict read (atomic): no lock on the per-call path
+        if h is None or h.owner != owner:
+            raise TeeError("unknown model handle", code=E.UNKNOWN_HANDLE)
+        return h.model
 
     def infer(self, handle: int, owner: int, feeds: Mapping[str, Array]) -> dict[str, Array]:
+        """Run the model on ``feeds`` (views of the received frame, handed to ONNX Runtime as they are)."""
         model = self._get(handle, owner)
-        with model.cond:
+        with model.lock:
             if model.active < 0:
                 raise TeeError("model was unloaded", code=E.UNKNOWN_HANDLE)
             model.active += 1
         try:
-            unknown = feeds.keys() - model.input_names
-            if unknown:
-                raise TeeError(f"model has no input(s) {sorted(unknown)}", code=E.INPUT_INVALID)
+            if not model.input_names.issuperset(feeds):
+                unknown = sorted(feeds.keys() - model.input_names)
+                raise TeeError(f"model has no input(s) {unknown}", code=E.INPUT_INVALID)
+            names = model.tensor_outputs
             try:
-                results = model.session.run(model.tensor_outputs, dict(feeds))
+                results = model.session.run(names, feeds)
             except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as exc:
                 raise TeeError(f"ONNX Runtime refused the inputs: {_short(exc)}", code=E.INPUT_INVALID) from exc
             except Exception as exc:
                 raise TeeError(f"inference failed: {_short(exc)}", code=E.INFER_FAILED) from exc
-            return {n: np.asarray(r) for n, r in zip(model.tensor_outputs, results, strict=True)}
+            return dict(zip(names, results, strict=True))
         finally:
-            with model.cond:
+            with model.lock:
                 model.active -= 1
-                model.cond.notify_all()
+                if model.closing and not model.active:
+                    model.cond.notify_all()
 
     def unload(self, handle: int, owner: int) -> None:
         with self._lock:

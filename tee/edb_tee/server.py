@@ -25,18 +25,26 @@ from edb.tee import errors as E
 from edb.tee.protocol import (
     PROTOCOL_VERSION,
     Blob,
+    LayoutCache,
     Limits,
     Message,
     MsgType,
     Op,
-    Param,
     Value,
     decode,
     encode,
     error_message,
     negotiate,
 )
-from edb.tee.transport import PeerClosed, PeerCredentials, peer_credentials, recv_frame, send_frame, socket_address
+from edb.tee.transport import (
+    PeerClosed,
+    PeerCredentials,
+    peer_credentials,
+    recv_frame,
+    recv_request,
+    send_frame,
+    socket_address,
+)
 from edb_tee.access import may_open, roles_of
 from edb_tee.core import TeeCore
 from edb_tee.tas import REGISTRY, Call, TrustedApp
@@ -156,11 +164,15 @@ class TeeServer:
         conn.settimeout(None)
         sessions: dict[int, TrustedApp] = {}
         next_session = 1
+        limits, core = self.limits, self.core
+        requests = LayoutCache(limits)  # a client's repeated infer requests are not parsed again
+        hint = 256  # size of the previous request: read that much with the next length prefix
         while True:
             fds: list[int] = []
             try:
-                body, fds = recv_frame(conn, self.limits, max_fds=self.limits.max_fds)
-                msg = decode(body, nfds=len(fds), limits=self.limits)
+                body, fds = recv_request(conn, limits, hint, max_fds=limits.max_fds)
+                hint = len(body)
+                msg = requests.decode(body, nfds=len(fds))
                 if msg.type != MsgType.REQUEST:
                     raise TeeError("expected a request", code=E.PROTOCOL)
             except TeeError as exc:
@@ -168,37 +180,38 @@ class TeeServer:
                     os.close(fd)
                 self._refuse(conn, Message(MsgType.REQUEST, Op.INVOKE), exc.code, exc.message)
                 return
-            call = Call(self.core, peer, msg.params, fds)
+            call = Call(core, peer, msg.params, fds)
+            op = msg.op
             try:
-                if msg.op == Op.OPEN_SESSION:
-                    ta = self._open(msg, roles)
-                    sid = next_session
-                    next_session += 1
-                    sessions[sid] = ta
-                    out: list[Param] = [Value(sid)]
-                elif msg.op == Op.CLOSE_SESSION:
-                    if sessions.pop(msg.session, None) is None:
-                        raise TeeError("no such session", code=E.UNKNOWN_SESSION)
-                    out = []
-                elif msg.op == Op.INVOKE:
-                    ta = sessions.get(msg.session)  # type: ignore[assignment]
+                if op == Op.INVOKE:  # the per-call path: keep it short
+                    ta = sessions.get(msg.session)
                     if ta is None:
                         raise TeeError("no such session", code=E.UNKNOWN_SESSION)
                     out = ta.invoke(msg.command, call)
+                elif op == Op.OPEN_SESSION:
+                    sid = next_session
+                    sessions[sid] = self._open(msg, roles)
+                    next_session += 1
+                    out = [Value(sid)]
+                elif op == Op.CLOSE_SESSION:
+                    if sessions.pop(msg.session, None) is None:
+                        raise TeeError("no such session", code=E.UNKNOWN_SESSION)
+                    out = []
                 else:
                     raise TeeError("unexpected operation", code=E.PROTOCOL)
-                response = Message(MsgType.RESPONSE, msg.op, msg.request_id, msg.session, msg.command, 0, out)
+                response = Message(MsgType.RESPONSE, op, msg.request_id, msg.session, msg.command, 0, out)
             except EdbError as exc:
                 response = error_message(msg, exc.code, exc.message)
             except Exception:
-                log.exception("internal error in %s command %d", msg.op.name, msg.command)
+                log.exception("internal error in %s command %d", op.name, msg.command)
                 response = error_message(msg, E.INTERNAL, "internal error in the TEE (see its log)")
             finally:
-                call.close_untaken()
+                if fds:
+                    call.close_untaken()
             try:
-                frame = encode(response, self.limits)
+                frame = encode(response, limits)
             except EdbError as exc:  # e.g. outputs larger than a frame
-                frame = encode(error_message(msg, exc.code, exc.message), self.limits)
+                frame = encode(error_message(msg, exc.code, exc.message), limits)
             send_frame(conn, frame)
 
     def _open(self, msg: Message, roles: frozenset[str]) -> TrustedApp:

@@ -24,8 +24,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -88,7 +87,10 @@ class TeeClient:
         self.max_connections = max_connections
         self._idle: list[_Conn] = []
         self._count = 0
-        self._cond = threading.Condition()
+        self._waiting = 0  # threads waiting for a connection (notify only when there are some)
+        # a plain lock on the per-call path; the condition is only for waiting when the pool is full
+        self._pool_lock = threading.Lock()
+        self._cond = threading.Condition(self._pool_lock)
         self._handles: dict[int, ModelHandle] = {}  # handles this client loaded, by id (current ids)
         self._remap: dict[int, int] = {}  # handle id from before a TEE restart -> current id
         self._closed = False
@@ -107,48 +109,61 @@ class TeeClient:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    @contextmanager
-    def _conn(self) -> Iterator[_Conn]:
-        with self._cond:
-            if self._closed:
-                raise TeeError("TEE client is closed", code=E.CONNECTION_LOST)
-            while not self._idle and self._count >= self.max_connections:
-                self._cond.wait()
-            conn = self._idle.pop() if self._idle else None
-            if conn is not None and _stale(conn):
-                conn.ctx.close()  # the service closed it (restart): replace it before sending anything
-                conn = None
-            elif conn is None:
-                self._count += 1
-        if conn is None:
-            try:
-                conn = self._connect()
-            except BaseException:
-                with self._cond:
-                    self._count -= 1
-                    self._cond.notify()
-                raise
+    def _acquire(self, check_stale: bool) -> _Conn:
+        """An idle connection (dead ones dropped when ``check_stale``), else a new one."""
+        with self._pool_lock:
+            while True:
+                if self._closed:
+                    raise TeeError("TEE client is closed", code=E.CONNECTION_LOST)
+                if self._idle:
+                    conn = self._idle.pop()
+                    if check_stale and _stale(conn):
+                        conn.ctx.close()  # the service closed it (restart): replace it before sending
+                        self._count -= 1
+                        continue
+                    return conn
+                if self._count < self.max_connections:
+                    self._count += 1
+                    break
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
         try:
-            yield conn
-        finally:
-            with self._cond:
-                if conn.ctx.closed or self._closed:
-                    conn.ctx.close()
-                    self._count -= 1
-                else:
-                    self._idle.append(conn)
+            return self._connect()
+        except BaseException:
+            with self._pool_lock:
+                self._count -= 1
+                if self._waiting:
+                    self._cond.notify()
+            raise
+
+    def _release(self, conn: _Conn) -> None:
+        with self._pool_lock:
+            if conn.ctx.closed or self._closed:
+                conn.ctx.close()
+                self._count -= 1
+            else:
+                self._idle.append(conn)
+            if self._waiting:
                 self._cond.notify()
 
     def _invoke(self, ta: Any, cmd: int, params: Sequence[Param] = (), fds: Sequence[int] = (),
                 *, idempotent: bool = True) -> list[Param]:
+        """One command on a pooled connection. Idempotent calls skip the liveness probe of an idle
+        connection (a system call per call) and instead retry once, probing, if it was dead;
+        other calls probe first, so they are never sent on a connection the service has closed."""
         attempts = 2 if idempotent else 1
         for attempt in range(attempts):
+            conn = self._acquire(check_stale=attempt > 0 or not idempotent)
             try:
-                with self._conn() as conn:
-                    return conn.session(ta).invoke(cmd, params, fds)
+                return conn.session(ta).invoke(cmd, params, fds)
             except TeeError as exc:
                 if exc.code != E.CONNECTION_LOST or attempt + 1 == attempts:
                     raise
+            finally:
+                self._release(conn)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -157,6 +172,7 @@ class TeeClient:
             for conn in self._idle:
                 conn.ctx.close()
             self._idle.clear()
+            self._cond.notify_all()  # waiters see the client closed
 
     def __enter__(self) -> TeeClient:
         return self
@@ -258,8 +274,9 @@ class TeeClient:
         """Run the model. Arrays travel in the frame without copies in user space; results are
         arrays backed by the received frame."""
         params: list[Param] = [Value(0)]
-        params += [Tensor(k, np.asarray(v)) for k, v in inputs.items()]
-        hid = self._current_id(handle)
+        for k, v in inputs.items():
+            params.append(Tensor(k, v if type(v) is np.ndarray else np.asarray(v)))
+        hid = self._remap.get(handle.handle, handle.handle) if self._remap else handle.handle
         for attempt in range(2):
             params[0] = Value(hid)
             try:
@@ -271,7 +288,7 @@ class TeeClient:
                 hid = self._reload(handle)
         result: dict[str, Array] = {}
         for p in out:
-            if not isinstance(p, Tensor):
+            if type(p) is not Tensor:
                 raise TeeError("infer returned a non-tensor", code=E.PROTOCOL)
             result[p.name] = p.array
         return result

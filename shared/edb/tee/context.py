@@ -28,6 +28,7 @@ from edb.tee.errors import CONNECTION_LOST, PROTOCOL, UNAVAILABLE, error_from_wi
 from edb.tee.protocol import (
     DEFAULT_LIMITS,
     Blob,
+    LayoutCache,
     Limits,
     Message,
     MsgType,
@@ -36,10 +37,10 @@ from edb.tee.protocol import (
     Text,
     Value,
     decode,
-    encode,
+    encode_fields,
     hello_request,
 )
-from edb.tee.transport import PeerClosed, recv_frame, send_frame, socket_address
+from edb.tee.transport import PeerClosed, recv_reply, send_frame, socket_address
 
 DEFAULT_TIMEOUT_S = 600.0  # installs of large models take a while; infer calls return in ms
 
@@ -58,6 +59,8 @@ class TeeContext:
         self._ids = itertools.count(1)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.closed = False
+        self._reply_hint = 256  # size of the last reply body: read that much with its length prefix
+        self._replies: LayoutCache | None = None  # after the hello (it depends on the negotiated limits)
         try:
             self._sock.settimeout(connect_timeout)
             with socket_address(self.socket_path) as address:
@@ -68,13 +71,15 @@ class TeeContext:
                            code=UNAVAILABLE) from exc
         self.limits = limits
         try:
-            reply = _checked(self._roundtrip(hello_request(), ()))
+            hello = hello_request()
+            reply = _checked(self._roundtrip(hello.op, 0, 0, hello.params, ()))
             if not reply.params or not isinstance(reply.params[0], Value):
                 raise TeeError("hello reply without a version", code=PROTOCOL)
             self.version = reply.params[0].a
             max_frame = reply.params[0].b
             # never accept frames larger than we were configured for, whatever the service says
             self.limits = Limits(max_frame=min(max_frame, limits.max_frame))
+            self._replies = LayoutCache(self.limits)
             self._sock.settimeout(timeout)
         except BaseException:
             self._close_socket()
@@ -84,7 +89,7 @@ class TeeContext:
 
     def open_session(self, ta_uuid: uuid.UUID | str) -> TeeSession:
         ta = uuid.UUID(str(ta_uuid))
-        reply = self.call(Message(MsgType.REQUEST, Op.OPEN_SESSION, params=[Blob(ta.bytes)]))
+        reply = self.request(Op.OPEN_SESSION, 0, 0, [Blob(ta.bytes)])
         if not reply.params or not isinstance(reply.params[0], Value):
             raise TeeError("open-session reply without a session id", code=PROTOCOL)
         return TeeSession(self, ta, reply.params[0].a)
@@ -93,17 +98,29 @@ class TeeContext:
 
     def call(self, msg: Message, fds: Sequence[int] = ()) -> Message:
         """Send a request and return its response; a service-side error is raised typed."""
+        return self.request(msg.op, msg.session, msg.command, msg.params, fds)
+
+    def request(self, op: Op, session: int, command: int, params: Sequence[Param],
+                fds: Sequence[int] = ()) -> Message:
+        """One request/response exchange (one request in flight per connection); a service-side
+        error is raised as its typed exception."""
         if self.closed:
             raise TeeError("TEE context is closed", code=CONNECTION_LOST)
         with self._lock:
-            reply = self._roundtrip(msg, fds)
-        return _checked(reply)
+            reply = self._roundtrip(op, session, command, params, fds)
+        if reply.status:
+            _checked(reply)
+        return reply
 
-    def _roundtrip(self, msg: Message, fds: Sequence[int]) -> Message:
-        msg.request_id = next(self._ids) & 0xFFFFFFFF
+    def _roundtrip(self, op: Op, session: int, command: int, params: Sequence[Param],
+                   fds: Sequence[int]) -> Message:
+        request_id = next(self._ids) & 0xFFFFFFFF
+        sock = self._sock
+        # refused by the encoder (bad dtype, too large): raised before anything is sent, the connection stays
+        frame = encode_fields(MsgType.REQUEST, op, request_id, session, command, 0, params, self.limits)
         try:
-            send_frame(self._sock, encode(msg, self.limits), fds)
-            body, _ = recv_frame(self._sock, self.limits)
+            send_frame(sock, frame, fds)
+            body = recv_reply(sock, self.limits, self._reply_hint)
         except PeerClosed as exc:
             self._close_socket()
             raise TeeError("the TEE closed the connection", code=CONNECTION_LOST) from exc
@@ -113,8 +130,14 @@ class TeeContext:
         except OSError as exc:  # includes timeouts, EPIPE, ECONNRESET
             self._close_socket()
             raise TeeError(f"connection to the TEE failed: {exc.strerror or exc}", code=CONNECTION_LOST) from exc
-        reply = decode(body, limits=self.limits)
-        if reply.type != MsgType.RESPONSE or reply.request_id != msg.request_id:
+        self._reply_hint = len(body)
+        replies = self._replies
+        try:
+            reply = replies.decode(body) if replies is not None else decode(body, limits=self.limits)
+        except TeeError:
+            self._close_socket()  # the stream can no longer be trusted to be in sync
+            raise
+        if reply.type != MsgType.RESPONSE or reply.request_id != request_id:
             self._close_socket()
             raise TeeError("response does not match the request", code=PROTOCOL)
         return reply
@@ -157,14 +180,11 @@ class TeeSession:
         self.id = session_id
 
     def invoke(self, command: int, params: Sequence[Param] = (), fds: Sequence[int] = ()) -> list[Param]:
-        reply = self.context.call(
-            Message(MsgType.REQUEST, Op.INVOKE, session=self.id, command=command, params=list(params)), fds
-        )
-        return reply.params
+        return self.context.request(Op.INVOKE, self.id, command, params, fds).params
 
     def close(self) -> None:
         if not self.context.closed:
-            self.context.call(Message(MsgType.REQUEST, Op.CLOSE_SESSION, session=self.id))
+            self.context.request(Op.CLOSE_SESSION, self.id, 0, ())
 
 
 def pass_file(path: Path | str) -> int:

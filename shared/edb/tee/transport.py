@@ -20,6 +20,7 @@ from edb.tee.errors import CONNECTION_LOST, PROTOCOL
 from edb.tee.protocol import FRAME_LENGTH, Limits, check_frame_length
 
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)  # a plain int: `flags & <IntFlag>` runs Python-level enum code per frame
 
 
 class PeerClosed(Exception):
@@ -59,12 +60,19 @@ def socket_address(path: Path | str) -> Iterator[str]:
 
 
 def send_frame(sock: socket.socket, parts: Sequence[bytes | memoryview], fds: Sequence[int] = ()) -> None:
-    """Send a whole frame; descriptors ride with its first byte."""
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    """Send a whole frame; descriptors ride with its first byte.
+
+    One ``sendmsg`` of every part (no user-space copy); only a partial send (a frame larger than
+    the socket buffer) falls back to slicing the remaining parts."""
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    while views:
-        sent = sock.sendmsg(views, ancillary)
-        ancillary = []
+    total = 0
+    for p in parts:
+        total += len(p)  # every part is a byte buffer (bytes or a memoryview cast to "B")
+    sent = sock.sendmsg(parts, ancillary)
+    if sent == total:
+        return
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while True:
         while sent and views:
             if sent >= len(views[0]):
                 sent -= len(views[0])
@@ -72,6 +80,9 @@ def send_frame(sock: socket.socket, parts: Sequence[bytes | memoryview], fds: Se
             else:
                 views[0] = views[0][sent:]
                 sent = 0
+        if not views:
+            return
+        sent = sock.sendmsg(views)
 
 
 def _recv_exact(sock: socket.socket, view: memoryview) -> None:
@@ -98,7 +109,7 @@ def recv_frame(sock: socket.socket, limits: Limits, *, max_fds: int = 0) -> tupl
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     usable = len(data) - len(data) % 4
                     fds.extend(array.array("i", data[:usable]))
-            if flags & socket.MSG_CTRUNC:
+            if flags & _MSG_CTRUNC:
                 raise TeeError("too many file descriptors with one frame", code=PROTOCOL)
         else:
             n = sock.recv_into(header)
@@ -114,3 +125,69 @@ def recv_frame(sock: socket.socket, limits: Limits, *, max_fds: int = 0) -> tupl
         for fd in fds:
             os.close(fd)
         raise
+
+
+#: Offset of a frame's length prefix in a receive buffer of :func:`recv_reply` / :func:`recv_request`:
+#: the body then starts 16 bytes in, so tensor data (64-byte aligned within the body) keeps the
+#: alignment of the allocation itself.
+_PREFIX_AT = 16 - FRAME_LENGTH.size
+_BODY_AT = 16
+#: Frames up to this size are read with their length prefix in one system call; larger ones take two.
+MAX_READ_HINT = 64 * 1024
+
+
+def _read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int) -> tuple[memoryview, list[int]]:
+    """Read one frame whose sender waits for our answer before sending another.
+
+    The first read asks for the length prefix and up to ``hint`` body bytes at once (callers pass
+    the size of the previous frame), saving a system call per round trip. Because the peer sends
+    nothing more until answered, bytes beyond the frame are a protocol error, and descriptors that
+    arrive belong to this frame. The length is checked against ``limits.max_frame`` before the body
+    is allocated; descriptors received with a refused frame are closed here."""
+    hint = min(max(hint, 0), MAX_READ_HINT)
+    buf = bytearray(_BODY_AT + hint)
+    view = memoryview(buf)
+    fds: list[int] = []
+    try:
+        if max_fds:
+            got, ancdata, flags, _ = sock.recvmsg_into([view[_PREFIX_AT:]], socket.CMSG_SPACE(max_fds * 4))
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(data) - len(data) % 4
+                    fds.extend(array.array("i", data[:usable]))
+            if flags & _MSG_CTRUNC:
+                raise TeeError("too many file descriptors with one frame", code=PROTOCOL)
+        else:
+            got = sock.recv_into(view[_PREFIX_AT:])
+        if got == 0:
+            raise PeerClosed()
+        if got < FRAME_LENGTH.size:
+            _recv_exact(sock, view[_PREFIX_AT + got:_BODY_AT])
+            got = FRAME_LENGTH.size
+        (length,) = FRAME_LENGTH.unpack_from(buf, _PREFIX_AT)
+        check_frame_length(length, limits)
+        if got > FRAME_LENGTH.size + length:
+            raise TeeError("bytes beyond the frame: one request at a time per connection", code=PROTOCOL)
+        if length > hint:  # grow: keep what arrived, read the rest in place
+            bigger = bytearray(_BODY_AT + length)
+            bigger[:_PREFIX_AT + got] = buf[:_PREFIX_AT + got]
+            view = memoryview(bigger)
+        _recv_exact(sock, view[_PREFIX_AT + got:_BODY_AT + length])
+        return view[_BODY_AT:_BODY_AT + length], fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def recv_reply(sock: socket.socket, limits: Limits, hint: int) -> memoryview:
+    """A client's read of the reply to its one request in flight (no descriptors). The service
+    sends nothing unasked. Raises :class:`PeerClosed` on a clean end of stream."""
+    return _read_frame(sock, limits, hint, 0)[0]
+
+
+def recv_request(sock: socket.socket, limits: Limits, hint: int, *, max_fds: int = 0) -> tuple[memoryview, list[int]]:
+    """The service's read of a client's next request and the descriptors that came with it. A
+    client sends one request at a time: a second frame sent before the first is answered is a
+    protocol error (the frames could not be told apart from the descriptors' point of view)."""
+    return _read_frame(sock, limits, hint, max_fds)

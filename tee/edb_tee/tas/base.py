@@ -18,13 +18,13 @@ if TYPE_CHECKING:
     from edb_tee.core import TeeCore
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     core: TeeCore
     peer: PeerCredentials
     params: list[Param]
     fds: list[int]
-    taken: set[int] = field(default_factory=set)
+    taken: set[int] = field(default_factory=set)  # only used with descriptors (see the server)
 
     def expect(self, *kinds: type) -> list[Any]:
         if len(self.params) != len(kinds) or not all(isinstance(p, k) for p, k in zip(self.params, kinds, strict=True)):
@@ -42,9 +42,10 @@ class Call:
         return fd
 
     def close_untaken(self) -> None:
-        for i, fd in enumerate(self.fds):
-            if i not in self.taken:
-                os.close(fd)
+        if self.fds:
+            for i, fd in enumerate(self.fds):
+                if i not in self.taken:
+                    os.close(fd)
 
 
 Handler = Callable[[Call], list[Param]]

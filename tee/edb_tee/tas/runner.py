@@ -22,14 +22,16 @@ def load_model(c: Call) -> list[Param]:
 
 
 def infer(c: Call) -> list[Param]:
-    if not c.params or not isinstance(c.params[0], Value):
+    params = c.params
+    if not params or type(params[0]) is not Value:
         raise TeeError("infer takes a handle then tensors", code=BAD_PARAMETERS)
     feeds: dict[str, Any] = {}
-    for p in c.params[1:]:
-        if not isinstance(p, Tensor) or p.name in feeds:
+    for i in range(1, len(params)):
+        p = params[i]
+        if type(p) is not Tensor or p.name in feeds:
             raise TeeError("infer inputs must be uniquely named tensors", code=BAD_PARAMETERS)
         feeds[p.name] = p.array
-    out = c.core.models.infer(c.params[0].a, c.peer.pid, feeds)
+    out = c.core.models.infer(params[0].a, c.peer.pid, feeds)  # type: ignore[union-attr]
     return [Tensor(name, arr) for name, arr in out.items()]
 
 
