@@ -84,6 +84,7 @@ class RunnerService:
         self._select_wanted = asyncio.Event()
         self._report_dirty = True
         self._report_now = asyncio.Event()
+        self._stopping = False
 
     # -- desired -----------------------------------------------------------------------------------
     async def load_twin(self) -> None:
@@ -164,11 +165,14 @@ class RunnerService:
     async def batch_loop(self) -> None:
         while True:
             if not len(self.batcher):
+                if self._stopping:
+                    return  # everything received has been answered
                 self._arrived.clear()
                 await self._arrived.wait()
+                continue
             deadline = self.batcher.deadline()
             now = self.clock()
-            if not self.batcher.ready(now) and deadline is not None:
+            if not self._stopping and not self.batcher.ready(now) and deadline is not None:
                 self._arrived.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), timeout=max(0.0, deadline - now))
@@ -381,12 +385,17 @@ class RunnerService:
             except Exception as exc:
                 log.warning("get_twin failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(2.0)
-        tasks = [asyncio.create_task(self.batch_loop()), asyncio.create_task(self.selection_loop()),
-                 asyncio.create_task(self.report_loop())]
+        batches = asyncio.create_task(self.batch_loop())
+        tasks = [asyncio.create_task(self.selection_loop()), asyncio.create_task(self.report_loop())]
         try:
             await stop.wait()
         finally:
-            for task in tasks:
+            # Inputs already received were acknowledged to edgeHub: answer them before leaving.
+            self._stopping = True
+            self._arrived.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(batches), timeout=5.0)
+            for task in (batches, *tasks):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(batches, *tasks, return_exceptions=True)
             await self._unload(self.slot.swap(None))
