@@ -135,8 +135,7 @@ def main() -> int:
             return 1
         environ = {k: v for k, v in os.environ.items() if not k.startswith("EDB_")}
         config = CloudConfig.load(state, environ=environ)
-        config.trust_ca_for_requests()
-        hub = HubService(config.iothub_connection_string)
+        hub = HubService(config.iothub_connection_string, config.ca_cert)
         init_publisher(config)
         ensure_release_policy(config, NAME, devices=[DEVICE], device_classes=[])
         deploy_to_device(hub, DEVICE, render_manifest(config, default_template(), "amd64"))

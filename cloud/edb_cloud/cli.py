@@ -43,14 +43,13 @@ def _handles_errors(fn: F) -> F:
 
 def _config(ctx: click.Context) -> CloudConfig:
     config: CloudConfig = ctx.obj
-    config.trust_ca_for_requests()
     return config
 
 
 def _hub(config: CloudConfig) -> Any:
     from edb_cloud.iothub import HubService
 
-    return HubService(config.iothub_connection_string)
+    return HubService(config.iothub_connection_string, config.ca_cert)
 
 
 def _device(config: CloudConfig, device: str | None) -> str:

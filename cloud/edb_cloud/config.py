@@ -78,11 +78,6 @@ class CloudConfig:
         """The orchestrator's own records (published releases, built packages, models)."""
         return self.state_dir / "cloud"
 
-    def trust_ca_for_requests(self) -> None:
-        """azure-iot-hub (msrest over requests) only takes a custom CA from ``REQUESTS_CA_BUNDLE``."""
-        if self.ca_cert is not None:
-            os.environ["REQUESTS_CA_BUNDLE"] = str(self.ca_cert)
-
     def connection_verify(self) -> str | bool:
         """The ``connection_verify`` argument for azure-core clients: a CA path, or True (system CAs)."""
         return str(self.ca_cert) if self.ca_cert is not None else True

@@ -135,9 +135,7 @@ class Demo:
 
         # The demo's own stack only: EDB_* from the caller's shell must not point it elsewhere.
         environ = {k: v for k, v in os.environ.items() if not k.startswith("EDB_")}
-        config = CloudConfig.load(self.state_dir, environ=environ)
-        config.trust_ca_for_requests()
-        return config
+        return CloudConfig.load(self.state_dir, environ=environ)
 
     def _poll_upstream(self) -> list[Upstream]:
         page = self.s.feed.messages(since=self.s.since, limit=500)
@@ -182,7 +180,7 @@ class Demo:
         from edb_cloud.iothub import HubService
         from edb_local.hub.client import ServiceClient, resolve_settings
 
-        self.s.hub = HubService(self.s.config.iothub_connection_string)
+        self.s.hub = HubService(self.s.config.iothub_connection_string, self.s.config.ca_cert)
         self.s.feed = ServiceClient(resolve_settings(self.s.config.iothub_connection_string,
                                                      str(self.s.config.ca_cert), environ={}, env_file={}))
         return f"{len(doc['components'])} components running: {', '.join(c['name'] for c in doc['components'])}"

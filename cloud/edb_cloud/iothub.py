@@ -1,12 +1,14 @@
 """IoT Hub service calls the orchestrator makes (azure-iot-hub), with typed errors.
 
 Same code against Azure IoT Hub and the local stand-in: only the connection string and, locally,
-``REQUESTS_CA_BUNDLE`` (set from ``EDB_CA_CERT`` by :class:`~edb_cloud.config.CloudConfig`) differ.
+the CA bundle (``EDB_CA_CERT``, pinned on the SDK's clients by :func:`edb.iothub_ca.pin_ca`, so
+``REQUESTS_CA_BUNDLE`` in the environment cannot redirect it) differ.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -45,11 +47,14 @@ class ModuleTwin:
 
 
 class HubService:
-    def __init__(self, connection_string: str) -> None:
+    def __init__(self, connection_string: str, ca_cert: str | os.PathLike[str] | None = None) -> None:
+        """``ca_cert``: the PEM bundle to trust for the hub (the local stack's CA); None = system trust."""
         from azure.iot.hub import IoTHubConfigurationManager, IoTHubRegistryManager
 
-        self._registry = IoTHubRegistryManager.from_connection_string(connection_string)
-        self._configurations = IoTHubConfigurationManager.from_connection_string(connection_string)
+        from edb.iothub_ca import pin_ca
+
+        self._registry = pin_ca(IoTHubRegistryManager.from_connection_string(connection_string), ca_cert)
+        self._configurations = pin_ca(IoTHubConfigurationManager.from_connection_string(connection_string), ca_cert)
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
         try:

@@ -70,8 +70,7 @@ class E2EStack:
         self.up()
         environ = {k: v for k, v in os.environ.items() if not k.startswith("EDB_")}
         self.config = CloudConfig.load(self.state_dir, environ=environ)
-        self.config.trust_ca_for_requests()
-        self.hub = HubService(self.config.iothub_connection_string)
+        self.hub = HubService(self.config.iothub_connection_string, self.config.ca_cert)
         from edb_local.hub.client import ServiceClient, resolve_settings
 
         self._feed = ServiceClient(resolve_settings(self.config.iothub_connection_string, str(self.config.ca_cert),

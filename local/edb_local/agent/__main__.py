@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -83,9 +82,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
     args = parse_args(argv)
     config = build_config(args)
-    # azure-iot-hub (requests) takes its CA bundle from the environment; this process only talks to
-    # the local stack, and module environments are built from scratch, so nothing else inherits it.
-    os.environ["REQUESTS_CA_BUNDLE"] = str(config.ca_path)
     asyncio.run(amain(config))
 
 

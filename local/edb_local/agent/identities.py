@@ -21,6 +21,7 @@ from typing import Any
 from azure.iot.hub import IoTHubRegistryManager
 from msrest.exceptions import ClientException, HttpOperationError
 
+from edb.iothub_ca import pin_ca
 from edb_local.agent.errors import AgentError
 from edb_local.workload.signer import ModuleCredential
 
@@ -35,9 +36,11 @@ def _new_key() -> str:
 
 
 class IdentityRegistry:
-    def __init__(self, service_connection_string: str, device_id: str, cache_path: Path | None = None) -> None:
+    def __init__(self, service_connection_string: str, device_id: str, cache_path: Path | None = None, *,
+                 ca_path: Path | None = None) -> None:
         self.device_id = device_id
-        self._registry = IoTHubRegistryManager.from_connection_string(service_connection_string)
+        # the stack CA is pinned on the client (edb.iothub_ca): the environment cannot redirect it
+        self._registry = pin_ca(IoTHubRegistryManager.from_connection_string(service_connection_string), ca_path)
         self._lock = asyncio.Lock()
         self._cache_path = cache_path
 

@@ -53,7 +53,7 @@ class EdgeAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.identities = IdentityRegistry(config.service_connection_string, config.device_id,
-                                           config.identity_cache)
+                                           config.identity_cache, ca_path=config.ca_path)
         self.signer = WorkloadSigner(config.hub_hostname, config.device_id)
         self.workload = WorkloadServer(self.signer, config.ca_path.read_text(), config.workload_socket_dir)
         self.records: dict[str, ModuleRecord] = {}

@@ -1,6 +1,10 @@
 """A small service-side HTTPS client for what azure-iot-hub does not cover: the `/edb/messages`
 monitor feed (and twin reads, so `edb twin show` prints the exact JSON). TLS is always verified
-against the given CA bundle (or the system store)."""
+against the given CA bundle (or the system store).
+
+The CA goes with every request (`verify=<path>`), not on the session: `requests` lets
+`REQUESTS_CA_BUNDLE` / `CURL_CA_BUNDLE` from the environment override `session.verify`, and many
+machines and CI runners set them to the system bundle, which does not hold the stack's CA."""
 
 from __future__ import annotations
 
@@ -87,8 +91,11 @@ class ServiceClient:
     def __init__(self, settings: ServiceSettings, timeout: float = 40.0) -> None:
         self.settings = settings
         self.timeout = timeout
+        if settings.ca_cert and not Path(settings.ca_cert).is_file():
+            raise HubError(f"CA bundle {settings.ca_cert} does not exist", code=errors.CONFIG_INVALID)
+        # a path is never replaced by the environment; True (no CA given) means the system trust store
+        self._verify: str | bool = settings.ca_cert if settings.ca_cert else True
         self._session = requests.Session()
-        self._session.verify = settings.ca_cert if settings.ca_cert else True
 
     @classmethod
     def from_environment(cls, connection_string: str | None = None, ca_cert: str | None = None,
@@ -105,7 +112,12 @@ class ServiceClient:
         url = f"https://{self.settings.host_name}{path}"
         try:
             response = self._session.get(url, params={**(params or {}), "api-version": "2021-04-12"},
-                                         headers={"Authorization": self._token()}, timeout=self.timeout)
+                                         headers={"Authorization": self._token()}, timeout=self.timeout,
+                                         verify=self._verify)
+        except requests.exceptions.SSLError:
+            raise HubError(f"the hub at {self.settings.host_name} presented a certificate that does not verify "
+                           f"against {self._verify if self._verify is not True else 'the system trust store'}",
+                           code=errors.TLS_UNTRUSTED) from None
         except requests.RequestException as exc:
             raise HubError(f"cannot reach the hub at {self.settings.host_name}: {exc}",
                            code=errors.CONFIG_INVALID) from None

@@ -55,5 +55,6 @@ METHOD_TIMEOUT = "HUB_METHOD_TIMEOUT"
 MESSAGE_TOO_LARGE = "HUB_MESSAGE_TOO_LARGE"
 QUEUE_FULL = "HUB_QUEUE_FULL"
 
-# Configuration of the hub process itself
+# Configuration of the hub process itself (and of its service-side clients)
 CONFIG_INVALID = "HUB_CONFIG_INVALID"
+TLS_UNTRUSTED = "HUB_TLS_UNTRUSTED"              # client side: the hub's certificate is not trusted
