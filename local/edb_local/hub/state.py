@@ -195,12 +195,19 @@ class HubState:
             self.reconcile_deployments([identity.device_id])
         return change.twin
 
-    def set_desired(self, identity: Identity, desired: dict[str, Any]) -> None:
-        """A deployment sets a module's desired properties (creating the twin if the module
-        identity does not exist yet, so the edge agent finds them when it creates the module)."""
-        twin = self.twins.get(identity) or Twin(device_id=identity.device_id, module_id=identity.module_id)
-        change = twins.replace_desired(twin, desired)
-        self._desired_changed(identity, change)
+    def set_desired_all(self, device_id: str, modules_desired: dict[str, dict[str, Any]]) -> None:
+        """A deployment sets the desired properties of the device's modules (creating a twin if the
+        module identity does not exist yet, so the edge agent finds them when it creates the module).
+
+        All or nothing: every module's new desired properties are validated (and the changes
+        computed) before any twin changes, so a refused deployment leaves every twin as it was."""
+        changes: list[tuple[Identity, twins.DesiredChange]] = []
+        for module_id, desired in modules_desired.items():
+            identity = Identity(device_id, module_id)
+            twin = self.twins.get(identity) or Twin(device_id=identity.device_id, module_id=identity.module_id)
+            changes.append((identity, twins.replace_desired(twin, desired)))  # raises before anything changed
+        for identity, change in changes:
+            self._desired_changed(identity, change)
 
     def device_twins_json(self) -> list[dict[str, Any]]:
         return [self.twin_json(r.identity) for r in self.devices()]
@@ -230,6 +237,7 @@ class HubState:
             raise HubError("content must be an object", code=errors.CONFIGURATION_INVALID)
         if content.get("modulesContent") is not None:
             deployments.validate_modules_content(content["modulesContent"])
+            _check_modules_desired(content["modulesContent"])  # refused here, not when devices apply it
         deployments.parse_target_condition(body.get("targetCondition", ""))
         priority = body.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
@@ -310,8 +318,7 @@ class HubState:
         assert isinstance(modules_content, dict)
         desired: dict[str, dict[str, Any]] = {}
         deployments.apply_modules_content(desired, modules_content)
-        for module_id, module_desired in desired.items():
-            self.set_desired(Identity(device_id, module_id), module_desired)
+        self.set_desired_all(device_id, desired)  # validates every module first: a 400 changes nothing
         # the device no longer runs what an automatic deployment gave it: the next evaluation
         # (configuration or tag change) applies the winning deployment again
         if self.device_configurations.pop(device_id, None) is not None:
@@ -332,13 +339,21 @@ class HubState:
                     self.store.put_deployment(record.device_id, None)
                 continue
             doc = {"applied": list(plan.applied), "targeted": list(plan.targeted), "updated": time.time()}
-            self.device_configurations[record.device_id] = doc
-            self.store.put_deployment(record.device_id, doc)
             # a configuration's content is immutable in IoT Hub, so the same applied list means
             # the same desired properties: re-applying would only undo later manual twin edits
             if before is None or before.get("applied") != doc["applied"]:
-                for module_id, module_desired in plan.modules_desired.items():
-                    self.set_desired(Identity(record.device_id, module_id), module_desired)
+                self.set_desired_all(record.device_id, plan.modules_desired)  # first: a refusal records nothing
+            self.device_configurations[record.device_id] = doc
+            self.store.put_deployment(record.device_id, doc)
+
+
+def _check_modules_desired(modules_content: dict[str, Any]) -> None:
+    """Each module's desired properties as this content alone would set them must be valid twin
+    content (no nulls, allowed keys, size): the same checks applying it to a twin makes."""
+    desired: dict[str, dict[str, Any]] = {}
+    deployments.apply_modules_content(desired, modules_content)
+    for module_id, module_desired in desired.items():
+        twins.replace_desired(Twin(device_id="-", module_id=module_id), module_desired)
 
 
 def _expand_metric(text: Any, config_id: str) -> str:
