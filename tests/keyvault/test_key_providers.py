@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edb.cpk import PackageIdentity, Target, build, decrypt_payload, open_package, verify_package
 from edb.keys.azure_keyvault import KeyVaultKek, KeyVaultSigner
 from edb.keys.base import WrappedKey
-from edb.keys.errors import UNAVAILABLE, UNWRAP_FAILED, WRONG_KID, KeyProviderError
+from edb.keys.errors import DISABLED, RETRYABLE_CODES, WRONG_KID, KeyProviderError
 from edb.pki.issue import issue_leaf, make_name, make_root_ca
 from edb.pki.oids import PUBLISHER_SIGNING_EKU
 from edb_local.keyvault import KeyVaultStandIn, LocalTokenCredential
@@ -49,7 +49,8 @@ def test_kek_provider_wrap_unwrap_rotation_and_revocation(
     key_client.update_key_properties(name, first.properties.version, enabled=False)
     with pytest.raises(KeyProviderError) as exc:
         fresh.unwrap(wrapped)
-    assert exc.value.code in (UNAVAILABLE, UNWRAP_FAILED)  # the provider's mapping of Key Vault's 403
+    assert exc.value.code == DISABLED == "KEY_DISABLED"  # Key Vault's 403 KeyDisabled: revoked, not an outage
+    assert exc.value.code not in RETRYABLE_CODES
     assert fresh.unwrap(rewrapped) == dek
 
     other = WrappedKey(kid=f"{keyvault.url}/keys/{_name('other')}/{'a' * 32}", alg="RSA-OAEP-256", value=b"x" * 384)
@@ -87,3 +88,8 @@ def test_signer_provider_and_a_package_built_with_key_vault_keys(
         sink = bytearray(verified.manifest.plaintext_size)
         decrypt_payload(verified, kek.unwrap(result.manifest.wrapped_dek), sink)
     assert bytes(sink) == payload
+
+    key_client.update_key_properties(signing.name, signing.properties.version, enabled=False)
+    with pytest.raises(KeyProviderError) as disabled:
+        KeyVaultSigner(signing.id, [leaf], admin_credential, **sdk_kwargs).sign_digest(digest)
+    assert disabled.value.code == DISABLED  # a disabled signing key is revoked, not unavailable

@@ -10,6 +10,10 @@
 The credential defaults to ``azure.identity.DefaultAzureCredential``; any ``TokenCredential`` can be
 injected (the local Key Vault stand-in's tests do). Extra keyword arguments go to every
 ``CryptographyClient`` (for example ``connection_verify=<CA bundle>`` for the local stack).
+
+Errors: a disabled or expired key version (Key Vault's 403 ``KeyDisabled``/``KeyExpired``) is
+``KEY_DISABLED``, final (revocation); 400 is the operation's own refusal code; anything else
+(network, 5xx, throttling, other 401/403) is ``KEY_UNAVAILABLE``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from edb.keys.base import WRAP_ALG, WrappedKey, check_dek, check_digest
 from edb.keys.errors import (
+    DISABLED,
     INVALID_KEY,
     SIGN_FAILED,
     UNAVAILABLE,
@@ -46,12 +51,23 @@ def _identifier(kid: str) -> Any:
         raise KeyProviderError(f"not a Key Vault key id: {kid!r}", code=INVALID_KEY) from exc
 
 
+def _inner_error_code(exc: Exception) -> str | None:
+    """Key Vault's inner error code (``{"error": {"code": "Forbidden", "innererror": {"code": ...}}}``)."""
+    inner = getattr(getattr(exc, "error", None), "innererror", None)
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return code if isinstance(code, str) else None
+
+
 def _provider_error(exc: Exception, action: str, bad_request_code: str) -> KeyProviderError:
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
     status = getattr(exc, "status_code", None)
     if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError) and status == 400:
         return KeyProviderError(f"Key Vault refused to {action} (HTTP 400)", code=bad_request_code)
+    if isinstance(exc, HttpResponseError) and status == 403 and _inner_error_code(exc) in ("KeyDisabled", "KeyExpired"):
+        # revocation, not an outage: the key service's KR_KEK_DISABLED for the same condition
+        return KeyProviderError(f"the key version is disabled or outside its validity period ({action})",
+                                code=DISABLED)
     where = f"HTTP {status}" if status else type(exc).__name__
     return KeyProviderError(f"Key Vault unavailable for {action} ({where})", code=UNAVAILABLE)
 

@@ -6,7 +6,9 @@ from edb.errors import KeyProviderError
 
 __all__ = [
     "ALGORITHM",
+    "DISABLED",
     "INVALID_KEY",
+    "RETRYABLE_CODES",
     "SIGNER_MISMATCH",
     "SIGN_FAILED",
     "UNAVAILABLE",
@@ -27,5 +29,11 @@ ALGORITHM = "KEY_ALGORITHM"
 SIGN_FAILED = "KEY_SIGN_FAILED"
 #: The signature does not verify with the certificate the signer presents.
 SIGNER_MISMATCH = "KEY_SIGNER_MISMATCH"
-#: The remote key service could not be reached or answered with an error.
+#: The remote key service could not be reached or answered with an error (transient: retry later).
 UNAVAILABLE = "KEY_UNAVAILABLE"
+#: The key version is disabled, or outside its activation/expiry dates (Key Vault's 403
+#: ``KeyDisabled``/``KeyExpired``): revoked on purpose, so retrying cannot help.
+DISABLED = "KEY_DISABLED"
+
+#: Codes for which trying again later may succeed without anyone changing anything.
+RETRYABLE_CODES = frozenset({UNAVAILABLE})
