@@ -71,6 +71,7 @@ class LoadedModel:
     outputs: tuple[TensorSpec, ...]
     tensor_outputs: list[str]
     input_names: frozenset[str] = frozenset()
+    required_inputs: frozenset[str] = frozenset()  # inputs whose type is not optional(...)
     refs: int = 0
     active: int = 0  # inferences running; -1 once closed
     closing: bool = False
@@ -78,8 +79,12 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     cond: threading.Condition = field(init=False)
 
+    run: Any = field(init=False)  # the session's native run(output_names, feeds, run_options)
+
     def __post_init__(self) -> None:
         self.cond = threading.Condition(self.lock)
+        native = getattr(self.session, "_sess", None)  # onnxruntime's pybind session, if this version has one
+        self.run = native.run if native is not None else self.session.run
 
     def close(self) -> None:
         """Wait for running inferences, drop the session, then overwrite and unmap the buffer."""
@@ -89,6 +94,7 @@ class LoadedModel:
                 self.cond.wait()
             self.active = -1  # closed: no new inference may start
         del self.session
+        self.run = None
         self.ortvalues.clear()
         self.buffer.close()
 
@@ -154,8 +160,10 @@ class ModelManager:
             raise
         outputs = tuple(_spec(o) for o in session.get_outputs())
         inputs = tuple(_spec(i) for i in session.get_inputs())
+        required = frozenset(i.name for i in session.get_inputs() if not i.type.startswith("optional"))
         return LoadedModel(name, version, package_id, prepack, buffer, session, values, inputs, outputs,
-                           [o.name for o in outputs if o.dtype != "unknown"], frozenset(i.name for i in inputs))
+                           [o.name for o in outputs if o.dtype != "unknown"], frozenset(i.name for i in inputs),
+                           required)
 
     def keep_warm(self, model: LoadedModel) -> None:
         """An install just validated this model: keep its session for the next ``load``."""
@@ -215,9 +223,14 @@ class ModelManager:
             if not model.input_names.issuperset(feeds):
                 unknown = sorted(feeds.keys() - model.input_names)
                 raise TeeError(f"model has no input(s) {unknown}", code=E.INPUT_INVALID)
+            if not model.required_inputs.issubset(feeds):
+                missing = sorted(model.required_inputs - feeds.keys())
+                raise TeeError(f"required input(s) {missing} missing", code=E.INPUT_INVALID)
             names = model.tensor_outputs
             try:
-                results = model.session.run(names, feeds)
+                # the checks InferenceSession.run adds in Python (inputs present, no foreign OrtValues,
+                # no graph capture) are done above or cannot apply: call the binding directly
+                results = model.run(names, feeds, None)
             except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as exc:
                 raise TeeError(f"ONNX Runtime refused the inputs: {_short(exc)}", code=E.INPUT_INVALID) from exc
             except Exception as exc:

@@ -33,6 +33,7 @@ from edb.tee.protocol import (
     Value,
     decode,
     encode,
+    encode_fields,
     error_message,
     negotiate,
 )
@@ -47,6 +48,7 @@ from edb.tee.transport import (
 )
 from edb_tee.access import may_open, roles_of
 from edb_tee.core import TeeCore
+from edb_tee.lane import InferLane
 from edb_tee.tas import REGISTRY, Call, TrustedApp
 
 log = logging.getLogger("edb_tee.server")
@@ -146,8 +148,8 @@ class TeeServer:
         conn.settimeout(HANDSHAKE_TIMEOUT_S)
         hello_fallback = Message(MsgType.REQUEST, Op.HELLO)
         try:
-            body, _ = recv_frame(conn, HELLO_LIMITS)
-            hello = decode(body, limits=HELLO_LIMITS)
+            hello_body, _ = recv_frame(conn, HELLO_LIMITS)
+            hello = decode(hello_body, limits=HELLO_LIMITS)
             version = negotiate(hello)
         except TeeError as exc:
             self._refuse(conn, hello_fallback, exc.code, exc.message)
@@ -166,12 +168,18 @@ class TeeServer:
         next_session = 1
         limits, core = self.limits, self.core
         requests = LayoutCache(limits)  # a client's repeated infer requests are not parsed again
+        lane: InferLane | None = None  # ... nor dispatched again (see edb_tee.lane)
         hint = 256  # size of the previous request: read that much with the next length prefix
         while True:
             fds: list[int] = []
             try:
                 body, fds = recv_request(conn, limits, hint, max_fds=limits.max_fds)
                 hint = len(body)
+                if lane is not None and not fds:
+                    fast = lane.serve(body)
+                    if fast is not None:
+                        send_frame(conn, fast)
+                        continue
                 msg = requests.decode(body, nfds=len(fds))
                 if msg.type != MsgType.REQUEST:
                     raise TeeError("expected a request", code=E.PROTOCOL)
@@ -183,10 +191,13 @@ class TeeServer:
             call = Call(core, peer, msg.params, fds)
             op = msg.op
             try:
-                if op == Op.INVOKE:  # the per-call path: keep it short
+                if op == Op.INVOKE:
                     ta = sessions.get(msg.session)
                     if ta is None:
                         raise TeeError("no such session", code=E.UNKNOWN_SESSION)
+                    learned = InferLane.learn(requests.last, msg, ta.name, core.models, peer.pid, limits)
+                    if learned is not None:  # the latest shape of infer request wins
+                        lane = learned
                     out = ta.invoke(msg.command, call)
                 elif op == Op.OPEN_SESSION:
                     sid = next_session
@@ -196,22 +207,20 @@ class TeeServer:
                 elif op == Op.CLOSE_SESSION:
                     if sessions.pop(msg.session, None) is None:
                         raise TeeError("no such session", code=E.UNKNOWN_SESSION)
+                    if lane is not None and lane.session == msg.session:
+                        lane = None
                     out = []
                 else:
                     raise TeeError("unexpected operation", code=E.PROTOCOL)
-                response = Message(MsgType.RESPONSE, op, msg.request_id, msg.session, msg.command, 0, out)
-            except EdbError as exc:
-                response = error_message(msg, exc.code, exc.message)
+                frame = encode_fields(MsgType.RESPONSE, op, msg.request_id, msg.session, msg.command, 0, out, limits)
+            except EdbError as exc:  # including outputs the encoder refuses (too large for a frame)
+                frame = encode(error_message(msg, exc.code, exc.message), limits)
             except Exception:
                 log.exception("internal error in %s command %d", op.name, msg.command)
-                response = error_message(msg, E.INTERNAL, "internal error in the TEE (see its log)")
+                frame = encode(error_message(msg, E.INTERNAL, "internal error in the TEE (see its log)"), limits)
             finally:
                 if fds:
                     call.close_untaken()
-            try:
-                frame = encode(response, limits)
-            except EdbError as exc:  # e.g. outputs larger than a frame
-                frame = encode(error_message(msg, exc.code, exc.message), limits)
             send_frame(conn, frame)
 
     def _open(self, msg: Message, roles: frozenset[str]) -> TrustedApp:

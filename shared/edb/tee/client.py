@@ -44,7 +44,7 @@ from edb.tee.commands import (
     RunnerCmd,
 )
 from edb.tee.context import DEFAULT_TIMEOUT_S, TeeContext, TeeSession
-from edb.tee.protocol import Blob, Fd, Param, Tensor, Text, Value
+from edb.tee.protocol import Blob, Fd, Param, Text, Value, value_param
 from edb.tee.types import (
     DeviceInfo,
     Evidence,
@@ -166,6 +166,21 @@ class TeeClient:
                 self._release(conn)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _invoke_tensors(self, ta: Any, cmd: int, lead: bytes, nlead: int,
+                        tensors: Sequence[tuple[str, Array]]) -> list[tuple[str, Array]]:
+        """:meth:`_invoke` for the ``infer`` shape of request (idempotent: retried once)."""
+        for attempt in range(2):
+            conn = self._acquire(check_stale=attempt > 0)
+            try:
+                session = conn.sessions.get(ta) or conn.session(ta)
+                return conn.ctx.invoke_tensors(session.id, cmd, lead, nlead, tensors)
+            except TeeError as exc:
+                if exc.code != E.CONNECTION_LOST or attempt == 1:
+                    raise
+            finally:
+                self._release(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -273,25 +288,17 @@ class TeeClient:
     def infer(self, handle: ModelHandle, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run the model. Arrays travel in the frame without copies in user space; results are
         arrays backed by the received frame."""
-        params: list[Param] = [Value(0)]
-        for k, v in inputs.items():
-            params.append(Tensor(k, v if type(v) is np.ndarray else np.asarray(v)))
+        tensors = [(k, v if type(v) is np.ndarray else np.asarray(v)) for k, v in inputs.items()]
         hid = self._remap.get(handle.handle, handle.handle) if self._remap else handle.handle
         for attempt in range(2):
-            params[0] = Value(hid)
             try:
-                out = self._invoke(RUNNER_TA, RunnerCmd.INFER, params)
+                out = self._invoke_tensors(RUNNER_TA, RunnerCmd.INFER, value_param(hid), 1, tensors)
                 break
             except TeeError as exc:
                 if exc.code != E.UNKNOWN_HANDLE or attempt == 1 or handle.handle not in self._known():
                     raise
                 hid = self._reload(handle)
-        result: dict[str, Array] = {}
-        for p in out:
-            if type(p) is not Tensor:
-                raise TeeError("infer returned a non-tensor", code=E.PROTOCOL)
-            result[p.name] = p.array
-        return result
+        return dict(out)
 
     def infer_many(self, handle: ModelHandle, batch: Sequence[Mapping[str, Array]]) -> list[dict[str, Array]]:
         """Batching: stack many requests along axis 0, run the model once, split the results by the

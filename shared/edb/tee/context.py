@@ -22,6 +22,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import numpy.typing as npt
 
 from edb.errors import TeeError
 from edb.tee.errors import CONNECTION_LOST, PROTOCOL, UNAVAILABLE, error_from_wire
@@ -34,10 +37,12 @@ from edb.tee.protocol import (
     MsgType,
     Op,
     Param,
+    Tensor,
     Text,
     Value,
     decode,
     encode_fields,
+    encode_tensors,
     hello_request,
 )
 from edb.tee.transport import PeerClosed, recv_reply, send_frame, socket_address
@@ -72,7 +77,8 @@ class TeeContext:
         self.limits = limits
         try:
             hello = hello_request()
-            reply = _checked(self._roundtrip(hello.op, 0, 0, hello.params, ()))
+            frame = encode_fields(MsgType.REQUEST, hello.op, 0, 0, 0, 0, hello.params, limits)
+            reply = _checked(self._exchange(frame, (), 0))
             if not reply.params or not isinstance(reply.params[0], Value):
                 raise TeeError("hello reply without a version", code=PROTOCOL)
             self.version = reply.params[0].a
@@ -107,17 +113,47 @@ class TeeContext:
         if self.closed:
             raise TeeError("TEE context is closed", code=CONNECTION_LOST)
         with self._lock:
-            reply = self._roundtrip(op, session, command, params, fds)
+            request_id = next(self._ids) & 0xFFFFFFFF
+            # refused by the encoder (bad dtype, too large): raised before anything is sent, the connection stays
+            frame = encode_fields(MsgType.REQUEST, op, request_id, session, command, 0, params, self.limits)
+            reply = self._exchange(frame, fds, request_id)
         if reply.status:
             _checked(reply)
         return reply
 
-    def _roundtrip(self, op: Op, session: int, command: int, params: Sequence[Param],
-                   fds: Sequence[int]) -> Message:
-        request_id = next(self._ids) & 0xFFFFFFFF
+    def invoke_tensors(self, session: int, command: int, lead: bytes, nlead: int,
+                       tensors: Sequence[tuple[str, npt.NDArray[Any]]]) -> list[tuple[str, npt.NDArray[Any]]]:
+        """INVOKE with ``nlead`` pre-encoded leading parameters then tensors, answered by tensors
+        (the ``infer`` path): no parameter objects are built to be encoded, and a reply whose
+        layout repeats an earlier one is read without building a message."""
+        if self.closed:
+            raise TeeError("TEE context is closed", code=CONNECTION_LOST)
+        with self._lock:
+            request_id = next(self._ids) & 0xFFFFFFFF
+            frame = encode_tensors(MsgType.REQUEST, Op.INVOKE, request_id, session, command, lead, nlead, tensors,
+                                   self.limits)
+            body = self._send_receive(frame, ())
+            replies = self._replies
+            layout = replies.lookup(body) if replies is not None else None
+            if (layout is not None and layout.only_tensors and layout.mtype == MsgType.RESPONSE
+                    and layout.status == 0 and int.from_bytes(body[4:8], "little") == request_id):
+                return layout.arrays(body)
+            reply = self._decode_reply(body, request_id)
+        if reply.status:
+            _checked(reply)
+        out: list[tuple[str, npt.NDArray[Any]]] = []
+        for p in reply.params:
+            if type(p) is not Tensor:
+                raise TeeError("expected tensors in the TEE's answer", code=PROTOCOL)
+            out.append((p.name, p.array))
+        return out
+
+    def _exchange(self, frame: list[bytes | memoryview], fds: Sequence[int], request_id: int) -> Message:
+        """Send one encoded request, read and check its reply (caller holds the lock)."""
+        return self._decode_reply(self._send_receive(frame, fds), request_id)
+
+    def _send_receive(self, frame: list[bytes | memoryview], fds: Sequence[int]) -> memoryview:
         sock = self._sock
-        # refused by the encoder (bad dtype, too large): raised before anything is sent, the connection stays
-        frame = encode_fields(MsgType.REQUEST, op, request_id, session, command, 0, params, self.limits)
         try:
             send_frame(sock, frame, fds)
             body = recv_reply(sock, self.limits, self._reply_hint)
@@ -131,6 +167,9 @@ class TeeContext:
             self._close_socket()
             raise TeeError(f"connection to the TEE failed: {exc.strerror or exc}", code=CONNECTION_LOST) from exc
         self._reply_hint = len(body)
+        return body
+
+    def _decode_reply(self, body: memoryview, request_id: int) -> Message:
         replies = self._replies
         try:
             reply = replies.decode(body) if replies is not None else decode(body, limits=self.limits)

@@ -38,7 +38,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -138,30 +138,31 @@ def dtype_name(code: int) -> str:
     return dt.name if dt is not None else "unknown"
 
 
-@dataclass(frozen=True)
-class Value:
+# Parameters are immutable named tuples rather than frozen dataclasses: several are built per call
+# on each side and a frozen dataclass costs about twice as much to construct. Immutability also
+# lets a LayoutCache hand the same Value/Text objects to every message it rebuilds.
+
+
+class Value(NamedTuple):
     a: int
     b: int = 0
 
 
-@dataclass(frozen=True)
-class Blob:
+class Blob(NamedTuple):
     data: bytes | bytearray | memoryview
 
     def __repr__(self) -> str:  # never print contents: they may be a key or a token
         return f"Blob({len(self.data)} bytes)"
 
 
-@dataclass(frozen=True)
-class Text:
+class Text(NamedTuple):
     text: str
 
     def __repr__(self) -> str:
         return f"Text({len(self.text)} chars)"
 
 
-@dataclass(frozen=True)
-class Tensor:
+class Tensor(NamedTuple):
     name: str
     array: npt.NDArray[Any]
 
@@ -170,7 +171,7 @@ class Tensor:
 
 
 @dataclass(frozen=True)
-class Fd:
+class Fd:  # rare (package files at begin_install); a dataclass, as `index` would shadow tuple.index
     index: int
 
 
@@ -328,7 +329,7 @@ def encode_fields(mtype: int, op: int, request_id: int, session: int, command: i
             else:
                 head += bytes(data)
         elif cls is Fd:
-            head += _FD_PARAM.pack(ParamKind.FD, p.index)  # type: ignore[union-attr]
+            head += _FD_PARAM.pack(ParamKind.FD, p.index)
         else:
             raise TeeError(f"unknown parameter type {cls.__name__}", code=BAD_PARAMETERS)
     if head:
@@ -485,7 +486,56 @@ def _decode_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tupl
 def _array(view: memoryview, dims: tuple[int, ...], dt: np.dtype[Any], offset: int) -> npt.NDArray[Any]:
     if 0 in dims:
         return np.empty(dims, dtype=dt)
-    return np.ndarray(dims, dtype=dt, buffer=view, offset=offset)
+    return np.ndarray(dims, dt, view, offset)  # positional: numpy parses keywords slowly
+
+
+class Layout:
+    """How to rebuild a message from a body whose metadata bytes equal those of a body that was
+    parsed and accepted in full (see :class:`LayoutCache`)."""
+
+    __slots__ = ("checks", "command", "length", "mtype", "op", "params", "session", "status", "tensors")
+
+    def __init__(self, view: memoryview, header: tuple[Any, ...], layout: list[Any]) -> None:
+        self.length = len(view)
+        self.mtype, self.op = _MSG_TYPES[header[0]], _OPS[header[1]]
+        self.session, self.command, self.status = header[4], header[5], header[6]
+        self.params = layout  # immutable parameters as they are; tensors as (offset, name, dtype, dims)
+        self.tensors = [p for p in layout if type(p) is tuple]
+        # every byte but the request id (4..8) and the tensor data must match
+        checks: list[tuple[int, int, bytes]] = [(0, 4, view[0:4].tobytes())]
+        pos = 8
+        for offset, _name, dt, dims in self.tensors:
+            checks.append((pos, offset, view[pos:offset].tobytes()))
+            count = 1
+            for d in dims:
+                count *= d
+            pos = offset + count * dt.itemsize
+        if pos < self.length:
+            checks.append((pos, self.length, view[pos:].tobytes()))
+        self.checks = [c for c in checks if c[0] < c[1]]
+
+    def matches(self, view: memoryview) -> bool:
+        if len(view) != self.length:
+            return False
+        for a, b, expected in self.checks:  # noqa: SIM110 - a plain loop: no generator on the per-call path
+            if view[a:b].tobytes() != expected:
+                return False
+        return True
+
+    def arrays(self, view: memoryview) -> list[tuple[str, npt.NDArray[Any]]]:
+        """The tensors of a matching body, as (name, view of its data) in order."""
+        return [(name, _array(view, dims, dt, offset)) for offset, name, dt, dims in self.tensors]
+
+    @property
+    def only_tensors(self) -> bool:
+        return len(self.tensors) == len(self.params)
+
+    def message(self, view: memoryview) -> Message:
+        params: list[Param] = [
+            Tensor(p[1], _array(view, p[3], p[2], p[0])) if type(p) is tuple else p for p in self.params
+        ]
+        (request_id,) = _LEN32.unpack_from(view, 4)
+        return Message(self.mtype, self.op, request_id, self.session, self.command, self.status, params)
 
 
 class LayoutCache:
@@ -500,53 +550,78 @@ class LayoutCache:
     per connection (its ``limits`` are fixed); messages with blobs or descriptors are not cached.
     """
 
-    __slots__ = ("_entries", "limits")
+    __slots__ = ("_entries", "last", "limits")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
-        # (body length, header without the request id) -> (metadata ranges, parameters to rebuild)
-        self._entries: dict[tuple[int, ...], tuple[list[tuple[int, int, bytes]], list[Any]]] = {}
+        # by body length only: a hit is decided by Layout.matches, so a collision only costs a parse
+        self._entries: dict[int, Layout] = {}
+        self.last: Layout | None = None  # the layout of the last body decoded, if it has one
+
+    def lookup(self, view: memoryview) -> Layout | None:
+        """The layout ``view`` (a body of "B" format) matches, if any: then ``layout.arrays(view)``
+        are its tensors and the request id is at bytes 4..8."""
+        entry = self._entries.get(len(view))
+        if entry is not None and entry.matches(view):
+            return entry
+        return None
 
     def decode(self, body: bytearray | bytes | memoryview, *, nfds: int = 0) -> Message:
         view = memoryview(body).cast("B")
         end = len(view)
-        limits = self.limits
-        check_frame_length(end, limits)
+        check_frame_length(end, self.limits)
+        if not nfds:
+            entry = self._entries.get(end)
+            if entry is not None and entry.matches(view):
+                self.last = entry
+                return entry.message(view)
         header = _HEADER.unpack_from(view)
-        key = (end, header[0], header[1], header[2], header[4], header[5], header[6])
-        entry = self._entries.get(key) if not nfds else None
-        if entry is not None:
-            ranges, rebuild = entry
-            for a, b, expected in ranges:
-                if view[a:b] != expected:
-                    break
-            else:
-                params: list[Param] = [
-                    Tensor(p[1], _array(view, p[3], p[2], p[0])) if type(p) is tuple else p for p in rebuild
-                ]
-                return Message(_MSG_TYPES[header[0]], _OPS[header[1]], header[3], header[4], header[5], header[6],
-                               params)
         layout: list[Any] = []
-        msg = _decode(view, header, nfds, limits, layout)
+        msg = _decode(view, header, nfds, self.limits, layout)
+        self.last = None
         if len(layout) == len(msg.params) and not nfds:
-            self._remember(key, view, layout)
+            if len(self._entries) >= 16:  # a handful of live shapes per connection; forget the rest
+                self._entries.clear()
+            entry = self.last = Layout(view, header, layout)
+            self._entries[end] = entry
         return msg
 
-    def _remember(self, key: tuple[int, ...], view: memoryview, layout: list[Any]) -> None:
-        ranges: list[tuple[int, int, bytes]] = []
-        pos = _HEADER.size  # compare everything from the end of the header ...
-        for p in layout:
-            if type(p) is tuple:  # ... up to each tensor's data, then skip the data
-                offset, _name, dt, dims = p
-                ranges.append((pos, offset, bytes(view[pos:offset])))
-                count = 1
-                for d in dims:
-                    count *= d
-                pos = offset + count * dt.itemsize
-        ranges.append((pos, len(view), bytes(view[pos:])))
-        if len(self._entries) >= 16:  # a handful of live shapes per connection; forget the rest
-            self._entries.clear()
-        self._entries[key] = (ranges, layout)
+
+def encode_tensors(mtype: int, op: int, request_id: int, session: int, command: int, lead: bytes, nlead: int,
+                   tensors: Sequence[tuple[str, npt.NDArray[Any]]],
+                   limits: Limits = DEFAULT_LIMITS) -> list[bytes | memoryview]:
+    """:func:`encode_fields` for ``nlead`` already encoded leading parameters (``lead``, for example
+    a Value) followed by tensors: the per-call path of ``infer`` on both sides."""
+    nparams = nlead + len(tensors)
+    if nparams > limits.max_params:
+        raise TeeError(f"more than {limits.max_params} parameters", code=BAD_PARAMETERS)
+    head = _HEADER.pack(mtype, op, nparams, request_id, session, command, 0) + lead
+    parts: list[bytes | memoryview] = [b""]
+    size = 0
+    for name, arr in tensors:
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        head += _tensor_meta((size + len(head)) % TENSOR_ALIGN, name, arr, limits)
+        nbytes = arr.nbytes
+        if nbytes:
+            parts.append(head)
+            parts.append(arr.data.cast("B"))
+            size += len(head) + nbytes
+            head = b""
+    if head:
+        parts.append(head)
+        size += len(head)
+    if size > limits.max_frame:
+        raise TeeError(f"message of {size} bytes exceeds the frame limit {limits.max_frame}", code=FRAME_TOO_LARGE)
+    parts[0] = FRAME_LENGTH.pack(size)
+    return parts
+
+
+def value_param(a: int, b: int = 0) -> bytes:
+    """A Value parameter's bytes (for :func:`encode_tensors`' ``lead``)."""
+    if not (0 <= a <= _U64_MAX and 0 <= b <= _U64_MAX):
+        raise TeeError("value parameter out of range", code=BAD_PARAMETERS)
+    return _VALUE_PARAM.pack(ParamKind.VALUE, a, b)
 
 
 # ---------------------------------------------------------------------------------------- helpers

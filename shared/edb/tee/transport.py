@@ -136,6 +136,9 @@ _BODY_AT = 16
 MAX_READ_HINT = 64 * 1024
 
 
+_CMSG_SPACE: dict[int, int] = {}
+
+
 def _read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int) -> tuple[memoryview, list[int]]:
     """Read one frame whose sender waits for our answer before sending another.
 
@@ -144,35 +147,42 @@ def _read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int) ->
     nothing more until answered, bytes beyond the frame are a protocol error, and descriptors that
     arrive belong to this frame. The length is checked against ``limits.max_frame`` before the body
     is allocated; descriptors received with a refused frame are closed here."""
-    hint = min(max(hint, 0), MAX_READ_HINT)
+    if hint > MAX_READ_HINT:
+        hint = MAX_READ_HINT
     buf = bytearray(_BODY_AT + hint)
     view = memoryview(buf)
     fds: list[int] = []
     try:
         if max_fds:
-            got, ancdata, flags, _ = sock.recvmsg_into([view[_PREFIX_AT:]], socket.CMSG_SPACE(max_fds * 4))
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    usable = len(data) - len(data) % 4
-                    fds.extend(array.array("i", data[:usable]))
+            space = _CMSG_SPACE.get(max_fds)
+            if space is None:
+                space = _CMSG_SPACE[max_fds] = socket.CMSG_SPACE(max_fds * 4)
+            got, ancdata, flags, _ = sock.recvmsg_into([view[_PREFIX_AT:]], space)
+            if ancdata:
+                for level, kind, data in ancdata:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        usable = len(data) - len(data) % 4
+                        fds.extend(array.array("i", data[:usable]))
             if flags & _MSG_CTRUNC:
                 raise TeeError("too many file descriptors with one frame", code=PROTOCOL)
         else:
             got = sock.recv_into(view[_PREFIX_AT:])
-        if got == 0:
-            raise PeerClosed()
         if got < FRAME_LENGTH.size:
+            if got == 0:
+                raise PeerClosed()
             _recv_exact(sock, view[_PREFIX_AT + got:_BODY_AT])
             got = FRAME_LENGTH.size
         (length,) = FRAME_LENGTH.unpack_from(buf, _PREFIX_AT)
         check_frame_length(length, limits)
-        if got > FRAME_LENGTH.size + length:
-            raise TeeError("bytes beyond the frame: one request at a time per connection", code=PROTOCOL)
-        if length > hint:  # grow: keep what arrived, read the rest in place
-            bigger = bytearray(_BODY_AT + length)
-            bigger[:_PREFIX_AT + got] = buf[:_PREFIX_AT + got]
-            view = memoryview(bigger)
-        _recv_exact(sock, view[_PREFIX_AT + got:_BODY_AT + length])
+        missing = FRAME_LENGTH.size + length - got
+        if missing:
+            if missing < 0:
+                raise TeeError("bytes beyond the frame: one request at a time per connection", code=PROTOCOL)
+            if length > hint:  # grow: keep what arrived, read the rest in place
+                bigger = bytearray(_BODY_AT + length)
+                bigger[:_PREFIX_AT + got] = buf[:_PREFIX_AT + got]
+                view = memoryview(bigger)
+            _recv_exact(sock, view[_PREFIX_AT + got:_BODY_AT + length])
         return view[_BODY_AT:_BODY_AT + length], fds
     except BaseException:
         for fd in fds:

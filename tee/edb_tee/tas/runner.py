@@ -31,7 +31,7 @@ def infer(c: Call) -> list[Param]:
         if type(p) is not Tensor or p.name in feeds:
             raise TeeError("infer inputs must be uniquely named tensors", code=BAD_PARAMETERS)
         feeds[p.name] = p.array
-    out = c.core.models.infer(params[0].a, c.peer.pid, feeds)  # type: ignore[union-attr]
+    out = c.core.models.infer(params[0].a, c.peer.pid, feeds)
     return [Tensor(name, arr) for name, arr in out.items()]
 
 
