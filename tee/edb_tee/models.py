@@ -106,17 +106,31 @@ def choose_prepack(requested: bool | None, model_bytes: int | None, limit: int) 
     return model_bytes is not None and model_bytes <= limit
 
 
-def build_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
-                  intra_op_threads: int = 0) -> tuple[ort.InferenceSession, list[Any]]:
-    """Create the session on the layout in ``buffer`` (parsed and bounds-checked first)."""
-    view = buffer.view()
-    parsed = onnx_layout.parse(view)
+def session_options(*, prepack: bool, intra_op_threads: int = 0) -> ort.SessionOptions:
+    """The ONNX Runtime options of every session the TEE creates (bench/inference_overhead.py
+    builds its in-process baseline with the same ones, so it measures the boundary only).
+
+    Threads, spinning and the arena stay ONNX Runtime's defaults: one intra-op thread per physical
+    core (the caller's thread plus workers pinned to the other cores), workers spinning between
+    parallel sections. Measured on 2 cores: one thread makes the small model 1.5x slower; no
+    spinning (allow_spinning=0, or force_spinning_stop=1) adds a worker wake-up to every operator
+    (+25-40 us per call on the small model). ``prepack=False`` keeps ONNX Runtime from copying
+    MatMul/Conv weights into its own packed buffers (in-place loading)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if intra_op_threads:
         so.intra_op_num_threads = intra_op_threads
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
+    return so
+
+
+def build_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
+                  intra_op_threads: int = 0) -> tuple[ort.InferenceSession, list[Any]]:
+    """Create the session on the layout in ``buffer`` (parsed and bounds-checked first)."""
+    view = buffer.view()
+    parsed = onnx_layout.parse(view)
+    so = session_options(prepack=prepack, intra_op_threads=intra_op_threads)
     so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(empty_dir))
     ortvalues: list[Any] = []
     for t in parsed.tensors:

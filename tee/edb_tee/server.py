@@ -45,6 +45,7 @@ from edb.tee.transport import (
     recv_request,
     send_frame,
     socket_address,
+    widen_send_buffer,
 )
 from edb_tee.access import may_open, roles_of
 from edb_tee.core import TeeCore
@@ -117,6 +118,7 @@ class TeeServer:
 
     def _serve_connection(self, conn: socket.socket) -> None:
         peer = peer_credentials(conn)
+        widen_send_buffer(conn)
         with self._lock:
             busy = len(self._conns) >= self.max_connections
             self._conns.add(conn)

@@ -45,7 +45,7 @@ from edb.tee.protocol import (
     encode_tensors,
     hello_request,
 )
-from edb.tee.transport import PeerClosed, recv_reply, send_frame, socket_address
+from edb.tee.transport import PeerClosed, recv_reply, send_frame, socket_address, widen_send_buffer
 
 DEFAULT_TIMEOUT_S = 600.0  # installs of large models take a while; infer calls return in ms
 
@@ -70,6 +70,7 @@ class TeeContext:
             self._sock.settimeout(connect_timeout)
             with socket_address(self.socket_path) as address:
                 self._sock.connect(address)
+            widen_send_buffer(self._sock)
         except OSError as exc:
             self._sock.close()
             raise TeeError(f"cannot reach the TEE at {self.socket_path}: {exc.strerror or exc}",
