@@ -213,6 +213,7 @@ def recv_reply(sock: socket.socket, limits: Limits, hint: int) -> memoryview:
 
 def recv_request(sock: socket.socket, limits: Limits, hint: int, *, max_fds: int = 0) -> tuple[memoryview, list[int]]:
     """The service's read of a client's next request and the descriptors that came with it. A
-    client sends one request at a time: a second frame sent before the first is answered is a
-    protocol error (the frames could not be told apart from the descriptors' point of view)."""
+    client sends one request at a time: bytes of a further frame that arrive with this one's read
+    make it a protocol error (descriptors are never attributed to the wrong frame: a read that
+    reaches into the next frame is refused, its descriptors closed)."""
     return _read_frame(sock, limits, hint, max_fds)
