@@ -120,7 +120,9 @@ def train_demo(ctx: click.Context, variant: str, out: Path | None, as_json: bool
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", "name", required=True, help="Package name (the twin key, packages.<name>).")
 @click.option("--version", "version", required=True)
-@click.option("--security-version", type=click.IntRange(min=0), required=True)
+@click.option("--security-version", type=click.IntRange(min=0), default=None, help="Required for cpk-v2.")
+@click.option("--format", "package_format", type=click.Choice(["cpk-v2", "cpk-v1"]), default="cpk-v2",
+              show_default=True, help="cpk-v1: LEGACY package for the original key flow (weaker; see docs).")
 @click.option("--device", "devices", multiple=True, help="Target device id (repeat; default $EDB_DEVICE_ID).")
 @click.option("--device-class", "device_classes", multiple=True, help="Target device class (repeat).")
 @click.option("--layout", type=click.Choice(["aligned", "plain"]), default="aligned", show_default=True)
@@ -130,9 +132,9 @@ def train_demo(ctx: click.Context, variant: str, out: Path | None, as_json: bool
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @_handles_errors
-def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security_version: int,
-              devices: tuple[str, ...], device_classes: tuple[str, ...], layout: str, expires_days: float,
-              out: Path | None, no_policy: bool, as_json: bool) -> None:
+def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security_version: int | None,
+              package_format: str, devices: tuple[str, ...], device_classes: tuple[str, ...], layout: str,
+              expires_days: float, out: Path | None, no_policy: bool, as_json: bool) -> None:
     """Encrypt and sign MODEL into a confidential package (KEK and signing key from Key Vault)."""
     from edb.schemas.packages import check_package_name
     from edb_cloud.packaging import build_package
@@ -141,6 +143,11 @@ def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security
 
     config = _config(ctx)
     check_package_name(name)
+    if package_format == "cpk-v1":
+        _build_v1(config, model, name, version, security_version, out, as_json)
+        return
+    if security_version is None:
+        raise ConfigError("--security-version is required for cpk-v2 packages", code="CONFIG_MISSING")
     targets = list(devices) or ([config.device_id] if config.device_id and not device_classes else [])
     if not targets and not device_classes:
         raise ConfigError("name a target with --device or --device-class", code="CONFIG_MISSING")
@@ -164,6 +171,23 @@ def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security
     else:
         click.echo(f"built {built.path} ({built.file_size} bytes): {built.package_id} {built.version}, security "
                    f"version {built.security_version}, DEK wrapped under {built.kid}; release policy {policy}")
+
+
+def _build_v1(config: CloudConfig, model: Path, name: str, version: str, security_version: int | None,
+              out: Path | None, as_json: bool) -> None:
+    """LEGACY: the original tools' v1 package; no security version, target, expiry or release policy."""
+    from edb_cloud.legacy_v1 import build_package_v1
+
+    if security_version is not None:
+        raise ConfigError("v1 packages have no security version (no rollback protection)", code="CONFIG_INVALID")
+    path = out or config.cloud_dir / "packages" / f"{name}-{version}.cpk"
+    built = build_package_v1(config, model, path, package_id=name, version=version)
+    if as_json:
+        _emit({"ok": True, "path": str(built.path), "packageId": built.package_id, "version": built.version,
+               "format": "cpk-v1", "bytes": built.file_size, "keyName": built.key_name})
+    else:
+        click.echo(f"built LEGACY v1 {built.path} ({built.file_size} bytes): {built.package_id} {built.version}, "
+                   f"class key {built.key_name} in Key Vault (no attestation, no rollback protection)")
 
 
 @cloud.command(name="publish")

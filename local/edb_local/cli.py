@@ -50,10 +50,12 @@ def local() -> None:
 @_STATE_DIR
 @click.option("--device-id", default=None, help=f"the simulated device (first run: {DEFAULT_DEVICE_ID})")
 @click.option("--timeout", type=float, default=90.0, show_default=True, help="seconds to wait for health")
+@click.option("--legacy-v1", is_flag=True, help="first run only: enable the LEGACY v1 key flow (weaker) on the "
+              "device's TEE and the key release service's WrapKey/ProvisionKey routes")
 @_JSON
-def up(state_dir: Path, device_id: str | None, timeout: float, as_json: bool) -> None:
+def up(state_dir: Path, device_id: str | None, timeout: float, legacy_v1: bool, as_json: bool) -> None:
     """Generate credentials (first run), start every component, wait until healthy, write local.env."""
-    stack = Stack(state_dir, device_id)
+    stack = Stack(state_dir, device_id, legacy_v1=legacy_v1)
     console = Console(stderr=True)
 
     def progress(status: ComponentStatus) -> None:

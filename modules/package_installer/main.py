@@ -23,7 +23,7 @@ from package_installer.settings import InstallerSettings
 log = logging.getLogger("package_installer")
 
 
-async def run(settings: InstallerSettings) -> None:
+async def run(settings: InstallerSettings, legacy: Any = None) -> None:
     from azure.iot.device import MethodResponse
     from azure.iot.device.aio import IoTHubModuleClient
 
@@ -39,7 +39,7 @@ async def run(settings: InstallerSettings) -> None:
                                 ca_file=settings.ca_file, connect_timeout_s=settings.connect_timeout_s,
                                 read_timeout_s=settings.read_timeout_s)
     client = IoTHubModuleClient.create_from_edge_environment()
-    service = InstallerService(client, InstallDeps(tee, key_release, download), settings,
+    service = InstallerService(client, InstallDeps(tee, key_release, download, legacy), settings,
                                tee_list=tee.list_installed, tee_uninstall=tee.uninstall)
 
     async def on_method(request: Any) -> None:
@@ -66,6 +66,19 @@ async def run(settings: InstallerSettings) -> None:
         tee.close()
 
 
+def _legacy_wrapper(settings: InstallerSettings) -> Any:
+    """The WrapKey client when the weaker v1 key flow is explicitly enabled, else None."""
+    if settings.legacy is None:
+        return None
+    from edb.keyrelease.legacy import LegacyWrapClient
+    from package_installer.legacy import read_function_key
+
+    log.warning("LEGACY v1 key flow ENABLED (weaker: no attestation for v1 packages) via %s",
+                settings.legacy.wrap_url)
+    return LegacyWrapClient(settings.legacy.wrap_url, function_key=read_function_key(settings.legacy.function_key_file),
+                            ca_bundle=str(settings.ca_file) if settings.ca_file else None)
+
+
 Handler = Callable[..., Coroutine[Any, Any, None]]
 
 
@@ -84,10 +97,11 @@ def main() -> int:
     logging.getLogger("azure").setLevel(logging.WARNING)
     try:
         settings = InstallerSettings.from_env()
+        legacy = _legacy_wrapper(settings)
     except EdbError as exc:
         log.error("configuration: %s", exc)
         return 2
-    asyncio.run(run(settings))
+    asyncio.run(run(settings, legacy))
     return 0
 
 

@@ -15,6 +15,7 @@ from edb.errors import InstallError
 from edb.schemas import DesiredPackage, PackageState
 from package_installer.downloader import DownloadSettings, fetch
 from package_installer.errors import is_retryable
+from package_installer.legacy import LegacyWrapper, release_and_install_legacy
 from package_installer.sources import resolve_source
 
 log = logging.getLogger("package_installer.pipeline")
@@ -27,6 +28,8 @@ class TeeLike(Protocol):
     def get_install_evidence(self, ticket: Any, nonce: str) -> Any: ...
     def complete_install(self, ticket: Any, jwe: str) -> Any: ...
     def abort_install(self, ticket: Any) -> None: ...
+    def legacy_public_key(self) -> bytes: ...
+    def complete_install_legacy(self, ticket: Any, wrapped_key_b64: str) -> Any: ...
 
 
 class KeyReleaseLike(Protocol):
@@ -38,6 +41,7 @@ class InstallDeps:
     tee: TeeLike
     key_release: KeyReleaseLike
     download: DownloadSettings
+    legacy: LegacyWrapper | None = None  # the v1 key flow (WrapKey); None: v1 packages are refused
 
 
 async def run_install(package: DesiredPackage, deps: InstallDeps, on_state: OnState) -> Any:
@@ -57,9 +61,11 @@ async def run_install(package: DesiredPackage, deps: InstallDeps, on_state: OnSt
         if ticket.version != package.version:
             raise InstallError(f"the package is version {ticket.version[:40]}, the twin asked for {package.version}",
                                code="INSTALL_VERSION_MISMATCH")
-        if ticket.signed_manifest is None:
-            raise InstallError("legacy v1 packages are not installed by this installer (no attestation)",
-                               code="INSTALL_LEGACY_UNSUPPORTED")
+        if ticket.signed_manifest is None:  # a v1 package: only with the legacy flow (weaker, explicit)
+            summary = await release_and_install_legacy(ticket, fetched.fd, deps.tee, deps.legacy, on_state)
+            ticket = None
+            failed = False
+            return summary
         await on_state(PackageState.RELEASING, ticket.security_version)
         jwe = await asyncio.to_thread(
             deps.key_release.release, (ticket.package_id, ticket.version), ticket.signed_manifest,

@@ -31,6 +31,7 @@ class Installed:
     version: str
     security_version: int
     sha256: str | None = None
+    key_flow: str | None = None  # KEY_FLOW_LEGACY for a v1 package installed with the legacy flow
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def plan(
         if _installed_matches(have, want):
             assert have is not None
             report(name, ReportedPackage(PackageState.INSTALLED, have.version, have.security_version, want.sha256,
-                                         installed_version=have.version))
+                                         installed_version=have.version, key_flow=have.key_flow))
             continue
 
         if held.get(name) == want.identity:

@@ -27,7 +27,7 @@ from edb.schemas import (
     merge_twin_patch,
     parse_desired_packages,
 )
-from edb.schemas.packages import NAME_PATTERN, DesiredPackage, InvalidDesired
+from edb.schemas.packages import NAME_PATTERN, DesiredPackage, InvalidDesired, key_flow_for_format
 from package_installer import endpoints
 from package_installer.backoff import Backoff
 from package_installer.errors import is_retryable
@@ -163,7 +163,8 @@ class InstallerService:
         except EdbError as exc:
             log.warning("TEE list_installed failed: %s", exc.code)
             return False
-        self.installed = {p.name: Installed(p.name, p.version, p.security_version, p.sha256) for p in packages}
+        self.installed = {p.name: Installed(p.name, p.version, p.security_version, p.sha256,
+                                            key_flow_for_format(p.format)) for p in packages}
         return True
 
     async def step(self) -> float:
@@ -226,16 +227,18 @@ class InstallerService:
             self._failed(package, exc, started)
         else:
             installed = summary.package
-            self.installed[name] = Installed(name, installed.version, installed.security_version, installed.sha256)
+            key_flow = key_flow_for_format(installed.format)  # legacy v1 installs are marked as such
+            self.installed[name] = Installed(name, installed.version, installed.security_version, installed.sha256,
+                                             key_flow)
             self.failures.pop(name, None)
             duration_ms = (self.clock() - started) * 1000
             self._report(name, ReportedPackage(PackageState.INSTALLED, installed.version, installed.security_version,
-                                               package.sha256, installed_version=installed.version))
+                                               package.sha256, installed_version=installed.version, key_flow=key_flow))
             self._emit(ModuleEvent(EventKind.PACKAGE_INSTALLED, SOURCE, name, installed.version,
                                    installed.security_version, PackageState.INSTALLED.value,
-                                   duration_ms=round(duration_ms, 1)), notify_runner=True)
-            log.info("installed %s %s (security version %d) in %.0f ms", name, installed.version,
-                     installed.security_version, duration_ms)
+                                   duration_ms=round(duration_ms, 1), key_flow=key_flow), notify_runner=True)
+            log.info("installed %s %s (security version %d%s) in %.0f ms", name, installed.version,
+                     installed.security_version, ", LEGACY key flow" if key_flow else "", duration_ms)
         finally:
             job = self.jobs.get(name)
             if job is not None and job.task is asyncio.current_task():
@@ -315,7 +318,8 @@ class InstallerService:
         now = self.clock()
         return {
             "packages": {n: r.to_twin() for n, r in sorted(self.reported.items())},
-            "installed": {n: {"version": i.version, "securityVersion": i.security_version}
+            "installed": {n: {"version": i.version, "securityVersion": i.security_version,
+                              **({"keyFlow": i.key_flow} if i.key_flow else {})}
                           for n, i in sorted(self.installed.items())},
             "inFlight": {n: {"version": j.package.version, "state": j.state.value,
                              "seconds": round(now - j.started, 1)} for n, j in sorted(self.jobs.items())},

@@ -12,6 +12,14 @@ from edb.schemas.packages import DEFAULT_MAX_PACKAGE_SIZE
 
 
 @dataclass(frozen=True)
+class LegacySettings:
+    """LEGACY v1 key flow (weaker; see docs/modules.md). Present only when explicitly enabled."""
+
+    wrap_url: str  # the key release service's /api/WrapKey
+    function_key_file: Path | None = None  # a file (mounted volume), never an env value: env is in the twin
+
+
+@dataclass(frozen=True)
 class InstallerSettings:
     tee_socket: Path
     key_release_url: str
@@ -26,6 +34,7 @@ class InstallerSettings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
     key_release_attempts: int = 3  # per install attempt; the reconcile loop's backoff does the rest
+    legacy: LegacySettings | None = None  # None: v1 packages are refused (INSTALL_LEGACY_UNSUPPORTED)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> InstallerSettings:
@@ -46,9 +55,10 @@ class InstallerSettings:
 
         dirs = tuple(Path(p) for p in env.get("EDB_PACKAGE_FILE_DIRS", "").split(os.pathsep) if p)
         ca = env.get("EDB_CA_CERT")
+        key_release_url = required("EDB_KEY_RELEASE_URL")
         return cls(
             tee_socket=Path(required("EDB_TEE_SOCKET")),
-            key_release_url=required("EDB_KEY_RELEASE_URL"),
+            key_release_url=key_release_url,
             cache_dir=Path(env.get("EDB_PACKAGE_CACHE") or "/var/lib/edb/packages"),
             allowed_dirs=dirs,
             ca_file=Path(ca) if ca else None,
@@ -59,4 +69,20 @@ class InstallerSettings:
             backoff_cap_s=number("EDB_BACKOFF_CAP_S", 60.0),
             connect_timeout_s=number("EDB_DOWNLOAD_CONNECT_TIMEOUT_S", 10.0),
             read_timeout_s=number("EDB_DOWNLOAD_READ_TIMEOUT_S", 30.0),
+            legacy=legacy_from_env(env, key_release_url),
         )
+
+
+def legacy_from_env(env: Mapping[str, str], key_release_url: str) -> LegacySettings | None:
+    """``EDB_LEGACY_V1_ENABLED=1`` turns the legacy v1 key flow on; anything but a clear yes/no is refused."""
+    flag = env.get("EDB_LEGACY_V1_ENABLED", "").strip().lower()
+    if flag in ("", "0", "false", "no", "off"):
+        return None
+    if flag not in ("1", "true", "yes", "on"):
+        raise ConfigError("EDB_LEGACY_V1_ENABLED must be 1 or 0", code="CONFIG_INVALID")
+    url = env.get("EDB_LEGACY_WRAP_URL") or key_release_url.rstrip("/") + "/api/WrapKey"
+    if not url.startswith("https://") or "?" in url:
+        raise ConfigError("EDB_LEGACY_WRAP_URL must be an https URL without a query (the function key goes in "
+                          "EDB_LEGACY_WRAP_KEY_FILE)", code="CONFIG_INVALID")
+    key_file = env.get("EDB_LEGACY_WRAP_KEY_FILE")
+    return LegacySettings(wrap_url=url, function_key_file=Path(key_file) if key_file else None)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from edb.schemas import Alert, AlertType, EventKind, ModuleEvent
+from edb.schemas.packages import KEY_FLOW_LEGACY
+
+LEGACY_KEY_FLOW_CODE = "INSTALL_LEGACY_KEY_FLOW"
 
 #: Integrity failures: the bytes are not what the publisher signed.
 _TAMPER_CODES = frozenset(
@@ -53,3 +56,15 @@ def classify(event: ModuleEvent) -> Alert | None:
         return None
     return Alert(alert_type, event.error.code, event.error.message, event.package, event.version, event.source,
                  at=event.at)
+
+
+def legacy_install(event: ModuleEvent) -> tuple[Alert, str] | None:
+    """A warning (not an attack) for a package installed with the weaker legacy v1 key flow, and the
+    key under which it is raised only once (per package name: the first legacy install of it)."""
+    if event.event is not EventKind.PACKAGE_INSTALLED or event.key_flow != KEY_FLOW_LEGACY:
+        return None
+    alert = Alert(AlertType.LEGACY_KEY_FLOW, LEGACY_KEY_FLOW_CODE,
+                  "installed with the legacy v1 key flow: no attestation, no publisher pinning, no rollback "
+                  "protection; move this package to manifest v2", event.package, event.version, event.source,
+                  at=event.at, severity="warning")
+    return alert, f"legacy-key-flow:{event.package}"

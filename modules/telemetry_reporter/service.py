@@ -28,7 +28,7 @@ from edb.schemas import (
     merge_twin_patch,
 )
 from telemetry_reporter import endpoints
-from telemetry_reporter.alerts import classify
+from telemetry_reporter.alerts import classify, legacy_install
 from telemetry_reporter.store import OutboxItem, ReporterStore
 
 log = logging.getLogger("telemetry_reporter")
@@ -92,13 +92,18 @@ class ReporterService:
             return
         if kind == "event" and "malformed" not in body:
             try:
-                alert = classify(ModuleEvent.from_json(body))
+                event = ModuleEvent.from_json(body)
             except MessageError:
                 return
+            alert = classify(event)
             if alert is not None:
                 self.store.record_alert(alert, now)
                 log.warning("alert %s: %s for %s %s", alert.alert_type.value, alert.code, alert.package,
                             alert.version)
+                self._outbox_ready.set()
+            legacy = legacy_install(event)
+            if legacy is not None and self.store.record_alert_once(legacy[0], legacy[1], now) is not None:
+                log.warning("warning: %s %s installed with the legacy v1 key flow", event.package, event.version)
                 self._outbox_ready.set()
 
     # -- windows and sending ---------------------------------------------------------------------------

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS seen (message_id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 #: How long a message id is remembered to drop edgeHub redeliveries (at-least-once delivery).
 SEEN_TTL_S = 24 * 3600
+#: How many "raise once" alert keys are remembered (the oldest are forgotten first).
+MAX_ONCE_KEYS = 1000
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,22 @@ class ReporterStore:
 
     def record_alert(self, alert: Alert, now: float) -> int:
         with self._transaction():
-            self._set("alerts_in_window", int(self._get("alerts_in_window", 0)) + 1)
-            return self._enqueue(MessageType.ALERT, alert.to_json(), PRIORITY_ALERT, now,
-                                 alertType=alert.alert_type.value, severity=alert.severity)
+            return self._record_alert(alert, now)
+
+    def record_alert_once(self, alert: Alert, once_key: str, now: float) -> int | None:
+        """Record ``alert`` unless an alert was recorded under ``once_key`` before (remembered across
+        restarts, in the same transaction as the outbox entry). None if it was already raised."""
+        with self._transaction():
+            raised = list(self._get("alerted_once", []))
+            if once_key in raised:
+                return None
+            self._set("alerted_once", [*raised, once_key][-MAX_ONCE_KEYS:])
+            return self._record_alert(alert, now)
+
+    def _record_alert(self, alert: Alert, now: float) -> int:
+        self._set("alerts_in_window", int(self._get("alerts_in_window", 0)) + 1)
+        return self._enqueue(MessageType.ALERT, alert.to_json(), PRIORITY_ALERT, now,
+                             alertType=alert.alert_type.value, severity=alert.severity)
 
     # --- windows ---------------------------------------------------------------------------------
     def flush_window(self, now: float, extra_properties: dict[str, str] | None = None) -> int:

@@ -42,3 +42,23 @@ def test_deploy_dry_run_writes_the_expanded_manifest(tmp_path: Path) -> None:
                             env={"EDB_KEY_RELEASE_URL": None})
     assert missing.exit_code == 2
     assert json.loads(missing.output)["error"]["code"] == "CONFIG_UNDEFINED_VARIABLE"
+
+
+def test_build_cpk_v1_refuses_what_v1_cannot_express(tmp_path: Path) -> None:
+    """LEGACY v1 packages have no security version and numeric MAJOR.MINOR.REVISION versions; their class
+    key lives in Key Vault. Each refusal comes before any key is created or any file is written."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    runner = CliRunner()
+    base = ["--state-dir", str(tmp_path), "build", str(model), "--name", "digits", "--format", "cpk-v1", "--json"]
+    env = {"EDB_STATE_DIR": "", "EDB_KEYVAULT_URL": ""}
+    for extra, code in ((["--version", "1.0.0", "--security-version", "3"], "CONFIG_INVALID"),
+                        (["--version", "1.0.0-beta"], "CONFIG_INVALID"),
+                        (["--version", "1.0.0"], "CONFIG_MISSING")):  # no Key Vault: no class key
+        result = runner.invoke(cloud, [*base, *extra], env=env)
+        assert result.exit_code != 0 and json.loads(result.output)["error"]["code"] == code, result.output
+    assert not (tmp_path / "cloud" / "packages").exists()
+    # a v2 build still needs its security version
+    result = runner.invoke(cloud, ["--state-dir", str(tmp_path), "build", str(model), "--name", "digits",
+                                   "--version", "1.0.0", "--json"], env=env)
+    assert json.loads(result.output)["error"]["code"] == "CONFIG_MISSING"

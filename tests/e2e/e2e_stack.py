@@ -63,11 +63,11 @@ class E2EStack:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, model: Path, versions: tuple[tuple[str, int], ...], *,
-              installer_env: dict[str, str] | None = None) -> None:
+              installer_env: dict[str, str] | None = None, legacy_v1: bool = False) -> None:
         from edb.pki.devpki import init_publisher_pki
 
         init_publisher_pki(self.state_dir / "pki")  # before provisioning, so the device pins it
-        self.up()
+        self.up(legacy_v1=legacy_v1)
         environ = {k: v for k, v in os.environ.items() if not k.startswith("EDB_")}
         self.config = CloudConfig.load(self.state_dir, environ=environ)
         self.hub = HubService(self.config.iothub_connection_string, self.config.ca_cert)
@@ -82,8 +82,9 @@ class E2EStack:
             self.build_and_publish(model, version, svn)
         self.deploy(installer_env=installer_env)
 
-    def up(self) -> None:
-        out = edb("local", "up", "--state-dir", str(self.state_dir), "--json", timeout=240)
+    def up(self, *, legacy_v1: bool = False) -> None:
+        flags = ("--legacy-v1",) if legacy_v1 else ()
+        out = edb("local", "up", "--state-dir", str(self.state_dir), "--json", *flags, timeout=240)
         assert out.returncode == 0, f"edb local up failed: {out.stdout[-2000:]} {out.stderr[-2000:]}"
 
     def down(self) -> None:

@@ -161,6 +161,17 @@ def test_state_dir_of_another_device_is_refused(tmp_path: Path) -> None:
     assert "ca" not in os.listdir(state)  # no credentials were generated for the wrong device
 
 
+def test_legacy_v1_cannot_be_turned_on_for_an_existing_stack(tmp_path: Path) -> None:
+    """Its device was provisioned without the legacy key (and its TEE measurement depends on it)."""
+    state = tmp_path / "edb"
+    state.mkdir()
+    (state / "stack.json").write_text(json.dumps({"address": "127.9.9.9", "device_id": "dev-a",
+                                                  "hub_name": "h.local", "ports": {}}))
+    result = CliRunner().invoke(local, ["up", "--state-dir", str(state), "--legacy-v1", "--json"])
+    assert result.exit_code != 0 and getattr(result.exception, "code", None) == "LOCAL_STATE_MISMATCH"
+    assert "ca" not in os.listdir(state)
+
+
 def test_status_of_an_empty_state_dir_creates_nothing(tmp_path: Path) -> None:
     result = CliRunner().invoke(local, ["status", "--state-dir", str(tmp_path / "none"), "--json"])
     assert result.exit_code == 0

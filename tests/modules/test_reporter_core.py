@@ -12,8 +12,9 @@ from edb.schemas import (
     ModelRef,
     ModuleEvent,
     decode_json,
+    encode_json,
 )
-from telemetry_reporter.alerts import classify, classify_code
+from telemetry_reporter.alerts import classify, classify_code, legacy_install
 from telemetry_reporter.metrics import Observation, aggregate
 from telemetry_reporter.store import ReporterStore
 
@@ -139,4 +140,41 @@ def test_redelivered_messages_are_journaled_once(tmp_path: Path) -> None:
     assert not store.journal("result", body, at=3.0, message_id="m-2")
     store.flush_window(now=10.0)
     assert decode_json(store.pending()[0].body)["inference"]["count"] == 2
+    store.close()
+
+
+def installed(name: str, version: str, key_flow: str | None) -> ModuleEvent:
+    return ModuleEvent(EventKind.PACKAGE_INSTALLED, "package_installer", name, version, 0, "installed",
+                       key_flow=key_flow)
+
+
+def test_a_legacy_install_raises_one_warning_per_package_across_restarts(tmp_path: Path) -> None:
+    assert legacy_install(installed("digits", "1.0.0", None)) is None            # attested release: nothing
+    assert legacy_install(failed("INSTALL_LEGACY_UNSUPPORTED")) is None         # not an install
+    first = legacy_install(installed("digits", "1.0.0", "legacy-wrapkey"))
+    assert first is not None
+    alert, once_key = first
+    assert alert.alert_type is AlertType.LEGACY_KEY_FLOW and alert.severity == "warning"
+    assert alert.code == "INSTALL_LEGACY_KEY_FLOW" and alert.package == "digits"
+    # the event survives the JSON hop between the modules with its keyFlow
+    assert legacy_install(ModuleEvent.from_json(decode_json(
+        encode_json(installed("digits", "1.0.0", "legacy-wrapkey").to_json())))) is not None
+
+    path = tmp_path / "r.db"
+    store = ReporterStore(path)
+    store.window_start(0)
+    assert store.record_alert_once(alert, once_key, now=1.0) is not None
+    again = legacy_install(installed("digits", "1.1.0", "legacy-wrapkey"))
+    assert again is not None and store.record_alert_once(again[0], again[1], now=2.0) is None
+    store.close()
+    store = ReporterStore(path)                                                  # remembered across a restart
+    assert store.record_alert_once(alert, once_key, now=3.0) is None
+    other = legacy_install(installed("other", "1.0.0", "legacy-wrapkey"))
+    assert other is not None and store.record_alert_once(other[0], other[1], now=4.0) is not None
+    items = store.pending()
+    assert [i.properties["alertType"] for i in items] == ["legacy-key-flow", "legacy-key-flow"]
+    assert [i.properties["severity"] for i in items] == ["warning", "warning"]
+    assert [decode_json(i.body)["package"] for i in items] == ["digits", "other"]
+    store.flush_window(now=10.0)
+    assert decode_json(store.pending()[-1].body)["alerts"] == 2
     store.close()

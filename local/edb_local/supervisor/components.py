@@ -119,6 +119,10 @@ def _keyrelease_env(ctx: StackContext) -> dict[str, str]:
         "EDB_KR_MANUFACTURER_ROOTS": str(roots) if roots else "",
         "EDB_KR_PUBLISHER_ROOTS": str(_publisher_pki_dir(ctx) / "root.pem"),
         "EDB_KR_AUDIT_LOG": str(ctx.paths.component_dir("keyrelease").resolve() / "audit.jsonl"),
+        # the legacy routes are off unless the stack was set up with --legacy-v1 (and then need the key)
+        "EDB_KR_LEGACY_ENABLED": "1" if ctx.settings.legacy_v1 else "0",
+        **({"EDB_KR_LEGACY_API_KEY": ctx.legacy_function_key_file.read_text().strip()}
+           if ctx.settings.legacy_v1 else {}),
     }
 
 
@@ -173,8 +177,10 @@ def _device_provisioned(ctx: StackContext) -> bool:
 def _tee_prepare(ctx: StackContext) -> None:
     if _device_provisioned(ctx) and _manufacturer_roots(ctx) is not None:
         return
+    legacy = ("--allow-legacy-v1",) if ctx.settings.legacy_v1 else ()
     out = subprocess.run(
-        _edb(ctx, "device", "provision", "--device-id", ctx.device_id, "--state-dir", str(ctx.paths.root.resolve())),
+        _edb(ctx, "device", "provision", "--device-id", ctx.device_id, "--state-dir", str(ctx.paths.root.resolve()),
+             *legacy),
         capture_output=True, text=True, timeout=120, check=False,
     )
     if out.returncode != 0:

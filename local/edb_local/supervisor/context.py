@@ -84,6 +84,11 @@ class StackContext:
         return self.settings.url("keyrelease")
 
     @property
+    def legacy_function_key_file(self) -> Path:
+        """LEGACY: the function key of the key release service's WrapKey/ProvisionKey routes (0600)."""
+        return self.paths.component_dir("keyrelease").resolve() / "legacy-function-key"
+
+    @property
     def blob_connection_string(self) -> str:
         return blob_connection_string(self.address, self.settings.ports["azurite"])
 

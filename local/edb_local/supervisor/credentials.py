@@ -5,6 +5,8 @@
 - ``hub/owner.key``: the hub's ``iothubowner`` key (0600, base64);
 - ``agent/service-connection-string``: what the agent uses to manage module identities (0600);
 - ``agent/module.env``: the host defaults every module gets (never a key);
+- ``keyrelease/legacy-function-key``: only with ``--legacy-v1``, the function key of the legacy
+  WrapKey/ProvisionKey routes (0600; modules get its path, ``EDB_LEGACY_WRAP_KEY_FILE``);
 - ``local.env``: everything a developer or a tool needs to talk to the stack (0600: it holds the
   hub owner connection string).
 """
@@ -42,10 +44,13 @@ def ensure_credentials(ctx: StackContext) -> None:
         _write_secret(ctx.owner_key_file, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
     _write_secret(ctx.service_connection_string_file, ctx.service_connection_string + "\n")
     ctx.package_drop_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.settings.legacy_v1 and not ctx.legacy_function_key_file.exists():
+        _write_secret(ctx.legacy_function_key_file, secrets.token_urlsafe(32) + "\n")
     values = local_env_values(ctx)
     write_env_file(ctx.paths.local_env, values,
                    header="The local stack (edb local up). Source it: set -a; . .edb/local.env; set +a")
-    write_env_file(ctx.module_env_file, {k: values[k] for k in MODULE_ENV_KEYS},
+    module_keys = MODULE_ENV_KEYS + (("EDB_LEGACY_WRAP_KEY_FILE",) if ctx.settings.legacy_v1 else ())
+    write_env_file(ctx.module_env_file, {k: values[k] for k in module_keys},
                    header="Host defaults for every module the edge agent runs (no credentials).")
 
 
@@ -68,4 +73,6 @@ def local_env_values(ctx: StackContext) -> dict[str, str]:
         "EDB_TEE_SOCKET_NAME": ctx.tee_socket.name,
         "EDB_TEE_SOCKET": str(ctx.tee_socket),
         "EDB_PACKAGE_DROP_DIR": str(ctx.package_drop_dir),
+        # LEGACY v1 key flow (edb local up --legacy-v1): where the WrapKey function key is
+        **({"EDB_LEGACY_WRAP_KEY_FILE": str(ctx.legacy_function_key_file)} if ctx.settings.legacy_v1 else {}),
     }

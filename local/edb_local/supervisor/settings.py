@@ -28,6 +28,9 @@ class StackSettings:
     device_id: str = DEFAULT_DEVICE_ID
     hub_name: str = DEFAULT_HUB_NAME
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    #: LEGACY v1 key flow (weaker): device provisioned with --allow-legacy-v1, the key release
+    #: service's WrapKey/ProvisionKey routes on. Chosen at the first `up --legacy-v1`, never changed.
+    legacy_v1: bool = False
 
     def url(self, port_name: str) -> str:
         return f"https://{self.address}:{self.ports[port_name]}"
@@ -81,17 +84,23 @@ class StackPaths:
         os.chmod(self.root, 0o700)  # keys and the owner connection string live here
 
 
-def load_or_create_settings(paths: StackPaths, device_id: str | None) -> StackSettings:
+def load_or_create_settings(paths: StackPaths, device_id: str | None, legacy_v1: bool = False) -> StackSettings:
+    """``legacy_v1``: this `up` asks for the legacy v1 key flow (only a new stack can start with it:
+    the device's TEE measurement depends on it)."""
     if paths.settings.exists():
         doc = json.loads(paths.settings.read_text())
         settings = StackSettings(address=doc["address"], device_id=doc["device_id"], hub_name=doc["hub_name"],
-                                 ports={**DEFAULT_PORTS, **doc.get("ports", {})})
+                                 ports={**DEFAULT_PORTS, **doc.get("ports", {})},
+                                 legacy_v1=bool(doc.get("legacy_v1", False)))
         if device_id is not None and device_id != settings.device_id:
             raise StateMismatch(
                 f"{paths.root} holds device {settings.device_id!r}; use another --state-dir for {device_id!r}")
+        if legacy_v1 and not settings.legacy_v1:
+            raise StateMismatch(f"{paths.root} was set up without the legacy v1 key flow (its device is provisioned "
+                                "without it); use another --state-dir for --legacy-v1")
         return settings
     address = free_loopback_address(tuple(DEFAULT_PORTS.values()))
-    settings = StackSettings(address=address, device_id=device_id or DEFAULT_DEVICE_ID)
+    settings = StackSettings(address=address, device_id=device_id or DEFAULT_DEVICE_ID, legacy_v1=legacy_v1)
     paths.ensure()
     tmp = paths.settings.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(settings), indent=2) + "\n")

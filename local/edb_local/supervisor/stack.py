@@ -53,16 +53,17 @@ def _log_tail(path: Path, lines: int = 5) -> str:
 
 class Stack:
     def __init__(self, state_dir: Path, device_id: str | None = None,
-                 components: tuple[Component, ...] = COMPONENTS) -> None:
+                 components: tuple[Component, ...] = COMPONENTS, *, legacy_v1: bool = False) -> None:
         self.paths = StackPaths(Path(state_dir))
         self.device_id = device_id
         self.components = components
+        self.legacy_v1 = legacy_v1
 
     def context(self, *, create: bool) -> StackContext | None:
         if not create and not self.paths.settings.exists():
             return None
         self.paths.ensure()
-        return StackContext(self.paths, load_or_create_settings(self.paths, self.device_id))
+        return StackContext(self.paths, load_or_create_settings(self.paths, self.device_id, self.legacy_v1))
 
     # -- up ---------------------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@
 Retries 5xx and network failures with jittered exponential backoff (a fresh nonce and evidence per
 attempt), never retries a denial, and raises :class:`ReleaseFailed` (a ``KeyReleaseError``) with
 the service's ``KR_*`` code, the HTTP status, ``retryable`` and ``retry_after``.
+
+LEGACY (weaker, v1 packages only): :class:`LegacyWrapClient` calls the original tools' ``/api/WrapKey``.
 """
 
 from edb.keyrelease.client import (
@@ -16,5 +18,7 @@ from edb.keyrelease.client import (
     RetryPolicy,
     SignedManifestLike,
 )
+from edb.keyrelease.legacy import LegacyWrapClient
 
-__all__ = ["EvidenceLike", "KeyReleaseClient", "PackageRef", "ReleaseFailed", "RetryPolicy", "SignedManifestLike"]
+__all__ = ["EvidenceLike", "KeyReleaseClient", "LegacyWrapClient", "PackageRef", "ReleaseFailed", "RetryPolicy",
+           "SignedManifestLike"]

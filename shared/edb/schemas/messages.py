@@ -54,6 +54,8 @@ class AlertType(StrEnum):
     TAMPER = "tamper"
     DENIAL = "denial"
     ROLLBACK = "rollback"
+    #: Not an attack: a package was installed with the weaker legacy v1 key flow (severity warning).
+    LEGACY_KEY_FLOW = "legacy-key-flow"
 
 
 class MessageError(ValueError):
@@ -113,6 +115,8 @@ class ModuleEvent:
     at: str = field(default_factory=iso_utc)
     #: For failures: the installer will try again by itself (a transient error, not an alert).
     retryable: bool | None = None
+    #: ``legacy-wrapkey`` when the package was (or is being) installed with the weaker v1 key flow.
+    key_flow: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,6 +131,7 @@ class ModuleEvent:
             "durationMs": self.duration_ms,
             "at": self.at,
             "retryable": self.retryable,
+            "keyFlow": self.key_flow,
         }
 
     @classmethod
@@ -146,6 +151,7 @@ class ModuleEvent:
             duration_ms=_opt_float(body.get("durationMs")),
             at=_opt_str(body.get("at")) or iso_utc(),
             retryable=body.get("retryable") if isinstance(body.get("retryable"), bool) else None,
+            key_flow=key_flow if isinstance(key_flow := body.get("keyFlow"), str) and len(key_flow) <= 32 else None,
         )
 
 

@@ -46,6 +46,17 @@ IN_PROGRESS_STATES = frozenset(
 )
 
 
+#: ``keyFlow`` of a package installed with the original tools' key flow (v1 packages: the class key
+#: wrapped to the TEE's legacy RSA key by ``/api/WrapKey``; no attestation, no rollback floor).
+#: Packages installed through attested key release carry no ``keyFlow``.
+KEY_FLOW_LEGACY = "legacy-wrapkey"
+
+
+def key_flow_for_format(package_format: str | None) -> str | None:
+    """The ``keyFlow`` to report for a package of this format (``cpk-v1`` -> legacy, else None)."""
+    return KEY_FLOW_LEGACY if package_format == "cpk-v1" else None
+
+
 class DesiredPackageError(InstallError):
     """A desired package entry is malformed or hostile."""
 
@@ -91,6 +102,7 @@ class ReportedPackage:
     updated_at: str = field(default_factory=iso_utc)
     installed_version: str | None = None
     attempts: int = 0
+    key_flow: str | None = None  # KEY_FLOW_LEGACY for a legacy v1 install; always written (null clears it)
 
     def to_twin(self) -> dict[str, Any]:
         return {
@@ -102,6 +114,7 @@ class ReportedPackage:
             "updatedAt": self.updated_at,
             "installedVersion": self.installed_version,
             "attempts": self.attempts,
+            "keyFlow": self.key_flow,
         }
 
     @classmethod
@@ -119,6 +132,7 @@ class ReportedPackage:
         installed = value.get("installedVersion")
         attempts = value.get("attempts")
         updated = value.get("updatedAt")
+        key_flow = value.get("keyFlow")
         return cls(
             state=state,
             version=version if isinstance(version, str) else None,
@@ -128,6 +142,7 @@ class ReportedPackage:
             updated_at=updated if isinstance(updated, str) else iso_utc(),
             installed_version=installed if isinstance(installed, str) else None,
             attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
+            key_flow=key_flow if isinstance(key_flow, str) and len(key_flow) <= 32 else None,
         )
 
 
