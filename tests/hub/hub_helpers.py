@@ -19,3 +19,17 @@ def threadsafe_queue() -> tuple[asyncio.Queue[Any], Callable[[Any], None]]:
 
 def new_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+async def eventually(probe: Callable[[], Any], expected: Any, timeout: float = 10.0) -> Any:
+    """Poll ``probe`` until it returns ``expected`` (the hub acts on acknowledgements and routes
+    asynchronously, so a count read right after a client call may lag by one event-loop turn).
+    Returns the last value so the caller's assert shows it when it never arrives."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    value = probe()
+    while value != expected and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+        value = probe()
+    return value
+

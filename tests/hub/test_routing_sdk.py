@@ -13,7 +13,7 @@ import pytest
 from azure.iot.device import Message
 from azure.iot.hub import IoTHubConfigurationManager, IoTHubRegistryManager
 from azure.iot.hub.models import ConfigurationContent
-from hub_helpers import threadsafe_queue
+from hub_helpers import eventually, threadsafe_queue
 
 from edb_local.hub import HubThread
 from edb_local.hub.client import ServiceClient, resolve_settings
@@ -117,7 +117,10 @@ async def test_store_and_forward_across_a_module_restart(
         message = json_message({"temperature": 31, "n": n})
         sent.append(n)
         await sensor.send_message_to_output(message, "readings")
-    queued = hub.call(lambda: len(hub.server.core.queues[_identity("edge-s", "runner")]))
+    def backlog() -> int:
+        return int(hub.call(lambda: len(hub.server.core.queues[_identity("edge-s", "runner")])))
+
+    queued = await eventually(backlog, 25)
     assert queued == 25
 
     second = await module_clients("edge-s", "runner", runner_key, connect=False)  # the restarted module
@@ -128,8 +131,9 @@ async def test_store_and_forward_across_a_module_restart(
         got.append(json.loads((await asyncio.wait_for(inputs.get(), 10)).data)["n"])
     assert sorted(set(got)) == sent          # nothing lost
     assert got[:25] == sent                  # in order (same priority)
-    hub_queue = hub.call(lambda: len(hub.server.core.queues[_identity("edge-s", "runner")]))
-    assert hub_queue == 0                    # every one acknowledged and deleted
+    # every one acknowledged and deleted (the SDK acknowledges after handing the message over)
+    hub_queue = await eventually(backlog, 0)
+    assert hub_queue == 0
 
 
 async def test_expired_messages_are_dropped_not_delivered(
