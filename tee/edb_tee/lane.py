@@ -71,7 +71,7 @@ class InferLane:
             return None
         request_id = int.from_bytes(body[4:8], "little")
         try:
-            out = self.models.infer(self.handle, self.owner, dict(layout.arrays(body)))
+            out = self.models.infer(self.handle, self.owner, layout.arrays(body))
             return encode_tensors(MsgType.RESPONSE, Op.INVOKE, request_id, self.session, RunnerCmd.INFER, b"", 0,
                                   list(out.items()), self.limits)
         except EdbError as exc:

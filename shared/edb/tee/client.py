@@ -24,6 +24,7 @@ import os
 import select
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -63,12 +64,12 @@ class _Conn:
 
     def __init__(self, ctx: TeeContext) -> None:
         self.ctx = ctx
-        self.sessions: dict[Any, TeeSession] = {}
+        self.sessions: dict[int, TeeSession] = {}  # by the trusted app UUID's integer (uuid.UUID hashes in Python)
 
-    def session(self, ta: Any) -> TeeSession:
-        s = self.sessions.get(ta)
+    def session(self, ta: uuid.UUID) -> TeeSession:
+        s = self.sessions.get(ta.int)
         if s is None:
-            s = self.sessions[ta] = self.ctx.open_session(ta)
+            s = self.sessions[ta.int] = self.ctx.open_session(ta)
         return s
 
 
@@ -149,7 +150,7 @@ class TeeClient:
             if self._waiting:
                 self._cond.notify()
 
-    def _invoke(self, ta: Any, cmd: int, params: Sequence[Param] = (), fds: Sequence[int] = (),
+    def _invoke(self, ta: uuid.UUID, cmd: int, params: Sequence[Param] = (), fds: Sequence[int] = (),
                 *, idempotent: bool = True) -> list[Param]:
         """One command on a pooled connection. Idempotent calls skip the liveness probe of an idle
         connection (a system call per call) and instead retry once, probing, if it was dead;
@@ -166,13 +167,19 @@ class TeeClient:
                 self._release(conn)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _invoke_tensors(self, ta: Any, cmd: int, lead: bytes, nlead: int,
-                        tensors: Sequence[tuple[str, Array]]) -> list[tuple[str, Array]]:
+    def _invoke_tensors(self, ta: uuid.UUID, cmd: int, lead: bytes, nlead: int,
+                        tensors: Sequence[tuple[str, Array]]) -> dict[str, Array]:
         """:meth:`_invoke` for the ``infer`` shape of request (idempotent: retried once)."""
         for attempt in range(2):
-            conn = self._acquire(check_stale=attempt > 0)
+            conn = None
+            if attempt == 0:  # the common case inline: an idle connection, no probe
+                with self._pool_lock:
+                    if self._idle and not self._closed:
+                        conn = self._idle.pop()
+            if conn is None:
+                conn = self._acquire(check_stale=attempt > 0)
             try:
-                session = conn.sessions.get(ta) or conn.session(ta)
+                session = conn.sessions.get(ta.int) or conn.session(ta)
                 return conn.ctx.invoke_tensors(session.id, cmd, lead, nlead, tensors)
             except TeeError as exc:
                 if exc.code != E.CONNECTION_LOST or attempt == 1:
@@ -292,13 +299,12 @@ class TeeClient:
         hid = self._remap.get(handle.handle, handle.handle) if self._remap else handle.handle
         for attempt in range(2):
             try:
-                out = self._invoke_tensors(RUNNER_TA, RunnerCmd.INFER, value_param(hid), 1, tensors)
-                break
+                return self._invoke_tensors(RUNNER_TA, RunnerCmd.INFER, value_param(hid), 1, tensors)
             except TeeError as exc:
                 if exc.code != E.UNKNOWN_HANDLE or attempt == 1 or handle.handle not in self._known():
                     raise
                 hid = self._reload(handle)
-        return dict(out)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def infer_many(self, handle: ModelHandle, batch: Sequence[Mapping[str, Array]]) -> list[dict[str, Array]]:
         """Batching: stack many requests along axis 0, run the model once, split the results by the

@@ -45,7 +45,7 @@ from edb.tee.protocol import (
     encode_tensors,
     hello_request,
 )
-from edb.tee.transport import PeerClosed, recv_reply, send_frame, socket_address, widen_send_buffer
+from edb.tee.transport import PeerClosed, read_frame, send_frame, socket_address, widen_send_buffer
 
 DEFAULT_TIMEOUT_S = 600.0  # installs of large models take a while; infer calls return in ms
 
@@ -123,10 +123,10 @@ class TeeContext:
         return reply
 
     def invoke_tensors(self, session: int, command: int, lead: bytes, nlead: int,
-                       tensors: Sequence[tuple[str, npt.NDArray[Any]]]) -> list[tuple[str, npt.NDArray[Any]]]:
-        """INVOKE with ``nlead`` pre-encoded leading parameters then tensors, answered by tensors
-        (the ``infer`` path): no parameter objects are built to be encoded, and a reply whose
-        layout repeats an earlier one is read without building a message."""
+                       tensors: Sequence[tuple[str, npt.NDArray[Any]]]) -> dict[str, npt.NDArray[Any]]:
+        """INVOKE with ``nlead`` pre-encoded leading parameters then tensors, answered by uniquely
+        named tensors (the ``infer`` path): no parameter objects are built to be encoded, and a
+        reply whose layout repeats an earlier one is read without building a message."""
         if self.closed:
             raise TeeError("TEE context is closed", code=CONNECTION_LOST)
         with self._lock:
@@ -138,16 +138,18 @@ class TeeContext:
             layout = replies.lookup(body) if replies is not None else None
             if (layout is not None and layout.only_tensors and layout.mtype == MsgType.RESPONSE
                     and layout.status == 0 and int.from_bytes(body[4:8], "little") == request_id):
-                return layout.arrays(body)
+                out = layout.arrays(body)
+                if len(out) == len(layout.tensors):
+                    return out
             reply = self._decode_reply(body, request_id)
         if reply.status:
             _checked(reply)
-        out: list[tuple[str, npt.NDArray[Any]]] = []
+        result: dict[str, npt.NDArray[Any]] = {}
         for p in reply.params:
-            if type(p) is not Tensor:
-                raise TeeError("expected tensors in the TEE's answer", code=PROTOCOL)
-            out.append((p.name, p.array))
-        return out
+            if type(p) is not Tensor or p.name in result:
+                raise TeeError("expected uniquely named tensors in the TEE's answer", code=PROTOCOL)
+            result[p.name] = p.array
+        return result
 
     def _exchange(self, frame: list[bytes | memoryview], fds: Sequence[int], request_id: int) -> Message:
         """Send one encoded request, read and check its reply (caller holds the lock)."""
@@ -157,7 +159,7 @@ class TeeContext:
         sock = self._sock
         try:
             send_frame(sock, frame, fds)
-            body = recv_reply(sock, self.limits, self._reply_hint)
+            body = read_frame(sock, self.limits, self._reply_hint, 0)[0]
         except PeerClosed as exc:
             self._close_socket()
             raise TeeError("the TEE closed the connection", code=CONNECTION_LOST) from exc

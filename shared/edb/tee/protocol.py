@@ -493,7 +493,8 @@ class Layout:
     """How to rebuild a message from a body whose metadata bytes equal those of a body that was
     parsed and accepted in full (see :class:`LayoutCache`)."""
 
-    __slots__ = ("checks", "command", "length", "mtype", "op", "params", "session", "status", "tensors")
+    __slots__ = ("checks", "command", "length", "mtype", "only_tensors", "op", "params", "session", "status",
+                 "tensors", "views")
 
     def __init__(self, view: memoryview, header: tuple[Any, ...], layout: list[Any]) -> None:
         self.length = len(view)
@@ -513,6 +514,9 @@ class Layout:
         if pos < self.length:
             checks.append((pos, self.length, view[pos:].tobytes()))
         self.checks = [c for c in checks if c[0] < c[1]]
+        self.only_tensors = len(self.tensors) == len(self.params)
+        # (name, dims, dtype, offset) of the tensors with data; empty ones are rebuilt with np.empty
+        self.views = [(name, dims, dt, offset) for offset, name, dt, dims in self.tensors if 0 not in dims]
 
     def matches(self, view: memoryview) -> bool:
         if len(view) != self.length:
@@ -522,13 +526,15 @@ class Layout:
                 return False
         return True
 
-    def arrays(self, view: memoryview) -> list[tuple[str, npt.NDArray[Any]]]:
-        """The tensors of a matching body, as (name, view of its data) in order."""
-        return [(name, _array(view, dims, dt, offset)) for offset, name, dt, dims in self.tensors]
-
-    @property
-    def only_tensors(self) -> bool:
-        return len(self.tensors) == len(self.params)
+    def arrays(self, view: memoryview) -> dict[str, npt.NDArray[Any]]:
+        """The tensors of a matching body by name (names are unique where this is used), as views
+        of its data."""
+        if len(self.views) != len(self.tensors):
+            return {name: _array(view, dims, dt, offset) for offset, name, dt, dims in self.tensors}
+        out = {}
+        for name, dims, dt, offset in self.views:
+            out[name] = np.ndarray(dims, dt, view, offset)
+        return out
 
     def message(self, view: memoryview) -> Message:
         params: list[Param] = [

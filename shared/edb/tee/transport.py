@@ -141,7 +141,7 @@ def recv_frame(sock: socket.socket, limits: Limits, *, max_fds: int = 0) -> tupl
         raise
 
 
-#: Offset of a frame's length prefix in a receive buffer of :func:`recv_reply` / :func:`recv_request`:
+#: Offset of a frame's length prefix in a receive buffer of :func:`read_frame`:
 #: the body then starts 16 bytes in, so tensor data (64-byte aligned within the body) keeps the
 #: alignment of the allocation itself.
 _PREFIX_AT = 16 - FRAME_LENGTH.size
@@ -153,7 +153,7 @@ MAX_READ_HINT = 64 * 1024
 _CMSG_SPACE: dict[int, int] = {}
 
 
-def _read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int) -> tuple[memoryview, list[int]]:
+def read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int) -> tuple[memoryview, list[int]]:
     """Read one frame whose sender waits for our answer before sending another.
 
     The first read asks for the length prefix and up to ``hint`` body bytes at once (callers pass
@@ -208,7 +208,7 @@ def _read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int) ->
 def recv_reply(sock: socket.socket, limits: Limits, hint: int) -> memoryview:
     """A client's read of the reply to its one request in flight (no descriptors). The service
     sends nothing unasked. Raises :class:`PeerClosed` on a clean end of stream."""
-    return _read_frame(sock, limits, hint, 0)[0]
+    return read_frame(sock, limits, hint, 0)[0]
 
 
 def recv_request(sock: socket.socket, limits: Limits, hint: int, *, max_fds: int = 0) -> tuple[memoryview, list[int]]:
@@ -216,4 +216,4 @@ def recv_request(sock: socket.socket, limits: Limits, hint: int, *, max_fds: int
     client sends one request at a time: bytes of a further frame that arrive with this one's read
     make it a protocol error (descriptors are never attributed to the wrong frame: a read that
     reaches into the next frame is refused, its descriptors closed)."""
-    return _read_frame(sock, limits, hint, max_fds)
+    return read_frame(sock, limits, hint, max_fds)
