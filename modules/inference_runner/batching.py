@@ -61,6 +61,11 @@ class Batcher(Generic[T]):
         self._rows -= rows
         return batch
 
+    def take_all(self) -> list[Pending[T]]:
+        """Everything waiting, in arrival order (for answering what is left when the runner stops)."""
+        items, self._items, self._rows = self._items, [], 0
+        return items
+
 
 class RecentIds:
     """The last ``capacity`` message ids answered, so a redelivered message is not answered twice.

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from inference_runner.service import RunnerService
+from inference_runner.service import RunnerFailed, RunnerService
 
 log = logging.getLogger("inference_runner")
 
@@ -78,7 +78,11 @@ def main() -> int:
     if not tee_socket:
         log.error("configuration: EDB_TEE_SOCKET is not set")
         return 2
-    asyncio.run(run(tee_socket))
+    try:
+        asyncio.run(run(tee_socket))
+    except RunnerFailed as exc:  # already logged and reported; non-zero so restartPolicy applies
+        log.critical("exiting: %s", exc.message)
+        return 3
     return 0
 
 

@@ -46,11 +46,23 @@ from inference_runner import endpoints
 from inference_runner.batching import Batcher, Pending, RecentIds
 from inference_runner.decoding import DecodedInput, InputError, decode_input
 from inference_runner.model_slot import Loaded, ModelSlot
+from inference_runner.outputs import Answer, OutputError, RowMismatch, split_answers
 from inference_runner.selection import decide
 from inference_runner.stats import LatencyStats
 
 log = logging.getLogger("inference_runner")
 SOURCE = "inference_runner"
+#: A batch failed in a way no narrower handler foresaw (a bug): its inputs are answered with this.
+BATCH_FAILED = "RUNNER_INTERNAL"
+#: A loop the runner needs stopped for good: reported, then the process exits non-zero.
+LOOP_FAILED = "RUNNER_LOOP_FAILED"
+
+
+class RunnerFailed(EdbError):
+    """The runner cannot continue (one of its loops ended); ``main`` exits non-zero so the edge
+    agent's restartPolicy applies."""
+
+    code = LOOP_FAILED
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class RunnerService:
         self.recent = RecentIds()
         self.stats = LatencyStats()
         self.duplicates = 0
+        self.failed_batches = 0
         self.report = ModelReport(None, None, ModelState.WAITING, iso_utc())
         self._arrived = asyncio.Event()
         self._select_lock = asyncio.Lock()
@@ -123,20 +136,25 @@ class RunnerService:
         if input_name != endpoints.INPUT_FRAMES:
             log.warning("message on unknown input %r ignored", input_name)
             return
-        request_id = str(message.message_id or f"unidentified-{uuid.uuid4()}")[:128]
+        # (a lone surrogate would make the answer unencodable as UTF-8: the id is made printable first)
+        request_id = str(message.message_id or f"unidentified-{uuid.uuid4()}")[:128] \
+            .encode("utf-8", "backslashreplace").decode("utf-8")
         if self.recent.seen(request_id):
             self.duplicates += 1  # edgeHub redelivered it: it was answered already
             return
         received = self.clock()
-        features = self._features()
         try:
-            decoded = decode_input(message.data, getattr(message, "content_type", None), features)
+            decoded = decode_input(message.data, getattr(message, "content_type", None), self._features())
             label = (getattr(message, "custom_properties", None) or {}).get("label")
             if decoded.label is None and isinstance(label, str) and label.isdigit() and len(label) < 6:
                 decoded = DecodedInput(decoded.tensor, int(label))  # binary inputs carry it as a property
             request = Request(request_id, decoded, None, received)
         except InputError as exc:
             request = Request(request_id, None, ErrorInfo.from_exception(exc), received)
+        except Exception as exc:  # the message was acknowledged to edgeHub: it must still get an answer
+            log.warning("decoding input %s failed unexpectedly (%s)", request_id, type(exc).__name__)
+            request = Request(request_id, None, ErrorInfo("RUNNER_BAD_INPUT", f"undecodable input "
+                                                          f"({type(exc).__name__})"), received)
         rows = request.decoded.tensor.shape[0] if request.decoded is not None else 1
         self.batcher.add(request, rows, received)
         self._arrived.set()
@@ -178,9 +196,26 @@ class RunnerService:
                     await asyncio.wait_for(self._arrived.wait(), timeout=max(0.0, deadline - now))
                 if not self.batcher.ready(self.clock()):
                     continue
-            await self.serve(self.batcher.take())
+            await self.serve_guarded(self.batcher.take())
 
-    async def serve(self, batch: list[Pending[Request]]) -> None:
+    async def serve_guarded(self, batch: list[Pending[Request]]) -> None:
+        """:meth:`serve`, and if it fails unexpectedly, an error answer for every input of the batch
+        not answered yet: one bad batch never stops the loop nor leaves an input unanswered."""
+        answered: set[str] = set()
+        try:
+            await self.serve(batch, answered)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failed_batches += 1
+            log.exception("serving a batch of %d input(s) failed; answering them with %s", len(batch), BATCH_FAILED)
+            error = ErrorInfo(BATCH_FAILED, f"the batch failed ({type(exc).__name__})")
+            for pending in batch:
+                if pending.item.request_id not in answered:
+                    answered.add(pending.item.request_id)
+                    await self._send_result(self._error_result(pending.item, error, None))
+
+    async def serve(self, batch: list[Pending[Request]], answered: set[str] | None = None) -> None:
         requests = [p.item for p in batch]
         answers: dict[str, InferenceResult] = {}
         for request in requests:
@@ -195,60 +230,103 @@ class RunnerService:
                     answers[request.request_id] = self._error_result(request, error, None)
             else:
                 try:
-                    answers.update(await self._infer(lease, valid))
+                    # inputs of different widths (a model with a dynamic feature dimension) cannot be
+                    # stacked: one TEE call per width, in arrival order
+                    for group in _by_width(valid):  # (a fresh list each: _infer may shorten it)
+                        answers.update(await self._infer(lease, group, batch_size=len(valid)))
                 finally:
                     retired = self.slot.release(lease)
                     await self._unload(retired)
         self.stats.batches += 1
         for request in requests:  # in arrival order
             await self._send_result(answers[request.request_id])
+            if answered is not None:
+                answered.add(request.request_id)
 
-    async def _infer(self, model: Loaded[Any], requests: list[Request]) -> dict[str, InferenceResult]:
-        input_name = model.handle.inputs[0].name if getattr(model.handle, "inputs", None) else "input"
-        tensors = [r.decoded.tensor for r in requests if r.decoded is not None]
-        stacked = np.concatenate(tensors, axis=0)
+    async def _infer(self, model: Loaded[Any], requests: list[Request], *,
+                     batch_size: int) -> dict[str, InferenceResult]:
+        handle = model.handle
+        input_name = handle.inputs[0].name if getattr(handle, "inputs", None) else "input"
         ref = ModelRef(model.name, model.version)
+        results: dict[str, InferenceResult] = {}
+        tensors: list[np.ndarray] = []
+        for request in list(requests):
+            assert request.decoded is not None
+            try:
+                tensors.append(_as_model_dtype(request.decoded.tensor, handle))
+            except InputError as exc:
+                results[request.request_id] = self._error_result(request, ErrorInfo.from_exception(exc), ref)
+                requests.remove(request)
+        if not requests:
+            return results
+        stacked = np.concatenate(tensors, axis=0)
         try:
-            outputs = await asyncio.to_thread(self.tee.infer, model.handle, {input_name: stacked})
+            outputs = await asyncio.to_thread(self.tee.infer, handle, {input_name: stacked})
         except EdbError as exc:
             error = ErrorInfo.from_exception(exc)
             if exc.code in ("TEE_HANDLE_STALE", "TEE_UNKNOWN_HANDLE"):
                 self.request_selection()
-            return {r.request_id: self._error_result(r, error, ref) for r in requests}
-        labels = np.asarray(outputs.get("label", next(iter(outputs.values())))).reshape(len(stacked), -1)
-        probabilities = outputs.get("probabilities")
-        results: dict[str, InferenceResult] = {}
-        row = 0
+            return results | {r.request_id: self._error_result(r, error, ref) for r in requests}
+        except Exception as exc:  # a transport bug or a broken reply: these inputs fail, the runner goes on
+            log.warning("inference failed unexpectedly (%s)", type(exc).__name__)
+            error = ErrorInfo("RUNNER_INFER_FAILED", f"inference failed ({type(exc).__name__})")
+            return results | {r.request_id: self._error_result(r, error, ref) for r in requests}
+        try:
+            answers = split_answers(outputs, [t.shape[0] for t in tensors])
+        except RowMismatch:  # (never for a single input: its outputs are not split)
+            # the outputs do not have one row per input row (a model that aggregates its batch):
+            # answer each input from its own call
+            for request in requests:
+                results.update(await self._infer(model, [request], batch_size=batch_size))
+            return results
+        except OutputError as exc:
+            error = ErrorInfo.from_exception(exc)
+            return results | {r.request_id: self._error_result(r, error, ref) for r in requests}
         done = self.clock()
-        for request, tensor in zip(requests, tensors, strict=True):
-            count = tensor.shape[0]
-            predictions = [int(v) for v in labels[row:row + count, 0]]
-            scores = None
-            if probabilities is not None:
-                scores = [round(float(v), 4) for v in np.asarray(probabilities)[row:row + count].max(axis=1)]
-            latency_ms = (done - request.received) * 1000
-            self.stats.record(latency_ms)
-            assert request.decoded is not None
-            results[request.request_id] = InferenceResult(
-                request.request_id, ref, predictions, scores, expected=request.decoded.label,
-                latency_ms=latency_ms, batch_size=len(requests))
-            row += count
+        for request, answer in zip(requests, answers, strict=True):
+            if isinstance(answer, ErrorInfo):
+                results[request.request_id] = self._error_result(request, answer, ref)
+                continue
+            results[request.request_id] = self._answer_result(request, answer, ref, done, batch_size)
         return results
+
+    def _answer_result(self, request: Request, answer: Answer, ref: ModelRef, done: float,
+                       batch_size: int) -> InferenceResult:
+        latency_ms = (done - request.received) * 1000
+        self.stats.record(latency_ms)
+        return InferenceResult(request.request_id, ref, answer.predictions, answer.scores,
+                               expected=request.decoded.label if request.decoded is not None else None,
+                               latency_ms=latency_ms, batch_size=batch_size, outputs=answer.outputs)
 
     def _error_result(self, request: Request, error: ErrorInfo, ref: ModelRef | None) -> InferenceResult:
         latency_ms = (self.clock() - request.received) * 1000
         self.stats.record(latency_ms, ok=False)
         return InferenceResult(request.request_id, ref, None, error=error, latency_ms=latency_ms)
 
+    def _encode_result(self, result: InferenceResult) -> tuple[bytes, bool]:
+        """The result's body and whether it is a successful answer; an answer that cannot be sent as
+        it is becomes an error answer."""
+        try:
+            return encode_json(result.to_json()), result.error is None
+        except MessageError:
+            error = ErrorInfo("RUNNER_RESULT_TOO_LARGE", "the model's answer to this input exceeds the 256 KB "
+                                                         "message limit")
+        except (ValueError, TypeError) as exc:
+            error = ErrorInfo("RUNNER_OUTPUT_INVALID", f"the model's answer has no JSON form ({type(exc).__name__})")
+        self.stats.errors += 1  # counted once as an answer already; now it is an error answer
+        return encode_json(InferenceResult(result.request_id, result.model, None, error=error,
+                                           latency_ms=result.latency_ms, batch_size=result.batch_size).to_json()), False
+
     async def _send_result(self, result: InferenceResult) -> None:
         from azure.iot.device import Message
 
-        message = Message(encode_json(result.to_json()), message_id=str(uuid.uuid4()),  # type: ignore[no-untyped-call]
+        body, ok = self._encode_result(result)
+        message = Message(body, message_id=str(uuid.uuid4()),  # type: ignore[no-untyped-call]
                           content_encoding=CONTENT_ENCODING_UTF8, content_type=CONTENT_TYPE_JSON)
         message.correlation_id = result.request_id
         message.custom_properties = application_properties(
             MessageType.RESULT, modelVersion=result.model.version if result.model else "",
-            ok="false" if result.error else "true")
+            ok="true" if ok else "false")
         while True:
             try:
                 await self.client.send_message_to_output(message, endpoints.OUTPUT_RESULTS)
@@ -350,7 +428,7 @@ class RunnerService:
             "model": self.report.to_twin(),
             "batching": self.batching.to_twin(),
             "desiredError": self.desired_error.to_json() if self.desired_error else None,
-            "stats": {**self.stats.summary(), "duplicates": self.duplicates},
+            "stats": {**self.stats.summary(), "duplicates": self.duplicates, "failedBatches": self.failed_batches},
         }
 
     async def report_loop(self) -> None:
@@ -378,6 +456,8 @@ class RunnerService:
         return 404, {"error": {"code": "RUNNER_UNKNOWN_METHOD", "message": f"no method {str(name)[:40]!r}"}}
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop``; raises :class:`RunnerFailed` if one of the loops ends by itself
+        (after reporting it), so the process exits non-zero instead of looking healthy."""
         while not stop.is_set():
             try:
                 await self.load_twin()
@@ -385,17 +465,91 @@ class RunnerService:
             except Exception as exc:
                 log.warning("get_twin failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(2.0)
-        batches = asyncio.create_task(self.batch_loop())
-        tasks = [asyncio.create_task(self.selection_loop()), asyncio.create_task(self.report_loop())]
+        batches = asyncio.create_task(self.batch_loop(), name="batch_loop")
+        loops = [batches, asyncio.create_task(self.selection_loop(), name="selection_loop"),
+                 asyncio.create_task(self.report_loop(), name="report_loop")]
+        stopped = asyncio.create_task(stop.wait(), name="stop")
+        failure: RunnerFailed | None = None
         try:
-            await stop.wait()
+            done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
+            ended = next((task for task in loops if task in done), None)
+            if ended is not None:
+                failure = await self._loop_ended(ended)
         finally:
+            stopped.cancel()
             # Inputs already received were acknowledged to edgeHub: answer them before leaving.
             self._stopping = True
             self._arrived.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(batches), timeout=5.0)
-            for task in (batches, *tasks):
+            if not batches.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(batches), timeout=5.0)
+            for task in loops:
                 task.cancel()
-            await asyncio.gather(batches, *tasks, return_exceptions=True)
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self._answer_leftovers(failure)
             await self._unload(self.slot.swap(None))
+        if failure is not None:
+            raise failure
+
+    async def _loop_ended(self, task: asyncio.Task[None]) -> RunnerFailed:
+        """A loop that should run forever ended: log it, report it at once, and fail."""
+        exc = None if task.cancelled() else task.exception()
+        reason = type(exc).__name__ if exc is not None else "returned"
+        log.critical("the runner's %s stopped (%s); exiting so the edge agent restarts the module",
+                     task.get_name(), reason, exc_info=exc)
+        error = ErrorInfo(LOOP_FAILED, f"{task.get_name()} stopped ({reason}); the module exits")
+        serving = self.slot.active
+        self.report = ModelReport(serving.name if serving else None, serving.version if serving else None,
+                                  ModelState.FAILED, iso_utc(), error)
+        try:
+            await asyncio.wait_for(self.client.patch_twin_reported_properties(self.reported_patch()), timeout=5.0)
+        except Exception as patch_exc:
+            log.warning("reporting the failure failed (%s)", type(patch_exc).__name__)
+        return RunnerFailed(error.message)
+
+    async def _answer_leftovers(self, failure: RunnerFailed | None) -> None:
+        """Inputs still queued when the batch loop is gone get an error answer, not silence."""
+        if not len(self.batcher):
+            return
+        error = ErrorInfo(LOOP_FAILED if failure is not None else "RUNNER_STOPPING",
+                          "the runner stopped before serving this input")
+        pending = self.batcher.take_all()
+        log.warning("answering %d input(s) left in the queue with %s", len(pending), error.code)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._answer_all(pending, error), timeout=5.0)
+
+    async def _answer_all(self, pending: list[Pending[Request]], error: ErrorInfo) -> None:
+        for item in pending:
+            await self._send_result(self._error_result(item.item, error, None))
+
+
+def _by_width(requests: list[Request]) -> list[list[Request]]:
+    """Requests grouped by the shape of a row (arrival order kept within and between groups)."""
+    groups: dict[tuple[int, ...], list[Request]] = {}
+    for request in requests:
+        assert request.decoded is not None
+        groups.setdefault(tuple(request.decoded.tensor.shape[1:]), []).append(request)
+    return list(groups.values())
+
+
+_FLOAT_INPUTS = frozenset({"float16", "float32", "float64"})
+_INT_INPUTS = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
+
+
+def _as_model_dtype(tensor: np.ndarray, handle: Any) -> np.ndarray:
+    """The decoded float32 rows in the dtype of the model's first input (a model exported with
+    doubles or integers takes them as they are); integers only from whole numbers."""
+    try:
+        dtype = str(handle.inputs[0].dtype)
+    except (AttributeError, IndexError, TypeError):
+        return tensor
+    if dtype in _FLOAT_INPUTS and dtype != "float32":
+        return tensor.astype(dtype)
+    if dtype in _INT_INPUTS:
+        if not np.all(np.mod(tensor, 1) == 0):
+            raise InputError(f"the model takes {dtype} inputs; these are not whole numbers")
+        info = np.iinfo(dtype)
+        if tensor.size and (tensor.min() < info.min or tensor.max() > info.max):
+            raise InputError(f"the model takes {dtype} inputs; these are out of its range")
+        return tensor.astype(dtype)
+    return tensor

@@ -25,6 +25,14 @@ class Observation:
     body: Mapping[str, object]
 
 
+def _same_label(predicted: object, expected: int) -> bool:
+    if isinstance(predicted, bool):
+        return False
+    if isinstance(predicted, int | float):
+        return predicted == expected
+    return str(predicted) == str(expected)
+
+
 def summarize(values: list[float]) -> LatencySummary:
     if not values:
         return LatencySummary(0, None, None, None, None)
@@ -73,14 +81,18 @@ def aggregate(
                     errors_by_code[result.error.code] += 1
                     continue
                 latencies.append(result.latency_ms)
-                last_result = {"requestId": result.request_id, "predictions": result.predictions,
+                # predictions as text: a classifier's labels may be numbers or class names, and the
+                # telemetry's schema (DTDL) needs one type
+                last_result = {"requestId": result.request_id,
+                               "predictions": [str(p) for p in result.predictions[:16]]
+                               if result.predictions is not None else None,
                                "expected": result.expected,
                                "model": f"{result.model.name}@{result.model.version}" if result.model else None}
                 if result.model is not None:
                     by_version[f"{result.model.name}@{result.model.version}"] += 1
                 if result.expected is not None and result.predictions:
                     labelled += 1
-                    correct += int(result.predictions[0] == result.expected)
+                    correct += int(_same_label(result.predictions[0], result.expected))
             elif observation.kind == "event":
                 event = ModuleEvent.from_json(observation.body)
                 active = update_active_versions(active, event)

@@ -174,19 +174,29 @@ class ModelRef:
     version: str
 
 
+#: A classifier's label for one input row: an integer class, a number, or a string class name.
+Prediction = int | float | str | bool
+
+
 @dataclass(frozen=True)
 class InferenceResult:
-    """The answer to one input message: which message, which model version, what it predicted."""
+    """The answer to one input message: which message, which model version, what it predicted.
+
+    A classifier's answer is ``predictions`` (one label per input row) and ``scores`` (the highest
+    class probability per row); any other model's answer is ``outputs``: every output tensor by
+    name, as nested lists with one entry per input row.
+    """
 
     request_id: str
     model: ModelRef | None
-    predictions: list[int] | None
+    predictions: list[Prediction] | None
     scores: list[float] | None = None
     expected: int | None = None
     latency_ms: float = 0.0
     batch_size: int = 1
     error: ErrorInfo | None = None
     at: str = field(default_factory=iso_utc)
+    outputs: dict[str, list[Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -195,6 +205,7 @@ class InferenceResult:
             "model": asdict(self.model) if self.model else None,
             "predictions": self.predictions,
             "scores": self.scores,
+            "outputs": self.outputs,
             "expected": self.expected,
             "latencyMs": round(self.latency_ms, 3),
             "batchSize": self.batch_size,
@@ -213,11 +224,15 @@ class InferenceResult:
             ref = ModelRef(model["name"], model["version"])
         predictions = body.get("predictions")
         scores = body.get("scores")
+        outputs = body.get("outputs")
         return cls(
             request_id=request_id,
             model=ref,
-            predictions=[int(p) for p in predictions if isinstance(p, int)] if isinstance(predictions, list) else None,
+            predictions=[p for p in predictions if isinstance(p, int | float | str)]
+            if isinstance(predictions, list) else None,
             scores=[float(s) for s in scores if isinstance(s, int | float)] if isinstance(scores, list) else None,
+            outputs={str(k): v for k, v in outputs.items() if isinstance(v, list)}
+            if isinstance(outputs, Mapping) else None,
             expected=_opt_int(body.get("expected")),
             latency_ms=_opt_float(body.get("latencyMs")) or 0.0,
             batch_size=_opt_int(body.get("batchSize")) or 1,

@@ -1,0 +1,153 @@
+"""Model outputs -> one answer per input message (pure).
+
+The TEE returns one array per tensor output of the model for the whole stacked batch; this module
+splits them back per input and decides how to present them, from the outputs' names, dtypes and
+shapes rather than from an assumption about the model:
+
+- a **classifier** (the skl2onnx convention that most exported classifiers follow): an output named
+  ``label`` (or ``output_label``) with one value per row -> ``predictions`` (ints, floats or
+  strings); with an output named ``probabilities`` (or ``output_probability``) of shape
+  ``(rows, classes)`` -> ``scores``, the highest probability of each row. Other outputs of a
+  classifier go to ``outputs``.
+- **anything else** (regressors, embeddings, multi-output models): every output as
+  ``outputs = {name: rows}``, nested lists with one entry per input row; strings allowed.
+
+NaN and infinity cannot travel in JSON and mean the answer is unusable: only the input whose rows
+hold one is answered with ``RUNNER_OUTPUT_NOT_FINITE``; the others in the batch are unaffected.
+An output without one row per input row cannot be split between inputs (:class:`RowMismatch`:
+the caller serves those inputs one at a time). A dtype that has no JSON form is
+``RUNNER_OUTPUT_INVALID`` for the whole call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edb.errors import EdbError
+from edb.schemas import ErrorInfo
+
+LABEL_NAMES = ("label", "output_label")
+PROBABILITY_NAMES = ("probabilities", "output_probability")
+NOT_FINITE = "RUNNER_OUTPUT_NOT_FINITE"
+
+Scalar = int | float | str | bool
+
+
+class OutputError(EdbError):
+    """The model's outputs have no JSON form (dtype, ragged object arrays)."""
+
+    code = "RUNNER_OUTPUT_INVALID"
+
+
+class RowMismatch(OutputError):
+    """An output does not have one row per input row, so it cannot be split between inputs."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    predictions: list[Scalar] | None = None
+    scores: list[float] | None = None
+    outputs: dict[str, list[Any]] | None = None
+
+
+class _NotFinite(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def split_answers(outputs: Mapping[str, Any], counts: Sequence[int]) -> list[Answer | ErrorInfo]:
+    """One answer (or a per-input error) for each input, ``counts[i]`` rows each, in order."""
+    total = sum(counts)
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in outputs.items():
+        array = _as_array(name, value)
+        if len(counts) > 1 and (array.ndim == 0 or array.shape[0] != total):
+            raise RowMismatch(f"output {name[:60]!r} has shape {array.shape} for {total} input rows")
+        arrays[str(name)] = array
+    if not arrays:
+        raise OutputError("the model returned no tensor output")
+    label = next((n for n in LABEL_NAMES if n in arrays and _one_per_row(arrays[n])), None)
+    answers: list[Answer | ErrorInfo] = []
+    start = 0
+    for count in counts:
+        rows = {name: (a if len(counts) == 1 else a[start:start + count]) for name, a in arrays.items()}
+        start += count
+        try:
+            answers.append(_classifier_answer(rows, label) if label is not None else _plain_answer(rows))
+        except _NotFinite as exc:
+            answers.append(ErrorInfo(NOT_FINITE, f"output {exc.name[:60]!r} holds NaN or infinity for this input"))
+    return answers
+
+
+def _as_array(name: str, value: Any) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        raise OutputError(f"output {str(name)[:60]!r} is not a tensor") from None
+    if array.dtype.kind not in "biufUSO":  # complex, datetime, void: no JSON form
+        raise OutputError(f"output {str(name)[:60]!r} has dtype {array.dtype}, which has no JSON form")
+    return array
+
+
+def _one_per_row(array: np.ndarray) -> bool:
+    return array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1)
+
+
+def _classifier_answer(rows: dict[str, np.ndarray], label: str) -> Answer:
+    predictions = _values(label, rows[label].reshape(-1))
+    scores = None
+    probability = next((n for n in PROBABILITY_NAMES if n in rows), None)
+    used = {label}
+    if probability is not None:
+        p = rows[probability]
+        if p.ndim == 2 and p.shape[0] == len(predictions) and p.shape[1] > 0 and p.dtype.kind == "f":
+            if not np.all(np.isfinite(p)):
+                raise _NotFinite(probability)
+            scores = [round(float(v), 4) for v in p.max(axis=1)]
+            used.add(probability)
+    extra = {name: _values(name, a) for name, a in rows.items() if name not in used}
+    return Answer(predictions, scores, extra or None)
+
+
+def _plain_answer(rows: dict[str, np.ndarray]) -> Answer:
+    return Answer(outputs={name: _values(name, a) for name, a in rows.items()})
+
+
+def _values(name: str, array: np.ndarray) -> list[Any]:
+    """JSON-ready nested lists (a 0-d output becomes a one-element list)."""
+    kind = array.dtype.kind
+    if kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise _NotFinite(name)
+        values: Any = array.astype(np.float64).tolist()
+    elif kind == "b":
+        values = array.tolist()
+    elif kind in "iu":
+        values = array.astype(np.int64 if kind == "i" else np.uint64).tolist()
+    elif kind == "U":
+        values = array.tolist()
+    elif kind == "S":
+        values = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(array).tolist() \
+            if array.size else array.tolist()
+    else:  # object: strings (ONNX string tensors) or Python numbers, nothing else
+        values = [_object_value(name, v) for v in array.reshape(-1)]
+        values = np.array(values, dtype=object).reshape(array.shape).tolist() if array.ndim != 1 else values
+    return values if isinstance(values, list) else [values]
+
+
+def _object_value(name: str, value: Any) -> Scalar:
+    if isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float | np.floating):
+        if not np.isfinite(value):
+            raise _NotFinite(name)
+        return float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    raise OutputError(f"output {name[:60]!r} holds a {type(value).__name__}, which has no JSON form")
