@@ -7,9 +7,20 @@ and time until the runner's reported ``model`` says ``serving`` that version. Th
 HTTPS download, the hash check, the TEE's verification, key release (nonce, evidence, policy, Key
 Vault unwrapKey, JWE), decryption in the TEE, sealing, the notification and the ONNX Runtime load.
 
-Baseline, same run, same machine: the same ONNX model in plaintext, fetched over plain HTTP from a
-local server and loaded with ``onnxruntime.InferenceSession(bytes)`` plus one inference: no
-protection at all.
+Baseline, same run, same machine, measured right after each rollout: the same ONNX model in
+plaintext with no protection at all, fetched from the same storage service (a second Azurite
+process of the same npm package, plain HTTP, an anonymous public-read blob: no TLS, no SAS, no
+hash) with ``requests`` and loaded with ``onnxruntime.InferenceSession(bytes)`` plus one inference.
+For comparison the old baseline is measured too: the model from Python's ``http.server`` (plain
+HTTP), which serves files faster than Azurite does on this machine (``plain_http_server_s``).
+
+Stages (medians, seconds) come from the modules' own log lines: ``patch_to_job`` (the twin patch
+reaching the installer's reconcile loop), ``download`` (HTTPS download with both hashes, or
+``downloading`` -> ``verifying``), ``verify`` (the TEE's key-less verification and the installer's
+payload digest check), ``release`` (nonce, evidence, key release), ``install`` (the TEE's decrypt,
+check, seal and commit), ``runner_load`` (installer done -> runner serving: notification through
+edgeHub, list, load) and ``report`` (the runner's reported property reaching the bench through the
+hub). The load average is printed with the figures: on a shared 2-core machine it matters.
 
 Usage: ``.venv/bin/python bench/deploy_latency.py [--sizes 1,10,100] [--repeat 3]``.
 The last line printed is one JSON object.
@@ -19,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +107,88 @@ def plain_http_server(directory: Path) -> Iterator[str]:
         server.server_close()
 
 
+@contextlib.contextmanager
+def plain_azurite(directory: Path) -> Iterator[tuple[str, str]]:
+    """The fair baseline's storage: Azurite (the stack's own emulator) over plain HTTP, no certificate.
+    Yields (blob endpoint, connection string)."""
+    from edb_local.azurite import ACCOUNT_KEY, ACCOUNT_NAME, azurite_blob_executable
+    from edb_local.net import free_loopback_address, free_port
+
+    address = free_loopback_address()
+    port = free_port(address)
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([str(azurite_blob_executable()), "--blobHost", address, "--blobPort", str(port),
+                             "--location", str(directory), "--skipApiVersionCheck", "--silent",
+                             "--disableTelemetry"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import socket
+
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the baseline's Azurite did not start")
+            time.sleep(0.1)
+        endpoint = f"http://{address}:{port}/{ACCOUNT_NAME}"
+        yield endpoint, (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+                         f"BlobEndpoint={endpoint};")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def publish_plain(connection_string: str, model_path: Path) -> str:
+    """Upload the plaintext model as an anonymous public-read blob; returns its URL (no SAS)."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(connection_string)
+    with contextlib.suppress(ResourceExistsError):
+        service.create_container("plain", public_access="blob")
+    blob = service.get_blob_client("plain", model_path.name)
+    with model_path.open("rb") as fh:
+        blob.upload_blob(fh, overwrite=True, max_concurrency=2)
+    service.close()
+    return str(blob.url)
+
+
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+STAGES = ("patch_to_job", "download", "verify", "release", "install", "runner_load", "report")
+
+
+def _log_times(path: Path, patterns: dict[str, str]) -> dict[str, float]:
+    """Wall-clock times (epoch seconds) of the LAST log line matching each pattern."""
+    found: dict[str, float] = {}
+    if not path.exists():
+        return found
+    compiled = {key: re.compile(pattern) for key, pattern in patterns.items()}
+    for line in path.read_text(errors="replace").splitlines():
+        match = _LOG_TIME.match(line)
+        if match is None:
+            continue
+        for key, pattern in compiled.items():
+            if pattern.search(line):
+                found[key] = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return found
+
+
+def stage_times(state: Path, version: str, patched: float, seen: float) -> dict[str, float]:
+    """Per-stage seconds of one rollout, from the installer's and runner's log lines."""
+    v = re.escape(version)
+    installer = _log_times(state / "logs" / "modules" / "package_installer.log", {
+        "job": rf"install {NAME} {v} \(attempt", "downloading": rf"{NAME} {v}: downloading",
+        "verifying": rf"{NAME} {v}: verifying", "releasing": rf"{NAME} {v}: releasing",
+        "installing": rf"{NAME} {v}: installing", "installed": rf"installed {NAME} {v} "})
+    runner = _log_times(state / "logs" / "modules" / "inference_runner.log", {"serving": rf"serving {NAME} {v} "})
+    marks = {"patched": patched, **installer, **runner, "seen": seen}
+    order = ["patched", "job", "verifying", "releasing", "installing", "installed", "serving", "seen"]
+    if any(key not in marks for key in order):
+        return {}
+    values = [marks[key] for key in order]
+    return {stage: round(max(0.0, b - a), 3) for stage, a, b in zip(STAGES, values[:-1], values[1:], strict=True)}
+
+
 def plain_download_and_load(url: str) -> float:
     import onnxruntime as ort
     import requests
@@ -112,6 +207,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
+    load_before = os.getloadavg()
 
     sys.path.insert(0, str(ROOT))
     from edb.pki.devpki import init_publisher_pki
@@ -127,6 +223,7 @@ def main() -> int:
 
     state = Path(tempfile.mkdtemp(prefix="edb-bench-", dir="/tmp"))
     results = []
+    stack = contextlib.ExitStack()
     try:
         init_publisher_pki(state / "pki")
         up = edb("local", "up", "--state-dir", str(state), "--json")
@@ -144,6 +241,7 @@ def main() -> int:
             model = hub.module_twin(DEVICE, "inference_runner").reported.get("model") or {}
             return model.get("version") if model.get("state") == "serving" else None
 
+        _, plain_connection = stack.enter_context(plain_azurite(state / "plain-azurite"))
         models = state / "models"
         models.mkdir()
         svn = 0
@@ -151,7 +249,8 @@ def main() -> int:
             model = make_model(mb, index)
             model_path = models / f"model-{index}.onnx"
             model_path.write_bytes(model)
-            twin_times, plain_times = [], []
+            plain_url = publish_plain(plain_connection, model_path)
+            twin_times, plain_times, server_times, stages = [], [], [], []
             for attempt in range(args.repeat):
                 svn += 1
                 version = f"{index + 1}.{attempt}.0"
@@ -163,6 +262,7 @@ def main() -> int:
                                         container=config.blob_container, connection_verify=config.connection_verify())
                 release = Release(NAME, NAME, version, svn, uploaded.url, uploaded.sha256, uploaded.size,
                                   uploaded.blob, iso_utc())
+                patched = time.time()
                 started = time.perf_counter()
                 rollout_to_device(hub, DEVICE, release)
                 deadline = started + 300
@@ -171,21 +271,34 @@ def main() -> int:
                         raise TimeoutError(f"{version} not serving after 300 s")
                     time.sleep(0.02)
                 twin_times.append(time.perf_counter() - started)
+                stages.append(stage_times(state, version, patched, patched + twin_times[-1]))
+                plain_times.append(plain_download_and_load(plain_url))
                 with plain_http_server(models) as base:
-                    plain_times.append(plain_download_and_load(f"{base}/{model_path.name}"))
+                    server_times.append(plain_download_and_load(f"{base}/{model_path.name}"))
+                print(f"  {version}: twin -> serving {twin_times[-1]:.3f} s, plain {plain_times[-1]:.3f} s, "
+                      f"stages {stages[-1]}", file=sys.stderr)
             twin_s = float(np.median(twin_times))
             plain_s = float(np.median(plain_times))
+            server_s = float(np.median(server_times))
+            complete = [s for s in stages if s]
             row = {"mb": round(len(model) / 1e6, 1), "package_mb": round(uploaded.size / 1e6, 1),
                    "twin_to_serving_s": round(twin_s, 3), "plain_download_load_s": round(plain_s, 3),
-                   "ratio": round(twin_s / plain_s, 2)}
+                   "ratio": round(twin_s / plain_s, 2),
+                   "twin_runs_s": [round(t, 3) for t in twin_times], "plain_runs_s": [round(t, 3) for t in plain_times],
+                   "plain_http_server_s": round(server_s, 3), "ratio_vs_http_server": round(twin_s / server_s, 2),
+                   "stages_s": {k: round(float(np.median([s[k] for s in complete])), 3) for k in STAGES}
+                   if complete else {}}
             results.append(row)
             print(f"{row['mb']:>7} MB: twin -> serving {twin_s:7.3f} s, plaintext download + load {plain_s:7.3f} s, "
-                  f"ratio {row['ratio']}", file=sys.stderr)
+                  f"ratio {row['ratio']} (vs http.server {server_s:.3f} s: {row['ratio_vs_http_server']})",
+                  file=sys.stderr)
     finally:
+        stack.close()
         if not args.keep:
             edb("local", "down", "--state-dir", str(state), "--json")
             shutil.rmtree(state, ignore_errors=True)
-    print(json.dumps({"bench": "deploy_latency", "repeat": args.repeat, "results": results}))
+    print(json.dumps({"bench": "deploy_latency", "repeat": args.repeat,
+                      "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], "results": results}))
     return 0
 
 

@@ -119,9 +119,9 @@ class InstallerService:
 
     def _emit(self, event: ModuleEvent, *, notify_runner: bool = False) -> None:
         props = application_properties(MessageType.EVENT, event=event.event.value)
-        self.outputs.send(endpoints.OUTPUT_EVENTS, event.to_json(), props)
-        if notify_runner:
+        if notify_runner:  # first: the runner's switch to the new version waits for it, the reporter does not
             self.outputs.send(endpoints.OUTPUT_NOTIFICATIONS, event.to_json(), props)
+        self.outputs.send(endpoints.OUTPUT_EVENTS, event.to_json(), props)
 
     # -- loop ------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -205,8 +205,10 @@ class InstallerService:
     async def _job(self, package: DesiredPackage, attempt: int) -> None:
         name = package.name
         started = self.clock()
+        marks: list[tuple[str, float]] = []  # (state, when it began): the stage breakdown in the log
 
         async def on_state(state: PackageState, security_version: int | None) -> None:
+            marks.append((state.value, self.clock()))
             job = self.jobs.get(name)
             if job is not None:
                 job.state = state
@@ -232,13 +234,14 @@ class InstallerService:
                                              key_flow)
             self.failures.pop(name, None)
             duration_ms = (self.clock() - started) * 1000
-            self._report(name, ReportedPackage(PackageState.INSTALLED, installed.version, installed.security_version,
-                                               package.sha256, installed_version=installed.version, key_flow=key_flow))
             self._emit(ModuleEvent(EventKind.PACKAGE_INSTALLED, SOURCE, name, installed.version,
                                    installed.security_version, PackageState.INSTALLED.value,
                                    duration_ms=round(duration_ms, 1), key_flow=key_flow), notify_runner=True)
-            log.info("installed %s %s (security version %d%s) in %.0f ms", name, installed.version,
-                     installed.security_version, ", LEGACY key flow" if key_flow else "", duration_ms)
+            self._report(name, ReportedPackage(PackageState.INSTALLED, installed.version, installed.security_version,
+                                               package.sha256, installed_version=installed.version, key_flow=key_flow))
+            log.info("installed %s %s (security version %d%s) in %.0f ms (%s)", name, installed.version,
+                     installed.security_version, ", LEGACY key flow" if key_flow else "", duration_ms,
+                     stage_breakdown(marks, self.clock()))
         finally:
             job = self.jobs.get(name)
             if job is not None and job.task is asyncio.current_task():
@@ -327,6 +330,13 @@ class InstallerService:
                              "retryInSeconds": round(f.retry_at - now, 1) if f.retry_at else None}
                          for n, f in sorted(self.failures.items())},
         }
+
+
+def stage_breakdown(marks: list[tuple[str, float]], end: float) -> str:
+    """``downloading 367 ms, verifying 143 ms, ...``: how long each state lasted."""
+    ends = [when for _, when in marks[1:]] + [end]
+    stages = zip(marks, ends, strict=True)
+    return ", ".join(f"{state} {(until - began) * 1000:.0f} ms" for (state, began), until in stages)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -8,6 +8,13 @@ released key with the one-time key (it must be bound to this package and the man
 re-check the floor, decrypt into a locked buffer, validate the model with ONNX Runtime, seal it, and
 commit {sealed generation, install record, raised floor} in one replay-protected write.
 
+``begin`` reads the package once (its SHA-256); it does not hash the payload chunks again: the
+installer streams that key-less check while downloading and refuses a damaged payload before any
+key release, and ``complete`` authenticates every payload byte anyway (chunk tags, signed plaintext
+digest) before anything is installed. An aligned-layout payload is sealed while it is decrypted
+(each sealed chunk written, and its disk write-back started, as soon as its plaintext is there), so
+the fsync before the commit overlaps the decryption instead of following it.
+
 Any failure before that commit leaves the installed set, the floors and the serving model exactly
 as they were; the transaction is dropped and the plaintext buffer overwritten.
 """
@@ -24,6 +31,8 @@ import secrets
 import stat
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -41,6 +50,7 @@ from edb.tee.types import NAME_PATTERN, Evidence, InstalledPackage, InstallSumma
 from edb_tee.hardening import SecureBuffer
 from edb_tee.models import LoadedModel, ModelManager, choose_prepack
 from edb_tee.rpmb import RpmbState
+from edb_tee.storage import ObjectWriter
 
 if TYPE_CHECKING:
     from edb_tee.core import DeviceState
@@ -51,6 +61,10 @@ MODEL_MEDIA_TYPES = (onnx_layout.MEDIA_TYPE, "application/onnx", "application/vn
                      "application/octet-stream")
 MAX_OPEN_PER_OWNER = 4
 MAX_OPEN = 32
+
+#: Fills the plaintext buffer; calls the progress callback (if given) with each run of bytes that
+#: is ready, in order from the front.
+Fill = Callable[[SecureBuffer, Callable[[int], None] | None], None]
 
 
 def model_object(name: str) -> str:
@@ -197,9 +211,10 @@ class InstallEngine:
         if not ident.publisher_roots:
             raise TeeError("no publisher root is pinned on this device", code=E.NO_TRUST_ROOT)
         floor = self.state.rpmb.read().floors.get(reader.manifest_v2.package_id)
+        # No payload digest pass here (see the module docstring): complete() authenticates every byte.
         verified = verify_package(reader, trust_roots=ident.publisher_roots, now=self.clock(),
                                   device_id=ident.device_id, device_class=ident.device_class,
-                                  security_floor=floor, check_payload_digest=True)
+                                  security_floor=floor, check_payload_digest=False)
         m = verified.manifest
         if m.media_type not in MODEL_MEDIA_TYPES:
             raise TeeError(f"payload media type {m.media_type!r} is not a model this TEE loads", code=E.MODEL_INVALID)
@@ -247,8 +262,13 @@ class InstallEngine:
             if released.kid != t.verified.manifest.kid:
                 raise TeeError("released key is for another KEK than the manifest names", code=E.KEY_MISMATCH)
             verified = t.verified
-            return self._install(t, lambda buf: decrypt_payload(verified, released.dek, buf.view()),
-                                 verified.manifest.plaintext_size)
+
+            def fill(buf: SecureBuffer, progress: Callable[[int], None] | None) -> None:
+                decrypt_payload(verified, released.dek, buf.view(), progress=progress)
+
+            # Only an aligned payload is sealed as decrypted; a plain ONNX one is converted first.
+            return self._install(t, fill, verified.manifest.plaintext_size,
+                                 stream_seal=t.media_type == onnx_layout.MEDIA_TYPE)
         finally:
             self._drop(t)
 
@@ -278,7 +298,7 @@ class InstallEngine:
         if size > self.state.config.measured.max_model_bytes:
             raise TeeError("model larger than this TEE accepts", code=E.MODEL_TOO_LARGE)
 
-        def fill(buf: SecureBuffer) -> None:
+        def fill(buf: SecureBuffer, progress: Callable[[int], None] | None) -> None:
             view, position = buf.view(), 0
 
             def sink(chunk: bytes | memoryview) -> None:
@@ -290,16 +310,25 @@ class InstallEngine:
 
         return self._install(t, fill, size)
 
-    def _install(self, t: Transaction, fill: Any, size: int) -> InstallSummary:
-        with self._commit:
+    def _install(self, t: Transaction, fill: Fill, size: int, *, stream_seal: bool = False) -> InstallSummary:
+        with self._commit, ExitStack() as cleanup:
             floor = self.state.rpmb.read().floors.get(t.package_id)
             if floor is not None and t.security_version < floor:
                 raise PackageError(f"security version {t.security_version} is below the floor {floor}",
                                    code=ROLLBACK)
             buf = SecureBuffer(size)
+            writer: ObjectWriter | None = None
             try:
-                fill(buf)
-                buf = _to_layout(buf)
+                if stream_seal:
+                    writer = cleanup.enter_context(
+                        self.state.storage.writer(INSTALLER_TA, model_object(t.name), size))
+                    _fill_and_seal(buf, fill, writer)
+                else:
+                    fill(buf, None)
+                converted = _to_layout(buf)
+                if converted is not buf:
+                    writer = None  # what was sealed is not what will serve; sealed again below
+                buf = converted
             except BaseException:
                 buf.close()
                 raise
@@ -307,12 +336,12 @@ class InstallEngine:
             prepack = choose_prepack(None, buf.size, self.state.config.measured.prepack_max_bytes)
             model = self.models.make(t.name, t.version, t.package_id, buf, prepack=prepack)
             try:
-                return self._seal(t, model)
+                return self._seal(t, model, writer)
             except BaseException:
                 model.close()
                 raise
 
-    def _seal(self, t: Transaction, model: LoadedModel) -> InstallSummary:
+    def _seal(self, t: Transaction, model: LoadedModel, writer: ObjectWriter | None) -> InstallSummary:
         previous = self.state.rpmb.read().installed.get(t.name)
         record = {"packageId": t.package_id, "version": t.version, "securityVersion": t.security_version,
                   "size": model.buffer.size, "sha256": t.sha256, "payloadSha256": t.payload_sha256,
@@ -327,7 +356,10 @@ class InstallEngine:
                 state.floors[t.package_id] = max(state.floors.get(t.package_id, 0), t.security_version)
             after["floor"] = state.floors.get(t.package_id, 0)
 
-        self.state.storage.write(INSTALLER_TA, model_object(t.name), model.buffer.view(), also=commit)
+        if writer is not None:  # already sealed while it was decrypted: only the commit is left
+            writer.commit(also=commit)
+        else:
+            self.state.storage.write(INSTALLER_TA, model_object(t.name), model.buffer.view(), also=commit)
         self.models.keep_warm(model)
         log.info("installed %s: %s %s (svn %d)", t.name, t.package_id, t.version, t.security_version)
         return InstallSummary(_record_to_package(t.name, record), after["floor"],
@@ -343,6 +375,53 @@ class InstallEngine:
             self.state.storage.delete(INSTALLER_TA, model_object(name), also=drop)
         self.models.drop_warm(name)
         log.info("uninstalled %s", name)
+
+
+def _fill_and_seal(buf: SecureBuffer, fill: Fill, writer: ObjectWriter) -> None:
+    """Run ``fill`` on this thread and seal behind it on another, as far as the plaintext is ready.
+
+    The sealing thread only ever reads bytes ``fill`` has finished (the progress watermark). On
+    any error both stop and the caller discards the buffer and the unfinished sealed file."""
+    ready = 0
+    finished = False
+    failure: list[BaseException] = []
+    changed = threading.Condition()
+
+    def progress(n: int) -> None:
+        nonlocal ready
+        with changed:
+            ready += n
+            changed.notify()
+
+    def seal_behind() -> None:
+        view = buf.view()
+        try:
+            sealed_upto = 0
+            while True:
+                with changed:
+                    while ready == sealed_upto and not finished:
+                        changed.wait()
+                    upto, last = ready, finished
+                writer.advance(view, upto)
+                sealed_upto = upto
+                if last:
+                    return
+        except BaseException as exc:  # reported to the calling thread below
+            failure.append(exc)
+        finally:
+            view.release()
+
+    sealer = threading.Thread(target=seal_behind, name="edb-tee-seal", daemon=True)
+    sealer.start()
+    try:
+        fill(buf, progress)
+    finally:
+        with changed:
+            finished = True
+            changed.notify()
+        sealer.join()
+    if failure:
+        raise failure[0]
 
 
 def _to_layout(buf: SecureBuffer) -> SecureBuffer:

@@ -87,25 +87,58 @@ def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
     return prefix + struct.pack(">IB", index, 1 if last else 0)
 
 
+class SealWriter:
+    """Write one sealed object while its plaintext is still being produced.
+
+    The header (with the final size) and the wrapped key go out at once; :meth:`advance` then seals
+    every whole chunk that lies within the first ``available`` bytes of ``src`` (the complete
+    plaintext buffer, filled from the front by someone else), and the last chunk once ``available``
+    reaches the size. Only ciphertext is ever written; no plaintext is copied."""
+
+    def __init__(self, out: BinaryIO, tsk: bytes, ta: uuid.UUID, name: str, gen: int, size: int,
+                 *, chunk: int = CHUNK) -> None:
+        self._out = out
+        self.header = SealedHeader(ta, name, gen, size, chunk, secrets.token_bytes(PREFIX))
+        hbytes = self.header.encode()
+        fek = AESGCM.generate_key(bit_length=256)
+        wrap_nonce = secrets.token_bytes(12)
+        wrapped = wrap_nonce + AESGCM(tsk).encrypt(wrap_nonce, fek, _FEK_AAD + hbytes)
+        out.write(MAGIC + _LEN.pack(len(hbytes)) + hbytes + _LEN.pack(len(wrapped)) + wrapped)
+        self.header_sha256 = hashlib.sha256(hbytes).hexdigest()
+        self._aad = hashlib.sha256(hbytes).digest()
+        self._aead = AESGCM(fek)
+        self._buf = bytearray(min(chunk, size) + TAG)
+        self._next = 0  # index of the next chunk to seal
+
+    @property
+    def done(self) -> bool:
+        return self._next == self.header.chunks
+
+    def advance(self, src: memoryview, available: int) -> int:
+        """Seal what ``src[:available]`` allows; returns the bytes written by this call."""
+        h = self.header
+        written = 0
+        while self._next < h.chunks:
+            begin = self._next * h.chunk
+            end = min(begin + h.chunk, h.size)
+            if end > available:
+                break
+            view = memoryview(self._buf)[: end - begin + TAG]
+            last = self._next == h.chunks - 1
+            self._aead.encrypt_into(_nonce(h.prefix, self._next, last), src[begin:end], self._aad, view)
+            self._out.write(view)
+            written += len(view)
+            self._next += 1
+        return written
+
+
 def seal(out: BinaryIO, tsk: bytes, ta: uuid.UUID, name: str, gen: int, data: memoryview | bytes,
          *, chunk: int = CHUNK) -> str:
     """Write one sealed object; returns the hex SHA-256 of its header (recorded in the RPMB store)."""
     src = memoryview(data).cast("B")
-    header = SealedHeader(ta, name, gen, len(src), chunk, secrets.token_bytes(PREFIX))
-    hbytes = header.encode()
-    fek = AESGCM.generate_key(bit_length=256)
-    wrap_nonce = secrets.token_bytes(12)
-    wrapped = wrap_nonce + AESGCM(tsk).encrypt(wrap_nonce, fek, _FEK_AAD + hbytes)
-    out.write(MAGIC + _LEN.pack(len(hbytes)) + hbytes + _LEN.pack(len(wrapped)) + wrapped)
-    aad = hashlib.sha256(hbytes).digest()
-    aead = AESGCM(fek)
-    buf = bytearray(min(chunk, len(src)) + TAG)
-    for i in range(header.chunks):
-        piece = src[i * chunk:(i + 1) * chunk]
-        view = memoryview(buf)[: len(piece) + TAG]
-        aead.encrypt_into(_nonce(header.prefix, i, i == header.chunks - 1), piece, aad, view)
-        out.write(view)
-    return hashlib.sha256(hbytes).hexdigest()
+    writer = SealWriter(out, tsk, ta, name, gen, len(src), chunk=chunk)
+    writer.advance(src, len(src))
+    return writer.header_sha256
 
 
 @dataclass(frozen=True)

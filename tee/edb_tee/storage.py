@@ -7,6 +7,10 @@ either the old or the new object current, never a mix. Reads check, in this orde
 key authenticate (``TEE_SEALED_TAMPERED``), the object is the one asked for
 (``TEE_SEALED_NAME_MISMATCH``: swapped with another), and it is the current generation
 (``TEE_SEALED_ROLLBACK``: an older copy put back).
+
+Large objects can be sealed while their plaintext is still being produced (:meth:`SecureStorage.
+writer`): each sealed chunk is written as soon as its plaintext exists and its write-back to the
+disk is started at once, so the fsync before the commit finds little left to do.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from edb.errors import TeeError
 from edb.tee.errors import SEALED_MISSING, SEALED_ROLLBACK
@@ -30,6 +35,10 @@ from edb_tee.rpmb import ReplayProtectedStore, RpmbState
 
 log = logging.getLogger("edb_tee.storage")
 Mutation = Callable[[RpmbState], None]
+
+#: Start the disk write-back of sealed bytes every this many bytes (posix_fadvise DONTNEED starts
+#: it without waiting, unlike fsync), so writing overlaps with whatever produces the plaintext.
+WRITEBACK_STEP = 8 * 1024 * 1024
 
 
 def _key(ta: uuid.UUID, name: str) -> str:
@@ -54,34 +63,17 @@ class SecureStorage:
 
     def write(self, ta: uuid.UUID, name: str, data: memoryview | bytes, also: Mutation | None = None) -> int:
         """Seal ``data`` as the next generation of (ta, name) and commit it together with ``also``."""
+        src = memoryview(data).cast("B")
+        with self.writer(ta, name, len(src)) as writer:
+            writer.advance(src, len(src))
+            return writer.commit(also)
+
+    def writer(self, ta: uuid.UUID, name: str, size: int) -> ObjectWriter:
+        """Seal ``size`` bytes as the next generation of (ta, name), piece by piece (see :class:`ObjectWriter`).
+
+        The caller serialises writers of one object (the install lock does for models)."""
         current = self.generation(ta, name)
-        gen = (current or 0) + 1
-        path = self._path(ta, name, gen)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                header_sha = sealed.seal(fh, self.keys.tsk(ta), ta, name, gen, data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-
-            def mutate(state: RpmbState) -> None:
-                state.objects[_key(ta, name)] = {"gen": gen, "hdr": header_sha}
-                if also is not None:
-                    also(state)
-
-            self.rpmb.commit(mutate)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            if self.generation(ta, name) != gen:
-                path.unlink(missing_ok=True)
-            raise
-        if current is not None:
-            self._path(ta, name, current).unlink(missing_ok=True)
-        return gen
+        return ObjectWriter(self, ta, name, (current or 0) + 1, current, size)
 
     def delete(self, ta: uuid.UUID, name: str, also: Mutation | None = None) -> None:
         current = self.generation(ta, name)
@@ -94,6 +86,14 @@ class SecureStorage:
         self.rpmb.commit(mutate)
         if current is not None:
             self._path(ta, name, current).unlink(missing_ok=True)
+
+    def _commit_object(self, ta: uuid.UUID, name: str, gen: int, header_sha: str, also: Mutation | None) -> None:
+        def mutate(state: RpmbState) -> None:
+            state.objects[_key(ta, name)] = {"gen": gen, "hdr": header_sha}
+            if also is not None:
+                also(state)
+
+        self.rpmb.commit(mutate)
 
     # -- read --------------------------------------------------------------------------------
 
@@ -153,3 +153,71 @@ class SecureStorage:
         if removed:
             log.info("removed %d stale sealed-object files", removed)
         return removed
+
+
+class ObjectWriter:
+    """One sealed object being written: a temporary file until :meth:`commit` makes it current.
+
+    ``advance(src, available)`` seals what the first ``available`` bytes of the plaintext buffer
+    ``src`` allow (call it as the buffer fills, from one thread); ``commit(also)`` checks the object
+    is complete, fsyncs it, renames it into place and commits {generation, header hash} together
+    with ``also`` in one replay-protected write, then removes the previous generation. Leaving the
+    ``with`` block without a commit (an error, a cancelled install) removes the temporary file:
+    nothing changes."""
+
+    def __init__(self, storage: SecureStorage, ta: uuid.UUID, name: str, gen: int, previous: int | None,
+                 size: int) -> None:
+        self._storage = storage
+        self._ta, self._name, self._gen, self._previous = ta, name, gen, previous
+        self.path = storage._path(ta, name, gen)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._fh: BinaryIO = os.fdopen(fd, "wb")
+        self._written = 0
+        self._kicked = 0  # bytes whose write-back has been started
+        self._committed = False
+        try:
+            self._seal = sealed.SealWriter(self._fh, storage.keys.tsk(ta), ta, name, gen, size)
+        except BaseException:
+            self._discard()
+            raise
+
+    def advance(self, src: memoryview, available: int) -> None:
+        self._written += self._seal.advance(src, available)
+        if self._written - self._kicked >= WRITEBACK_STEP:
+            self._fh.flush()
+            os.posix_fadvise(self._fh.fileno(), self._kicked, self._written - self._kicked, os.POSIX_FADV_DONTNEED)
+            self._kicked = self._written
+
+    def commit(self, also: Mutation | None = None) -> int:
+        if not self._seal.done:
+            raise ValueError("sealed object is incomplete")
+        storage = self._storage
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self._tmp, self.path)
+            fsync_dir(self.path.parent)
+            storage._commit_object(self._ta, self._name, self._gen, self._seal.header_sha256, also)
+        except BaseException:
+            if storage.generation(self._ta, self._name) != self._gen:
+                self.path.unlink(missing_ok=True)
+            raise
+        self._committed = True
+        if self._previous is not None:
+            storage._path(self._ta, self._name, self._previous).unlink(missing_ok=True)
+        return self._gen
+
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._committed:
+            self._discard()

@@ -159,3 +159,44 @@ async def test_file_source_inside_the_allowed_directory(tmp_path: Path) -> None:
     with pytest.raises(InstallError) as info:
         await get(desired(f"file://{drop}/missing.cpk"), st)
     assert info.value.code == "INSTALL_NOT_FOUND"
+
+
+async def test_both_digests_are_streamed_also_across_a_resume(package_server: PackageServer,
+                                                              tmp_path: Path) -> None:
+    """One pass: the file hash and the v2 payload digest come from the bytes as they arrived (the
+    resumed part re-read from the partial file), equal to a fresh computation and the manifest."""
+    import datetime as dt
+    import io
+
+    from edb.cpk import PackageIdentity, Target, build
+    from edb.pki.devpki import init_publisher_pki
+
+    pki = init_publisher_pki(tmp_path / "pki", kek_bits=2048)
+    now = dt.datetime.now(dt.UTC)
+    out = io.BytesIO()
+    result = build(io.BytesIO(os.urandom(2 * 1024 * 1024 + 999)), out, kek=pki.load_kek(), signer=pki.signer(),
+                   identity=PackageIdentity(package_id="digits", version="1.0.0", security_version=1,
+                                            target=Target(device_ids=("dev-1",)), created=now,
+                                            expires=now + dt.timedelta(days=1)))
+    data = out.getvalue()
+    package_server.files["p.cpk"] = data
+    package_server.behaviours["p.cpk"] = "cut:1500000"  # inside the second chunk
+    pkg = desired(package_server.url("p.cpk"), data)
+    st = settings(tmp_path, package_server)
+    with pytest.raises(InstallError):
+        await fetch(pkg, resolve_source(pkg.url, ()), st)
+    with await fetch(pkg, resolve_source(pkg.url, ()), st) as fetched:
+        assert package_server.ranges[-1] is not None  # resumed
+        assert fetched.digests.sha256 == pkg.sha256
+        assert fetched.digests.payload is not None
+        assert fetched.digests.payload.sha256 == result.manifest.ciphertext_sha256
+    # a cached file left by an earlier run is checked again in one pass, with the same results
+    with await fetch(pkg, resolve_source(pkg.url, ()), st) as again:
+        assert again.digests == fetched.digests
+    # and a file: package the same way
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "p.cpk").write_bytes(data)
+    local = desired(f"file://{drop}/p.cpk", data)
+    with await fetch(local, resolve_source(local.url, (drop,)), settings(tmp_path, allowed=(drop,))) as from_file:
+        assert from_file.digests == fetched.digests

@@ -297,12 +297,28 @@ def test_v1_package_refused_when_legacy_is_off(client: TeeClient, tmp_path) -> N
     assert err.value.code == "TEE_LEGACY_DISABLED"
 
 
-def test_corrupted_payload_is_refused_before_any_key_release(client: TeeClient, make_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    pkg = make_package()
-    data = bytearray(pkg.path.read_bytes())
-    data[16 + 4 * 16 + 100] ^= 0x40  # inside stream 0, the payload ciphertext
-    bad = tmp_path / "corrupt.cpk"
-    bad.write_bytes(bytes(data))
+def test_corrupted_payload_is_refused_at_completion_and_changes_nothing(  # type: ignore[no-untyped-def]
+        client: TeeClient, make_package, publisher: Publisher, device: Device, tmp_path) -> None:
+    """The TEE authenticates every payload byte when it decrypts, whatever the installer checked
+    before (the installer's own key-less digest check refuses this before any key release:
+    tests/tee/test_install_pipeline.py). The serving version and its sealed object stay as they were."""
+    v1 = make_package(mlp_model(seed=1), version="1.0.0", security_version=1)
+    install(client, v1, publisher, device)
+    objects = device.layout.objects
+    before = sorted(p.name for p in objects.rglob("*"))
+    v2 = make_package(mlp_model(dim=512, seed=2), version="2.0.0", security_version=2)  # 2 MiB: 32 chunks
+    assert v2.result.manifest.plaintext_size > 2 * 1024 * 1024  # more than one sealed chunk before the bad one
+    data = bytearray(v2.path.read_bytes())
+    data[16 + 4 * 16 + 30 * (64 * 1024 + 16) + 100] ^= 0x40  # inside stream 0: the payload's 31st chunk
+    v2.path.write_bytes(bytes(data))
+    ticket = client.begin_install("mlp", v2.path)  # manifest, signature, target, floor: all fine
+    evidence = client.get_install_evidence(ticket, "n-corrupt")
     with pytest.raises(EdbError) as err:
-        client.begin_install("mlp", bad)
-    assert err.value.code == "CPK_DIGEST_MISMATCH"
+        client.complete_install(ticket, release_key(evidence, v2, publisher, device.manufacturer_ca))
+    assert err.value.code == "CPK_TAG_MISMATCH"
+    assert [(p.name, p.version) for p in client.list_installed()] == [("mlp", "1.0.0")]
+    assert sorted(p.name for p in objects.rglob("*")) == before  # no half-written sealed file left behind
+    assert client.status()["installs"] == 0
+    h = client.load_model("mlp")
+    x = np.ones((1, 64), np.float32)
+    np.testing.assert_allclose(client.infer(h, {"input": x})["output"], reference(v1.model, x), rtol=1e-5)
