@@ -142,7 +142,8 @@ def main() -> None:
                       EDB_KR_MANUFACTURER_ROOTS=str(work / "manufacturer.pem"),
                       EDB_KR_PUBLISHER_ROOTS=str(work / "publisher.pem"), EDB_KR_KEK_NAMES="edb-kek",
                       EDB_KR_RATE_BURST="1000000", EDB_KR_RATE_PER_MINUTE="1000000",
-                      EDB_KR_AUDIT_LOG=str(work / "audit.log"))
+                      EDB_KR_NONCE_RATE_BURST="1000000", EDB_KR_NONCE_RATE_PER_MINUTE="1000000",
+                      EDB_KR_NONCE_KEY_FILE=str(work / "nonce.key"), EDB_KR_AUDIT_LOG=str(work / "audit.log"))
         kr, kr_ready = start([sys.executable, "-m", "key_release_service", "serve", "--address", address,
                               "--port", "0", "--cert", str(kr_tls.cert_path), "--key", str(kr_tls.key_path)],
                              kr_env, work / "keyrelease.log")

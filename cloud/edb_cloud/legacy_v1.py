@@ -5,7 +5,7 @@ WEAKER than the default v2 package (no publisher pinning, target, expiry or roll
 content key goes to whoever holds the WrapKey function key). Build v2 packages unless a device
 can only take v1.
 
-The content ("class") key is the Key Vault secret named after the package id: the secret the key
+The content ("class") key is the Key Vault secret ``edb-legacy-<package id>``: the secret the key
 release service's ``ProvisionKey/{key_name}`` creates and ``WrapKey`` wraps to the device. It is
 created here the same way if absent (32 random bytes, base64, content type
 ``application/vnd.edb.legacy-class-key``) and read to encrypt the model: the build pipeline is one
@@ -34,7 +34,7 @@ from edb.errors import ConfigError
 from edb.keys.errors import INVALID_KEY, UNAVAILABLE, KeyProviderError
 from edb_cloud.config import CloudConfig
 from key_release_service.keyvault import LEGACY_CONTENT_TYPE
-from key_release_service.legacy import KEY_NAME
+from key_release_service.legacy import KEY_NAME, legacy_secret_name
 
 _VERSION = re.compile(r"^(\d{1,9})\.(\d{1,9})\.(\d{1,9})$")
 MAX_V1_MODEL_BYTES = 64 * 1024 * 1024  # v1 is built in memory, like the original tools did
@@ -76,12 +76,14 @@ def class_key(config: CloudConfig, key_name: str) -> bytes:
         raise ConfigError("a v1 package's key lives in Key Vault (the key release service wraps it from there); "
                           "set EDB_KEYVAULT_URL", code="CONFIG_MISSING")
     client = _vault(config).secret_client()
+    secret_name = legacy_secret_name(check_key_name(key_name))  # the key release service's namespace
     try:
         try:
-            value = client.get_secret(check_key_name(key_name)).value or ""
+            secret = client.get_secret(secret_name)
+            value = (secret.value or "") if secret.properties.content_type == LEGACY_CONTENT_TYPE else ""
         except ResourceNotFoundError:
             value = base64.b64encode(secrets.token_bytes(32)).decode()
-            client.set_secret(key_name, value, content_type=LEGACY_CONTENT_TYPE,
+            client.set_secret(secret_name, value, content_type=LEGACY_CONTENT_TYPE,
                               tags={"edb-role": "legacy-class-key"})
     except AzureError as exc:
         raise KeyProviderError(f"cannot read or create the class key {key_name} in Key Vault "
@@ -91,7 +93,7 @@ def class_key(config: CloudConfig, key_name: str) -> bytes:
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != 32:
-        raise KeyProviderError(f"Key Vault secret {key_name} is not a base64 32-byte class key", code=INVALID_KEY)
+        raise KeyProviderError(f"Key Vault secret {secret_name} is not a base64 32-byte class key", code=INVALID_KEY)
     return key
 
 

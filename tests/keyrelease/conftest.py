@@ -104,6 +104,7 @@ def base_config(keyvault: KeyVaultStandIn, manufacturer: Manufacturer, publisher
         vault_url=keyvault.url, manufacturer_roots=(manufacturer.root,), publisher_roots=(publisher.root,),
         credential=str(keyvault.credential_path("key-release")), vault_ca=str(stack_ca.ca_path),
         kek_names=frozenset({"edb-kek"}), policy_cache_s=0.0, rate_burst=1000, rate_per_minute=6000.0,
+        nonce_rate_burst=1000, nonce_rate_per_minute=6000.0,
     )
 
 
@@ -113,6 +114,9 @@ async def make_service(base_config: ServiceConfig, audit_lines: list[str]) -> As
     made: list[KeyReleaseService] = []
 
     def make(**overrides: Any) -> KeyReleaseService:
+        if overrides.get("legacy_enabled"):  # ProvisionKey needs the role with set on edb-legacy-*
+            overrides.setdefault("credential", base_config.credential.replace("key-release.json",
+                                                                              "key-release-legacy.json"))
         config = dataclasses.replace(base_config, **overrides)
         credential = AsyncLocalTokenCredential.from_file(config.credential)
         gateway = AzureVaultGateway(config.vault_url, credential, ca_file=config.vault_ca)

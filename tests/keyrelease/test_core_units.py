@@ -18,9 +18,18 @@ from key_release_service import codes
 from key_release_service.audit import AuditRecord
 from key_release_service.codes import STATUS, Denied
 from key_release_service.config import ServiceConfig
+from key_release_service.functions_adapter import platform_client_address
 from key_release_service.keyvault import check_kid, is_loopback_url
-from key_release_service.legacy import check_key_name, parse_wrap_request, wrap_class_key
-from key_release_service.nonces import NonceStore
+from key_release_service.legacy import (
+    LEGACY_CONTENT_TYPE,
+    check_key_name,
+    class_key_from_secret,
+    legacy_secret_name,
+    parse_wrap_request,
+    wrap_class_key,
+)
+from key_release_service.nonce_keys import load_or_create_key_file, parse_nonce_keys
+from key_release_service.nonces import NONCE_CHARS, NonceIssuer, SpentNonces
 from key_release_service.policy import (
     ReleaseFacts,
     build_policy,
@@ -28,7 +37,7 @@ from key_release_service.policy import (
     parse_policy,
     policy_secret_name,
 )
-from key_release_service.ratelimit import RateLimiter
+from key_release_service.ratelimit import RateLimiter, address_key
 from key_release_service.request import parse_release_request
 
 
@@ -50,42 +59,103 @@ def test_every_code_has_a_status_and_the_kr_prefix() -> None:
         Denied("KR_NOT_A_CODE", "x")
 
 
-def test_nonce_single_use_lifetime_and_tombstones() -> None:
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+
+def _spend(spent: SpentNonces, issuer: NonceIssuer, nonce: str) -> None:
+    spent.spend(issuer.check(nonce))
+
+
+def test_nonce_is_ours_fresh_and_single_use() -> None:
     clock = Clock()
-    store = NonceStore(60, clock=clock)
-    nonce, _ = store.issue()
-    assert len(base64.urlsafe_b64decode(nonce + "=")) == 32
-    store.consume(nonce)
+    issuer, spent = NonceIssuer([KEY], 60, clock=clock), SpentNonces(clock=clock)
+    nonce, expires = issuer.issue()
+    assert len(nonce) == NONCE_CHARS == 98 and expires == clock.t + 60
+    assert len(base64.urlsafe_b64decode(nonce + "==")) == 73
+    _spend(spent, issuer, nonce)
     with pytest.raises(Denied) as exc:
-        store.consume(nonce)
-    assert _code(exc) == codes.NONCE_REPLAYED
-    late, _ = store.issue()
+        _spend(spent, issuer, nonce)
+    assert _code(exc) == codes.NONCE_REPLAYED and exc.value.status == 401
+    late, _ = issuer.issue()
     clock.t += 60
-    with pytest.raises(Denied) as exc:
-        store.consume(late)
+    for _ in range(2):  # expired is final: never accepted, however often it comes back
+        with pytest.raises(Denied) as exc:
+            _spend(spent, issuer, late)
+        assert _code(exc) == codes.NONCE_EXPIRED
+    with pytest.raises(Denied) as exc:  # the spent one expired too: refused by its expiry now
+        _spend(spent, issuer, nonce)
     assert _code(exc) == codes.NONCE_EXPIRED
-    with pytest.raises(Denied) as exc:  # an expired nonce is burnt, too
-        store.consume(late)
-    assert _code(exc) == codes.NONCE_REPLAYED
-    clock.t += 61  # tombstones are forgotten after one more lifetime
-    with pytest.raises(Denied) as exc:
-        store.consume(late)
-    assert _code(exc) == codes.NONCE_UNKNOWN
-    assert len(store) == 0
+    assert len(spent) == 0  # swept: the spent set holds only unexpired nonces
     with pytest.raises(ValueError):
-        NonceStore(61)
+        NonceIssuer([KEY], 61)
+    with pytest.raises(ValueError):
+        NonceIssuer([b"short"])
+    assert "00010203" not in repr(issuer) and KEY.hex() not in repr(issuer)
 
 
-def test_nonce_store_is_bounded() -> None:
+def test_forged_tampered_and_malformed_nonces_are_unknown() -> None:
     clock = Clock()
-    store = NonceStore(60, max_outstanding=3, clock=clock)
-    for _ in range(3):
-        store.issue()
-    with pytest.raises(Denied) as exc:
-        store.issue()
+    issuer = NonceIssuer([KEY], 60, clock=clock)
+    forged, _ = NonceIssuer([OTHER_KEY], 60, clock=clock).issue()  # right shape, another key
+    good, _ = issuer.issue()
+    raw = bytearray(base64.urlsafe_b64decode(good + "=="))
+    raw[40] ^= 1  # push the expiry out by a bit: the MAC no longer matches
+    tampered = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    ahead = NonceIssuer([KEY], 60, clock=lambda: clock.t + 30).issue()[0]  # our key, expiry 90 s away
+    for bad in (forged, tampered, ahead, good[:-1], good + "A", "bm90LWlzc3VlZC1ieS11cw", "",
+                good[:-2] + ("B" if good[-2] != "B" else "C") + good[-1], "!" * 98, good.replace(good[5], "+", 1)):
+        with pytest.raises(Denied) as exc:
+            issuer.check(bad)
+        assert _code(exc) == codes.NONCE_UNKNOWN, bad
+    # key rotation: a nonce made with the previous key still verifies while both are configured
+    rotated = NonceIssuer([OTHER_KEY, KEY], 60, clock=clock)
+    assert rotated.check(good).expires == clock.t + 60
+
+
+def test_issuing_nonces_stores_nothing_so_a_flood_cannot_lock_devices_out() -> None:
+    """The old store capped outstanding nonces and answered KR_BUSY past the cap to everyone."""
+    clock = Clock()
+    issuer, spent = NonceIssuer([KEY], 60, clock=clock), SpentNonces(max_entries=3, clock=clock)
+    flood = [issuer.issue()[0] for _ in range(5000)]
+    assert len(set(flood)) == 5000 and len(spent) == 0
+    assert set(vars(issuer)) == {"_keys", "ttl_s", "_clock", "_random"}  # no per-nonce state anywhere
+    device_nonce, _ = issuer.issue()
+    _spend(spent, issuer, device_nonce)  # the device's release still goes through
+    for nonce in flood[:2]:
+        _spend(spent, issuer, nonce)
+    with pytest.raises(Denied) as exc:  # the bound applies to spent nonces only (authenticated releases)
+        _spend(spent, issuer, flood[2])
     assert _code(exc) == codes.BUSY and exc.value.status == 503
-    clock.t += 121
-    store.issue()  # swept
+    clock.t += 60
+    _spend(spent, issuer, issuer.issue()[0])  # expired entries leave the set
+
+
+def test_nonce_keys_from_configuration(tmp_path: Path) -> None:
+    text = base64.b64encode(KEY).decode() + ", " + base64.urlsafe_b64encode(OTHER_KEY).decode().rstrip("=")
+    assert parse_nonce_keys(text, what="x") == (KEY, OTHER_KEY)
+    for bad in ("", "not base64!", base64.b64encode(b"16 bytes only...").decode(), ",".join(["AAAA"] * 5)):
+        with pytest.raises(ConfigError):
+            parse_nonce_keys(bad, what="x")
+    path = tmp_path / "nonce.key"
+    made = load_or_create_key_file(path)
+    assert len(made) == 1 and len(made[0]) == 32 and path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_key_file(path) == made  # kept across restarts, never overwritten
+    path.chmod(0o644)
+    with pytest.raises(ConfigError):
+        load_or_create_key_file(path)
+
+
+def test_client_address_of_a_request() -> None:
+    assert address_key("10.0.0.4") == "10.0.0.4"
+    assert address_key("2001:db8::1") == address_key("2001:db8::ffff") == "2001:db8::/64"
+    assert address_key("::ffff:10.0.0.4") == "10.0.0.4"
+    assert address_key(None) == address_key("garbage") == "unknown"
+    # only the entry App Service's front end appended counts: a client cannot choose its bucket
+    assert platform_client_address("6.6.6.6, 10.0.0.4:52311") == "10.0.0.4"
+    assert platform_client_address("[2001:db8::1]:443") == "2001:db8::1"
+    assert platform_client_address("10.0.0.4") == "10.0.0.4"
+    assert platform_client_address("") is None
 
 
 def test_rate_limiter_burst_refill_and_isolation() -> None:
@@ -224,6 +294,23 @@ def test_legacy_request_parsing_and_wrap() -> None:
         check_key_name(None)
 
 
+def test_class_keys_live_only_in_their_namespace_with_their_content_type() -> None:
+    assert legacy_secret_name("3f2b-11aa") == "edb-legacy-3f2b-11aa"
+    assert len(legacy_secret_name("a" * 116)) == 127  # Key Vault's longest secret name
+    for bad in ("a" * 117, "-lead", "", "a/b", "a.b", "edb-policy-x", "EDB-x", "caf\u00e9", None, 7):
+        with pytest.raises(Denied) as exc:
+            legacy_secret_name(bad)  # type: ignore[arg-type]
+        assert _code(exc) == codes.LEGACY_BAD_KEY_NAME
+    stored = base64.b64encode(b"k" * 32).decode()
+    assert class_key_from_secret(stored, LEGACY_CONTENT_TYPE) == b"k" * 32
+    for value, content_type in [(stored, None), (stored, "application/json"), (stored, LEGACY_CONTENT_TYPE + "x"),
+                                (base64.b64encode(b"k" * 31).decode(), LEGACY_CONTENT_TYPE),
+                                ("not base64!", LEGACY_CONTENT_TYPE), (None, LEGACY_CONTENT_TYPE)]:
+        with pytest.raises(Denied) as exc:
+            class_key_from_secret(value, content_type)
+        assert _code(exc) == codes.LEGACY_NOT_CLASS_KEY and exc.value.status == 403
+
+
 def test_audit_line_shape() -> None:
     line = AuditRecord(event="release", decision="deny", code=codes.NONCE_REPLAYED, device="d",
                        package="p", version="1").to_line()
@@ -244,6 +331,14 @@ def test_config_from_env(tmp_path: Path) -> None:
     config = ServiceConfig.from_env(env)
     assert config.vault_url == "https://v.vault.azure.net" and config.kek_names == frozenset({"a", "b"})
     assert config.legacy_enabled and config.nonce_ttl_s == 60 and config.credential == "default"
+    assert config.nonce_keys == () and (config.nonce_rate_burst, config.nonce_rate_per_minute) == (30, 120)
+    keyed = ServiceConfig.from_env({**env, "EDB_KR_NONCE_KEY": base64.b64encode(KEY).decode()})
+    assert keyed.nonce_keys == (KEY,) and KEY.hex() not in repr(keyed)
+    from_file = ServiceConfig.from_env({**env, "EDB_KR_NONCE_KEY_FILE": str(tmp_path / "nonce.key")})
+    assert from_file.nonce_keys == ServiceConfig.from_env({**env, "EDB_KR_NONCE_KEY_FILE": str(tmp_path / "nonce.key")}
+                                                          ).nonce_keys
+    with pytest.raises(ConfigError):
+        ServiceConfig.from_env({**env, "EDB_KR_NONCE_KEY": "AAAA", "EDB_KR_NONCE_KEY_FILE": "x"})
     for broken in ({**env, "EDB_KR_NONCE_TTL_S": "61"}, {k: v for k, v in env.items() if k != "EDB_KEYVAULT_URL"},
                    {**env, "EDB_KR_MANUFACTURER_ROOTS": str(tmp_path / "missing.pem")}):
         with pytest.raises(ConfigError):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from azure.keyvault.secrets import SecretClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -19,6 +20,8 @@ from kr_helpers import unique
 from edb.keyrelease import LegacyWrapClient, ReleaseFailed
 from edb_local.stack_ca import StackCA
 from key_release_service.host import KeyReleaseHost
+from key_release_service.legacy import LEGACY_CONTENT_TYPE, legacy_secret_name
+from key_release_service.policy import CONTENT_TYPE as POLICY_CONTENT_TYPE
 
 FUNCTION_KEY = "legacy-fn-key"
 _DEVICE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -55,7 +58,7 @@ async def test_wrapped_key_opens_to_the_class_key_and_refusals_keep_their_codes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     name = unique("legacy")
     class_key = base64.b64encode(bytes(range(32))).decode()
-    secret_client.set_secret(name, class_key, content_type="application/vnd.edb.legacy-class-key")
+    secret_client.set_secret(legacy_secret_name(name), class_key, content_type=LEGACY_CONTENT_TYPE)
     # the environment names another CA: the client's own CA bundle is what counts
     unrelated = StackCA.load_or_create(tmp_path / "unrelated").ca_path
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(unrelated))
@@ -84,6 +87,48 @@ async def test_wrapped_key_opens_to_the_class_key_and_refusals_keep_their_codes(
     untrusting = LegacyWrapClient(url, function_key=FUNCTION_KEY, ca_bundle=str(unrelated))
     failure = await asyncio.to_thread(_refused, untrusting, name)
     assert failure.code == "KR_UNREACHABLE" and failure.retryable
+
+
+async def test_no_other_secret_in_the_vault_can_be_obtained_under_any_key_name(
+        legacy_host: KeyReleaseHost, stack_ca: StackCA, secret_client: SecretClient) -> None:
+    """WrapKey used to wrap ANY secret not named edb-* that decoded to 32 bytes. Now only secrets
+    edb-legacy-<name> that ProvisionKey stored with the class key content type are ever read."""
+    tag = unique("x")
+    worth_32_bytes = base64.b64encode(bytes(range(100, 132))).decode()  # decodes to exactly 32 bytes
+    unrelated = {
+        f"app-db-password-{tag}": (worth_32_bytes, None),                        # an application secret
+        f"orig-{tag}": (worth_32_bytes, LEGACY_CONTENT_TYPE),                   # right type, outside the namespace
+        f"edb-policy-{tag}": (worth_32_bytes, POLICY_CONTENT_TYPE),             # a policy name
+        legacy_secret_name(f"planted-{tag}"): (worth_32_bytes, "text/plain"),   # in the namespace, not a class key
+    }
+    for secret_name, (value, content_type) in unrelated.items():
+        secret_client.set_secret(secret_name, value, content_type=content_type)
+    client = LegacyWrapClient(f"{legacy_host.url}/api/WrapKey", function_key=FUNCTION_KEY,
+                              ca_bundle=str(stack_ca.ca_path))
+    attempts = [
+        (f"app-db-password-{tag}", "KR_LEGACY_KEY_NOT_FOUND"), (f"orig-{tag}", "KR_LEGACY_KEY_NOT_FOUND"),
+        (f"APP-DB-PASSWORD-{tag}", "KR_LEGACY_KEY_NOT_FOUND"), (f"edb-policy-{tag}", "KR_LEGACY_BAD_KEY_NAME"),
+        (f"edb-legacy-planted-{tag}", "KR_LEGACY_BAD_KEY_NAME"), (f"planted-{tag}", "KR_LEGACY_NOT_CLASS_KEY"),
+        (f"../app-db-password-{tag}", "KR_LEGACY_BAD_KEY_NAME"), (f"app-db-password-{tag}/x", "KR_LEGACY_BAD_KEY_NAME"),
+        ("-" + "a" * 10, "KR_LEGACY_BAD_KEY_NAME"), ("a" * 117, "KR_LEGACY_BAD_KEY_NAME"),
+    ]
+    for key_name, code in attempts:
+        failure = await asyncio.to_thread(_refused, client, key_name)
+        assert failure.code == code and not failure.retryable, (key_name, failure.code)
+    # ProvisionKey on those names never touches the secrets that are there, and cannot overwrite
+    # the planted one; WrapKey then hands out only the new class key, never the unrelated value
+    def provision_key(key_name: str) -> int:
+        r = requests.post(f"{legacy_host.url}/api/ProvisionKey/{key_name}", timeout=10, verify=str(stack_ca.ca_path),
+                          headers={"x-functions-key": FUNCTION_KEY})
+        return r.status_code
+
+    assert await asyncio.to_thread(provision_key, f"app-db-password-{tag}") == 201
+    assert await asyncio.to_thread(provision_key, f"planted-{tag}") == 403
+    wrapped = await asyncio.to_thread(client.wrap, f"app-db-password-{tag}", SPKI)
+    assert _DEVICE_KEY.decrypt(base64.b64decode(wrapped), padding.PKCS1v15()) != base64.b64decode(worth_32_bytes)
+    for secret_name, (value, content_type) in unrelated.items():  # nothing lost or changed
+        stored = secret_client.get_secret(secret_name)
+        assert (stored.value, stored.properties.content_type) == (value, content_type)
 
 
 async def test_legacy_routes_are_off_by_default(make_service: Callable[..., Any], stack_ca: StackCA,

@@ -25,6 +25,7 @@ from edb.keys.azure_keyvault import KeyVaultKek
 from edb_local.stack_ca import StackCA
 from key_release_service.audit import AuditLog
 from key_release_service.host import KeyReleaseHost
+from key_release_service.legacy import legacy_secret_name
 
 
 def secret_forms(secret: bytes) -> list[str]:
@@ -100,7 +101,7 @@ async def test_no_key_material_in_any_log(
             return key.decrypt(base64.b64decode(r.json()["wrapped_key"]), padding.PKCS1v15())
 
         class_key = await asyncio.to_thread(legacy)
-        assert class_key == base64.b64decode(secret_client.get_secret(name).value)
+        assert class_key == base64.b64decode(secret_client.get_secret(legacy_secret_name(name)).value)
     finally:
         await host.stop()
 

@@ -34,7 +34,7 @@ from edb.keys.local import LocalKek
 from edb.pki.oids import PUBLISHER_SIGNING_EKU
 from key_release_service import codes
 from key_release_service.http_types import ApiRequest, ApiResponse
-from key_release_service.nonces import NonceStore
+from key_release_service.nonces import NonceIssuer, SpentNonces
 from key_release_service.policy import policy_secret_name
 from key_release_service.service import KeyReleaseService
 
@@ -123,22 +123,42 @@ async def test_replayed_nonce_refused(make_service: ServiceFactory, device: SimD
     assert counter.calls == 0
 
 
-async def test_expired_and_unknown_nonce_refused(make_service: ServiceFactory, device: SimDevice,
-                                                 package: tuple[BuildResult, bytes]) -> None:
-    service = make_service()
+async def test_expired_forged_and_unknown_nonces_refused(make_service: ServiceFactory, device: SimDevice,
+                                                         package: tuple[BuildResult, bytes]) -> None:
+    key = bytes(range(32))
+    service = make_service(nonce_keys=(key,))
     clock = [1000.0]
-    service.nonces = NonceStore(60, clock=lambda: clock[0])
+    service.nonces = NonceIssuer([key], 60, clock=lambda: clock[0])
+    service.spent = SpentNonces(clock=lambda: clock[0])
     counter = Counter(service)
     pkg, _ = package
     nonce = await nonce_of(service)
     clock[0] += 60.5
     late, _ = await release(service, device, pkg, nonce=nonce)
     assert_denied(late, codes.NONCE_EXPIRED, 401)
-    unknown, _ = await release(service, device, pkg, nonce="bm90LWlzc3VlZC1ieS11cw")
-    assert_denied(unknown, codes.NONCE_UNKNOWN, 401)
-    assert counter.calls == 0
+    forged = NonceIssuer([bytes(range(1, 33))], 60, clock=lambda: clock[0]).issue()[0]  # well formed, not ours
+    for bad in (forged, "bm90LWlzc3VlZC1ieS11cw"):
+        unknown, _ = await release(service, device, pkg, nonce=bad)
+        assert_denied(unknown, codes.NONCE_UNKNOWN, 401)
+    assert counter.calls == 0 and len(service.spent) == 0
     fresh, _ = await release(service, device, pkg)  # nothing lost: a fresh nonce still works
     assert fresh.status == 200
+
+
+async def test_nonce_flood_stores_nothing_and_the_device_still_gets_its_key(
+        make_service: ServiceFactory, device: SimDevice, package: tuple[BuildResult, bytes]) -> None:
+    """Anyone may ask for nonces: a flood (from many addresses, so no per-address limit helps)
+    leaves no state behind, and a device's release still goes through (the old store answered
+    KR_BUSY to everyone once 100 000 nonces were outstanding)."""
+    service = make_service()
+    for i in range(3000):
+        response = await service.nonce(ApiRequest("POST", remote=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"))
+        assert response.status == 200
+    assert len(service.spent) == 0 and not hasattr(service.nonces, "_entries")
+    pkg, _ = package
+    response, _ = await release(service, device, pkg)
+    assert response.status == 200, response.body
+    assert len(service.spent) == 1  # only an authenticated release adds to the spent set
 
 
 async def test_evidence_from_uncertified_key_refused(make_service: ServiceFactory, device: SimDevice,
@@ -168,7 +188,7 @@ async def test_expired_and_wrong_purpose_device_certificates_refused(
     assert_denied(response, codes.CERT_EXPIRED, 401)
     signer_cert = manufacturer.device(unique("wrong"), ekus=[PUBLISHER_SIGNING_EKU])
     response, _ = await release(service, signer_cert, pkg)
-    assert_denied(response, codes.CERT_WRONG_PURPOSE, 403)
+    assert_denied(response, codes.CERT_WRONG_PURPOSE, 401)  # a chain failure, like the others
     assert counter.calls == 0
 
 

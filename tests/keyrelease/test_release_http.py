@@ -23,9 +23,11 @@ from edb.attestation.keywrap import open_released_key
 from edb.cpk import BuildResult
 from edb.keyrelease import KeyReleaseClient, PackageRef, ReleaseFailed
 from edb.keys.azure_keyvault import KeyVaultKek
+from edb_local.net import free_loopback_address
 from edb_local.stack_ca import StackCA
 from key_release_service import codes
 from key_release_service.host import KeyReleaseHost
+from key_release_service.legacy import legacy_secret_name
 from key_release_service.service import KeyReleaseService
 
 HostFactory = Callable[..., Any]
@@ -144,6 +146,29 @@ async def test_rate_limit_over_http(start_host: HostFactory, stack_ca: StackCA, 
     assert len(tee.nonces) == 2  # 429 is left to the caller's schedule, not retried in a loop
 
 
+async def test_nonce_flood_from_one_address_is_limited_and_devices_still_release(
+        start_host: HostFactory, stack_ca: StackCA, manufacturer: Manufacturer, package: BuildResult) -> None:
+    """Defence in depth on the anonymous route: one address flooding /api/nonce gets 429 past its
+    bucket; a device at another address is not affected and gets its key."""
+    host = await start_host(nonce_rate_burst=5, nonce_rate_per_minute=1.0)
+    flooder = free_loopback_address()  # another 127.x.y.z: the device's requests come from 127.0.0.1
+    ctx = ssl.create_default_context(cafile=str(stack_ca.ca_path))
+    statuses: list[int] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, local_addr=(flooder, 0))) as session:
+        for _ in range(40):
+            async with session.post(f"{host.url}/api/nonce") as r:
+                statuses.append(r.status)
+                if r.status == 429:
+                    assert (await r.json())["error"]["code"] == codes.RATE_LIMITED
+                    assert int(r.headers["Retry-After"]) >= 1
+    assert statuses.count(200) == 5 and statuses.count(429) == 35
+    tee = Tee(manufacturer.device(unique("dev")), package)
+    m = package.manifest
+    jwe = await asyncio.to_thread(_client(host, stack_ca).release, PackageRef(m.package_id, m.version),
+                                  package.signed, tee)
+    assert tee.otk is not None and open_released_key(jwe, tee.otk, package_id=m.package_id, version=m.version).dek
+
+
 async def test_oversized_and_malformed_over_http(start_host: HostFactory, stack_ca: StackCA) -> None:
     host = await start_host()
     ctx = ssl.create_default_context(cafile=str(stack_ca.ca_path))
@@ -189,6 +214,6 @@ async def test_legacy_wrap_contract_when_enabled(start_host: HostFactory, stack_
             assert r.status == 200
             wrapped = base64.b64decode((await r.json())["wrapped_key"])
     class_key = device_key.decrypt(wrapped, padding.PKCS1v15())
-    assert class_key == base64.b64decode(secret_client.get_secret(name).value)  # the key held in Key Vault
+    assert class_key == base64.b64decode(secret_client.get_secret(legacy_secret_name(name)).value)  # in Key Vault
     events = [json.loads(line)["event"] for line in audit_lines]
     assert events == ["legacy-auth", "legacy-wrap", "legacy-provision", "legacy-provision", "legacy-wrap"]

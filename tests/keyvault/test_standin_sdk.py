@@ -241,21 +241,84 @@ def test_secrets_versions_and_disable(secret_client: SecretClient) -> None:
         secret_client.get_secret(_name("nope"))
 
 
+def _forbidden_by_rbac(call: Callable[[], Any]) -> None:
+    with pytest.raises(HttpResponseError) as exc:
+        call()
+    assert exc.value.status_code == 403 and exc.value.error.innererror["code"] == "ForbiddenByRbac"
+
+
+@pytest.mark.parametrize("client_id", ["key-release", "key-release-legacy"])
 def test_release_role_is_least_privilege(
-    keyvault: KeyVaultStandIn, kek: KeyVaultKey, sdk_kwargs: dict[str, Any]
+    keyvault: KeyVaultStandIn, key_client: KeyClient, secret_client: SecretClient, sdk_kwargs: dict[str, Any],
+    admin_credential: LocalTokenCredential, client_id: str,
 ) -> None:
-    cred = LocalTokenCredential.from_file(keyvault.credential_path("key-release"))
-    client = KeyClient(keyvault.url, cred, **sdk_kwargs)
-    assert client.get_key(kek.name).id  # keys/get: allowed
+    """keys get/unwrapKey on the KEK only; secrets get on edb-policy-* and edb-legacy-*; set only on
+    edb-legacy-* and only for the legacy role. Nothing else: it can never rewrite its own policies."""
+    tag = uuid.uuid4().hex[:8]
+    kek = key_client.create_rsa_key(f"edb-kek-{tag}", size=2048, key_operations=["wrapKey", "unwrapKey"])
+    other_key = key_client.create_rsa_key(f"app-key-{tag}", size=2048, key_operations=["wrapKey", "unwrapKey"])
+    policy, legacy, other = f"edb-policy-{tag}", f"edb-legacy-{tag}", f"app-secret-{tag}"
+    for name in (policy, legacy, other):
+        secret_client.set_secret(name, "v1")
+    cred = LocalTokenCredential.from_file(keyvault.credential_path(client_id))
+    keys = KeyClient(keyvault.url, cred, **sdk_kwargs)
+    secrets = SecretClient(keyvault.url, cred, **sdk_kwargs)
+
+    assert keys.get_key(kek.name).id  # keys/get on the KEK: allowed
     dek = os.urandom(32)
     crypto = CryptographyClient(kek.id, cred, **sdk_kwargs)
     assert crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256,
                              crypto.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, dek).encrypted_key).key == dek
-    with pytest.raises(HttpResponseError) as exc:
-        client.create_rsa_key(_name("nope"))
-    assert exc.value.status_code == 403 and exc.value.error.innererror["code"] == "ForbiddenByRbac"
-    with pytest.raises(HttpResponseError):
-        client.begin_delete_key(kek.name)
+    assert secrets.get_secret(policy).value == "v1" and secrets.get_secret(legacy).value == "v1"
+
+    _forbidden_by_rbac(lambda: secrets.set_secret(policy, '{"allow": "everyone"}'))  # its own policies: never
+    _forbidden_by_rbac(lambda: secrets.update_secret_properties(policy, enabled=False))
+    _forbidden_by_rbac(lambda: secrets.begin_delete_secret(policy))
+    _forbidden_by_rbac(lambda: secrets.get_secret(other))  # anything else in the vault: not even read
+    _forbidden_by_rbac(lambda: secrets.set_secret(other, "x"))
+    _forbidden_by_rbac(lambda: list(secrets.list_properties_of_secrets()))
+    _forbidden_by_rbac(lambda: keys.get_key(other_key.name))
+    wrapped_elsewhere = CryptographyClient(other_key.id, admin_credential, **sdk_kwargs).wrap_key(
+        KeyWrapAlgorithm.rsa_oaep_256, dek).encrypted_key
+    _forbidden_by_rbac(lambda: CryptographyClient(other_key.id, cred, **sdk_kwargs).unwrap_key(
+        KeyWrapAlgorithm.rsa_oaep_256, wrapped_elsewhere))
+    _forbidden_by_rbac(lambda: keys.create_rsa_key(_name("nope")))
+    _forbidden_by_rbac(lambda: keys.create_rsa_key(kek.name))  # no new KEK versions either
+    _forbidden_by_rbac(lambda: keys.update_key_properties(kek.name, enabled=False))
+    _forbidden_by_rbac(lambda: keys.begin_delete_key(kek.name))
+    if client_id == "key-release-legacy":  # ProvisionKey's namespace, and nothing more
+        assert secrets.set_secret(legacy, "v2").value == "v2"
+    else:
+        _forbidden_by_rbac(lambda: secrets.set_secret(legacy, "v2"))
+    assert secret_client.get_secret(policy).value == "v1" and secret_client.get_secret(other).value == "v1"
+
+
+def test_disabled_key_refuses_every_operation(
+    keyvault: KeyVaultStandIn, key_client: KeyClient, admin_credential: LocalTokenCredential, stack_ca: Any
+) -> None:
+    """encrypt, wrapKey and verify included (the SDK does those locally; other clients call the vault)."""
+    ca = str(stack_ca.ca_path)
+    rsa_key = key_client.create_rsa_key(_name("dis"), size=2048)
+    ec_key = key_client.create_ec_key(_name("dis"), curve="P-256")
+    digest = _b64u(hashlib.sha256(b"m").digest())
+    calls = [
+        (rsa_key, "encrypt", {"alg": "RSA-OAEP-256", "value": _b64u(b"x" * 32)}),
+        (rsa_key, "wrapkey", {"alg": "RSA-OAEP-256", "value": _b64u(b"x" * 32)}),
+        (rsa_key, "decrypt", {"alg": "RSA-OAEP-256", "value": _b64u(b"x" * 256)}),
+        (rsa_key, "unwrapkey", {"alg": "RSA-OAEP-256", "value": _b64u(b"x" * 256)}),
+        (ec_key, "sign", {"alg": "ES256", "value": digest}),
+        (ec_key, "verify", {"alg": "ES256", "digest": digest, "value": _b64u(b"s" * 64)}),
+    ]
+    for key, op, body in calls:  # enabled: the public-key operations answer
+        if op in ("encrypt", "wrapkey", "verify"):
+            path = f"/keys/{key.name}/{key.properties.version}/{op}"
+            assert _raw(keyvault, admin_credential, ca, "POST", path, body).status_code == 200, op
+    for key in (rsa_key, ec_key):
+        key_client.update_key_properties(key.name, key.properties.version, enabled=False)
+    for key, op, body in calls:
+        r = _raw(keyvault, admin_credential, ca, "POST", f"/keys/{key.name}/{key.properties.version}/{op}", body)
+        assert r.status_code == 403, op
+        assert r.json()["error"]["code"] == "Forbidden" and r.json()["error"]["innererror"]["code"] == "KeyDisabled"
 
 
 def test_secret_soft_delete_recover_purge_and_key_rotate(secret_client: SecretClient, key_client: KeyClient) -> None:

@@ -9,11 +9,17 @@
 | ``EDB_KR_PUBLISHER_ROOTS`` | PEM file of trusted publisher roots (or ``..._PEM``) | required |
 | ``EDB_KR_KEK_NAMES`` | comma-separated KEK names the service may unwrap with | any key in the vault |
 | ``EDB_KR_NONCE_TTL_S`` | nonce lifetime, at most 60 | 60 |
+| ``EDB_KR_NONCE_KEY`` | nonce MAC key(s), base64, >= 32 bytes, comma-separated (first signs) | see below |
+| ``EDB_KR_NONCE_KEY_FILE`` | file holding the nonce key(s); created with a random key if absent | see below |
 | ``EDB_KR_RATE_BURST`` / ``EDB_KR_RATE_PER_MINUTE`` | per-device token bucket | 10 / 30 |
+| ``EDB_KR_NONCE_RATE_BURST`` / ``..._PER_MINUTE`` | ``/api/nonce`` token bucket per client address | 30 / 120 |
 | ``EDB_KR_POLICY_CACHE_S`` | how long a read policy is reused (0 = read every time) | 10 |
 | ``EDB_KR_LEGACY_ENABLED`` | ``1`` to serve the legacy WrapKey/ProvisionKey routes (weaker) | off |
 | ``EDB_KR_LEGACY_API_KEY`` | key the local host requires on legacy routes (``?code=`` or ``x-functions-key``) | none |
 | ``EDB_KR_AUDIT_LOG`` | audit file path; empty = the ``edb.keyrelease.audit`` logger | logger |
+
+Without a nonce key setting the service makes a random one per process (one instance only; see
+:mod:`key_release_service.nonce_keys`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from cryptography import x509
 from edb.errors import ConfigError
 from edb.pki.certs import load_pem_certificates, load_pem_certificates_file
 from edb.pki.errors import CertificateError
+from key_release_service.nonce_keys import load_or_create_key_file, parse_nonce_keys
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,12 @@ class ServiceConfig:
     vault_ca: str | None = None
     kek_names: frozenset[str] | None = None
     nonce_ttl_s: float = 60.0
+    #: MAC keys of nonces (first signs, all verify); empty = a random key per process
+    nonce_keys: tuple[bytes, ...] = field(default=(), repr=False)
     rate_burst: int = 10
     rate_per_minute: float = 30.0
+    nonce_rate_burst: int = 30
+    nonce_rate_per_minute: float = 120.0
     policy_cache_s: float = 10.0
     legacy_enabled: bool = False
     legacy_api_key: str | None = field(default=None, repr=False)
@@ -73,6 +84,14 @@ class ServiceConfig:
         if not 0 < ttl <= 60:
             raise ConfigError("EDB_KR_NONCE_TTL_S must be in (0, 60]", code="CONFIG_INVALID")
         names = [n.strip() for n in env.get("EDB_KR_KEK_NAMES", "").split(",") if n.strip()]
+        inline_keys, key_file = env.get("EDB_KR_NONCE_KEY", "").strip(), env.get("EDB_KR_NONCE_KEY_FILE", "").strip()
+        if inline_keys and key_file:
+            raise ConfigError("set EDB_KR_NONCE_KEY or EDB_KR_NONCE_KEY_FILE, not both", code="CONFIG_INVALID")
+        nonce_keys: tuple[bytes, ...] = ()
+        if inline_keys:
+            nonce_keys = parse_nonce_keys(inline_keys, what="EDB_KR_NONCE_KEY")
+        elif key_file:
+            nonce_keys = load_or_create_key_file(key_file)
         return cls(
             vault_url=need("EDB_KEYVAULT_URL").rstrip("/"),
             manufacturer_roots=roots("EDB_KR_MANUFACTURER_ROOTS"),
@@ -81,8 +100,11 @@ class ServiceConfig:
             vault_ca=env.get("EDB_KEYVAULT_CA", "").strip() or None,
             kek_names=frozenset(names) if names else None,
             nonce_ttl_s=ttl,
+            nonce_keys=nonce_keys,
             rate_burst=int(number("EDB_KR_RATE_BURST", 10)),
             rate_per_minute=number("EDB_KR_RATE_PER_MINUTE", 30.0),
+            nonce_rate_burst=int(number("EDB_KR_NONCE_RATE_BURST", 30)),
+            nonce_rate_per_minute=number("EDB_KR_NONCE_RATE_PER_MINUTE", 120.0),
             policy_cache_s=number("EDB_KR_POLICY_CACHE_S", 10.0),
             legacy_enabled=env.get("EDB_KR_LEGACY_ENABLED", "").strip().lower() in ("1", "true", "yes"),
             legacy_api_key=env.get("EDB_KR_LEGACY_API_KEY", "").strip() or None,

@@ -29,13 +29,26 @@ def set_service(service: KeyReleaseService | None) -> None:
     _service = service
 
 
+def platform_client_address(forwarded: str) -> str | None:
+    """The client address App Service's front end appended to ``X-Forwarded-For`` (``ip:port``,
+    ``[v6]:port`` or a bare address). Only the LAST entry is the platform's; earlier ones are
+    whatever the client sent, so using them would let anyone pick the address it is limited as."""
+    last = forwarded.split(",")[-1].strip()
+    if last.startswith("["):
+        end = last.find("]")
+        return last[1:end] if end > 1 else None
+    if last.count(":") == 1:  # IPv4 with a port
+        last = last.split(":")[0]
+    return last or None
+
+
 def to_api_request(req: func.HttpRequest) -> ApiRequest | ApiResponse:
     body = req.get_body() or b""
     if len(body) > MAX_BODY_BYTES:
         return ApiResponse.from_denial(Denied(codes.REQUEST_TOO_LARGE, "request body too large"))
-    forwarded = req.headers.get("x-forwarded-for", "")
     return ApiRequest(method=req.method, body=body, headers=dict(req.headers), query=dict(req.params),
-                      route_params=dict(req.route_params), remote=forwarded.split(",")[0].strip() or None)
+                      route_params=dict(req.route_params),
+                      remote=platform_client_address(req.headers.get("x-forwarded-for", "")))
 
 
 def to_func_response(response: ApiResponse) -> func.HttpResponse:

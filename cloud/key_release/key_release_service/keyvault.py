@@ -6,7 +6,9 @@ The ``kid`` from a manifest is checked against the configured vault before any r
 service never sends its token to a URL a package names.
 
 Least privilege for the service's identity: keys ``get`` + ``unwrapKey`` on the KEK; secrets
-``get`` on ``edb-policy-*`` (and ``set`` only if the legacy ProvisionKey route is enabled).
+``get`` on ``edb-policy-*`` and ``edb-legacy-*``, and ``set`` on ``edb-legacy-*`` only if the
+legacy ProvisionKey route is enabled. Legacy class keys are read only from their own namespace
+(:func:`key_release_service.legacy.legacy_secret_name`) and only with their content type.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ from azure.core.exceptions import (
 from azure.keyvault.keys import KeyVaultKeyIdentifier
 from azure.keyvault.keys.crypto import KeyWrapAlgorithm
 from azure.keyvault.keys.crypto.aio import CryptographyClient
+from azure.keyvault.secrets import KeyVaultSecret
 from azure.keyvault.secrets.aio import SecretClient
 
 from key_release_service import codes
 from key_release_service.codes import Denied
+from key_release_service.legacy import LEGACY_CONTENT_TYPE, class_key_from_secret, legacy_secret_name
 
-LEGACY_CONTENT_TYPE = "application/vnd.edb.legacy-class-key"
+__all__ = ["LEGACY_CONTENT_TYPE", "AzureVaultGateway", "VaultGateway", "check_kid", "is_loopback_url"]
+
 _MAX_CLIENTS = 64
 
 
@@ -141,34 +146,37 @@ class AzureVaultGateway:
             raise _kv_failure(exc, "unwrapKey") from exc
         return bytes(result.key)
 
-    async def get_policy_text(self, secret_name: str) -> str | None:
+    async def _get_secret(self, name: str, action: str) -> KeyVaultSecret | None:
         try:
-            secret = await self._secrets.get_secret(secret_name)
+            return await self._secrets.get_secret(name)
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
-            raise _kv_failure(exc, "read the release policy") from exc
-        return secret.value
+            raise _kv_failure(exc, action) from exc
+
+    async def get_policy_text(self, secret_name: str) -> str | None:
+        secret = await self._get_secret(secret_name, "read the release policy")
+        return None if secret is None else secret.value
 
     async def get_legacy_key(self, key_name: str) -> bytes | None:
-        text = await self.get_policy_text(key_name)
-        if text is None:
+        """The class key stored by ProvisionKey under ``key_name``, or None. Only the secret
+        ``edb-legacy-<key_name>`` with the class key content type is ever read."""
+        secret = await self._get_secret(legacy_secret_name(key_name), "read the class key")
+        if secret is None:
             return None
-        try:
-            key = base64.b64decode(text, validate=True)
-        except ValueError as exc:
-            raise Denied(codes.INTERNAL, "legacy class key secret is not base64") from exc
-        if len(key) != 32:
-            raise Denied(codes.INTERNAL, "legacy class key secret is not a 32-byte key")
-        return key
+        return class_key_from_secret(secret.value, secret.properties.content_type)
 
     async def provision_legacy_key(self, key_name: str) -> bool:
-        """Create the class key secret if absent. Returns True if created (the key is never returned)."""
-        if await self.get_legacy_key(key_name) is not None:
+        """Create the class key secret if absent. Returns True if created (the key is never returned).
+        An existing secret under the name is never overwritten (and must be a class key)."""
+        name = legacy_secret_name(key_name)
+        existing = await self._get_secret(name, "read the class key")
+        if existing is not None:
+            class_key_from_secret(existing.value, existing.properties.content_type)
             return False
         try:
-            await self._secrets.set_secret(key_name, base64.b64encode(secrets.token_bytes(32)).decode(),
-                                           content_type=LEGACY_CONTENT_TYPE)
+            await self._secrets.set_secret(name, base64.b64encode(secrets.token_bytes(32)).decode(),
+                                           content_type=LEGACY_CONTENT_TYPE, tags={"edb-role": "legacy-class-key"})
         except AzureError as exc:
             raise _kv_failure(exc, "create the class key") from exc
         return True

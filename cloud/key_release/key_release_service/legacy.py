@@ -4,6 +4,11 @@
 ``{"wrapped_key": <base64 RSAES-PKCS1-v1_5(raw 32-byte class key)>}``: anyone holding the route's
 function key gets any class key wrapped to any RSA key; there is no attestation, no nonce, no
 policy. Off unless ``EDB_KR_LEGACY_ENABLED=1``. Pure functions here; the handler is in service.py.
+
+Class keys live in their own namespace of the vault: the secret ``edb-legacy-<key name>`` whose
+content type is :data:`LEGACY_CONTENT_TYPE` (set by ProvisionKey). WrapKey reads nothing else, so
+no other secret in the vault (policies, application secrets, anything an operator keeps there) can
+be obtained under any key name.
 """
 
 from __future__ import annotations
@@ -19,15 +24,40 @@ from key_release_service import codes
 from key_release_service.codes import Denied
 from key_release_service.request import parse_json_object
 
-KEY_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+#: Key Vault secret name prefix of every class key, and the content type ProvisionKey sets.
+SECRET_PREFIX = "edb-legacy-"  # noqa: S105 - a name prefix, not a secret
+LEGACY_CONTENT_TYPE = "application/vnd.edb.legacy-class-key"
+#: Key Vault secret names are at most 127 characters, the prefix included.
+MAX_KEY_NAME_CHARS = 127 - len(SECRET_PREFIX)
+KEY_NAME = re.compile(rf"^[0-9A-Za-z][0-9A-Za-z-]{{0,{MAX_KEY_NAME_CHARS - 1}}}$")
+CLASS_KEY_BYTES = 32
 MAX_BODY = 8 * 1024
 
 
 def check_key_name(name: object) -> str:
-    # "edb-" names are this service's own secrets (release policies): never a legacy class key
+    # "edb-" names read as this service's own secrets to an operator: refused to avoid confusion
     if not isinstance(name, str) or not KEY_NAME.match(name) or name.lower().startswith("edb-"):
-        raise Denied(codes.LEGACY_BAD_KEY_NAME, "key_name must be 1-127 letters, digits or dashes, not edb-*")
+        raise Denied(codes.LEGACY_BAD_KEY_NAME, f"key_name must be 1-{MAX_KEY_NAME_CHARS} letters, digits or "
+                     "dashes, starting with a letter or digit, not edb-*")
     return name
+
+
+def legacy_secret_name(key_name: str) -> str:
+    """The only Key Vault secret that can hold ``key_name``'s class key."""
+    return SECRET_PREFIX + check_key_name(key_name)
+
+
+def class_key_from_secret(value: str | None, content_type: str | None) -> bytes:
+    """The class key from its secret; anything not stored as a class key by ProvisionKey is refused."""
+    if content_type != LEGACY_CONTENT_TYPE:
+        raise Denied(codes.LEGACY_NOT_CLASS_KEY, "the secret under this key name is not a legacy class key")
+    try:
+        key = base64.b64decode(value or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Denied(codes.LEGACY_NOT_CLASS_KEY, "the class key secret is not base64") from exc
+    if len(key) != CLASS_KEY_BYTES:
+        raise Denied(codes.LEGACY_NOT_CLASS_KEY, "the class key secret is not a 32-byte key")
+    return key
 
 
 def parse_wrap_request(body: bytes) -> tuple[str, rsa.RSAPublicKey]:

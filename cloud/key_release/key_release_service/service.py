@@ -5,7 +5,7 @@
 1. device certificate chain to a pinned manufacturer root, validity, attestation purpose;
 2. evidence signature with the leaf key, evidence subject = certificate CN;
    (then the per-device rate limit: only an authenticated device can spend its own budget)
-3. nonce issued here, fresh (<= 60 s) and unused;
+3. nonce issued here (its MAC), fresh (<= 60 s) and unused (the spent set);
 4. one-time key: the request's JWK hashes to the evidence's ``otk``;
    the package: signed manifest authenticated with the pinned publisher root; request, evidence
    and manifest name the same package, version, security version and manifest bytes; not expired;
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,9 +37,9 @@ from key_release_service.http_types import ApiRequest, ApiResponse, ok
 from key_release_service.keyvault import AzureVaultGateway, VaultGateway, check_kid
 from key_release_service.legacy import check_key_name, parse_wrap_request, wrap_class_key
 from key_release_service.manifest import authenticate_manifest, check_package_binding, check_target
-from key_release_service.nonces import NonceStore
+from key_release_service.nonces import MIN_KEY_BYTES, NonceIssuer, SpentNonces
 from key_release_service.policy import ReleaseFacts, ReleasePolicy, evaluate, parse_policy, policy_secret_name
-from key_release_service.ratelimit import RateLimiter
+from key_release_service.ratelimit import RateLimiter, address_key
 from key_release_service.request import parse_release_request
 
 log = logging.getLogger("edb.keyrelease")
@@ -76,13 +77,25 @@ class PolicyCache:
 
 class KeyReleaseService:
     def __init__(self, config: ServiceConfig, vault: VaultGateway, *, audit: AuditLog | None = None,
-                 nonces: NonceStore | None = None, limiter: RateLimiter | None = None,
+                 nonces: NonceIssuer | None = None, spent: SpentNonces | None = None,
+                 limiter: RateLimiter | None = None, nonce_limiter: RateLimiter | None = None,
                  wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.config = config
         self.vault = vault
         self.audit = audit or AuditLog.to_logger()
-        self.nonces = nonces or NonceStore(config.nonce_ttl_s)
+        if nonces is None:
+            keys = config.nonce_keys
+            if not keys:
+                log.warning("no nonce key configured (EDB_KR_NONCE_KEY/_FILE): using a random key for this "
+                            "process only; a scaled-out deployment needs one shared key")
+                keys = (secrets.token_bytes(MIN_KEY_BYTES),)
+            nonces = NonceIssuer(keys, config.nonce_ttl_s)
+        self.nonces = nonces
+        self.spent = spent or SpentNonces()
         self.limiter = limiter or RateLimiter(burst=config.rate_burst, per_minute=config.rate_per_minute)
+        self.nonce_limiter = nonce_limiter or RateLimiter(
+            burst=config.nonce_rate_burst, per_minute=config.nonce_rate_per_minute,
+            what="nonce requests from this address")
         self.policies = PolicyCache(vault, config.policy_cache_s)
         self._now = wall_clock
 
@@ -98,10 +111,13 @@ class KeyReleaseService:
     # -- POST /api/nonce -------------------------------------------------------------------------
 
     async def nonce(self, request: ApiRequest) -> ApiResponse:
+        """Stores nothing per nonce (see :mod:`key_release_service.nonces`); limited per address as
+        defence in depth."""
         try:
-            nonce, expires = self.nonces.issue()
+            self.nonce_limiter.check(address_key(request.remote))
         except Denied as denial:
             return ApiResponse.from_denial(denial)
+        nonce, expires = self.nonces.issue()
         return ok({"nonce": nonce, "expiresAt": _rfc3339(expires)})
 
     # -- POST /api/release -----------------------------------------------------------------------
@@ -134,7 +150,7 @@ class KeyReleaseService:
         device = authenticate_device(req.cert_chain_der, req.evidence, self.config.manufacturer_roots, now)  # 1, 2
         record.device, record.deviceClass, record.deviceVerified = device.device_id, device.device_class, True
         self.limiter.check(device.device_id)
-        self.nonces.consume(device.claims.nonce)  # 3
+        self.spent.spend(self.nonces.check(device.claims.nonce))  # 3: ours, fresh, first use
         try:  # 4
             one_time_key = load_public_jwk(req.one_time_key)
         except AttestationError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from edb_local.keyvault.server import KeyVaultStandIn
+from edb_local.keyvault.server import DEFAULT_CLIENTS, KeyVaultStandIn
 
 
 @click.group()
@@ -41,7 +41,7 @@ def serve(state_dir: Path, address: str, port: int, cert: Path, key: Path, ca: P
             loop.add_signal_handler(sig, stop.set)
         await vault.start()
         print(json.dumps({"ready": True, "url": vault.url,
-                          "credentials": {c: str(vault.credential_path(c)) for c in ("admin", "key-release")}}),
+                          "credentials": {c: str(vault.credential_path(c)) for c in DEFAULT_CLIENTS}}),
               flush=True)
         await stop.wait()
         await vault.stop()

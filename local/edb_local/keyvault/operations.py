@@ -33,14 +33,16 @@ MAX_TAG_VALUE = 256
 MAX_SECRET_BYTES = 25 * 1024
 PAGE_SIZE = 25
 
-#: URL operation segment -> (permission, key_ops entry, allowed while disabled)
-KEY_OPERATIONS: dict[str, tuple[str, str, bool]] = {
-    "encrypt": ("keys/encrypt", "encrypt", True),
-    "decrypt": ("keys/decrypt", "decrypt", False),
-    "wrapkey": ("keys/wrapKey", "wrapKey", True),
-    "unwrapkey": ("keys/unwrapKey", "unwrapKey", False),
-    "sign": ("keys/sign", "sign", False),
-    "verify": ("keys/verify", "verify", True),
+#: URL operation segment -> (permission, key_ops entry). Every one of them is refused on a disabled
+#: key version and outside its nbf/exp window (403 KeyDisabled / KeyExpired), the public-key ones
+#: (encrypt, wrapKey, verify) included.
+KEY_OPERATIONS: dict[str, tuple[str, str]] = {
+    "encrypt": ("keys/encrypt", "encrypt"),
+    "decrypt": ("keys/decrypt", "decrypt"),
+    "wrapkey": ("keys/wrapKey", "wrapKey"),
+    "unwrapkey": ("keys/unwrapKey", "unwrapKey"),
+    "sign": ("keys/sign", "sign"),
+    "verify": ("keys/verify", "verify"),
 }
 
 Result = tuple[int, dict[str, Any] | None]
@@ -92,8 +94,9 @@ class VaultOperations:
     # -- helpers ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _require(principal: Principal, permission: str) -> None:
-        if not principal.may(permission):
+    def _require(principal: Principal, permission: str, name: str | None = None) -> None:
+        """``name`` is the key or secret the call acts on; None for calls on every object (lists)."""
+        if not principal.may(permission, name):
             raise access_denied(principal.client_id, permission)
 
     def _private_key(self, obj: VaultObject) -> vault_crypto.PrivateKey:
@@ -125,7 +128,7 @@ class VaultOperations:
 
     async def create_key(self, principal: Principal, name: str, body: dict[str, Any],
                          *, permission: str = "keys/create") -> Result:
-        self._require(principal, permission)
+        self._require(principal, permission, name)
         _check_name(name)
         spec = vault_crypto.parse_key_spec(body)
         ops = vault_crypto.parse_key_ops(body.get("key_ops"), spec)
@@ -143,6 +146,7 @@ class VaultOperations:
         return 200, bundles.key_bundle(self.base, obj)
 
     async def rotate_key(self, principal: Principal, name: str) -> Result:
+        self._require(principal, "keys/rotate", name)  # before the lookup: no existence oracle
         latest = self.store.get("key", _check_name(name))
         body: dict[str, Any] = {"kty": latest.meta["kty"], "key_ops": latest.meta["key_ops"], "tags": latest.tags}
         if latest.meta.get("key_size"):
@@ -152,7 +156,7 @@ class VaultOperations:
         return await self.create_key(principal, name, body, permission="keys/rotate")
 
     def get_key(self, principal: Principal, name: str, version: str | None) -> Result:
-        self._require(principal, "keys/get")
+        self._require(principal, "keys/get", name)
         obj = self.store.get("key", _check_name(name), _check_version(version))
         return 200, bundles.key_bundle(self.base, obj)
 
@@ -162,12 +166,12 @@ class VaultOperations:
         return 200, self._page("/keys", items, query)
 
     def list_key_versions(self, principal: Principal, name: str, query: dict[str, str]) -> Result:
-        self._require(principal, "keys/list")
+        self._require(principal, "keys/list", name)
         items = [bundles.key_item(self.base, o) for o in self.store.versions("key", _check_name(name))]
         return 200, self._page(f"/keys/{name}/versions", items, query)
 
     def update_key(self, principal: Principal, name: str, version: str | None, body: dict[str, Any]) -> Result:
-        self._require(principal, "keys/update")
+        self._require(principal, "keys/update", name)
         obj = self.store.get("key", _check_name(name), _check_version(version))
         enabled, nbf, exp = _parse_attributes(body.get("attributes"))
         tags = _parse_tags(body.get("tags"))
@@ -180,16 +184,15 @@ class VaultOperations:
 
     def key_operation(self, principal: Principal, name: str, version: str | None, op: str,
                       body: dict[str, Any]) -> Result:
-        permission, key_op, allowed_when_disabled = KEY_OPERATIONS[op]
-        self._require(principal, permission)
+        permission, key_op = KEY_OPERATIONS[op]
+        self._require(principal, permission, name)
         obj = self.store.get("key", _check_name(name), _check_version(version))
         if key_op not in obj.meta["key_ops"]:
             raise operation_forbidden(key_op)
-        if not obj.enabled and not allowed_when_disabled:
+        if not obj.enabled:
             raise disabled(key_op)
         now = time.time()
-        if not allowed_when_disabled and ((obj.nbf is not None and now < obj.nbf) or
-                                          (obj.exp is not None and now >= obj.exp)):
+        if (obj.nbf is not None and now < obj.nbf) or (obj.exp is not None and now >= obj.exp):
             raise not_in_validity_window(key_op)
         alg = body.get("alg")
         if not isinstance(alg, str):
@@ -209,7 +212,7 @@ class VaultOperations:
     # -- secrets ---------------------------------------------------------------------------------
 
     def set_secret(self, principal: Principal, name: str, body: dict[str, Any]) -> Result:
-        self._require(principal, "secrets/set")
+        self._require(principal, "secrets/set", name)
         _check_name(name)
         value, content_type = body.get("value"), body.get("contentType")
         if not isinstance(value, str):
@@ -225,7 +228,7 @@ class VaultOperations:
         return 200, bundles.secret_bundle(self.base, obj, value)
 
     def get_secret(self, principal: Principal, name: str, version: str | None) -> Result:
-        self._require(principal, "secrets/get")
+        self._require(principal, "secrets/get", name)
         obj = self.store.get("secret", _check_name(name), _check_version(version))
         if not obj.enabled:
             raise disabled("get", "secret")
@@ -240,12 +243,12 @@ class VaultOperations:
         return 200, self._page("/secrets", items, query)
 
     def list_secret_versions(self, principal: Principal, name: str, query: dict[str, str]) -> Result:
-        self._require(principal, "secrets/list")
+        self._require(principal, "secrets/list", name)
         items = [bundles.secret_item(self.base, o) for o in self.store.versions("secret", _check_name(name))]
         return 200, self._page(f"/secrets/{name}/versions", items, query)
 
     def update_secret(self, principal: Principal, name: str, version: str | None, body: dict[str, Any]) -> Result:
-        self._require(principal, "secrets/set")
+        self._require(principal, "secrets/set", name)
         obj = self.store.get("secret", _check_name(name), _check_version(version))
         enabled, nbf, exp = _parse_attributes(body.get("attributes"))
         meta = None
@@ -257,12 +260,12 @@ class VaultOperations:
     # -- delete / recover / purge (keys and secrets) ----------------------------------------------
 
     def delete(self, principal: Principal, kind: str, name: str) -> Result:
-        self._require(principal, f"{kind}s/delete")
+        self._require(principal, f"{kind}s/delete", name)
         deletion, obj = self.store.delete(kind, _check_name(name))
         return 200, bundles.deleted_bundle(self.base, deletion, obj)
 
     def get_deleted(self, principal: Principal, kind: str, name: str) -> Result:
-        self._require(principal, f"{kind}s/get")
+        self._require(principal, f"{kind}s/get", name)
         deletion, obj = self.store.get_deleted(kind, _check_name(name))
         return 200, bundles.deleted_bundle(self.base, deletion, obj)
 
@@ -272,13 +275,13 @@ class VaultOperations:
         return 200, self._page(f"/deleted{kind}s", items, query)
 
     def purge(self, principal: Principal, kind: str, name: str) -> Result:
-        self._require(principal, f"{kind}s/purge")
+        self._require(principal, f"{kind}s/purge", name)
         self.store.purge(kind, _check_name(name))
         self._key_cache = OrderedDict((k, v) for k, v in self._key_cache.items() if k[0] != name)
         return 204, None
 
     def recover(self, principal: Principal, kind: str, name: str) -> Result:
-        self._require(principal, f"{kind}s/recover")
+        self._require(principal, f"{kind}s/recover", name)
         obj = self.store.recover(kind, _check_name(name))
         if kind == "key":
             return 200, bundles.key_bundle(self.base, obj)

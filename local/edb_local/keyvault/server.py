@@ -21,8 +21,9 @@ from edb_local.keyvault.store import VaultStore
 from edb_local.keyvault.tokens import ROLES, Issuer, new_client_secret, secret_digest
 from edb_local.net import free_port
 
-#: Clients every stand-in has: the operator (everything) and the key release service (least privilege).
-DEFAULT_CLIENTS = {"admin": "admin", "key-release": "release-service"}
+#: Clients every stand-in has: the operator (everything) and the key release service (least
+#: privilege), once without and once with the legacy ProvisionKey route's permission.
+DEFAULT_CLIENTS = {"admin": "admin", "key-release": "release-service", "key-release-legacy": "release-service-legacy"}
 
 
 class KeyVaultStandIn:

@@ -4,7 +4,8 @@ Clients are registered in the vault's database with a SHA-256 of their secret; t
 only in the client's credential file (mode 0600). ``POST /{tenant}/oauth2/v2.0/token`` exchanges
 client id + secret for an ES256 JWT signed by ``issuer.key`` (mode 0600). Every vault request must
 carry such a token for the audience ``https://vault.azure.net``; roles map to Key Vault permissions
-the way Azure RBAC roles do (least privilege for the key release service).
+the way Azure RBAC roles do, including assignments scoped to single keys and secrets (least
+privilege for the key release service: only its KEK, its policies and the legacy namespace).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,11 +34,44 @@ TENANT = "edb-local"
 TOKEN_LIFETIME_S = 3600
 MAX_TOKEN_CHARS = 8192
 
-#: role -> Key Vault permissions ("*" = all). Mirrors "Key Vault Administrator" and a custom role
-#: holding only what the key release service needs.
-ROLES: dict[str, frozenset[str]] = {
-    "admin": frozenset({"*"}),
-    "release-service": frozenset({"keys/get", "keys/unwrapKey", "secrets/get", "secrets/set"}),
+ANY_NAME = ("*",)
+#: The KEKs (``edb keyvault init``/``rotate`` name them ``edb-kek``; more KEKs: ``edb-kek-<suffix>``).
+KEK_NAMES = ("edb-kek", "edb-kek-*")
+#: Release policies (``key_release_service.policy``) and legacy class keys (``...legacy``).
+POLICY_SECRETS = ("edb-policy-*",)
+LEGACY_SECRETS = ("edb-legacy-*",)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One permission (``keys/get``; ``*`` = all) on objects whose name matches one of ``names``
+    (glob patterns, case-insensitive like Key Vault names), as an Azure role assignment scoped to
+    ``/keys/<name>`` or ``/secrets/<name>`` would be."""
+
+    permission: str
+    names: tuple[str, ...] = ANY_NAME
+
+    def allows(self, permission: str, name: str | None) -> bool:
+        if self.permission not in ("*", permission):
+            return False
+        if self.names == ANY_NAME:
+            return True
+        # a call on no single object (listing) needs a grant on every name
+        return name is not None and any(fnmatchcase(name.lower(), pattern) for pattern in self.names)
+
+
+_RELEASE_SERVICE = (
+    Grant("keys/get", KEK_NAMES), Grant("keys/unwrapKey", KEK_NAMES),
+    Grant("secrets/get", POLICY_SECRETS + LEGACY_SECRETS),
+)
+
+#: role -> grants. Mirrors "Key Vault Administrator" and custom roles holding only what the key
+#: release service needs: without the legacy routes (``release-service``), and with them
+#: (``release-service-legacy``: ProvisionKey may also create secrets in the legacy namespace).
+ROLES: dict[str, tuple[Grant, ...]] = {
+    "admin": (Grant("*"),),
+    "release-service": _RELEASE_SERVICE,
+    "release-service-legacy": (*_RELEASE_SERVICE, Grant("secrets/set", LEGACY_SECRETS)),
 }
 
 
@@ -49,9 +84,9 @@ class Principal:
     client_id: str
     role: str
 
-    def may(self, permission: str) -> bool:
-        allowed = ROLES.get(self.role, frozenset())
-        return "*" in allowed or permission in allowed
+    def may(self, permission: str, name: str | None = None) -> bool:
+        """Whether the role grants ``permission`` on the object ``name`` (None: every object)."""
+        return any(grant.allows(permission, name) for grant in ROLES.get(self.role, ()))
 
 
 def secret_digest(secret: str) -> str:

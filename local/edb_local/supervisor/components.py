@@ -112,13 +112,19 @@ def _keyrelease_prepare(ctx: StackContext) -> None:
 
 def _keyrelease_env(ctx: StackContext) -> dict[str, str]:
     roots = _manufacturer_roots(ctx)
+    # least privilege: only the legacy routes' identity may create class keys (edb-legacy-*)
+    credential = ctx.keyvault_key_release_credential
+    if ctx.settings.legacy_v1:
+        credential = credential.with_name("key-release-legacy.json")
     return {
         "EDB_KEYVAULT_URL": ctx.keyvault_url,
-        "EDB_KEYVAULT_CREDENTIAL": str(ctx.keyvault_key_release_credential),
+        "EDB_KEYVAULT_CREDENTIAL": str(credential),
         "EDB_KEYVAULT_CA": str(ctx.ca),
         "EDB_KR_MANUFACTURER_ROOTS": str(roots) if roots else "",
         "EDB_KR_PUBLISHER_ROOTS": str(_publisher_pki_dir(ctx) / "root.pem"),
         "EDB_KR_AUDIT_LOG": str(ctx.paths.component_dir("keyrelease").resolve() / "audit.jsonl"),
+        # the nonce MAC key: made on first start (0600), kept across restarts
+        "EDB_KR_NONCE_KEY_FILE": str(ctx.paths.component_dir("keyrelease").resolve() / "nonce.key"),
         # the legacy routes are off unless the stack was set up with --legacy-v1 (and then need the key)
         "EDB_KR_LEGACY_ENABLED": "1" if ctx.settings.legacy_v1 else "0",
         **({"EDB_KR_LEGACY_API_KEY": ctx.legacy_function_key_file.read_text().strip()}
