@@ -16,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from azure.iot.device import Message
-from hub_helpers import threadsafe_queue
+from hub_helpers import eventually, threadsafe_queue
 
 from edb_local.hub import HubThread
 from edb_local.hub.mqtt.codec import ConnAck, Connect, MqttDecoder, Publish, SubAck, Subscribe, encode
@@ -320,5 +320,32 @@ async def test_a_client_that_never_reads_is_dropped(hub: HubThread, legit: Any, 
     # the hub may still be working through the backlog the kernel buffered for it
     await _wait_for(lambda: "HUB_MQTT_SLOW_CONSUMER" in hub.call(hub.server.core.refusal_codes), 30)
     raw.close()
+    await legit.send()
+    await legit.all_delivered()
+
+
+async def test_messages_over_256_kb_are_refused_and_close_only_that_connection(
+        hub: HubThread, legit: Any, paho_clients: Callable[..., PahoClient]) -> None:
+    limit = hub.config.max_message_bytes
+    assert limit == 256 * 1024
+    intruder = paho_clients(hub, "edge-x", "intruder", _token(hub, "edge-x", "intruder", legit.keys["intruder"]))
+    await asyncio.to_thread(intruder.connected.wait, 10)
+    topic = "devices/edge-x/modules/intruder/messages/events/"
+
+    def upstream_from_intruder() -> int:
+        rows = hub.server.core.store.upstream_since(0, 10_000)
+        return sum(1 for row in rows if row.module_id == "intruder")
+
+    # exactly at the limit: accepted and routed ($upstream)
+    info = intruder.client.publish(topic, b"a" * limit, qos=1)
+    await asyncio.to_thread(info.wait_for_publish, 10)
+    assert await eventually(lambda: hub.call(upstream_from_intruder), 1) == 1
+    # one byte more: refused, the connection closed, nothing ingested
+    before = hub.call(lambda: hub.server.core.counters["telemetry_in"])
+    intruder.client.publish(topic, b"a" * (limit + 1), qos=1)
+    assert await asyncio.to_thread(intruder.disconnected.wait, 10)
+    assert "HUB_MESSAGE_TOO_LARGE" in hub.call(hub.server.core.refusal_codes)
+    assert hub.call(lambda: hub.server.core.counters["telemetry_in"]) == before
+    assert hub.call(upstream_from_intruder) == 1
     await legit.send()
     await legit.all_delivered()

@@ -118,8 +118,12 @@ class ServiceClient:
             raise HubError(f"the hub at {self.settings.host_name} presented a certificate that does not verify "
                            f"against {self._verify if self._verify is not True else 'the system trust store'}",
                            code=errors.TLS_UNTRUSTED) from None
-        except requests.RequestException as exc:
-            raise HubError(f"cannot reach the hub at {self.settings.host_name}: {exc}",
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            # down, or nothing listens at that address: a script may wait and retry (not a config error)
+            raise HubError(f"cannot reach the hub at {self.settings.host_name}: {type(exc).__name__}",
+                           code=errors.UNREACHABLE) from None
+        except requests.RequestException as exc:  # an unusable URL: the configuration is wrong
+            raise HubError(f"cannot call the hub at {self.settings.host_name}: {type(exc).__name__}",
                            code=errors.CONFIG_INVALID) from None
         if response.status_code >= 400:
             try:

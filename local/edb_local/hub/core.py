@@ -42,6 +42,7 @@ from edb_local.hub.topics import (
     encode_input_topic,
     identity_from_client_id,
     method_request_topic,
+    model_id_from_username,
     twin_response_topic,
 )
 from edb_local.hub.twin import Twin
@@ -139,6 +140,7 @@ class HubCore:
         """Check a CONNECT; returns the identity and the token's expiry (epoch seconds)."""
         identity = identity_from_client_id(connect.client_id)
         check_username(connect.username, identity, self.config.device_host_names)
+        model_id = model_id_from_username(connect.username)
         if connect.password is None:
             raise HubError("no SAS token in the password", code=errors.AUTH_BAD_TOKEN)
         try:
@@ -155,6 +157,7 @@ class HubCore:
             raise HubError("device is disabled", code=errors.AUTH_DISABLED_IDENTITY)
         verify_token(token, expected_resources=[identity.sas_resource(h) for h in self.config.device_host_names],
                      keys=record.keys)
+        self.state.set_model_id(identity, model_id)  # authenticated: the twin shows what it announced
         return identity, token.expiry
 
     def authenticate_service(self, authorization: str | None) -> None:
@@ -187,6 +190,16 @@ class HubCore:
         verify_token(token, expected_resources=[identity.sas_resource(h) for h in self.config.device_host_names],
                      keys=record.keys)
         return identity
+
+    def authorize_method_call(self, caller: Identity | None, target: Identity) -> None:
+        """The service (``caller`` None, an `iothubowner` token) may invoke any direct method; a
+        module calling through its edgeHub only methods of modules on its own device, because an
+        edgeHub reaches only its own device's clients."""
+        if caller is None:
+            return
+        if target.module_id is None or target.device_id != caller.device_id:
+            raise HubError(f"{caller} may invoke methods only on modules of device {caller.device_id}",
+                           code=errors.AUTH_METHOD_TARGET)
 
     # -- sessions ----------------------------------------------------------------------------
 

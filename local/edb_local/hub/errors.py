@@ -37,6 +37,7 @@ AUTH_DISABLED_IDENTITY = "HUB_AUTH_DISABLED_IDENTITY"
 AUTH_MISSING = "HUB_AUTH_MISSING"
 AUTH_UNKNOWN_POLICY = "HUB_AUTH_UNKNOWN_POLICY"
 TOPIC_FORBIDDEN = "HUB_TOPIC_FORBIDDEN"          # a topic of another identity, or not an IoT Hub topic
+AUTH_METHOD_TARGET = "HUB_AUTH_METHOD_TARGET"    # a module invoking a method outside its own device's modules
 
 # Twins, routes, queries, deployments
 TWIN_INVALID = "HUB_TWIN_INVALID"
@@ -57,4 +58,5 @@ QUEUE_FULL = "HUB_QUEUE_FULL"
 
 # Configuration of the hub process itself (and of its service-side clients)
 CONFIG_INVALID = "HUB_CONFIG_INVALID"
+UNREACHABLE = "HUB_UNREACHABLE"                  # client side: no answer from the hub (down, wrong address)
 TLS_UNTRUSTED = "HUB_TLS_UNTRUSTED"              # client side: the hub's certificate is not trusted

@@ -8,6 +8,7 @@ import base64
 import copy
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from edb_local.hub import deployments, errors
@@ -146,7 +147,7 @@ class HubState:
             "cloudToDeviceMessageCount": 0,
             "authenticationType": "sas",
             "x509Thumbprint": {"primaryThumbprint": None, "secondaryThumbprint": None},
-            "modelId": "",
+            "modelId": twin.model_id,
             "version": twin.version,
             "tags": copy.deepcopy(twin.tags),
             "properties": copy.deepcopy(twin.service_properties()),
@@ -161,6 +162,13 @@ class HubState:
                 cid: {"status": "Applied" if cid in configs.get("applied", []) else "Targeted"}
                 for cid in configs.get("targeted", [])}
         return doc
+
+    def set_model_id(self, identity: Identity, model_id: str) -> None:
+        """Record the Plug and Play model id a client announced when it connected (IoT Hub keeps the
+        last announced one on the twin; a connection that announces none clears it)."""
+        twin = self.twin(identity)
+        if twin.model_id != model_id:
+            self._put_twin(replace(twin, model_id=model_id))
 
     def set_reported(self, identity: Identity, patch: Any) -> Twin:
         twin = twins.apply_reported_patch(self.twin(identity), patch)

@@ -7,6 +7,7 @@ every key and value of a property bag is, with ``quote(safe='')`` (the SDK split
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -77,6 +78,25 @@ def check_username(username: str | None, identity: Identity, host_names: frozens
     host, _, rest = prefix.partition("/")
     if not sep or f"{host.lower()}/{rest}" not in expected:
         raise HubError("username does not name this hub and client", code=errors.AUTH_BAD_USERNAME)
+
+
+#: A Digital Twins Model Identifier (DTDL v2): ``dtmi:<segment>(:<segment>)*;<version>``.
+_DTMI_SEGMENT = r"[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?"
+_DTMI = re.compile(rf"dtmi:{_DTMI_SEGMENT}(?::{_DTMI_SEGMENT})*;[1-9][0-9]{{0,8}}")
+MAX_MODEL_ID = 2048
+
+
+def model_id_from_username(username: str | None) -> str:
+    """The IoT Plug and Play model id a client announces in its username's ``model-id`` query
+    parameter (the SDK's ``product_info="dtmi:..."``); "" if none. A malformed one is refused."""
+    _prefix, _sep, query = (username or "").partition("/?")
+    values = urllib.parse.parse_qs(query, keep_blank_values=True).get("model-id")
+    if not values:
+        return ""
+    model_id = values[-1]
+    if len(values) > 1 or len(model_id) > MAX_MODEL_ID or not _DTMI.fullmatch(model_id):
+        raise HubError("model-id is not a single valid DTMI", code=errors.AUTH_BAD_USERNAME)
+    return model_id
 
 
 # ---------------------------------------------------------------------------------------------

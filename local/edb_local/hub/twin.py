@@ -50,6 +50,8 @@ class Twin:
     etag_version: int = 1
     desired_updated: str = field(default_factory=_now)
     reported_updated: str = field(default_factory=_now)
+    #: The IoT Plug and Play model the client announced when it last connected ("" if none).
+    model_id: str = ""
 
     @property
     def etag(self) -> str:
@@ -76,7 +78,8 @@ class Twin:
         return {"tags": self.tags, "desired": self.desired, "reported": self.reported,
                 "desiredVersion": self.desired_version, "reportedVersion": self.reported_version,
                 "version": self.version, "etagVersion": self.etag_version,
-                "desiredUpdated": self.desired_updated, "reportedUpdated": self.reported_updated}
+                "desiredUpdated": self.desired_updated, "reportedUpdated": self.reported_updated,
+                "modelId": self.model_id}
 
     @classmethod
     def from_record(cls, device_id: str, module_id: str | None, record: JsonObject) -> Twin:
@@ -84,7 +87,7 @@ class Twin:
                    reported=record["reported"], desired_version=record["desiredVersion"],
                    reported_version=record["reportedVersion"], version=record["version"],
                    etag_version=record["etagVersion"], desired_updated=record["desiredUpdated"],
-                   reported_updated=record["reportedUpdated"])
+                   reported_updated=record["reportedUpdated"], model_id=record.get("modelId", ""))
 
 
 @dataclass(frozen=True)

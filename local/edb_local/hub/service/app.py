@@ -34,6 +34,8 @@ _STATUS = {
     errors.METHOD_TIMEOUT: (504, "GatewayTimeout"),
 }
 _MAX_BODY = 1024 * 1024
+#: Who is calling: None for the service (an `iothubowner` token), else the module calling through edgeHub.
+CALLER: web.RequestKey[Identity | None] = web.RequestKey("caller", Identity | None)  # type: ignore[arg-type]
 
 
 def error_response(exc: HubError) -> web.Response:
@@ -132,9 +134,10 @@ class ServiceApi:
         authorization = request.headers.get("Authorization")
         edge_module = request.headers.get("x-ms-edge-moduleId")
         if edge_module is not None and request.method == "POST" and request.path.endswith("/methods"):
-            self.core.authenticate_module_request(authorization, edge_module)
+            request[CALLER] = self.core.authenticate_module_request(authorization, edge_module)
         else:
             self.core.authenticate_service(authorization)
+            request[CALLER] = None  # the service: any target
         return await handler(request)
 
     # -- /edb extensions ---------------------------------------------------------------------
@@ -229,6 +232,7 @@ class ServiceApi:
     # -- methods -----------------------------------------------------------------------------
 
     async def _invoke(self, request: web.Request, target: Identity) -> web.Response:
+        self.core.authorize_method_call(request[CALLER], target)
         body = await _json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("methodName"), str) or not body["methodName"]:
             raise HubError("methodName is required", code=errors.BAD_REQUEST)
