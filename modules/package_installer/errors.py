@@ -34,6 +34,8 @@ NON_RETRYABLE_CODES = frozenset(
         "INSTALL_HTTP_STATUS",  # 4xx from the server
         "INSTALL_NOT_FOUND",  # a file: URL that does not exist
         "INSTALL_REMOVED_BY_METHOD",  # the uninstall direct method holds this package back
+        "INSTALL_VERSION_MISMATCH",  # the package is signed as another version than the twin names
+        "INSTALL_NAME_MISMATCH",  # the package is signed as another package than the twin names
     }
 )
 

@@ -70,6 +70,13 @@ async def run_install(package: DesiredPackage, deps: InstallDeps, on_state: OnSt
         if ticket.version != package.version:
             raise InstallError(f"the package is version {ticket.version[:40]}, the twin asked for {package.version}",
                                code="INSTALL_VERSION_MISMATCH")
+        # The name serves the package: it must be the package the publisher signed, or a twin writer
+        # could install another (authentic) package under a served name. A v1 cp-id (an upper-case
+        # UUID from the original tools) is compared case-insensitively; twin names are lower case.
+        signed_id = ticket.package_id if ticket.signed_manifest is not None else ticket.package_id.lower()
+        if signed_id != package.name:
+            raise InstallError(f"the package is {ticket.package_id[:64]!r}, the twin installs it as {package.name!r}",
+                               code="INSTALL_NAME_MISMATCH")
         if ticket.signed_manifest is None:  # a v1 package: only with the legacy flow (weaker, explicit)
             summary = await release_and_install_legacy(ticket, fetched.fd, deps.tee, deps.legacy, on_state)
             ticket = None

@@ -73,18 +73,26 @@ def _merge_keep_nulls(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict
 
 
 class OutputSender:
-    """Sends JSON messages to module outputs in order; waits and retries while edgeHub is away."""
+    """Sends JSON messages to module outputs in order; waits and retries while edgeHub is away.
+
+    Each message gets its id once, when it is queued: a send retried after an ambiguous failure
+    (edgeHub may have taken it before the connection dropped) carries the same id, so receivers
+    that deduplicate by message id (the reporter) count it once."""
 
     def __init__(self, client: ModuleClientLike, retry_s: float = 1.0) -> None:
         self._client = client
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any], dict[str, str]]] = asyncio.Queue(maxsize=10_000)
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any], dict[str, str], str]] = asyncio.Queue(maxsize=10_000)
         self._retry_s = retry_s
 
-    def send(self, output: str, body: dict[str, Any], properties: dict[str, str]) -> None:
+    def send(self, output: str, body: dict[str, Any], properties: dict[str, str],
+             message_id: str | None = None) -> str:
+        """Queue a message; returns its id (``message_id``, or a new one)."""
+        message_id = message_id or str(uuid.uuid4())
         try:
-            self._queue.put_nowait((output, body, properties))
+            self._queue.put_nowait((output, body, properties, message_id))
         except asyncio.QueueFull:
             log.error("output queue full; dropping a %s message", properties.get("messageType"))
+        return message_id
 
     async def drained(self) -> None:
         await self._queue.join()
@@ -93,9 +101,9 @@ class OutputSender:
         from azure.iot.device import Message
 
         while True:
-            output, body, properties = await self._queue.get()
+            output, body, properties, message_id = await self._queue.get()
             while True:
-                message = Message(encode_json(body), message_id=str(uuid.uuid4()),  # type: ignore[no-untyped-call]
+                message = Message(encode_json(body), message_id=message_id,  # type: ignore[no-untyped-call]
                                   content_encoding=CONTENT_ENCODING_UTF8, content_type=CONTENT_TYPE_JSON)
                 message.custom_properties = dict(properties)
                 try:
