@@ -7,6 +7,10 @@ Every frame is bounded (``maxFrameBytes``) before it is allocated; a malformed f
 with ``TEE_PROTOCOL`` / ``TEE_FRAME_TOO_LARGE`` and the connection is closed (the stream cannot be
 trusted to be in sync afterwards). Errors travel as ``(code, message)``; messages never carry
 secrets, and unexpected exceptions become ``TEE_INTERNAL`` with details only in the log.
+
+Per connection the loop keeps a :class:`~edb.tee.protocol.LayoutCache` (a request whose metadata
+bytes repeat an earlier one is not parsed again) and an :class:`~edb_tee.lane.InferLane` (a
+repeated runner ``infer`` goes straight to the model manager): the per-call path of a runner.
 """
 
 from __future__ import annotations
