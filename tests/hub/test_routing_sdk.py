@@ -196,3 +196,114 @@ def _identity(device: str, module: str) -> Any:
     from edb_local.hub.topics import Identity
 
     return Identity(device, module)
+
+
+class _RawModule:
+    """A module connection speaking MQTT through the hub's own codec, so the test decides when (and
+    whether) to acknowledge, and sees the DUP flag the SDK hides."""
+
+    def __init__(self, hub: HubThread, ca_path: str, device: str, module: str, key: str) -> None:
+        import socket
+        import ssl
+        import time
+
+        from edb_local.hub.mqtt.codec import MqttDecoder
+        from edb_local.hub.sas import make_token
+
+        context = ssl.create_default_context(cafile=ca_path)
+        self.sock = context.wrap_socket(socket.create_connection((hub.config.address, 8883), timeout=10),
+                                        server_hostname=hub.config.address)
+        self.decoder = MqttDecoder()
+        self.packets: list[Any] = []
+        self._buffer: list[Any] = []
+        self._taken = 0  # packets already looked at by publishes()
+        self.client_id = f"{device}/{module}"
+        self.username = f"{hub.config.hub_name}/{device}/{module}/?api-version=2021-04-12"
+        self.password = make_token(f"{hub.config.hub_name}/devices/{device}/modules/{module}", key,
+                                   expiry=int(time.time()) + 600).encode()
+        self.inputs = f"devices/{device}/modules/{module}/inputs/#"
+
+    def connect_and_subscribe(self) -> None:
+        from edb_local.hub.mqtt.codec import ConnAck, Connect, SubAck, Subscribe, encode
+
+        self.sock.sendall(encode(Connect(client_id=self.client_id, clean_session=False, username=self.username,
+                                         password=self.password)))
+        connack = self.next_packet()
+        assert isinstance(connack, ConnAck) and connack.return_code == 0
+        self.sock.sendall(encode(Subscribe(1, ((self.inputs, 1),))))
+        while not any(isinstance(p, SubAck) for p in self.packets):
+            self.next_packet()
+
+    def next_packet(self) -> Any:
+        while not self._buffer:
+            data = self.sock.recv(65536)
+            assert data, "the hub closed the connection"
+            self._buffer.extend(self.decoder.feed(data))
+        packet = self._buffer.pop(0)
+        self.packets.append(packet)
+        return packet
+
+    def publishes(self, count: int) -> list[Any]:
+        """The next ``count`` input PUBLISHes (also those that came before the SUBACK: a restored
+        session is pumped as soon as it is attached)."""
+        from edb_local.hub.mqtt.codec import Publish
+
+        while sum(isinstance(p, Publish) for p in self.packets[self._taken:]) < count:
+            self.next_packet()
+        got: list[Any] = []
+        while len(got) < count:
+            packet = self.packets[self._taken]
+            self._taken += 1
+            if isinstance(packet, Publish):
+                got.append(packet)
+        return got
+
+    def ack(self, packet_id: int) -> None:
+        from edb_local.hub.mqtt.codec import PubAck, encode
+
+        self.sock.sendall(encode(PubAck(packet_id)))
+
+    def drop(self) -> None:
+        """The process dies: the TCP connection ends without DISCONNECT (nor a TLS close_notify)."""
+        import socket
+
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+async def test_a_dropped_connection_with_unacknowledged_inputs_gets_them_again_with_dup(
+        hub: HubThread, make_module: Callable[..., str], module_clients: Callable[..., Any], stack_ca: Any) -> None:
+    sensor_key = make_module("edge-u", "sensor")
+    runner_key = make_module("edge-u", "runner")
+    deploy(hub, "edge-u", ROUTES)
+    sensor = await module_clients("edge-u", "sensor", sensor_key)
+    first = _RawModule(hub, str(stack_ca.ca_path), "edge-u", "runner", runner_key)
+    await asyncio.to_thread(first.connect_and_subscribe)
+    for n in range(12):
+        await sensor.send_message_to_output(json_message({"temperature": 40, "n": n}), "readings")
+    held = await asyncio.to_thread(first.publishes, 12)     # all in flight, none acknowledged
+    assert [json.loads(p.payload)["n"] for p in held] == list(range(12)) and not any(p.dup for p in held)
+    await asyncio.to_thread(first.ack, held[0].packet_id)  # only the first one was processed
+
+    def backlog() -> int:
+        return int(hub.call(lambda: len(hub.server.core.queues[_identity("edge-u", "runner")])))
+
+    def connected() -> bool:
+        return bool(hub.call(lambda: _identity("edge-u", "runner") in hub.server.core.sessions))
+
+    assert await eventually(backlog, 11) == 11              # the acknowledged one is gone
+    first.drop()
+    assert await eventually(connected, False) is False
+    for n in range(12, 15):                                 # more arrive while the module is away
+        await sensor.send_message_to_output(json_message({"temperature": 40, "n": n}), "readings")
+    assert await eventually(backlog, 14) == 14              # 11 unacknowledged + 3 new, none lost
+
+    second = _RawModule(hub, str(stack_ca.ca_path), "edge-u", "runner", runner_key)  # the restarted module
+    await asyncio.to_thread(second.connect_and_subscribe)
+    again = await asyncio.to_thread(second.publishes, 14)
+    assert [json.loads(p.payload)["n"] for p in again] == list(range(1, 15))  # in order, nothing lost
+    assert [p.dup for p in again] == [True] * 11 + [False] * 3   # redeliveries say so
+    for packet in again:
+        await asyncio.to_thread(second.ack, packet.packet_id)
+    assert await eventually(backlog, 0) == 0
+    second.drop()
