@@ -1,7 +1,8 @@
 """``edb keyvault ...``: KEK and publisher signing key lifecycle, and release policies per package.
 
 Settings (options override): ``EDB_KEYVAULT_URL``; ``EDB_KEYVAULT_CREDENTIAL`` (``default`` =
-DefaultAzureCredential, or a stand-in credential file); ``EDB_CA_CERT`` (PEM to trust, local stack).
+DefaultAzureCredential, or a stand-in credential file); ``EDB_KEYVAULT_CA`` or ``EDB_CA_CERT`` (PEM
+to trust, local stack); read by :meth:`edb_cloud.keyvault.VaultConnection.from_settings`.
 They are read from ``<state-dir>/local.env``, ``.env`` and the environment like every ``edb cloud``
 command, so after ``edb local up`` no option is needed.
 """
@@ -77,14 +78,10 @@ def _run(ctx: Ctx, action: Callable[[], tuple[dict[str, Any], str]]) -> None:
 def keyvault(click_ctx: click.Context, vault_url: str | None, credential_spec: str | None, ca: str | None,
              state_dir: Path | None, as_json: bool) -> None:
     """KEK and signing keys in Azure Key Vault (or the local stand-in); release policy per package."""
-    config = CloudConfig.load(state_dir)
-    url = vault_url or config.get("EDB_KEYVAULT_URL")
-    cred = credential_spec or config.get("EDB_KEYVAULT_CREDENTIAL") or "default"
-    ca_path = ca or config.get("EDB_KEYVAULT_CA") or config.get("EDB_CA_CERT")
-    if url:
-        click_ctx.obj = Ctx(VaultConnection(url.rstrip("/"), cred, ca_path), as_json)
-    else:
-        click_ctx.obj = Ctx(None, as_json, "set EDB_KEYVAULT_URL (or --vault-url), or run `edb local up`")
+    connection = VaultConnection.from_settings(CloudConfig.load(state_dir), vault_url=vault_url,
+                                               credential=credential_spec, ca=ca)
+    click_ctx.obj = Ctx(connection, as_json, None if connection else
+                        "set EDB_KEYVAULT_URL (or --vault-url), or run `edb local up`")
 
 
 @keyvault.command()

@@ -139,6 +139,51 @@ def test_v1_verify_cli(edb, tmp_path: Path) -> None:  # type: ignore[no-untyped-
     assert edb("package", "inspect", str(path), "--json")["format"] == "cpk-v1"
 
 
+def test_checks_a_format_cannot_perform_fail_closed(edb, ready, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`verify v1.cpk --key-file k.json --security-floor 99 --device-id nobody` used to exit 0 with
+    ok:true: a v1 manifest has no floor, target, publisher chain or KEK, so those checks are refused."""
+    from edb.cpk.v1 import key_file_json
+
+    path, keys = _v1_package(tmp_path)
+    keys.write_text(key_file_json({"app-1": (tmp_path / "content.key").read_bytes()}))
+    assert edb("package", "verify", str(path), "--key-file", str(keys), "--json")["ok"]
+    root = str(tmp_path / ".edb" / "pki" / "root.pem")
+    for extra in (["--security-floor", "99", "--device-id", "nobody"], ["--security-floor", "0"],
+                  ["--device-id", "nobody"], ["--device-class", "edge"], ["--trust-root", root],
+                  ["--kek", str(tmp_path / ".edb" / "pki" / "kek.pem")]):
+        refused = edb("package", "verify", str(path), "--key-file", str(keys), *extra, "--json", code=2)
+        assert refused["ok"] is False and refused["error"]["code"] == "CPK_CHECK_UNSUPPORTED", extra
+        assert extra[0] in refused["error"]["message"] and refused["checks"] == []
+    text = edb("package", "verify", str(path), "--key-file", str(keys), "--security-floor", "99", code=2)["text"]
+    assert "CPK_CHECK_UNSUPPORTED" in text and "valid" not in text
+    _, v2 = ready  # and a v2 package has no class key to check
+    refused = edb("package", "verify", str(v2), "--key-file", str(keys), "--json", code=2)
+    assert refused["error"]["code"] == "CPK_CHECK_UNSUPPORTED" and "--key-file" in refused["error"]["message"]
+
+
+def _v1_package(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from edb.cpk.v1 import V1Signing, build_v1
+
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "demo")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(7).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    content_key = os.urandom(32)
+    (tmp_path / "content.key").write_bytes(content_key)
+    path = tmp_path / "legacy.cpk"
+    build_v1(b"model bytes" * 100, path, cp_id="app-1", key=content_key, signing=V1Signing(key, cert))
+    return path, tmp_path / "keys.json"
+
+
 def test_build_usage_errors(edb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     edb("pki", "init", "--kek-bits", "2048", "--json")
     model = tmp_path / "m.bin"

@@ -4,13 +4,18 @@
 environment); a path -> the Key Vault stand-in's credential file (``.edb/keyvault/credentials/
 admin.json``). ``ca``: a PEM bundle to trust (the local stack CA); None = system trust store.
 For loopback vaults the SDK's challenge-resource check (host must end with vault.azure.net) is off.
+
+:meth:`VaultConnection.from_settings` is the one place that reads those settings (command-line
+values first, then ``EDB_KEYVAULT_URL``, ``EDB_KEYVAULT_CREDENTIAL``, ``EDB_KEYVAULT_CA`` or
+``EDB_CA_CERT`` from ``<state-dir>/local.env``, ``.env`` and the environment): ``edb keyvault``
+and the package CLI's Key Vault keys (``edb package ... --kek https://...``) both use it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.crypto import CryptographyClient
@@ -18,6 +23,9 @@ from azure.keyvault.secrets import SecretClient
 
 from edb.errors import ConfigError
 from key_release_service.keyvault import is_loopback_url
+
+if TYPE_CHECKING:
+    from edb_cloud.config import CloudConfig
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,16 @@ class VaultConnection:
     def __post_init__(self) -> None:
         if not self.vault_url.startswith("https://"):
             raise ConfigError("the Key Vault URL must be https://...", code="CONFIG_INVALID")
+
+    @classmethod
+    def from_settings(cls, config: CloudConfig, *, vault_url: str | None = None, credential: str | None = None,
+                      ca: str | None = None) -> VaultConnection | None:
+        """Explicit values win over the settings; None when no vault URL is known at all."""
+        url = vault_url or config.get("EDB_KEYVAULT_URL")
+        if not url:
+            return None
+        return cls(url.rstrip("/"), credential or config.get("EDB_KEYVAULT_CREDENTIAL") or "default",
+                   ca or config.get("EDB_KEYVAULT_CA") or config.get("EDB_CA_CERT"))
 
     def credential(self) -> Any:
         if self.credential_spec == "default":

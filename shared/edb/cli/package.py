@@ -26,7 +26,7 @@ from edb.cli._common import (
     parse_size,
     progress_bar,
 )
-from edb.cli.keyopts import kek_provider, signer_provider
+from edb.cli.keyopts import VaultOptions, kek_provider, signer_provider
 from edb.cpk import (
     DEFAULT_CHUNK_SIZE,
     FORMAT_V2,
@@ -38,7 +38,7 @@ from edb.cpk import (
     rewrap,
     verify_package,
 )
-from edb.cpk.errors import KEY_UNAVAILABLE, MANIFEST_INVALID, UNTRUSTED_SIGNER, package_error
+from edb.cpk.errors import CHECK_UNSUPPORTED, KEY_UNAVAILABLE, MANIFEST_INVALID, UNTRUSTED_SIGNER, package_error
 from edb.cpk.reader import PackageInfo, PackageReader
 from edb.cpk.v1 import load_key_file, verify_v1
 from edb.errors import EdbError
@@ -118,13 +118,17 @@ def package() -> None:
 @click.option("--kek", help="KEK: PEM file or Key Vault key id. Default: <pki>/kek.pub.pem or kek.pem.")
 @click.option("--signer-key", help="Signing key: PEM file or Key Vault key id. Default: <pki>/signer.key.")
 @click.option("--signer-cert", help="Signer chain PEM, leaf first. Default: <pki>/signer.pem.")
-@click.option("--ca-bundle", type=click.Path(exists=True), help="CA bundle for Key Vault TLS (local stack).")
+@click.option("--ca-bundle", type=click.Path(exists=True),
+              help="CA bundle for Key Vault TLS. Default: EDB_KEYVAULT_CA or EDB_CA_CERT (local stack), else system.")
+@click.option("--credential", "credential",
+              help="Key Vault credential: 'default' (DefaultAzureCredential) or a stand-in credential file. "
+                   "Default: EDB_KEYVAULT_CREDENTIAL, else 'default'.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handles_errors
 def build_cmd(model: str, output: str, package_id: str, version: str, security_version: int,
               target_devices: tuple[str, ...], target_classes: tuple[str, ...], expires: str, media_type: str,
               onnx_layout: str, name: str, vendor: str, chunk_size: str, kek: str | None, signer_key: str | None,
-              signer_cert: str | None, ca_bundle: str | None, as_json: bool) -> None:
+              signer_cert: str | None, ca_bundle: str | None, credential: str | None, as_json: bool) -> None:
     """Encrypt MODEL into a signed v2 package (chunked AES-256-GCM, DEK wrapped under the KEK)."""
     if not target_devices and not target_classes:
         raise click.UsageError("name at least one --target-device or --target-class")
@@ -141,8 +145,9 @@ def build_cmd(model: str, output: str, package_id: str, version: str, security_v
     if kek is None:
         public = default_pki_dir() / "kek.pub.pem"
         kek = str(public if public.exists() else default_pki_dir() / "kek.pem")
-    kek_p = kek_provider(kek, ca_bundle)
-    signer = signer_provider(_pki_file(signer_key, "signer.key"), _pki_file(signer_cert, "signer.pem"), ca_bundle)
+    vault = VaultOptions(credential, ca_bundle)
+    kek_p = kek_provider(kek, vault)
+    signer = signer_provider(_pki_file(signer_key, "signer.key"), _pki_file(signer_cert, "signer.pem"), vault)
     with _payload(model, onnx_layout) as (source, size), progress_bar("encrypting", size, not as_json) as advance:
         result = build(source, output, identity=identity, kek=kek_p, signer=signer,
                        chunk_size=parse_size(chunk_size), progress=advance)
@@ -178,7 +183,7 @@ class _Discard:
 
 
 def _verify_v2(reader: PackageReader, trust_roots: tuple[str, ...], kek: str | None, device_id: str | None,
-               device_class: str | None, floor: int | None, ca_bundle: str | None, quiet: bool,
+               device_class: str | None, floor: int | None, vault: VaultOptions, quiet: bool,
                checks: list[dict[str, Any]]) -> None:
     now = dt.datetime.now(dt.UTC)
     size = reader.span(0).size
@@ -193,7 +198,7 @@ def _verify_v2(reader: PackageReader, trust_roots: tuple[str, ...], kek: str | N
     if kek is None:
         checks.append({"check": "decrypt", "status": "skipped", "detail": "no --kek: tags and plaintext not checked"})
         return
-    dek = bytearray(kek_provider(kek, ca_bundle).unwrap(verified.manifest.wrapped_dek))
+    dek = bytearray(kek_provider(kek, vault).unwrap(verified.manifest.wrapped_dek))
     try:
         with progress_bar("decrypting", verified.manifest.plaintext_size, not quiet) as advance:
             decrypt_payload(verified, dek, _Discard(), progress=advance)
@@ -201,6 +206,18 @@ def _verify_v2(reader: PackageReader, trust_roots: tuple[str, ...], kek: str | N
         dek[:] = bytes(len(dek))
     checks.append({"check": "decrypt", "status": "ok",
                    "detail": "every chunk tag and the plaintext digest verify (plaintext discarded)"})
+
+
+def unsupported_checks(package_format: str, *, trust_roots: tuple[str, ...], kek: str | None,
+                       key_file: str | None, device_id: str | None, device_class: str | None,
+                       floor: int | None) -> list[str]:
+    """The options asking for checks ``package_format`` cannot perform. A v1 manifest has no
+    target, security version, publisher chain or wrapped DEK; a v2 package has no class key."""
+    if package_format == FORMAT_V2:
+        return ["--key-file"] if key_file is not None else []
+    asked = {"--trust-root": bool(trust_roots), "--kek": kek is not None, "--device-id": device_id is not None,
+             "--device-class": device_class is not None, "--security-floor": floor is not None}
+    return [option for option, given in asked.items() if given]
 
 
 @package.command(name="verify")
@@ -212,21 +229,32 @@ def _verify_v2(reader: PackageReader, trust_roots: tuple[str, ...], kek: str | N
 @click.option("--device-id", help="Check the package targets this device id.")
 @click.option("--device-class", help="Check the package targets this device class.")
 @click.option("--security-floor", type=click.IntRange(min=0), help="Refuse a security version below this.")
-@click.option("--ca-bundle", type=click.Path(exists=True), help="CA bundle for Key Vault TLS (local stack).")
+@click.option("--ca-bundle", type=click.Path(exists=True),
+              help="CA bundle for Key Vault TLS. Default: EDB_KEYVAULT_CA or EDB_CA_CERT (local stack), else system.")
+@click.option("--credential", "credential",
+              help="Key Vault credential: 'default' (DefaultAzureCredential) or a stand-in credential file. "
+                   "Default: EDB_KEYVAULT_CREDENTIAL, else 'default'.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handles_errors
 def verify_cmd(file: str, trust_roots: tuple[str, ...], key_file: str | None, kek: str | None,
                device_id: str | None, device_class: str | None, security_floor: int | None,
-               ca_bundle: str | None, as_json: bool) -> None:
+               ca_bundle: str | None, credential: str | None, as_json: bool) -> None:
     """Verify FILE: v2 signature, chain, policy, digests (and with --kek every tag); v1 tag, digest and
-    signature with --key-file. Exit 0 only when everything checked is valid."""
+    signature with --key-file. Exit 0 only when everything checked is valid; a check the format
+    cannot perform (--device-id, --device-class, --security-floor, --trust-root, --kek on v1;
+    --key-file on v2) fails with CPK_CHECK_UNSUPPORTED."""
     checks: list[dict[str, Any]] = []
     with open_package(file) as reader:
         info = reader.info()
         try:
+            unsupported = unsupported_checks(reader.format, trust_roots=trust_roots, kek=kek, key_file=key_file,
+                                             device_id=device_id, device_class=device_class, floor=security_floor)
+            if unsupported:
+                raise package_error(CHECK_UNSUPPORTED, f"a {reader.format} package cannot be checked for "
+                                    f"{', '.join(unsupported)}: refused rather than skipped")
             if reader.format == FORMAT_V2:
-                _verify_v2(reader, trust_roots, kek, device_id, device_class, security_floor, ca_bundle, as_json,
-                           checks)
+                _verify_v2(reader, trust_roots, kek, device_id, device_class, security_floor,
+                           VaultOptions(credential, ca_bundle), as_json, checks)
             else:
                 if key_file is None:
                     raise package_error(KEY_UNAVAILABLE, "a v1 package needs --key-file to be verified")
@@ -260,20 +288,26 @@ def verify_cmd(file: str, trust_roots: tuple[str, ...], key_file: str | None, ke
 @click.option("--signer-cert", help="Signer chain PEM. Default: <pki>/signer.pem.")
 @click.option("--trust-root", "trust_roots", multiple=True, type=click.Path(dir_okay=False),
               help="Pinned publisher root PEM the source must verify against. Default: <pki>/root.pem.")
-@click.option("--ca-bundle", type=click.Path(exists=True), help="CA bundle for Key Vault TLS (local stack).")
+@click.option("--ca-bundle", type=click.Path(exists=True),
+              help="CA bundle for Key Vault TLS. Default: EDB_KEYVAULT_CA or EDB_CA_CERT (local stack), else system.")
+@click.option("--credential", "credential",
+              help="Key Vault credential: 'default' (DefaultAzureCredential) or a stand-in credential file. "
+                   "Default: EDB_KEYVAULT_CREDENTIAL, else 'default'.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handles_errors
 def rewrap_cmd(file: str, output: str | None, old_kek: str, new_kek: str, signer_key: str | None,
-               signer_cert: str | None, trust_roots: tuple[str, ...], ca_bundle: str | None, as_json: bool) -> None:
+               signer_cert: str | None, trust_roots: tuple[str, ...], ca_bundle: str | None, credential: str | None,
+               as_json: bool) -> None:
     """Re-wrap the DEK of FILE under another KEK (rotation) and re-sign; payload bytes unchanged."""
     with open_package(file) as reader:
         if reader.format != FORMAT_V2:
             raise package_error(MANIFEST_INVALID, "only v2 packages carry a wrapped DEK")
         old_kid = reader.manifest_v2.kid
-    signer = signer_provider(_pki_file(signer_key, "signer.key"), _pki_file(signer_cert, "signer.pem"), ca_bundle)
+    vault = VaultOptions(credential, ca_bundle)
+    signer = signer_provider(_pki_file(signer_key, "signer.key"), _pki_file(signer_cert, "signer.pem"), vault)
     with progress_bar("copying", Path(file).stat().st_size, not as_json) as advance:
-        result = rewrap(file, output or file, old_kek=kek_provider(old_kek, ca_bundle),
-                        new_kek=kek_provider(new_kek, ca_bundle), signer=signer, trust_roots=_trust_roots(trust_roots),
+        result = rewrap(file, output or file, old_kek=kek_provider(old_kek, vault),
+                        new_kek=kek_provider(new_kek, vault), signer=signer, trust_roots=_trust_roots(trust_roots),
                         progress=advance)
     if as_json:
         emit_json({"ok": True, "path": str(result.path), "oldKid": old_kid, "kid": result.manifest.kid,

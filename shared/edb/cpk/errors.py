@@ -9,6 +9,7 @@ from edb.errors import PackageError
 
 __all__ = [
     "BAD_MAGIC",
+    "CHECK_UNSUPPORTED",
     "DIGEST_MISMATCH",
     "EXPIRED",
     "KEY_UNAVAILABLE",
@@ -59,6 +60,9 @@ WRONG_KEY = "CPK_WRONG_KEY"
 UNREADABLE = "CPK_UNREADABLE"
 #: A v1 key file does not hold the package's key name.
 KEY_UNAVAILABLE = "CPK_KEY_UNAVAILABLE"
+#: A check was asked for that this package's format cannot perform (for example a target, a
+#: rollback floor or a pinned publisher root on a v1 package): refused, never silently skipped.
+CHECK_UNSUPPORTED = "CPK_CHECK_UNSUPPORTED"
 
 
 def package_error(code: str, message: str) -> PackageError:

@@ -12,20 +12,25 @@ injected (the local Key Vault stand-in's tests do). Extra keyword arguments go t
 ``CryptographyClient`` (for example ``connection_verify=<CA bundle>`` for the local stack).
 
 Errors: a disabled or expired key version (Key Vault's 403 ``KeyDisabled``/``KeyExpired``) is
-``KEY_DISABLED``, final (revocation); 400 is the operation's own refusal code; anything else
-(network, 5xx, throttling, other 401/403) is ``KEY_UNAVAILABLE``.
+``KEY_DISABLED``, final (revocation); 400 is the operation's own refusal code; no usable credential
+or a 401 is ``KEY_AUTH_FAILED``; a challenge the SDK refuses (its ``ValueError``) is
+``KEY_CHALLENGE_REFUSED``; anything else (network, 5xx, throttling, other 403) is
+``KEY_UNAVAILABLE``. No SDK exception leaves this module untyped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from edb.keys.base import WRAP_ALG, WrappedKey, check_dek, check_digest
 from edb.keys.errors import (
+    AUTH_FAILED,
+    CHALLENGE_REFUSED,
     DISABLED,
     INVALID_KEY,
     SIGN_FAILED,
@@ -43,12 +48,22 @@ def _default_credential() -> Any:
 
 
 def _identifier(kid: str) -> Any:
+    """``https://<vault>/keys/<name>[/<version>]``; the SDK's parser alone also takes ``/secrets/...``."""
     from azure.keyvault.keys import KeyVaultKeyIdentifier
 
+    parts = urlsplit(kid) if isinstance(kid, str) else None
+    segments = parts.path.strip("/").split("/") if parts else []
+    if parts is None or parts.scheme != "https" or segments[0] != "keys" or len(segments) not in (2, 3):
+        raise KeyProviderError(f"not a Key Vault key id: {kid!r}", code=INVALID_KEY)
     try:
         return KeyVaultKeyIdentifier(kid)
     except (ValueError, TypeError) as exc:
         raise KeyProviderError(f"not a Key Vault key id: {kid!r}", code=INVALID_KEY) from exc
+
+
+def vault_url_of(key_id: str) -> str:
+    """``https://<vault>`` of a Key Vault key id (``KEY_INVALID`` if it is not one)."""
+    return str(_identifier(key_id).vault_url).rstrip("/")
 
 
 def _inner_error_code(exc: Exception) -> str | None:
@@ -61,8 +76,14 @@ def _inner_error_code(exc: Exception) -> str | None:
 def _provider_error(exc: Exception, action: str, bad_request_code: str) -> KeyProviderError:
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
+    if isinstance(exc, ValueError):  # the SDK's challenge checks (resource, scope, header) raise ValueError
+        return KeyProviderError(f"the Key Vault client refused the vault's authentication challenge ({action}): "
+                                f"{exc}", code=CHALLENGE_REFUSED)
+    if isinstance(exc, ClientAuthenticationError):
+        return KeyProviderError(f"no usable Key Vault credential, or the vault refused it ({action}): "
+                                f"{type(exc).__name__}", code=AUTH_FAILED)
     status = getattr(exc, "status_code", None)
-    if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError) and status == 400:
+    if isinstance(exc, HttpResponseError) and status == 400:
         return KeyProviderError(f"Key Vault refused to {action} (HTTP 400)", code=bad_request_code)
     if isinstance(exc, HttpResponseError) and status == 403 and _inner_error_code(exc) in ("KeyDisabled", "KeyExpired"):
         # revocation, not an outage: the key service's KR_KEK_DISABLED for the same condition
@@ -102,7 +123,7 @@ class KeyVaultKek:
         check_dek(dek)
         try:
             result = self._client(self._key_id).wrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(dek))
-        except AzureError as exc:
+        except (AzureError, ValueError) as exc:
             raise _provider_error(exc, "wrap", UNAVAILABLE) from exc
         kid = result.key_id or self._key_id
         return WrappedKey(kid=kid, alg=WRAP_ALG, value=bytes(result.encrypted_key))
@@ -116,7 +137,7 @@ class KeyVaultKek:
             raise KeyProviderError(f"DEK is wrapped under {wrapped.kid}, not under {self._key_id}", code=WRONG_KID)
         try:
             result = self._client(wrapped.kid).unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped.value)
-        except AzureError as exc:
+        except (AzureError, ValueError) as exc:
             raise _provider_error(exc, "unwrap", UNWRAP_FAILED) from exc
         dek = bytes(result.key)
         check_dek(dek)
@@ -150,7 +171,7 @@ class KeyVaultSigner:
             self._client = CryptographyClient(self._key_id, self._credential, **self._client_kwargs)
         try:
             result = self._client.sign(SignatureAlgorithm.es256, digest)
-        except AzureError as exc:
+        except (AzureError, ValueError) as exc:
             raise _provider_error(exc, "sign", SIGN_FAILED) from exc
         return raw_to_der_signature(bytes(result.signature))
 

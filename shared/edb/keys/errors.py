@@ -6,6 +6,8 @@ from edb.errors import KeyProviderError
 
 __all__ = [
     "ALGORITHM",
+    "AUTH_FAILED",
+    "CHALLENGE_REFUSED",
     "DISABLED",
     "INVALID_KEY",
     "RETRYABLE_CODES",
@@ -34,6 +36,13 @@ UNAVAILABLE = "KEY_UNAVAILABLE"
 #: The key version is disabled, or outside its activation/expiry dates (Key Vault's 403
 #: ``KeyDisabled``/``KeyExpired``): revoked on purpose, so retrying cannot help.
 DISABLED = "KEY_DISABLED"
+
+#: No credential could be obtained for Key Vault, or Key Vault refused it (401): a configuration
+#: problem (``az login``, managed identity, the stand-in's credential file), not an outage.
+AUTH_FAILED = "KEY_AUTH_FAILED"
+#: The Key Vault client refused the vault's authentication challenge (for example its resource is
+#: not the vault's domain, as for a stand-in reached without ``verify_challenge_resource=False``).
+CHALLENGE_REFUSED = "KEY_CHALLENGE_REFUSED"
 
 #: Codes for which trying again later may succeed without anyone changing anything.
 RETRYABLE_CODES = frozenset({UNAVAILABLE})
