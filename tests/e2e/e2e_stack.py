@@ -157,7 +157,7 @@ class E2EStack:
         return ReportedPackage.from_twin((reported.get("packages") or {}).get(name))
 
     def wait_state(self, version: str, state: PackageState, name: str = NAME, timeout: float = 60.0,
-                   code: str | None = None) -> ReportedPackage:
+                   code: str | None = None, poll: float = 0.3) -> ReportedPackage:
         def check() -> ReportedPackage | None:
             r = self.reported_package(name)
             if r is None or r.version != version or r.state is not state:
@@ -166,7 +166,7 @@ class E2EStack:
                 return None
             return r
 
-        result: ReportedPackage = wait_for(f"{name} {version} {state.value} {code or ''}", check, timeout)
+        result: ReportedPackage = wait_for(f"{name} {version} {state.value} {code or ''}", check, timeout, poll)
         return result
 
     def serving(self) -> str | None:

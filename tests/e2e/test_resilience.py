@@ -1,10 +1,13 @@
-"""The installer, runner and reporter under failures: killed mid-install, hub restarted mid-rollout,
-key release service down for a while, reporter offline while events accumulate."""
+"""The installer, runner and reporter under failures: killed mid-download and inside the TEE
+transaction, the hub killed mid-install, key release service down for a while, reporter offline
+while events accumulate."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 from e2e_stack import DEVICE, INSTALLER, NAME, E2EStack, file_server, wait_for
@@ -40,16 +43,61 @@ def test_installer_killed_mid_download_resumes_and_converges(e2e: E2EStack, tmp_
     assert not part.exists() and not any(cache.glob("*.cpk"))  # cache cleaned after the install
 
 
-def test_hub_restarted_mid_rollout_converges(e2e: E2EStack) -> None:
-    e2e.rollout(e2e.releases["2.0.0"])
-    e2e.kill("hub", signal.SIGTERM)
+@contextlib.contextmanager
+def key_release_held(e2e: E2EStack) -> Iterator[None]:
+    """The key release service frozen (SIGSTOP): an installer that reaches ``releasing`` stays there,
+    its TEE transaction open, until the service is resumed (SIGCONT, always, even if the test fails)."""
+    pid = e2e.pid("keyrelease")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def open_tee_installs(e2e: E2EStack) -> int:
+    from edb.tee.client import TeeClient
+
+    with TeeClient(e2e.config.require("EDB_TEE_SOCKET", "TEE socket")) as tee:
+        return int(tee.status()["installs"])
+
+
+def test_hub_killed_mid_install_converges_with_nothing_half_installed(e2e: E2EStack) -> None:
+    cache = e2e.state_dir / "agent" / "volumes" / "edb-package-cache" / NAME
+    with key_release_held(e2e):
+        e2e.rollout(e2e.releases["2.0.0"])
+        e2e.wait_state("2.0.0", PackageState.RELEASING, timeout=30, poll=0.05)
+        assert open_tee_installs(e2e) == 1  # the install is in flight inside the TEE ...
+        e2e.kill("hub", signal.SIGKILL)  # ... when the hub dies without a word to its clients
+        assert [(p.name, p.version) for p in e2e.tee_installed()] == [(NAME, "1.0.0")]
+    # the key release answers again; the install goes on while the hub is down; then the hub comes back
     e2e.up()  # restarts what died, keeps state
     e2e.wait_state("2.0.0", PackageState.INSTALLED, timeout=90)
     e2e.wait_serving("2.0.0", timeout=60)
+    assert [(p.name, p.version) for p in e2e.tee_installed()] == [(NAME, "2.0.0")]
+    assert open_tee_installs(e2e) == 0 and not any(cache.glob("*"))  # nothing half-installed or left over
     # and twin patches reach the modules again after the restart
     e2e.rollout(e2e.releases["3.0.0"])
     e2e.wait_state("3.0.0", PackageState.INSTALLED, timeout=60)
     e2e.wait_serving("3.0.0", timeout=60)
+
+
+def test_installer_killed_inside_the_tee_transaction_keeps_the_old_version_and_converges(e2e: E2EStack) -> None:
+    with key_release_held(e2e):
+        e2e.rollout(e2e.releases["2.0.0"])
+        e2e.wait_state("2.0.0", PackageState.RELEASING, timeout=30, poll=0.05)
+        assert open_tee_installs(e2e) == 1
+        old = e2e.kill(f"module.{INSTALLER}")  # SIGKILL between begin_install and complete_install
+        # the TEE drops the dead process's transaction; the installed version is untouched and serves on
+        wait_for("the TEE to drop the dead installer's transaction", lambda: open_tee_installs(e2e) == 0, 15)
+        assert [(p.name, p.version) for p in e2e.tee_installed()] == [(NAME, "1.0.0")]
+        assert e2e.serving() == "1.0.0"
+    wait_for("the agent to restart the installer", lambda: e2e.pid(f"module.{INSTALLER}") not in (None, old), 30)
+    e2e.wait_state("2.0.0", PackageState.INSTALLED, timeout=60)
+    e2e.wait_serving("2.0.0")
+    assert [(p.name, p.version) for p in e2e.tee_installed()] == [(NAME, "2.0.0")]
+    assert open_tee_installs(e2e) == 0
 
 
 def test_key_release_down_installer_retries_reports_and_recovers(e2e: E2EStack) -> None:
