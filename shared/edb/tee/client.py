@@ -94,6 +94,7 @@ class TeeClient:
         self._cond = threading.Condition(self._pool_lock)
         self._handles: dict[int, ModelHandle] = {}  # handles this client loaded, by id (current ids)
         self._remap: dict[int, int] = {}  # handle id from before a TEE restart -> current id
+        self._leads: dict[int, bytes] = {}  # handle id -> its encoded Value parameter
         self._closed = False
 
     # -- connection pool ---------------------------------------------------------------------
@@ -298,8 +299,14 @@ class TeeClient:
         tensors = [(k, v if type(v) is np.ndarray else np.asarray(v)) for k, v in inputs.items()]
         hid = self._remap.get(handle.handle, handle.handle) if self._remap else handle.handle
         for attempt in range(2):
+            lead = self._leads.get(hid)
+            if lead is None:
+                lead = value_param(hid)
+                if len(self._leads) >= 64:
+                    self._leads.clear()
+                self._leads[hid] = lead
             try:
-                return self._invoke_tensors(RUNNER_TA, RunnerCmd.INFER, value_param(hid), 1, tensors)
+                return self._invoke_tensors(RUNNER_TA, RunnerCmd.INFER, lead, 1, tensors)
             except TeeError as exc:
                 if exc.code != E.UNKNOWN_HANDLE or attempt == 1 or handle.handle not in self._known():
                     raise

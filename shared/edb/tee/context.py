@@ -45,7 +45,7 @@ from edb.tee.protocol import (
     encode_tensors,
     hello_request,
 )
-from edb.tee.transport import PeerClosed, read_frame, send_frame, socket_address, widen_send_buffer
+from edb.tee.transport import PeerClosed, read_frame, send_frame, send_rest, socket_address, widen_send_buffer
 
 DEFAULT_TIMEOUT_S = 600.0  # installs of large models take a while; infer calls return in ms
 
@@ -133,7 +133,21 @@ class TeeContext:
             request_id = next(self._ids) & 0xFFFFFFFF
             frame = encode_tensors(MsgType.REQUEST, Op.INVOKE, request_id, session, command, lead, nlead, tensors,
                                    self.limits)
-            body = self._send_receive(frame, ())
+            sock = self._sock
+            try:  # _send_receive, inline
+                total = 0
+                for part in frame:
+                    total += len(part)
+                sent = sock.sendmsg(frame)
+                if sent != total:
+                    send_rest(sock, frame, sent)
+                body = read_frame(sock, self.limits, self._reply_hint, 0)[0]
+            except TeeError:
+                self._close_socket()
+                raise
+            except (PeerClosed, OSError) as exc:
+                raise self._lost(exc) from exc
+            self._reply_hint = len(body)
             replies = self._replies
             layout = replies.lookup(body) if replies is not None else None
             if (layout is not None and layout.only_tensors and layout.mtype == MsgType.RESPONSE
@@ -160,17 +174,21 @@ class TeeContext:
         try:
             send_frame(sock, frame, fds)
             body = read_frame(sock, self.limits, self._reply_hint, 0)[0]
-        except PeerClosed as exc:
-            self._close_socket()
-            raise TeeError("the TEE closed the connection", code=CONNECTION_LOST) from exc
         except TeeError:
             self._close_socket()
             raise
-        except OSError as exc:  # includes timeouts, EPIPE, ECONNRESET
-            self._close_socket()
-            raise TeeError(f"connection to the TEE failed: {exc.strerror or exc}", code=CONNECTION_LOST) from exc
+        except (PeerClosed, OSError) as exc:
+            raise self._lost(exc) from exc
         self._reply_hint = len(body)
         return body
+
+    def _lost(self, exc: PeerClosed | OSError) -> TeeError:
+        """The connection is unusable after a failed exchange: close it; the error to raise."""
+        self._close_socket()
+        if isinstance(exc, PeerClosed):
+            return TeeError("the TEE closed the connection", code=CONNECTION_LOST)
+        # OSError: timeouts, EPIPE, ECONNRESET
+        return TeeError(f"connection to the TEE failed: {exc.strerror or exc}", code=CONNECTION_LOST)
 
     def _decode_reply(self, body: memoryview, request_id: int) -> Message:
         replies = self._replies

@@ -568,9 +568,12 @@ class LayoutCache:
         """The layout ``view`` (a body of "B" format) matches, if any: then ``layout.arrays(view)``
         are its tensors and the request id is at bytes 4..8."""
         entry = self._entries.get(len(view))
-        if entry is not None and entry.matches(view):
-            return entry
-        return None
+        if entry is None:
+            return None
+        for a, b, expected in entry.checks:  # Layout.matches, inline (the length is the key)
+            if view[a:b].tobytes() != expected:
+                return None
+        return entry
 
     def decode(self, body: bytearray | bytes | memoryview, *, nfds: int = 0) -> Message:
         view = memoryview(body).cast("B")
@@ -607,7 +610,12 @@ def encode_tensors(mtype: int, op: int, request_id: int, session: int, command: 
     for name, arr in tensors:
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
-        head += _tensor_meta((size + len(head)) % TENSOR_ALIGN, name, arr, limits)
+        phase = (size + len(head)) % TENSOR_ALIGN
+        hit = _TENSOR_META.get((phase, name, arr.dtype, arr.shape))  # _tensor_meta's hit path, inline
+        if hit is None or hit[1] > limits.max_name or hit[2] > limits.max_ndim:
+            head += _tensor_meta(phase, name, arr, limits)
+        else:
+            head += hit[0]
         nbytes = arr.nbytes
         if nbytes:
             parts.append(head)

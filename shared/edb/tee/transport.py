@@ -83,8 +83,12 @@ def send_frame(sock: socket.socket, parts: Sequence[bytes | memoryview], fds: Se
     for p in parts:
         total += len(p)  # every part is a byte buffer (bytes or a memoryview cast to "B")
     sent = sock.sendmsg(parts, ancillary)
-    if sent == total:
-        return
+    if sent != total:
+        send_rest(sock, parts, sent)
+
+
+def send_rest(sock: socket.socket, parts: Sequence[bytes | memoryview], sent: int) -> None:
+    """The rest of a frame of which ``sendmsg`` took only the first ``sent`` bytes."""
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     while True:
         while sent and views:
