@@ -42,6 +42,7 @@ from edb.schemas import (
     parse_batching,
     parse_model_spec,
 )
+from edb.schemas.messages import MAX_MESSAGE_BYTES
 from inference_runner import endpoints
 from inference_runner.batching import Batcher, Pending, RecentIds
 from inference_runner.decoding import DecodedInput, InputError, decode_input
@@ -56,6 +57,8 @@ SOURCE = "inference_runner"
 BATCH_FAILED = "RUNNER_INTERNAL"
 #: A loop the runner needs stopped for good: reported, then the process exits non-zero.
 LOOP_FAILED = "RUNNER_LOOP_FAILED"
+#: Room left for the message's properties: the SDK counts them in its 256 KB check as well.
+RESULT_BODY_LIMIT = MAX_MESSAGE_BYTES - 4096
 
 
 class RunnerFailed(EdbError):
@@ -307,7 +310,10 @@ class RunnerService:
         """The result's body and whether it is a successful answer; an answer that cannot be sent as
         it is becomes an error answer."""
         try:
-            return encode_json(result.to_json()), result.error is None
+            body = encode_json(result.to_json())
+            if len(body) <= RESULT_BODY_LIMIT:
+                return body, result.error is None
+            raise MessageError("too large")
         except MessageError:
             error = ErrorInfo("RUNNER_RESULT_TOO_LARGE", "the model's answer to this input exceeds the 256 KB "
                                                          "message limit")
@@ -330,6 +336,16 @@ class RunnerService:
         while True:
             try:
                 await self.client.send_message_to_output(message, endpoints.OUTPUT_RESULTS)
+                return
+            except ValueError as exc:  # the SDK refused the message itself (its size): retrying cannot help
+                if not ok:
+                    log.error("the SDK refused an error answer (%s); input %s unanswered", exc, result.request_id)
+                    return
+                log.warning("the SDK refused the answer to %s (%s); answering with an error", result.request_id, exc)
+                self.stats.errors += 1
+                await self._send_result(InferenceResult(
+                    result.request_id, result.model, None, latency_ms=result.latency_ms, batch_size=result.batch_size,
+                    error=ErrorInfo("RUNNER_RESULT_TOO_LARGE", "the SDK refused the answer's size")))
                 return
             except Exception as exc:  # never drop an answer: wait for edgeHub
                 log.warning("sending a result failed (%s); retrying", type(exc).__name__)

@@ -49,7 +49,11 @@ class Sent:
 
 
 class FakeClient:
-    def __init__(self) -> None:
+    """Records what the runner sends; refuses oversized messages with ValueError as the SDK does
+    (``Message.get_size()`` counts the body and the properties)."""
+
+    def __init__(self, sdk_limit: int = 262_144) -> None:
+        self.sdk_limit = sdk_limit
         self.sent: list[Sent] = []
         self.reported: list[dict[str, Any]] = []
         self.arrived = asyncio.Event()
@@ -61,6 +65,8 @@ class FakeClient:
         self.reported.append(patch)
 
     async def send_message_to_output(self, message: Any, output: str) -> None:
+        if message.get_size() > self.sdk_limit:
+            raise ValueError("Size of message can not exceed 256 KB.")
         self.sent.append(Sent(output, json.loads(message.data), dict(message.custom_properties),
                               message.correlation_id))
         self.arrived.set()
@@ -221,6 +227,20 @@ async def test_outputs_without_a_json_form_and_oversized_answers_are_error_answe
     result = client.results()["b"]
     assert result["error"]["code"] == "RUNNER_RESULT_TOO_LARGE" and client.sent[0].properties["ok"] == "false"
     assert service.stats.errors == 1
+
+
+async def test_answers_just_under_256_kb_leave_room_for_properties_and_sdk_refusals_are_answered() -> None:
+    # a body that fits 256 KB alone but not with its properties (the SDK's check): an error answer
+    service, client, _ = make(lambda x: {"v": np.ones((len(x), 64_800), dtype=np.float32)}, handle(outputs=("v",)))
+    await asyncio.wait_for(serve_all(service, [frame("a", [[1, 0, 0, 0]])]), 5)
+    assert client.results()["a"]["error"]["code"] == "RUNNER_RESULT_TOO_LARGE"
+    # whatever the SDK refuses as a ValueError is answered with an error instead of being retried forever
+    service, client, _ = make(lambda x: {"v": np.ones((len(x), 400), dtype=np.float32)}, handle(outputs=("v",)))
+    client.sdk_limit = 1500
+    await asyncio.wait_for(serve_all(service, [frame("b", [[1, 0, 0, 0]]), frame("c", [[1, 0, 0, 0]])]), 5)
+    assert [(k, v["error"]["code"]) for k, v in client.results().items()] == [("b", "RUNNER_RESULT_TOO_LARGE"),
+                                                                           ("c", "RUNNER_RESULT_TOO_LARGE")]
+    assert service.stats.errors == 2
 
 
 async def test_model_input_dtype_is_honoured() -> None:
