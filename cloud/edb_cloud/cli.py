@@ -209,7 +209,14 @@ def publish_cmd(ctx: click.Context, package: Path, name: str | None, sas_days: f
     config = _config(ctx)
     with open_package(package) as reader:
         info = reader.info()
-    name = check_package_name(name or info.package_id)
+    # The installer refuses a package whose signed id is not the twin name (INSTALL_NAME_MISMATCH; a v1
+    # cp-id compares case-insensitively), so a pointer under another name could never install: refuse it
+    # here, before the upload.
+    expected = str(info.package_id) if info.format == "cpk-v2" else str(info.package_id).lower()
+    if name is not None and name != expected:
+        raise ConfigError(f"--name {name!r} differs from the package's signed id {info.package_id!r}; the device "
+                          "installs a package only under its signed id", code="CONFIG_INVALID")
+    name = check_package_name(expected)
     with transfer("uploading", package.stat().st_size, not as_json) as update:
         uploaded = publish_blob(package, name=name, version=str(info.version),
                                 connection_string=config.blob_connection_string, container=config.blob_container,

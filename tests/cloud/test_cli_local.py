@@ -62,3 +62,27 @@ def test_build_cpk_v1_refuses_what_v1_cannot_express(tmp_path: Path) -> None:
     result = runner.invoke(cloud, ["--state-dir", str(tmp_path), "build", str(model), "--name", "digits",
                                    "--version", "1.0.0", "--json"], env=env)
     assert json.loads(result.output)["error"]["code"] == "CONFIG_MISSING"
+
+
+def test_publish_refuses_a_name_other_than_the_signed_id(tmp_path: Path) -> None:
+    """The installer installs a package only under its signed id (INSTALL_NAME_MISMATCH); publishing a
+    pointer under another name is refused up front, before anything is uploaded."""
+    import datetime as dt
+
+    from edb.cpk import PackageIdentity, Target, build
+    from edb.keys.local import LocalKek
+    from edb.pki.devpki import init_publisher_pki
+
+    pki = init_publisher_pki(tmp_path / "pki")
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"model bytes" * 100)
+    now = dt.datetime.now(dt.UTC)
+    package = tmp_path / "digits.cpk"
+    build(model, package, identity=PackageIdentity("digits", "1.0.0", 1, Target(device_classes=("c",)),
+                                                   created=now, expires=now + dt.timedelta(days=1)),
+          kek=LocalKek.from_file(pki.kek), signer=pki.signer())
+    result = CliRunner().invoke(cloud, ["--state-dir", str(tmp_path), "publish", str(package), "--name", "other",
+                                        "--json"], env={"EDB_STATE_DIR": "", "EDB_BLOB_CONNECTION_STRING": ""})
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.output)["error"]["code"] == "CONFIG_INVALID"
+    assert "signed id" in json.loads(result.output)["error"]["message"]
