@@ -61,6 +61,8 @@ MODEL_MEDIA_TYPES = (onnx_layout.MEDIA_TYPE, "application/onnx", "application/vn
                      "application/octet-stream")
 MAX_OPEN_PER_OWNER = 4
 MAX_OPEN = 32
+#: Superseded sealed models at least this large are deleted after the install answers.
+REMOVE_IN_BACKGROUND_BYTES = 16 * 1024 * 1024
 
 #: Fills the plaintext buffer; calls the progress callback (if given) with each run of bytes that
 #: is ready, in order from the front.
@@ -358,6 +360,11 @@ class InstallEngine:
 
         if writer is not None:  # already sealed while it was decrypted: only the commit is left
             writer.commit(also=commit)
+            if model.buffer.size >= REMOVE_IN_BACKGROUND_BYTES:
+                # Deleting a superseded 100 MB file takes ~20 ms: not on the way to the answer.
+                threading.Thread(target=writer.remove_previous, name="edb-tee-remove-old", daemon=True).start()
+            else:
+                writer.remove_previous()
         else:
             self.state.storage.write(INSTALLER_TA, model_object(t.name), model.buffer.view(), also=commit)
         self.models.keep_warm(model)

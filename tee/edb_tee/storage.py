@@ -66,7 +66,9 @@ class SecureStorage:
         src = memoryview(data).cast("B")
         with self.writer(ta, name, len(src)) as writer:
             writer.advance(src, len(src))
-            return writer.commit(also)
+            gen = writer.commit(also)
+        writer.remove_previous()
+        return gen
 
     def writer(self, ta: uuid.UUID, name: str, size: int) -> ObjectWriter:
         """Seal ``size`` bytes as the next generation of (ta, name), piece by piece (see :class:`ObjectWriter`).
@@ -161,9 +163,11 @@ class ObjectWriter:
     ``advance(src, available)`` seals what the first ``available`` bytes of the plaintext buffer
     ``src`` allow (call it as the buffer fills, from one thread); ``commit(also)`` checks the object
     is complete, fsyncs it, renames it into place and commits {generation, header hash} together
-    with ``also`` in one replay-protected write, then removes the previous generation. Leaving the
-    ``with`` block without a commit (an error, a cancelled install) removes the temporary file:
-    nothing changes."""
+    with ``also`` in one replay-protected write. ``remove_previous()`` then deletes the superseded
+    generation's file (tens of milliseconds for a large model, so a caller may do it after
+    answering: a file left by a crash in between is no current generation and the start-up sweep
+    removes it). Leaving the ``with`` block without a commit (an error, a cancelled install)
+    removes the temporary file: nothing changes."""
 
     def __init__(self, storage: SecureStorage, ta: uuid.UUID, name: str, gen: int, previous: int | None,
                  size: int) -> None:
@@ -206,9 +210,11 @@ class ObjectWriter:
                 self.path.unlink(missing_ok=True)
             raise
         self._committed = True
-        if self._previous is not None:
-            storage._path(self._ta, self._name, self._previous).unlink(missing_ok=True)
         return self._gen
+
+    def remove_previous(self) -> None:
+        if self._committed and self._previous is not None:
+            self._storage._path(self._ta, self._name, self._previous).unlink(missing_ok=True)
 
     def _discard(self) -> None:
         with contextlib.suppress(OSError):

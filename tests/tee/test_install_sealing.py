@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tee_helpers import DEVICE, Device, Publisher, TeeProcess, install, mlp_model, reference
+from tee_helpers import DEVICE, Device, Package, Publisher, TeeProcess, install, mlp_model, reference
 
 from edb import onnx_layout
 from edb.cpk import DEFAULT_CHUNK_SIZE, PackageIdentity, Target, build
@@ -101,8 +101,6 @@ def test_streamed_seal_reloads_after_a_restart_and_stays_tamper_evident(
     payload = onnx_layout.convert(model)
     result = build(io.BytesIO(payload), out, identity=ident, kek=publisher.kek, signer=publisher.signer,
                    chunk_size=DEFAULT_CHUNK_SIZE)
-    from tee_helpers import Package
-
     client = tee.client()
     install(client, Package(out, result, model, payload), publisher, device)
     tee.restart()  # the warm session is gone: the next load unseals (no key release exists here)
@@ -118,4 +116,38 @@ def test_streamed_seal_reloads_after_a_restart_and_stays_tamper_evident(
     with pytest.raises(EdbError) as err:
         client.load_model("mlp", prepack=False)
     assert err.value.code == "TEE_SEALED_TAMPERED"
+    client.close()
+
+
+def test_a_large_superseded_model_is_removed_after_the_answer(
+        tee: TeeProcess, publisher: Publisher, device: Device, tmp_path: Path) -> None:
+    import time
+
+    from edb_tee.install import REMOVE_IN_BACKGROUND_BYTES
+
+    def package(version: str, seed: int) -> Package:
+        model = mlp_model(dim=1500, seed=seed)  # 18 MB of weights
+        payload = onnx_layout.convert(model)
+        assert len(payload) >= REMOVE_IN_BACKGROUND_BYTES
+        now = dt.datetime.now(dt.UTC)
+        ident = PackageIdentity(package_id="mlp", version=version, security_version=seed,
+                                target=Target(device_ids=(DEVICE,)), created=now - dt.timedelta(minutes=5),
+                                expires=now + dt.timedelta(days=1), media_type=onnx_layout.MEDIA_TYPE)
+        out = tmp_path / f"mlp-{version}.cpk"
+        result = build(io.BytesIO(payload), out, identity=ident, kek=publisher.kek, signer=publisher.signer)
+        return Package(out, result, model, payload)
+
+    client = tee.client()
+    install(client, package("1.0.0", 1), publisher, device)
+    install(client, package("2.0.0", 2), publisher, device)
+    folder = device.layout.objects / str(INSTALLER_TA)
+    deadline = time.monotonic() + 20
+    while len(list(folder.iterdir())) != 1:  # the old generation goes shortly after the answer
+        assert time.monotonic() < deadline, sorted(p.name for p in folder.iterdir())
+        time.sleep(0.02)
+    [current] = list(folder.iterdir())
+    assert current.name.endswith(".2.sobj")
+    tee.restart()
+    h = client.load_model("mlp", prepack=False)
+    assert h.version == "2.0.0"
     client.close()
