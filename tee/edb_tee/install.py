@@ -314,6 +314,7 @@ class InstallEngine:
 
     def _install(self, t: Transaction, fill: Fill, size: int, *, stream_seal: bool = False) -> InstallSummary:
         with self._commit, ExitStack() as cleanup:
+            started = time.monotonic()
             floor = self.state.rpmb.read().floors.get(t.package_id)
             if floor is not None and t.security_version < floor:
                 raise PackageError(f"security version {t.security_version} is below the floor {floor}",
@@ -334,16 +335,18 @@ class InstallEngine:
             except BaseException:
                 buf.close()
                 raise
+            decrypted = time.monotonic()
             # validate with ONNX Runtime in the mode a default load_model will use, and keep it warm
             prepack = choose_prepack(None, buf.size, self.state.config.measured.prepack_max_bytes)
             model = self.models.make(t.name, t.version, t.package_id, buf, prepack=prepack)
             try:
-                return self._seal(t, model, writer)
+                return self._seal(t, model, writer, started, decrypted)
             except BaseException:
                 model.close()
                 raise
 
-    def _seal(self, t: Transaction, model: LoadedModel, writer: ObjectWriter | None) -> InstallSummary:
+    def _seal(self, t: Transaction, model: LoadedModel, writer: ObjectWriter | None, started: float,
+              decrypted: float) -> InstallSummary:
         previous = self.state.rpmb.read().installed.get(t.name)
         record = {"packageId": t.package_id, "version": t.version, "securityVersion": t.security_version,
                   "size": model.buffer.size, "sha256": t.sha256, "payloadSha256": t.payload_sha256,
@@ -368,7 +371,10 @@ class InstallEngine:
         else:
             self.state.storage.write(INSTALLER_TA, model_object(t.name), model.buffer.view(), also=commit)
         self.models.keep_warm(model)
-        log.info("installed %s: %s %s (svn %d)", t.name, t.package_id, t.version, t.security_version)
+        done = time.monotonic()
+        log.info("installed %s: %s %s (svn %d) in %.0f ms (decrypt%s %.0f ms, validate and commit %.0f ms)", t.name,
+                 t.package_id, t.version, t.security_version, (done - started) * 1000,
+                 " and seal" if writer is not None else "", (decrypted - started) * 1000, (done - decrypted) * 1000)
         return InstallSummary(_record_to_package(t.name, record), after["floor"],
                               previous["version"] if previous else None)
 
