@@ -8,11 +8,6 @@ file (the bytes are wrong: resuming them would be pointless); a network failure 
 ``file:``: opened with ``O_NOFOLLOW``, checked again on the opened descriptor (regular file, real
 path inside an allowed directory), size and hash checked; nothing is copied.
 
-Every byte is read once: while it arrives (or in the one pass over a ``file:`` package or a cached
-file) it feeds both the file's SHA-256 and the v2 payload's chunk-list digest
-(:class:`~package_installer.payload_digest.PackageHasher`), which the pipeline compares with the
-signed manifest once the TEE has authenticated it.
-
 The result is an open file descriptor of ciphertext; the TEE reads it (SCM_RIGHTS), the installer
 never decrypts anything.
 """
@@ -20,6 +15,7 @@ never decrypts anything.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import ssl
 import stat
@@ -32,7 +28,6 @@ import aiohttp
 from edb.errors import InstallError
 from edb.schemas import DesiredPackage
 from package_installer.errors import DownloadError
-from package_installer.payload_digest import PackageDigests, PackageHasher
 from package_installer.sources import FileSource, HttpsSource, Source, is_inside, same_origin
 
 CHUNK = 1 << 20
@@ -56,7 +51,6 @@ class FetchedPackage:
     fd: int
     path: Path
     cached: bool  # True: a cache file this installer owns (removed after a successful install)
-    digests: PackageDigests  # of exactly these bytes (the sha256 equals the declared one)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -101,6 +95,7 @@ def open_local(package: DesiredPackage, source: FileSource, allowed_dirs: tuple[
         raise InstallError("the file: package does not exist", code="INSTALL_NOT_FOUND") from None
     except OSError as exc:
         raise InstallError(f"cannot open the file: package ({exc.strerror})", code="INSTALL_PATH_OUTSIDE") from None
+    fetched = FetchedPackage(fd, source.path, cached=False)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -111,84 +106,74 @@ def open_local(package: DesiredPackage, source: FileSource, allowed_dirs: tuple[
         if info.st_size != package.size:
             raise InstallError(f"file is {info.st_size} bytes, the twin declares {package.size}",
                                code="INSTALL_SIZE_MISMATCH")
-        return FetchedPackage(fd, source.path, cached=False, digests=_checked(_digests_of_fd(fd, package.size),
-                                                                               package))
+        _check_hash(_hash_fd(fd), package)
+        return fetched
     except BaseException:
-        os.close(fd)
+        fetched.close()
         raise
 
 
-def _digests_of_fd(fd: int, size: int) -> PackageDigests:
-    hasher = PackageHasher(size)
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    while hasher.position < size:
-        got = os.preadv(fd, [view[: min(CHUNK, size - hasher.position)]], hasher.position)
-        if got == 0:
-            raise InstallError("the package file shrank while it was read", code="INSTALL_SIZE_MISMATCH")
-        hasher.update(view[:got])
-    return hasher.result()
+def _hash_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
 
 
-def _checked(digests: PackageDigests, package: DesiredPackage) -> PackageDigests:
-    if digests.sha256 != package.sha256:
+def _check_hash(actual: str, package: DesiredPackage) -> None:
+    if actual != package.sha256:
         raise InstallError("downloaded bytes do not match the declared sha256", code="INSTALL_HASH_MISMATCH")
-    return digests
 
 
 async def download(package: DesiredPackage, source: HttpsSource, settings: DownloadSettings,
                    progress: Progress | None = None) -> FetchedPackage:
     final, part = cache_paths(settings.cache_dir, package)
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    digests: PackageDigests | None = None
-    if not final.exists():
-        digests = await _download_to(part, package, source, settings, progress)  # hashed while it arrived
+    fresh = not final.exists()
+    if fresh:
+        await _download_to(part, package, source, settings, progress)  # hashed while it arrived
         os.replace(part, final)
     fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fetched = FetchedPackage(fd, final, cached=True)
     try:
         if os.fstat(fd).st_size != package.size:
             raise InstallError("cached package has the wrong size", code="INSTALL_SIZE_MISMATCH")
-        if digests is None:  # left by an earlier run: check it again before using it
-            digests = _checked(await asyncio.to_thread(_digests_of_fd, fd, package.size), package)
+        if not fresh:  # left by an earlier run: check it again before using it
+            _check_hash(await asyncio.to_thread(_hash_fd, fd), package)
     except InstallError:
-        os.close(fd)
-        final.unlink(missing_ok=True)
+        fetched.discard()
         raise
-    return FetchedPackage(fd, final, cached=True, digests=digests)
+    return fetched
 
 
 @dataclass
 class _Partial:
-    """The bytes of ``path`` received so far and their running digests."""
+    """The bytes of ``path`` received so far and their running hash."""
 
     path: Path
-    size: int  # declared
-    hasher: PackageHasher = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.hasher = PackageHasher(self.size)
-
-    @property
-    def have(self) -> int:
-        return self.hasher.position
+    have: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def restart(self) -> None:
         self.path.unlink(missing_ok=True)
-        self.hasher = PackageHasher(self.size)
+        self.have = 0
+        self.digest = hashlib.sha256()
 
 
 async def _download_to(part: Path, package: DesiredPackage, source: HttpsSource, settings: DownloadSettings,
-                       progress: Progress | None) -> PackageDigests:
-    partial = _Partial(part, package.size)
+                       progress: Progress | None) -> None:
+    partial = _Partial(part)
     # No fsync of the partial file: a resume that builds on bytes a crash lost fails the hash and
     # starts over once (below), which is cheaper than syncing every download to disk.
     if part.exists():
-        if part.stat().st_size > package.size:
+        with part.open("rb") as fh:
+            while chunk := fh.read(CHUNK):
+                partial.digest.update(chunk)
+                partial.have += len(chunk)
+        if partial.have > package.size:
             partial.restart()
-        else:
-            with part.open("rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    partial.hasher.update(chunk)
     resumed = partial.have > 0
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s,
                                     sock_read=settings.read_timeout_s)
@@ -208,13 +193,11 @@ async def _download_to(part: Path, package: DesiredPackage, source: HttpsSource,
         raise DownloadError("download timed out", code="INSTALL_TIMEOUT") from None
     if partial.have != package.size:
         raise DownloadError(f"server closed after {partial.have} of {package.size} bytes", code="INSTALL_INCOMPLETE")
-    digests = partial.hasher.result()
-    if digests.sha256 != package.sha256:
+    if partial.digest.hexdigest() != package.sha256:
         partial.restart()
         if resumed:  # perhaps the kept part was damaged (a crash, a changed blob): once more from zero
             raise DownloadError("a resumed download did not verify; starting over", code="INSTALL_INCOMPLETE")
         raise InstallError("downloaded bytes do not match the declared sha256", code="INSTALL_HASH_MISMATCH")
-    return digests
 
 
 async def _get(session: aiohttp.ClientSession, source: HttpsSource, partial: _Partial, package: DesiredPackage,
@@ -245,7 +228,8 @@ async def _get(session: aiohttp.ClientSession, source: HttpsSource, partial: _Pa
                     if partial.have + len(chunk) > package.size:
                         raise InstallError("server sent more than the declared size", code="INSTALL_TOO_LARGE")
                     fh.write(chunk)
-                    partial.hasher.update(chunk)
+                    partial.digest.update(chunk)
+                    partial.have += len(chunk)
                     if progress is not None:
                         progress(partial.have, package.size)
             return

@@ -1,11 +1,6 @@
 """One install job: fetch -> TEE verifies -> key release -> TEE installs. The states it passes
 through are reported as they happen; any failure aborts the TEE transaction, so nothing is ever
 half-installed and the version that serves is never touched.
-
-A tampered payload is refused before any key is asked for: the TEE authenticates the manifest
-(``begin_install``), then the installer compares the payload digest it computed while the bytes
-arrived with the manifest's signed ``ciphertext-sha256`` (``CPK_DIGEST_MISMATCH``). The TEE itself
-authenticates every payload byte again when it decrypts (chunk tags, signed plaintext digest).
 """
 
 from __future__ import annotations
@@ -16,15 +11,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edb.cpk import ManifestV2, SignedManifest, open_package, parse_manifest_v2
-from edb.cpk.digests import payload_ciphertext_digest
-from edb.cpk.errors import DIGEST_MISMATCH, package_error
 from edb.errors import InstallError
 from edb.schemas import DesiredPackage, PackageState
-from package_installer.downloader import DownloadSettings, FetchedPackage, fetch
+from package_installer.downloader import DownloadSettings, fetch
 from package_installer.errors import is_retryable
 from package_installer.legacy import LegacyWrapper, release_and_install_legacy
-from package_installer.payload_digest import digest_for_manifest
 from package_installer.sources import resolve_source
 
 log = logging.getLogger("package_installer.pipeline")
@@ -82,7 +73,6 @@ async def run_install(package: DesiredPackage, deps: InstallDeps, on_state: OnSt
             ticket = None
             failed = False
             return summary
-        await check_payload_digest(fetched, ticket.signed_manifest)
         await on_state(PackageState.RELEASING, ticket.security_version)
         jwe = await asyncio.to_thread(
             deps.key_release.release, (ticket.package_id, ticket.version), ticket.signed_manifest,
@@ -104,27 +94,6 @@ async def run_install(package: DesiredPackage, deps: InstallDeps, on_state: OnSt
             fetched.close()
         else:
             fetched.discard()  # installed and sealed in the TEE: the cached ciphertext is not needed
-
-
-async def check_payload_digest(fetched: FetchedPackage, signed: SignedManifest) -> None:
-    """Key-less: the payload is the one the (TEE-authenticated) manifest signs, or CPK_DIGEST_MISMATCH.
-
-    Free when the digest was streamed with the manifest's chunk size (the library default);
-    otherwise one parallel pass over the file."""
-    manifest = parse_manifest_v2(signed.manifest_bytes)
-    digest = digest_for_manifest(fetched.digests.payload, manifest)
-    if digest is None:
-        digest = await asyncio.to_thread(_payload_digest_of_file, fetched.fd, signed, manifest)
-    if digest != manifest.ciphertext_sha256:
-        raise package_error(DIGEST_MISMATCH, "payload ciphertext SHA-256 differs from the signed manifest")
-
-
-def _payload_digest_of_file(fd: int, signed: SignedManifest, manifest: ManifestV2) -> str:
-    # Opened again through /proc: its own file offset, so the descriptor shared with the TEE is untouched.
-    with open_package(f"/proc/self/fd/{fd}") as reader:
-        if reader.manifest_bytes != signed.manifest_bytes:
-            raise package_error(DIGEST_MISMATCH, "the package file no longer holds the manifest the TEE verified")
-        return payload_ciphertext_digest(reader, manifest)
 
 
 def _abort_quietly(tee: TeeLike, ticket: Any) -> None:

@@ -8,12 +8,12 @@ released key with the one-time key (it must be bound to this package and the man
 re-check the floor, decrypt into a locked buffer, validate the model with ONNX Runtime, seal it, and
 commit {sealed generation, install record, raised floor} in one replay-protected write.
 
-``begin`` reads the package once (its SHA-256); it does not hash the payload chunks again: the
-installer streams that key-less check while downloading and refuses a damaged payload before any
-key release, and ``complete`` authenticates every payload byte anyway (chunk tags, signed plaintext
-digest) before anything is installed. An aligned-layout payload is sealed while it is decrypted
-(each sealed chunk written, and its disk write-back started, as soon as its plaintext is there), so
-the fsync before the commit overlaps the decryption instead of following it.
+``begin`` hashes the whole file (the ticket's ``sha256``) and checks the payload's chunk-list
+digest against the manifest (so a damaged or tampered payload is refused before any key release)
+at the same time, on two threads: they are independent passes over the same bytes. An
+aligned-layout payload is sealed while it is decrypted (each sealed chunk written, and its disk
+write-back started, as soon as its plaintext is there), so the fsync before the commit overlaps the
+decryption instead of following it.
 
 Any failure before that commit leaves the installed set, the floors and the serving model exactly
 as they were; the transaction is dropped and the plaintext buffer overwritten.
@@ -116,6 +116,33 @@ def _file_sha256(fd: int) -> str:
         position += len(block)
 
 
+class _Hashing:
+    """The SHA-256 of the file behind ``fd`` (read with pread: no shared offset), on its own thread."""
+
+    def __init__(self, fd: int) -> None:
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fd,), name="edb-tee-file-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            self._digest = _file_sha256(fd)
+        except BaseException as exc:  # handed to the caller of result()
+            self._error = exc
+
+    def join(self) -> None:
+        """Wait until the thread no longer reads the descriptor (before it is closed)."""
+        self._thread.join()
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest
+
+
 class InstallEngine:
     def __init__(self, state: DeviceState, models: ModelManager, *, clock: Any = _utcnow) -> None:
         self.state = state
@@ -182,16 +209,18 @@ class InstallEngine:
             os.close(fd)
             raise
         file = os.fdopen(fd, "rb", closefd=True)
+        file_hash = _Hashing(fd)  # while the manifest, signature and payload digest are checked here
         try:
-            sha = _file_sha256(fd)
             limits = Limits(max_payload_bytes=self.state.config.measured.max_model_bytes)
             reader = open_package(file, limits=limits)
         except BaseException:
+            file_hash.join()
             file.close()
             raise
         try:
-            t = self._verify(name, owner, file, reader, sha)
+            t = self._verify(name, owner, file, reader, file_hash)
         except BaseException:
+            file_hash.join()
             reader.close()
             file.close()
             raise
@@ -200,7 +229,8 @@ class InstallEngine:
         log.info("install %s begun: %s %s (%s)", t.txn[:8], t.package_id, t.version, t.format)
         return t.ticket()
 
-    def _verify(self, name: str, owner: int, file: IO[bytes], reader: PackageReader, sha: str) -> Transaction:
+    def _verify(self, name: str, owner: int, file: IO[bytes], reader: PackageReader,
+                file_hash: _Hashing) -> Transaction:
         ident = self.state.identity
         txn = secrets.token_hex(16)
         if reader.format != FORMAT_V2:
@@ -209,21 +239,21 @@ class InstallEngine:
                                code=E.LEGACY_DISABLED)
             m1 = reader.manifest_v1
             return Transaction(txn, name, owner, file, reader, None, m1.cp_id, str(m1.payload.ver), 0,
-                               reader.format, sha, "application/onnx", "")
+                               reader.format, file_hash.result(), "application/onnx", "")
         if not ident.publisher_roots:
             raise TeeError("no publisher root is pinned on this device", code=E.NO_TRUST_ROOT)
         floor = self.state.rpmb.read().floors.get(reader.manifest_v2.package_id)
-        # No payload digest pass here (see the module docstring): complete() authenticates every byte.
+        # One thread for the payload digest: the file hash has the other core.
         verified = verify_package(reader, trust_roots=ident.publisher_roots, now=self.clock(),
                                   device_id=ident.device_id, device_class=ident.device_class,
-                                  security_floor=floor, check_payload_digest=False)
+                                  security_floor=floor, check_payload_digest=True, threads=1)
         m = verified.manifest
         if m.media_type not in MODEL_MEDIA_TYPES:
             raise TeeError(f"payload media type {m.media_type!r} is not a model this TEE loads", code=E.MODEL_INVALID)
         if m.plaintext_size > self.state.config.measured.max_model_bytes:
             raise TeeError("model larger than this TEE accepts", code=E.MODEL_TOO_LARGE)
         return Transaction(txn, name, owner, file, reader, verified, m.package_id, m.version, m.security_version,
-                           reader.format, sha, m.media_type, m.plaintext_sha256)
+                           reader.format, file_hash.result(), m.media_type, m.plaintext_sha256)
 
     def evidence(self, txn: str, nonce: str, owner: int) -> Evidence:
         t = self._take(txn, owner)

@@ -297,22 +297,35 @@ def test_v1_package_refused_when_legacy_is_off(client: TeeClient, tmp_path) -> N
     assert err.value.code == "TEE_LEGACY_DISABLED"
 
 
-def test_corrupted_payload_is_refused_at_completion_and_changes_nothing(  # type: ignore[no-untyped-def]
-        client: TeeClient, make_package, publisher: Publisher, device: Device, tmp_path) -> None:
-    """The TEE authenticates every payload byte when it decrypts, whatever the installer checked
-    before (the installer's own key-less digest check refuses this before any key release:
-    tests/tee/test_install_pipeline.py). The serving version and its sealed object stay as they were."""
+def test_corrupted_payload_is_refused_before_any_key_release(client: TeeClient, make_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pkg = make_package()
+    data = bytearray(pkg.path.read_bytes())
+    data[16 + 4 * 16 + 100] ^= 0x40  # inside stream 0, the payload ciphertext
+    bad = tmp_path / "corrupt.cpk"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(EdbError) as err:
+        client.begin_install("mlp", bad)
+    assert err.value.code == "CPK_DIGEST_MISMATCH"
+    assert client.status()["installs"] == 0 and client.list_installed() == []
+
+
+def test_payload_changed_after_begin_is_refused_at_completion_and_changes_nothing(  # type: ignore[no-untyped-def]
+        client: TeeClient, make_package, publisher: Publisher, device: Device) -> None:
+    """The file stays the caller's between begin and complete; complete authenticates every byte it
+    decrypts (chunk tags, signed plaintext digest), and the model sealed while it was decrypted is
+    discarded: the serving version and its sealed object stay as they were."""
     v1 = make_package(mlp_model(seed=1), version="1.0.0", security_version=1)
     install(client, v1, publisher, device)
     objects = device.layout.objects
     before = sorted(p.name for p in objects.rglob("*"))
     v2 = make_package(mlp_model(dim=512, seed=2), version="2.0.0", security_version=2)  # 2 MiB: 32 chunks
     assert v2.result.manifest.plaintext_size > 2 * 1024 * 1024  # more than one sealed chunk before the bad one
+    ticket = client.begin_install("mlp", v2.path)  # the whole file verifies
+    evidence = client.get_install_evidence(ticket, "n-changed")
     data = bytearray(v2.path.read_bytes())
-    data[16 + 4 * 16 + 30 * (64 * 1024 + 16) + 100] ^= 0x40  # inside stream 0: the payload's 31st chunk
-    v2.path.write_bytes(bytes(data))
-    ticket = client.begin_install("mlp", v2.path)  # manifest, signature, target, floor: all fine
-    evidence = client.get_install_evidence(ticket, "n-corrupt")
+    data[16 + 4 * 16 + 30 * (64 * 1024 + 16) + 100] ^= 0x40  # then the payload's 31st chunk changes
+    with open(v2.path, "r+b") as fh:  # in place: the TEE holds the same file open
+        fh.write(bytes(data))
     with pytest.raises(EdbError) as err:
         client.complete_install(ticket, release_key(evidence, v2, publisher, device.manufacturer_ca))
     assert err.value.code == "CPK_TAG_MISMATCH"
