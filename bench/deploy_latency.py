@@ -22,7 +22,11 @@ check, seal and commit), ``runner_load`` (installer done -> runner serving: noti
 edgeHub, list, load) and ``report`` (the runner's reported property reaching the bench through the
 hub). The load average is printed with the figures: on a shared 2-core machine it matters.
 
-Usage: ``.venv/bin/python bench/deploy_latency.py [--sizes 1,10,100] [--repeat 3]``.
+The simulated sensor keeps sending frames during the rollouts (the runner serves them with the old
+version while the new one installs), as in the deployed suite; ``--no-traffic`` pauses it in the
+manifest, so no inference competes with the install for the two cores.
+
+Usage: ``.venv/bin/python bench/deploy_latency.py [--sizes 1,10,100] [--repeat 3] [--no-traffic]``.
 The last line printed is one JSON object.
 """
 
@@ -205,6 +209,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,10,100", help="model sizes in MB")
     parser.add_argument("--repeat", type=int, default=3, help="rollouts per size (the median is reported)")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
+    parser.add_argument("--no-traffic", action="store_true",
+                        help="pause the simulated sensor, so no inference competes with the install")
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
     load_before = os.getloadavg()
@@ -235,7 +241,10 @@ def main() -> int:
         hub = HubService(config.iothub_connection_string, config.ca_cert)
         init_publisher(config)
         ensure_release_policy(config, NAME, devices=[DEVICE], device_classes=[])
-        deploy_to_device(hub, DEVICE, render_manifest(config, default_template(), "amd64"))
+        manifest = render_manifest(config, default_template(), "amd64")
+        if args.no_traffic:  # in the manifest: a deployment replaces the modules' desired properties
+            manifest["modulesContent"]["simulated_sensor"]["properties.desired"]["enabled"] = False
+        deploy_to_device(hub, DEVICE, manifest)
 
         def runner_serving() -> str | None:
             model = hub.module_twin(DEVICE, "inference_runner").reported.get("model") or {}
@@ -297,7 +306,7 @@ def main() -> int:
         if not args.keep:
             edb("local", "down", "--state-dir", str(state), "--json")
             shutil.rmtree(state, ignore_errors=True)
-    print(json.dumps({"bench": "deploy_latency", "repeat": args.repeat,
+    print(json.dumps({"bench": "deploy_latency", "repeat": args.repeat, "traffic": not args.no_traffic,
                       "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], "results": results}))
     return 0
 
