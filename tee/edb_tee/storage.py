@@ -178,14 +178,14 @@ class ObjectWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._fh: BinaryIO = os.fdopen(fd, "wb")
-        self._written = 0
-        self._kicked = 0  # bytes whose write-back has been started
         self._committed = False
         try:
             self._seal = sealed.SealWriter(self._fh, storage.keys.tsk(ta), ta, name, gen, size)
         except BaseException:
             self._discard()
             raise
+        self._written = self._fh.tell()  # file offsets: the header and wrapped key come first
+        self._kicked = 0  # bytes whose write-back has been started
 
     def advance(self, src: memoryview, available: int) -> None:
         self._written += self._seal.advance(src, available)
