@@ -61,6 +61,8 @@ class DemoState:
     releases: dict[str, Any] = field(default_factory=dict)
     packages: dict[str, Path] = field(default_factory=dict)
     device_id: str = ""
+    tee_measurement: str | None = None  # from the TEE's device_info: the release policy pins it
+    tee_svn: int = 0
 
 
 def _edb(*args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
@@ -193,6 +195,7 @@ class Demo:
             info = tee.device_info()
         if info.device_id != self.s.device_id:
             raise StepFailed(f"TEE says device {info.device_id!r}, the stack {self.s.device_id!r}")
+        self.s.tee_measurement, self.s.tee_svn = info.measurement, info.tee_svn
         return (f"{info.device_id} ({info.device_class}), TEE measurement {info.measurement[:16]}..., "
                 f"TEE svn {info.tee_svn}")
 
@@ -238,7 +241,12 @@ class Demo:
                 verify_package(reader, trust_roots=roots, now=dt.datetime.now(dt.UTC), device_id=self.s.device_id)
             self.s.packages[version] = path
             details.append(f"{version} svn {svn} {built.file_size} B")
-        policy = ensure_release_policy(self.s.config, NAME, devices=[self.s.device_id], device_classes=[])
+        # Pin what the device attested to: this device, its TEE measurement and security version, and the
+        # package's first security version (so a revoked lower version can never be released again).
+        measurements = [self.s.tee_measurement] if self.s.tee_measurement else None
+        policy = ensure_release_policy(self.s.config, NAME, devices=[self.s.device_id], device_classes=[],
+                                       measurements=measurements, min_tee_svn=self.s.tee_svn,
+                                       min_security_version=1)
         return "; ".join(details) + f"; signatures verify; release policy {policy}"
 
     def publish(self) -> str:

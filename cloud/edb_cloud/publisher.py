@@ -147,8 +147,10 @@ def providers(config: CloudConfig, record: PublisherRecord) -> tuple[KekProvider
 
 
 def ensure_release_policy(config: CloudConfig, package_id: str, *, devices: list[str], device_classes: list[str],
-                          min_security_version: int = 0) -> str:
-    """Create the key release policy for ``package_id`` if none exists; returns what was done."""
+                          min_security_version: int = 0, measurements: list[str] | None = None,
+                          min_tee_svn: int = 0) -> str:
+    """Create the key release policy for ``package_id`` if none exists; returns what was done.
+    ``measurements=None`` allows any TEE measurement (explicit "any" in the policy document)."""
     if not config.get("EDB_KEYVAULT_URL"):
         return "skipped (no Key Vault configured)"
     from edb_cloud.keyvault.policies import get_policy, put_policy
@@ -158,5 +160,7 @@ def ensure_release_policy(config: CloudConfig, package_id: str, *, devices: list
     if get_policy(client, package_id) is not None:
         return "kept (already set; change it with `edb keyvault policy ...`)"
     put_policy(client, build_policy(package_id, devices=devices, device_classes=device_classes,
-                                    measurements=None, min_security_version=min_security_version))
-    return "created"
+                                    measurements=measurements, min_security_version=min_security_version,
+                                    min_tee_svn=min_tee_svn))
+    pinned = "any TEE measurement" if measurements is None else f"{len(measurements)} pinned TEE measurement(s)"
+    return f"created ({pinned})"
