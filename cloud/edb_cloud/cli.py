@@ -7,38 +7,16 @@ Every command takes ``--json`` (one JSON object: ``{"ok": true, ...}`` or ``{"ok
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from edb.errors import ConfigError, EdbError
+from edb.cli._common import emit_json, handles_errors
+from edb.errors import ConfigError
 from edb_cloud.config import CloudConfig
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _emit(data: dict[str, Any]) -> None:
-    click.echo(json.dumps(data, separators=(",", ":"), default=str))
-
-
-def _handles_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EdbError as exc:
-            if kwargs.get("as_json"):
-                _emit({"ok": False, "error": exc.to_dict()})
-            else:
-                click.echo(f"error: {exc.code}: {exc.message}", err=True)
-            click.get_current_context().exit(2)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _config(ctx: click.Context) -> CloudConfig:
@@ -79,14 +57,14 @@ def cloud(ctx: click.Context, state_dir: Path | None, env_files: tuple[Path, ...
 @cloud.command(name="init")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def init_cmd(ctx: click.Context, as_json: bool) -> None:
     """Publisher PKI, KEK and signing key in Key Vault, a publisher certificate for the Key Vault key."""
     from edb_cloud.publisher import init_publisher
 
     record = init_publisher(_config(ctx))
     if as_json:
-        _emit({"ok": True, **record.to_json()})
+        emit_json({"ok": True, **record.to_json()})
     else:
         click.echo(f"publisher keys ready ({record.mode}): KEK {record.kek}, signer {record.signer_key}")
 
@@ -97,7 +75,7 @@ def init_cmd(ctx: click.Context, as_json: bool) -> None:
               help="ONNX file to write (default <state>/cloud/models/digits-<variant>.onnx).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def train_demo(ctx: click.Context, variant: str, out: Path | None, as_json: bool) -> None:
     """Train a digits classifier on scikit-learn's bundled data set and export it to ONNX."""
     from edb_cloud.train import train_digits
@@ -108,9 +86,9 @@ def train_demo(ctx: click.Context, variant: str, out: Path | None, as_json: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.onnx)
     if as_json:
-        _emit({"ok": True, "path": str(path), "variant": variant, "accuracy": model.accuracy,
-               "testSamples": model.test_samples, "model": model.description, "bytes": len(model.onnx),
-               "sha256": model.sha256})
+        emit_json({"ok": True, "path": str(path), "variant": variant, "accuracy": model.accuracy,
+                   "testSamples": model.test_samples, "model": model.description, "bytes": len(model.onnx),
+                   "sha256": model.sha256})
     else:
         click.echo(f"{model.description}: accuracy {model.accuracy:.4f} on {model.test_samples} held-out digits "
                    f"(ONNX Runtime on the exported graph) -> {path}")
@@ -131,7 +109,7 @@ def train_demo(ctx: click.Context, variant: str, out: Path | None, as_json: bool
 @click.option("--no-policy", is_flag=True, help="Do not create a key release policy for the package.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security_version: int | None,
               package_format: str, devices: tuple[str, ...], device_classes: tuple[str, ...], layout: str,
               expires_days: float, out: Path | None, no_policy: bool, as_json: bool) -> None:
@@ -165,9 +143,9 @@ def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security
     policy = "skipped" if no_policy else ensure_release_policy(config, name, devices=targets,
                                                                  device_classes=list(device_classes))
     if as_json:
-        _emit({"ok": True, "path": str(built.path), "packageId": built.package_id, "version": built.version,
-               "securityVersion": built.security_version, "bytes": built.file_size, "kid": built.kid,
-               "manifestSha256": built.manifest_sha256, "policy": policy})
+        emit_json({"ok": True, "path": str(built.path), "packageId": built.package_id, "version": built.version,
+                   "securityVersion": built.security_version, "bytes": built.file_size, "kid": built.kid,
+                   "manifestSha256": built.manifest_sha256, "policy": policy})
     else:
         click.echo(f"built {built.path} ({built.file_size} bytes): {built.package_id} {built.version}, security "
                    f"version {built.security_version}, DEK wrapped under {built.kid}; release policy {policy}")
@@ -183,8 +161,8 @@ def _build_v1(config: CloudConfig, model: Path, name: str, version: str, securit
     path = out or config.cloud_dir / "packages" / f"{name}-{version}.cpk"
     built = build_package_v1(config, model, path, package_id=name, version=version)
     if as_json:
-        _emit({"ok": True, "path": str(built.path), "packageId": built.package_id, "version": built.version,
-               "format": "cpk-v1", "bytes": built.file_size, "keyName": built.key_name})
+        emit_json({"ok": True, "path": str(built.path), "packageId": built.package_id, "version": built.version,
+                   "format": "cpk-v1", "bytes": built.file_size, "keyName": built.key_name})
     else:
         click.echo(f"built LEGACY v1 {built.path} ({built.file_size} bytes): {built.package_id} {built.version}, "
                    f"class key {built.key_name} in Key Vault (no attestation, no rollback protection)")
@@ -196,7 +174,7 @@ def _build_v1(config: CloudConfig, model: Path, name: str, version: str, securit
 @click.option("--sas-days", type=float, default=30.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def publish_cmd(ctx: click.Context, package: Path, name: str | None, sas_days: float, as_json: bool) -> None:
     """Upload PACKAGE to Blob storage and record a read-only SAS URL pointer for rollouts."""
     from edb.cpk import open_package
@@ -226,8 +204,8 @@ def publish_cmd(ctx: click.Context, package: Path, name: str | None, sas_days: f
                       uploaded.sha256, uploaded.size, uploaded.blob, iso_utc())
     _registry(config).add(release)
     if as_json:
-        _emit({"ok": True, "name": name, "version": release.version, "securityVersion": release.security_version,
-               "sha256": release.sha256, "size": release.size, "blob": release.blob, "url": release.url})
+        emit_json({"ok": True, "name": name, "version": release.version, "securityVersion": release.security_version,
+                   "sha256": release.sha256, "size": release.size, "blob": release.blob, "url": release.url})
     else:
         click.echo(f"published {name} {release.version} ({release.size} bytes, sha256 {release.sha256[:16]}...) "
                    f"as {release.blob}")
@@ -236,14 +214,15 @@ def publish_cmd(ctx: click.Context, package: Path, name: str | None, sas_days: f
 @cloud.command(name="releases")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def releases_cmd(ctx: click.Context, as_json: bool) -> None:
     """List published releases (the pointers rollouts use)."""
     releases = _registry(_config(ctx)).all()
     if as_json:
-        _emit({"ok": True, "releases": [{"name": r.name, "version": r.version, "securityVersion": r.security_version,
-                                          "sha256": r.sha256, "size": r.size, "blob": r.blob,
-                                          "publishedAt": r.published_at} for r in releases]})
+        emit_json({"ok": True, "releases": [{"name": r.name, "version": r.version,
+                                              "securityVersion": r.security_version, "sha256": r.sha256,
+                                              "size": r.size, "blob": r.blob, "publishedAt": r.published_at}
+                                             for r in releases]})
         return
     for r in releases:
         click.echo(f"{r.name:<16} {r.version:<10} svn {r.security_version:<3} {r.size:>12} B  {r.published_at}  "
@@ -261,7 +240,7 @@ def releases_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Expand and validate only; write config/deployment.<platform>.json.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def deploy_cmd(ctx: click.Context, device: str | None, target_condition: str | None, priority: int,
                deployment_id: str, platform: str, template: Path | None, reset_packages: bool, dry_run: bool,
                as_json: bool) -> None:
@@ -289,7 +268,7 @@ def deploy_cmd(ctx: click.Context, device: str | None, target_condition: str | N
             deploy_to_device(hub, device_id, manifest, keep_packages=not reset_packages)
             target = f"device {device_id}"
     if as_json:
-        _emit({"ok": True, "manifest": str(path), "modules": modules, "target": target})
+        emit_json({"ok": True, "manifest": str(path), "modules": modules, "target": target})
     else:
         click.echo(f"deployment manifest {path} ({', '.join(modules)}) -> {target}")
 
@@ -319,7 +298,7 @@ def _wait_and_print(config: CloudConfig, device_id: str, release: Any, timeout: 
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def rollout_cmd(ctx: click.Context, name: str, version: str | None, device: str | None, ring: str | None,
                 priority: int, min_version: str | None, wait: bool, timeout: float, as_json: bool) -> None:
     """Point devices at a published version of NAME (only a pointer goes into the twin)."""
@@ -355,11 +334,11 @@ def _rollout(ctx: click.Context, config: CloudConfig, release: Any, device: str 
                                                                   if error else ""))
             if result["outcome"] != "installed":
                 if as_json:
-                    _emit({"ok": False, **result, "error": {"code": "CLOUD_ROLLOUT_" + result["outcome"].upper(),
-                                                            "message": "the device did not install the version"}})
+                    emit_json({"ok": False, **result, "error": {"code": "CLOUD_ROLLOUT_" + result["outcome"].upper(),
+                                                                "message": "the device did not install the version"}})
                 ctx.exit(1)
     if as_json:
-        _emit({"ok": True, **result})
+        emit_json({"ok": True, **result})
 
 
 @cloud.command(name="rollback")
@@ -372,7 +351,7 @@ def _rollout(ctx: click.Context, config: CloudConfig, release: Any, device: str 
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def rollback_cmd(ctx: click.Context, name: str, to_version: str | None, device: str | None, ring: str | None,
                  priority: int, wait: bool, timeout: float, as_json: bool) -> None:
     """Point devices back at an older published version. Devices refuse a version whose security
@@ -400,7 +379,7 @@ def rollback_cmd(ctx: click.Context, name: str, to_version: str | None, device: 
 @click.option("--condition", default=None, help="Twin query condition, e.g. \"tags.ring='canary'\".")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def status_cmd(ctx: click.Context, devices: tuple[str, ...], condition: str | None, as_json: bool) -> None:
     """A table of every device's reported package and model state (module twins, service side)."""
     from edb_cloud.status import fleet_status, render_table
@@ -410,7 +389,7 @@ def status_cmd(ctx: click.Context, devices: tuple[str, ...], condition: str | No
     ids = list(devices) or hub.edge_devices(condition)
     rows = fleet_status(hub, ids)
     if as_json:
-        _emit({"ok": True, "devices": ids, "rows": [r.to_json() for r in rows]})
+        emit_json({"ok": True, "devices": ids, "rows": [r.to_json() for r in rows]})
         return
     from rich.console import Console
 
@@ -422,7 +401,7 @@ def status_cmd(ctx: click.Context, devices: tuple[str, ...], condition: str | No
 @click.argument("tags", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_handles_errors
+@handles_errors
 def tag_cmd(ctx: click.Context, device: str, tags: tuple[str, ...], as_json: bool) -> None:
     """Set device twin tags (KEY=VALUE ...), e.g. `ring=canary`, for targetCondition and --ring."""
     pairs = {}
@@ -433,6 +412,6 @@ def tag_cmd(ctx: click.Context, device: str, tags: tuple[str, ...], as_json: boo
         pairs[key] = value
     _hub(_config(ctx)).set_device_tags(device, pairs)
     if as_json:
-        _emit({"ok": True, "device": device, "tags": pairs})
+        emit_json({"ok": True, "device": device, "tags": pairs})
     else:
         click.echo(f"{device}: tags {pairs}")

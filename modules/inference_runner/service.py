@@ -35,10 +35,11 @@ from edb.schemas import (
     ModelState,
     ModuleEvent,
     application_properties,
+    apply_desired_patch,
     decode_json,
+    desired_from_twin,
     encode_json,
     iso_utc,
-    merge_twin_patch,
     parse_batching,
     parse_model_spec,
 )
@@ -104,14 +105,11 @@ class RunnerService:
 
     # -- desired -----------------------------------------------------------------------------------
     async def load_twin(self) -> None:
-        twin = await self.client.get_twin()
-        desired = dict(twin.get("desired") or {})
-        desired.pop("$version", None)
-        self.desired_doc = desired
+        self.desired_doc = desired_from_twin(await self.client.get_twin())
         self._apply_desired()
 
     async def on_desired_patch(self, patch: Mapping[str, Any]) -> None:
-        self.desired_doc = merge_twin_patch(self.desired_doc, {k: v for k, v in patch.items() if k != "$version"})
+        self.desired_doc = apply_desired_patch(self.desired_doc, patch)
         self._apply_desired()
 
     def _apply_desired(self) -> None:

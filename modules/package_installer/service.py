@@ -23,8 +23,9 @@ from edb.schemas import (
     PackageState,
     ReportedPackage,
     application_properties,
+    apply_desired_patch,
+    desired_from_twin,
     iso_utc,
-    merge_twin_patch,
     parse_desired_packages,
 )
 from edb.schemas.packages import NAME_PATTERN, DesiredPackage, InvalidDesired, key_flow_for_format
@@ -87,9 +88,7 @@ class InstallerService:
     # -- twin ------------------------------------------------------------------------------------
     async def load_twin(self) -> None:
         twin = await self.client.get_twin()
-        desired = dict(twin.get("desired") or {})
-        desired.pop("$version", None)
-        self.desired_doc = desired
+        self.desired_doc = desired_from_twin(twin)
         section = (twin.get("reported") or {}).get("packages") or {}
         if isinstance(section, Mapping):
             self.reported = {name: value for name, raw in section.items()
@@ -98,8 +97,7 @@ class InstallerService:
         self.wake()
 
     async def on_desired_patch(self, patch: Mapping[str, Any]) -> None:
-        patch = {k: v for k, v in patch.items() if k != "$version"}
-        self.desired_doc = merge_twin_patch(self.desired_doc, patch)
+        self.desired_doc = apply_desired_patch(self.desired_doc, patch)
         self.wake()
 
     def on_connection_state_change(self) -> None:

@@ -23,9 +23,10 @@ from edb.schemas import (
     MessageError,
     MessageType,
     ModuleEvent,
+    apply_desired_patch,
     decode_json,
+    desired_from_twin,
     iso_utc,
-    merge_twin_patch,
 )
 from telemetry_reporter import endpoints
 from telemetry_reporter.alerts import classify, legacy_install
@@ -56,14 +57,11 @@ class ReporterService:
 
     # -- desired -----------------------------------------------------------------------------------
     async def load_twin(self) -> None:
-        twin = await self.client.get_twin()
-        desired = dict(twin.get("desired") or {})
-        desired.pop("$version", None)
-        self.desired_doc = desired
+        self.desired_doc = desired_from_twin(await self.client.get_twin())
         self._apply_desired()
 
     async def on_desired_patch(self, patch: Mapping[str, Any]) -> None:
-        self.desired_doc = merge_twin_patch(self.desired_doc, {k: v for k, v in patch.items() if k != "$version"})
+        self.desired_doc = apply_desired_patch(self.desired_doc, patch)
         self._apply_desired()
 
     def _apply_desired(self) -> None:

@@ -1,11 +1,11 @@
-"""Fixtures for the key release service tests: a Key Vault stand-in (one per session/worker) with a
-real KEK (RSA 3072, wrapKey/unwrapKey), a manufacturer CA, a publisher, and a service factory whose
-Key Vault access uses the stand-in's least-privilege ``key-release`` credential."""
+"""Fixtures for the key release service tests: a Key Vault stand-in (one per session/worker, from
+tests/conftest.py) with a real KEK (RSA 3072, wrapKey/unwrapKey), a manufacturer CA, a publisher, and a
+service factory whose Key Vault access uses the stand-in's least-privilege ``key-release`` credential."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,46 +16,12 @@ from kr_helpers import Manufacturer, Publisher
 
 from edb.keys.azure_keyvault import KeyVaultKek
 from edb_local.keyvault import AsyncLocalTokenCredential, KeyVaultStandIn, LocalTokenCredential
-from edb_local.net import free_loopback_address
 from edb_local.stack_ca import StackCA
 from key_release_service.audit import AuditLog
 from key_release_service.config import ServiceConfig
 from key_release_service.keyvault import AzureVaultGateway
 from key_release_service.policy import CONTENT_TYPE, ReleasePolicy, build_policy, policy_secret_name
 from key_release_service.service import KeyReleaseService
-
-
-@pytest.fixture(scope="session")
-def keyvault(stack_ca: StackCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyVaultStandIn]:
-    address = free_loopback_address()
-    base = tmp_path_factory.mktemp("kr-kv")
-    creds = stack_ca.issue_server(f"keyvault-{address}", ips=[address], out_dir=base / "tls")
-    vault = KeyVaultStandIn(base / "keyvault", address=address, port=0, cert_path=creds.cert_path,
-                            key_path=creds.key_path, ca_path=stack_ca.ca_path)
-    with vault.running_in_thread():
-        yield vault
-
-
-@pytest.fixture(scope="session")
-def sdk_kwargs(stack_ca: StackCA) -> dict[str, Any]:
-    return {"verify_challenge_resource": False, "connection_verify": str(stack_ca.ca_path)}
-
-
-@pytest.fixture(scope="session")
-def admin_credential(keyvault: KeyVaultStandIn) -> LocalTokenCredential:
-    return LocalTokenCredential.from_file(keyvault.credential_path("admin"))
-
-
-@pytest.fixture(scope="session")
-def key_client(keyvault: KeyVaultStandIn, admin_credential: LocalTokenCredential,
-               sdk_kwargs: dict[str, Any]) -> KeyClient:
-    return KeyClient(keyvault.url, admin_credential, **sdk_kwargs)
-
-
-@pytest.fixture(scope="session")
-def secret_client(keyvault: KeyVaultStandIn, admin_credential: LocalTokenCredential,
-                  sdk_kwargs: dict[str, Any]) -> SecretClient:
-    return SecretClient(keyvault.url, admin_credential, **sdk_kwargs)
 
 
 @pytest.fixture(scope="session")

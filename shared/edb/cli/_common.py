@@ -1,5 +1,5 @@
-"""Helpers shared by the ``edb package`` and ``edb pki`` commands: JSON/human output, error exits,
-progress bars, parsing of durations and sizes, key provider selection."""
+"""Helpers shared by the ``edb package``, ``edb pki`` and ``edb cloud`` commands: JSON/human output,
+error exits, progress bars, parsing of durations and sizes, key provider selection."""
 
 from __future__ import annotations
 

@@ -13,15 +13,34 @@ builds and verifies packages with local keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import click
 
 from edb.cli._common import is_key_vault_id, state_dir
 from edb.errors import ConfigError
 from edb.keys.base import KekProvider, Signer
 from edb.keys.local import LocalKek, LocalSigner
 from edb.pki.certs import load_pem_certificates_file
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def vault_options(command: F) -> F:
+    """The ``--ca-bundle`` and ``--credential`` options (in that order) of a command that may be given
+    a Key Vault key id; the command takes ``ca_bundle`` and ``credential`` (see :class:`VaultOptions`)."""
+    # click lists options innermost last: --credential is attached first so that --ca-bundle comes first
+    command = click.option(
+        "--credential", "credential",
+        help="Key Vault credential: 'default' (DefaultAzureCredential) or a stand-in credential file. "
+             "Default: EDB_KEYVAULT_CREDENTIAL, else 'default'.")(command)
+    return click.option(
+        "--ca-bundle", type=click.Path(exists=True),
+        help="CA bundle for Key Vault TLS. Default: EDB_KEYVAULT_CA or EDB_CA_CERT (local stack), else system.",
+    )(command)
 
 
 @dataclass(frozen=True)

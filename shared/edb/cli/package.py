@@ -26,7 +26,7 @@ from edb.cli._common import (
     parse_size,
     progress_bar,
 )
-from edb.cli.keyopts import VaultOptions, kek_provider, signer_provider
+from edb.cli.keyopts import VaultOptions, kek_provider, signer_provider, vault_options
 from edb.cpk import (
     DEFAULT_CHUNK_SIZE,
     FORMAT_V2,
@@ -118,11 +118,7 @@ def package() -> None:
 @click.option("--kek", help="KEK: PEM file or Key Vault key id. Default: <pki>/kek.pub.pem or kek.pem.")
 @click.option("--signer-key", help="Signing key: PEM file or Key Vault key id. Default: <pki>/signer.key.")
 @click.option("--signer-cert", help="Signer chain PEM, leaf first. Default: <pki>/signer.pem.")
-@click.option("--ca-bundle", type=click.Path(exists=True),
-              help="CA bundle for Key Vault TLS. Default: EDB_KEYVAULT_CA or EDB_CA_CERT (local stack), else system.")
-@click.option("--credential", "credential",
-              help="Key Vault credential: 'default' (DefaultAzureCredential) or a stand-in credential file. "
-                   "Default: EDB_KEYVAULT_CREDENTIAL, else 'default'.")
+@vault_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handles_errors
 def build_cmd(model: str, output: str, package_id: str, version: str, security_version: int,
@@ -229,11 +225,7 @@ def unsupported_checks(package_format: str, *, trust_roots: tuple[str, ...], kek
 @click.option("--device-id", help="Check the package targets this device id.")
 @click.option("--device-class", help="Check the package targets this device class.")
 @click.option("--security-floor", type=click.IntRange(min=0), help="Refuse a security version below this.")
-@click.option("--ca-bundle", type=click.Path(exists=True),
-              help="CA bundle for Key Vault TLS. Default: EDB_KEYVAULT_CA or EDB_CA_CERT (local stack), else system.")
-@click.option("--credential", "credential",
-              help="Key Vault credential: 'default' (DefaultAzureCredential) or a stand-in credential file. "
-                   "Default: EDB_KEYVAULT_CREDENTIAL, else 'default'.")
+@vault_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handles_errors
 def verify_cmd(file: str, trust_roots: tuple[str, ...], key_file: str | None, kek: str | None,
@@ -288,11 +280,7 @@ def verify_cmd(file: str, trust_roots: tuple[str, ...], key_file: str | None, ke
 @click.option("--signer-cert", help="Signer chain PEM. Default: <pki>/signer.pem.")
 @click.option("--trust-root", "trust_roots", multiple=True, type=click.Path(dir_okay=False),
               help="Pinned publisher root PEM the source must verify against. Default: <pki>/root.pem.")
-@click.option("--ca-bundle", type=click.Path(exists=True),
-              help="CA bundle for Key Vault TLS. Default: EDB_KEYVAULT_CA or EDB_CA_CERT (local stack), else system.")
-@click.option("--credential", "credential",
-              help="Key Vault credential: 'default' (DefaultAzureCredential) or a stand-in credential file. "
-                   "Default: EDB_KEYVAULT_CREDENTIAL, else 'default'.")
+@vault_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handles_errors
 def rewrap_cmd(file: str, output: str | None, old_kek: str, new_kek: str, signer_key: str | None,

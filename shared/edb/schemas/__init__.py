@@ -4,7 +4,14 @@ Pure data and validation: no I/O, no SDK types. Parsing of anything that arrives
 message never raises on hostile input; it yields a typed error object instead.
 """
 
-from edb.schemas.common import ErrorInfo, iso_utc, merge_twin_patch, version_key
+from edb.schemas.common import (
+    ErrorInfo,
+    apply_desired_patch,
+    desired_from_twin,
+    iso_utc,
+    merge_twin_patch,
+    version_key,
+)
 from edb.schemas.messages import (
     CONTENT_ENCODING_UTF8,
     CONTENT_TYPE_JSON,
@@ -60,7 +67,9 @@ __all__ = [
     "PackageState",
     "ReportedPackage",
     "application_properties",
+    "apply_desired_patch",
     "decode_json",
+    "desired_from_twin",
     "encode_json",
     "iso_utc",
     "merge_twin_patch",

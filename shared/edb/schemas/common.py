@@ -76,6 +76,19 @@ def merge_twin_patch(document: Mapping[str, Any], patch: Mapping[str, Any]) -> d
     return merged
 
 
+def desired_from_twin(twin: Mapping[str, Any]) -> dict[str, Any]:
+    """The desired document of a whole twin as ``get_twin()`` returns it, without its ``$version``."""
+    desired = dict(twin.get("desired") or {})
+    desired.pop("$version", None)
+    return desired
+
+
+def apply_desired_patch(document: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``document`` with a desired-properties patch applied (:func:`merge_twin_patch`); the patch's
+    ``$version`` is the twin's metadata, not a property, and stays out."""
+    return merge_twin_patch(document, {k: v for k, v in patch.items() if k != "$version"})
+
+
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Order versions like ``1.2.10 > 1.2.9``: numeric parts compare as numbers, others as text.
 
