@@ -8,12 +8,14 @@ released key with the one-time key (it must be bound to this package and the man
 re-check the floor, decrypt into a locked buffer, validate the model with ONNX Runtime, seal it, and
 commit {sealed generation, install record, raised floor} in one replay-protected write.
 
-``begin`` hashes the whole file (the ticket's ``sha256``) and checks the payload's chunk-list
-digest against the manifest (so a damaged or tampered payload is refused before any key release)
-at the same time, on two threads: they are independent passes over the same bytes. An
-aligned-layout payload is sealed while it is decrypted (each sealed chunk written, and its disk
-write-back started, as soon as its plaintext is there), so the fsync before the commit overlaps the
-decryption instead of following it.
+``begin`` applies every size limit before any pass over the caller's file (:mod:`edb_tee.
+package_file`), authenticates the manifest and checks target, expiry and floor, and only then
+hashes the whole file (the ticket's ``sha256``) and checks the payload's chunk-list digest against
+the manifest (so a damaged or tampered payload is refused before any key release), at the same
+time on two threads: they are independent passes over the same bytes. An aligned-layout payload is
+sealed while it is decrypted (each sealed chunk written, and its disk write-back started, as soon as
+its plaintext is there), so the fsync before the commit overlaps the decryption instead of
+following it.
 
 Any failure before that commit leaves the installed set, the floors and the serving model exactly
 as they were; the transaction is dropped and the plaintext buffer overwritten.
@@ -23,8 +25,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
-import hashlib
 import logging
 import os
 import secrets
@@ -41,14 +43,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from edb import onnx_layout
 from edb.attestation.evidence import PackageBinding
 from edb.attestation.keywrap import open_released_key
-from edb.cpk import FORMAT_V2, Limits, PackageReader, VerifiedPackage, decrypt_payload, open_package, verify_package
-from edb.cpk.errors import ROLLBACK
+from edb.cpk import FORMAT_V2, PackageReader, VerifiedPackage, decrypt_payload, open_package, verify_package
+from edb.cpk.digests import payload_ciphertext_digest
+from edb.cpk.errors import DIGEST_MISMATCH, ROLLBACK
 from edb.errors import PackageError, TeeError
 from edb.tee import errors as E
 from edb.tee.commands import INSTALLER_TA
 from edb.tee.types import NAME_PATTERN, Evidence, InstalledPackage, InstallSummary, InstallTicket
 from edb_tee.hardening import SecureBuffer
 from edb_tee.models import LoadedModel, ModelManager, choose_prepack
+from edb_tee.package_file import FileHash, check_file_size, check_unaccounted, file_sha256, reader_limits
 from edb_tee.rpmb import RpmbState
 from edb_tee.storage import ObjectWriter
 
@@ -105,44 +109,6 @@ class Transaction:
                              self.format, self.verified.signed if self.verified else None, self.sha256)
 
 
-def _file_sha256(fd: int) -> str:
-    h = hashlib.sha256()
-    position = 0
-    while True:
-        block = os.pread(fd, 1 << 20, position)
-        if not block:
-            return h.hexdigest()
-        h.update(block)
-        position += len(block)
-
-
-class _Hashing:
-    """The SHA-256 of the file behind ``fd`` (read with pread: no shared offset), on its own thread."""
-
-    def __init__(self, fd: int) -> None:
-        self._digest: str | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fd,), name="edb-tee-file-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self, fd: int) -> None:
-        try:
-            self._digest = _file_sha256(fd)
-        except BaseException as exc:  # handed to the caller of result()
-            self._error = exc
-
-    def join(self) -> None:
-        """Wait until the thread no longer reads the descriptor (before it is closed)."""
-        self._thread.join()
-
-    def result(self) -> str:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._digest is not None
-        return self._digest
-
-
 class InstallEngine:
     def __init__(self, state: DeviceState, models: ModelManager, *, clock: Any = _utcnow) -> None:
         self.state = state
@@ -193,13 +159,15 @@ class InstallEngine:
             t.close()
 
     def begin(self, name: str, fd: int, owner: int) -> InstallTicket:
-        """Takes ownership of ``fd``."""
+        """Takes ownership of ``fd``. Every size limit applies before any pass over the file."""
+        max_model = self.state.config.measured.max_model_bytes
         try:
             if not NAME_PATTERN.fullmatch(name):
                 raise TeeError(f"invalid package name {name!r}", code=E.BAD_NAME)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise TeeError("the package descriptor is not a regular file", code=E.PACKAGE_FILE)
+            check_file_size(st.st_size, max_model)
             self._expire()
             with self._lock:
                 mine = sum(1 for t in self._txns.values() if t.owner == owner)
@@ -209,18 +177,17 @@ class InstallEngine:
             os.close(fd)
             raise
         file = os.fdopen(fd, "rb", closefd=True)
-        file_hash = _Hashing(fd)  # while the manifest, signature and payload digest are checked here
         try:
-            limits = Limits(max_payload_bytes=self.state.config.measured.max_model_bytes)
-            reader = open_package(file, limits=limits)
+            reader = open_package(file, limits=reader_limits(max_model))  # bounded reads only
         except BaseException:
-            file_hash.join()
             file.close()
             raise
         try:
-            t = self._verify(name, owner, file, reader, file_hash)
+            if reader.frame.file_size != st.st_size:
+                raise TeeError("the package file changed size while the TEE read it", code=E.PACKAGE_FILE)
+            check_unaccounted(reader.frame)
+            t = self._verify(name, owner, file, reader, st.st_size)
         except BaseException:
-            file_hash.join()
             reader.close()
             file.close()
             raise
@@ -229,8 +196,10 @@ class InstallEngine:
         log.info("install %s begun: %s %s (%s)", t.txn[:8], t.package_id, t.version, t.format)
         return t.ticket()
 
-    def _verify(self, name: str, owner: int, file: IO[bytes], reader: PackageReader,
-                file_hash: _Hashing) -> Transaction:
+    def _verify(self, name: str, owner: int, file: IO[bytes], reader: PackageReader, size: int) -> Transaction:
+        """Authenticate and check the package, then make the two passes over the file (its SHA-256 and
+        the payload digest) at the same time on two threads: no pass before the limits, the
+        signature, the target, the expiry and the floor have been checked."""
         ident = self.state.identity
         txn = secrets.token_hex(16)
         if reader.format != FORMAT_V2:
@@ -239,21 +208,36 @@ class InstallEngine:
                                code=E.LEGACY_DISABLED)
             m1 = reader.manifest_v1
             return Transaction(txn, name, owner, file, reader, None, m1.cp_id, str(m1.payload.ver), 0,
-                               reader.format, file_hash.result(), "application/onnx", "")
+                               reader.format, file_sha256(file.fileno(), size), "application/onnx", "")
         if not ident.publisher_roots:
             raise TeeError("no publisher root is pinned on this device", code=E.NO_TRUST_ROOT)
-        floor = self.state.rpmb.read().floors.get(reader.manifest_v2.package_id)
-        # One thread for the payload digest: the file hash has the other core.
+        floor = self.floor(reader.manifest_v2.package_id)
         verified = verify_package(reader, trust_roots=ident.publisher_roots, now=self.clock(),
                                   device_id=ident.device_id, device_class=ident.device_class,
-                                  security_floor=floor, check_payload_digest=True, threads=1)
+                                  security_floor=floor, check_payload_digest=False)
         m = verified.manifest
         if m.media_type not in MODEL_MEDIA_TYPES:
             raise TeeError(f"payload media type {m.media_type!r} is not a model this TEE loads", code=E.MODEL_INVALID)
         if m.plaintext_size > self.state.config.measured.max_model_bytes:
             raise TeeError("model larger than this TEE accepts", code=E.MODEL_TOO_LARGE)
+        file_hash = FileHash(file.fileno(), size)
+        try:
+            # one thread for the payload digest: the file hash has the other core
+            digest = payload_ciphertext_digest(reader, m, threads=1)
+        except BaseException:
+            file_hash.join()
+            raise
+        if digest != m.ciphertext_sha256:
+            file_hash.join()
+            raise PackageError("payload ciphertext SHA-256 differs from the signed manifest", code=DIGEST_MISMATCH)
+        sha256 = file_hash.result()
+        verified = dataclasses.replace(verified, payload_digest_checked=True)
         return Transaction(txn, name, owner, file, reader, verified, m.package_id, m.version, m.security_version,
-                           reader.format, file_hash.result(), m.media_type, m.plaintext_sha256)
+                           reader.format, sha256, m.media_type, m.plaintext_sha256)
+
+    def floor(self, package_id: str) -> int | None:
+        """The rollback floor of ``package_id`` (from the replay-protected store)."""
+        return self.state.rpmb.read().floors.get(package_id)
 
     def evidence(self, txn: str, nonce: str, owner: int) -> Evidence:
         t = self._take(txn, owner)
@@ -345,7 +329,7 @@ class InstallEngine:
     def _install(self, t: Transaction, fill: Fill, size: int, *, stream_seal: bool = False) -> InstallSummary:
         with self._commit, ExitStack() as cleanup:
             started = time.monotonic()
-            floor = self.state.rpmb.read().floors.get(t.package_id)
+            floor = self.floor(t.package_id)
             if floor is not None and t.security_version < floor:
                 raise PackageError(f"security version {t.security_version} is below the floor {floor}",
                                    code=ROLLBACK)

@@ -4,8 +4,12 @@
 
     "EDBSOBJ1" | u32 n | header (n bytes, canonical JSON) | u32 m | wrapped FEK (m bytes) | chunks
 
-- header: ``{"v":1,"ta":"<uuid>","name":"<object name>","gen":<generation>,"size":<bytes>,
-  "chunk":<chunk size>,"prefix":"<hex, 7 bytes>"}``
+- header: ``{"v":2,"ta":"<uuid>","name":"<object name>","gen":<generation>,"size":<bytes>,
+  "chunk":<chunk size>,"prefix":"<hex, 7 bytes>","ctr":<counter>,"floors":{"<package id>":<svn>}}``.
+  ``ctr`` is a lower bound of the replay-protected store's write counter once this object is
+  committed, and ``floors`` the rollback floors that commit raises: what the object proves about
+  the store's state (see :mod:`edb_tee.integrity`). Version 1 headers (no ``ctr``, no ``floors``)
+  are still read, proving nothing.
 - wrapped FEK: a fresh random 256-bit file encryption key per write, ``nonce(12) || AES-256-GCM(TSK,
   FEK, aad = "edb-sobj-fek" || header)``; any change to the header makes unwrapping fail.
 - chunks: AES-256-GCM(FEK) of ``chunk``-byte pieces, nonce = prefix || u32 index || u8 last,
@@ -25,6 +29,7 @@ import os
 import secrets
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -55,23 +60,32 @@ class SealedHeader:
     size: int
     chunk: int
     prefix: bytes
+    ctr: int = 0
+    floors: tuple[tuple[str, int], ...] = ()  # sorted (package id, security version) pairs
 
     def encode(self) -> bytes:
-        return json.dumps({"v": 1, "ta": str(self.ta), "name": self.name, "gen": self.gen, "size": self.size,
-                           "chunk": self.chunk, "prefix": self.prefix.hex()},
+        return json.dumps({"v": 2, "ta": str(self.ta), "name": self.name, "gen": self.gen, "size": self.size,
+                           "chunk": self.chunk, "prefix": self.prefix.hex(), "ctr": self.ctr,
+                           "floors": dict(self.floors)},
                           sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> SealedHeader:
         try:
             d = json.loads(data)
-            if set(d) != {"v", "ta", "name", "gen", "size", "chunk", "prefix"} or d["v"] != 1:
+            v1 = {"v", "ta", "name", "gen", "size", "chunk", "prefix"}
+            if not ((d.get("v") == 1 and set(d) == v1) or (d.get("v") == 2 and set(d) == v1 | {"ctr", "floors"})):
                 raise ValueError("members")
+            floors = d.get("floors", {})
+            if not isinstance(floors, dict) or not all(isinstance(k, str) and type(v) is int and v >= 0
+                                                       for k, v in floors.items()):
+                raise ValueError("floors")
             h = cls(uuid.UUID(d["ta"]), str(d["name"]), int(d["gen"]), int(d["size"]), int(d["chunk"]),
-                    bytes.fromhex(d["prefix"]))
+                    bytes.fromhex(d["prefix"]), int(d.get("ctr", 0)), tuple(sorted(floors.items())))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise _tampered("header is not readable") from exc
-        if h.size < 0 or not 16 <= h.chunk <= 64 * 1024 * 1024 or len(h.prefix) != PREFIX or h.gen < 0:
+        if (h.size < 0 or not 16 <= h.chunk <= 64 * 1024 * 1024 or len(h.prefix) != PREFIX or h.gen < 0
+                or h.ctr < 0):
             raise _tampered("header out of range")
         return h
 
@@ -96,9 +110,10 @@ class SealWriter:
     reaches the size. Only ciphertext is ever written; no plaintext is copied."""
 
     def __init__(self, out: BinaryIO, tsk: bytes, ta: uuid.UUID, name: str, gen: int, size: int,
-                 *, chunk: int = CHUNK) -> None:
+                 *, chunk: int = CHUNK, ctr: int = 0, floors: Mapping[str, int] | None = None) -> None:
         self._out = out
-        self.header = SealedHeader(ta, name, gen, size, chunk, secrets.token_bytes(PREFIX))
+        self.header = SealedHeader(ta, name, gen, size, chunk, secrets.token_bytes(PREFIX), ctr,
+                                   tuple(sorted((floors or {}).items())))
         hbytes = self.header.encode()
         fek = AESGCM.generate_key(bit_length=256)
         wrap_nonce = secrets.token_bytes(12)
@@ -133,10 +148,10 @@ class SealWriter:
 
 
 def seal(out: BinaryIO, tsk: bytes, ta: uuid.UUID, name: str, gen: int, data: memoryview | bytes,
-         *, chunk: int = CHUNK) -> str:
+         *, chunk: int = CHUNK, ctr: int = 0, floors: Mapping[str, int] | None = None) -> str:
     """Write one sealed object; returns the hex SHA-256 of its header (recorded in the RPMB store)."""
     src = memoryview(data).cast("B")
-    writer = SealWriter(out, tsk, ta, name, gen, len(src), chunk=chunk)
+    writer = SealWriter(out, tsk, ta, name, gen, len(src), chunk=chunk, ctr=ctr, floors=floors)
     writer.advance(src, len(src))
     return writer.header_sha256
 
@@ -159,6 +174,16 @@ def open_sealed(fh: BinaryIO, tsk: bytes, ta: uuid.UUID, name: str) -> OpenedObj
     ``TEE_SEALED_TAMPERED`` if anything was edited or cut; ``TEE_SEALED_NAME_MISMATCH`` if it is an
     authentic object of another name or trusted app (two objects swapped). Generation (rollback) is
     the caller's check against the replay-protected store."""
+    opened = open_header(fh, tsk)
+    if opened.header.ta != ta or opened.header.name != name:
+        raise TeeError(f"sealed object slot for {name!r} holds another object", code=SEALED_NAME_MISMATCH)
+    return opened
+
+
+def open_header(fh: BinaryIO, tsk: bytes) -> OpenedObject:
+    """Authenticate a sealed object's header with the trusted app key ``tsk`` and unwrap its file
+    key, whatever object it is (``TEE_SEALED_TAMPERED`` otherwise): what the start-up integrity
+    check reads of every sealed file. The data chunks are not read."""
     head = fh.read(len(MAGIC) + 4)
     if len(head) != len(MAGIC) + 4 or head[: len(MAGIC)] != MAGIC:
         raise _tampered("not a sealed object")
@@ -180,8 +205,6 @@ def open_sealed(fh: BinaryIO, tsk: bytes, ta: uuid.UUID, name: str) -> OpenedObj
     except InvalidTag as exc:
         raise _tampered("header or key was modified, or it belongs to another device or trusted app") from exc
     header = SealedHeader.decode(hbytes)
-    if header.ta != ta or header.name != name:
-        raise TeeError(f"sealed object slot for {name!r} holds another object", code=SEALED_NAME_MISMATCH)
     size = os.fstat(fh.fileno()).st_size
     if size != header.sealed_size(hlen, wlen):
         raise _tampered("file size does not match its header (truncated or extended)")

@@ -77,21 +77,37 @@ class TeeServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def bind(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        """Listen on the socket path. The socket is bound, given its mode and listening under a
+        temporary name, then renamed into place: a client that sees the path can connect (a
+        connect between bind and listen would be refused, ECONNREFUSED)."""
+        path = self.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         # we hold the device lock, so a socket file left here is stale
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        for stale in (path, staging):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
         try:
-            with socket_address(self.socket_path) as address:
-                listener.bind(address)
-        finally:
-            os.umask(old)
-        os.chmod(self.socket_path, 0o600)
-        listener.listen(64)
+            old = os.umask(0o177)
+            try:
+                with socket_address(staging) as address:
+                    listener.bind(address)
+            finally:
+                os.umask(old)
+            self._set_mode(staging)
+            listener.listen(64)
+            os.replace(staging, path)
+        except BaseException:
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+            raise
         self._listener = listener
-        log.info("listening on %s (protocol %d)", self.socket_path, PROTOCOL_VERSION)
+        log.info("listening on %s (protocol %d)", path, PROTOCOL_VERSION)
+
+    def _set_mode(self, path: Path) -> None:
+        os.chmod(path, 0o600)
 
     def serve_forever(self) -> None:
         assert self._listener is not None, "bind() first"

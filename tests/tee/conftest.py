@@ -28,6 +28,13 @@ def publisher(tmp_path_factory: pytest.TempPathFactory) -> Publisher:
     return Publisher(pki.load_kek(), pki.signer(), pki.trust_roots())
 
 
+@pytest.fixture(scope="session")
+def other_publisher(tmp_path_factory: pytest.TempPathFactory) -> Publisher:
+    """A second publisher PKI, pinned on no device."""
+    pki = init_publisher_pki(tmp_path_factory.mktemp("other-pki") / "pki", kek_bits=2048)
+    return Publisher(pki.load_kek(), pki.signer(), pki.trust_roots())
+
+
 @pytest.fixture
 def make_package(tmp_path: Path, publisher: Publisher) -> PackageFactory:
     counter = iter(range(10_000))
@@ -35,8 +42,9 @@ def make_package(tmp_path: Path, publisher: Publisher) -> PackageFactory:
     def make(model: bytes | None = None, *, package_id: str = "mlp", version: str = "1.0.0",
              security_version: int = 1, device_ids: tuple[str, ...] = (DEVICE,), device_classes: tuple[str, ...] = (),
              layout: bool = True, expires_in: dt.timedelta = dt.timedelta(days=1),
-             directory: Path | None = None) -> Package:
+             directory: Path | None = None, signed_by: Publisher | None = None) -> Package:
         model = model if model is not None else mlp_model()
+        by = signed_by or publisher
         payload = onnx_layout.convert(model) if layout else model
         now = dt.datetime.now(dt.UTC)
         ident = PackageIdentity(
@@ -47,8 +55,7 @@ def make_package(tmp_path: Path, publisher: Publisher) -> PackageFactory:
         directory = directory or tmp_path / "packages"
         directory.mkdir(exist_ok=True)
         out = directory / f"{package_id}-{version}-{next(counter)}.cpk"
-        result = build(io.BytesIO(payload), out, identity=ident, kek=publisher.kek, signer=publisher.signer,
-                       chunk_size=64 * 1024)
+        result = build(io.BytesIO(payload), out, identity=ident, kek=by.kek, signer=by.signer, chunk_size=64 * 1024)
         return Package(out, result, model, payload)
 
     return make

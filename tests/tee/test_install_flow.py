@@ -58,19 +58,38 @@ def test_package_for_another_device_is_refused_before_any_key(client: TeeClient,
     assert client.list_installed() == []
 
 
-def test_expired_and_unsigned_by_pinned_root_are_refused(client: TeeClient, make_package, tmp_path) -> None:
+def test_expired_and_unsigned_by_pinned_root_are_refused(client: TeeClient, make_package, other_publisher: Publisher,
+                                                         tmp_path) -> None:
     with pytest.raises(EdbError) as err:
         client.begin_install("mlp", make_package(expires_in=dt.timedelta(seconds=-60)).path)
     assert err.value.code == "CPK_EXPIRED"
-    pkg = make_package()
+    # a valid package of a publisher whose root this device does not pin
+    with pytest.raises(EdbError) as err:
+        client.begin_install("mlp", make_package(signed_by=other_publisher).path)
+    assert err.value.code == "CPK_UNTRUSTED_SIGNER"
+    # signed by the pinned publisher, then a byte of the signed manifest changed (it still parses)
+    pkg = make_package(version="1.0.0")
+    data = pkg.path.read_bytes()
+    assert data.count(b'"1.0.0"') == 1  # the manifest's version, nowhere else
     tampered = tmp_path / "tampered.cpk"
-    data = bytearray(pkg.path.read_bytes())
-    data[-40] ^= 0x01  # inside the manifest, which the publisher signed
-    tampered.write_bytes(bytes(data))
+    tampered.write_bytes(data.replace(b'"1.0.0"', b'"1.0.9"'))
     with pytest.raises(EdbError) as err:
         client.begin_install("mlp", tampered)
-    assert err.value.code.startswith("CPK_")
-    assert client.list_installed() == []
+    assert err.value.code == "CPK_SIGNATURE_INVALID"
+    assert client.list_installed() == [] and client.status()["installs"] == 0
+
+
+def test_device_without_a_pinned_publisher_root_refuses_v2_installs(make_device, make_package) -> None:
+    dev = make_device(roots=[])
+    proc = TeeProcess(dev).start()
+    try:
+        with proc.client() as c:
+            with pytest.raises(EdbError) as err:
+                c.begin_install("mlp", make_package().path)
+            assert err.value.code == "TEE_NO_TRUST_ROOT"
+            assert c.list_installed() == [] and c.status()["installs"] == 0
+    finally:
+        proc.stop()
 
 
 def test_wrapped_key_for_another_one_time_key_is_refused(client: TeeClient, make_package, publisher: Publisher,
