@@ -21,9 +21,6 @@ one JSON object.
 from __future__ import annotations
 
 import argparse
-import base64
-import datetime as dt
-import io
 import json
 import os
 import shutil
@@ -36,40 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from _models import mlp, relu_only
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / ".out"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GAP_S = 0.02
-
-
-def mlp(dim: int, layers: int) -> bytes:
-    rng = np.random.default_rng(0)
-    inits, nodes, prev = [], [], "input"
-    for i in range(layers):
-        inits.append(numpy_helper.from_array(rng.standard_normal((dim, dim), dtype=np.float32) * (dim ** -0.5),
-                                             f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
-        out = "output" if i == layers - 1 else f"r{i}"
-        nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
-        prev = out
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, dim])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, dim])], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
-    return m.SerializeToString()
-
-
-def relu_only(dim: int) -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["output"])], "relu",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, dim])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, dim])])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
-    return m.SerializeToString()
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -122,47 +91,19 @@ def main() -> None:
     args = parser.parse_args()
 
     import onnxruntime as ort
-    from cryptography import x509
+    from _tee import build_and_install, provision_device, start_tee
 
-    from edb import onnx_layout
-    from edb.attestation.keywrap import load_public_jwk, wrap_to_one_time_key
-    from edb.cpk import PackageIdentity, Target, build
-    from edb.pki.devpki import init_publisher_pki
     from edb.tee import TeeClient
     from edb_tee.models import session_options
-    from edb_tee.provisioning import provision
 
     load_before = os.getloadavg()
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="inference_overhead-", dir=OUT))
     proc: subprocess.Popen[bytes] | None = None
     try:
-        pki = init_publisher_pki(work / "pki", kek_bits=2048)
-        kek, signer = pki.load_kek(), pki.signer()
-        info = provision(work / "state", "bench-dev", publisher_roots=pki.trust_roots())
-        ca = x509.load_pem_x509_certificate(info.manufacturer_ca.read_bytes())
-        with open(work / "tee.log", "ab") as logf:
-            proc = subprocess.Popen([sys.executable, "-m", "edb_tee", "serve", "--device-dir", str(info.layout.root)],
-                                    stdout=logf, stderr=logf)
-        while not info.layout.socket.exists():
-            if proc.poll() is not None:
-                raise RuntimeError((work / "tee.log").read_text()[-2000:])
-            time.sleep(0.01)
-        tee = TeeClient(info.layout.socket)
-
-        def install(name: str, model: bytes) -> None:
-            now = dt.datetime.now(dt.UTC)
-            ident = PackageIdentity(package_id=name, version="1.0.0", security_version=1,
-                                    target=Target(device_ids=("bench-dev",)), created=now - dt.timedelta(minutes=1),
-                                    expires=now + dt.timedelta(days=1), media_type=onnx_layout.MEDIA_TYPE)
-            pkg = work / f"{name}.cpk"
-            result = build(io.BytesIO(onnx_layout.convert(model)), pkg, identity=ident, kek=kek, signer=signer)
-            t = tee.begin_install(name, pkg)
-            ev = tee.get_install_evidence(t, "bench")
-            x509.load_der_x509_certificate(base64.b64decode(ev.cert_chain[0])).verify_directly_issued_by(ca)
-            jwe = wrap_to_one_time_key(kek.unwrap(result.manifest.wrapped_dek), load_public_jwk(ev.one_time_jwk),
-                                       package_id=name, version="1.0.0", kid=result.manifest.kid)
-            tee.complete_install(t, jwe)
+        device = provision_device(work / "pki", work / "state")
+        proc = start_tee(device.info.layout.root, device.info.layout.socket, work / "tee.log")
+        tee = TeeClient(device.info.layout.socket)
 
         cases = {
             "small": (mlp(512, 6), np.random.default_rng(1).standard_normal((1, 512), dtype=np.float32), args.calls),
@@ -174,7 +115,7 @@ def main() -> None:
         }
         results: dict[str, dict[str, float]] = {}
         for name, (model, x, calls) in cases.items():
-            install(name, model)
+            build_and_install(tee, device, name, model, work)
             feeds = {"input": x}
             for prepack in (True, False):
                 session = ort.InferenceSession(model, session_options(prepack=prepack),

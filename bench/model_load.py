@@ -20,7 +20,6 @@ The last line is one JSON object: the issue's keys for the largest model, and ev
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import io
 import json
 import os
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from _models import mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / ".out"
@@ -68,22 +67,7 @@ print(json.dumps({"s": elapsed, "hwm_kb": rss_kb("VmHWM"), "before_kb": before, 
 
 
 def make_model(path: Path, dim: int, layers: int, seed: int = 0) -> int:
-    rng = np.random.default_rng(seed)
-    inits, nodes, prev = [], [], "input"
-    for i in range(layers):
-        inits.append(numpy_helper.from_array(rng.standard_normal((dim, dim), dtype=np.float32) * (dim ** -0.5),
-                                             f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
-        out = "output" if i == layers - 1 else f"r{i}"
-        nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
-        prev = out
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, dim])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, dim])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    data = model.SerializeToString()
-    del model, inits, graph
+    data = mlp(dim, layers, seed)
     path.write_bytes(data)
     return len(data)
 
@@ -102,14 +86,9 @@ class Tee:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> int:
-        sock = self.device_dir / "tee.sock"
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edb_tee", "serve", "--device-dir",
-                                          str(self.device_dir)], stdout=logf, stderr=logf)
-        while not sock.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log.read_text()[-2000:])
-            time.sleep(0.01)
+        from _tee import start_tee
+
+        self.proc = start_tee(self.device_dir, self.device_dir / "tee.sock", self.log)
         return self.proc.pid
 
     def stop(self) -> None:
@@ -126,14 +105,11 @@ def plain_run(model_path: Path, mode: str) -> dict[str, float]:
 
 
 def bench_size(target_mb: int, repeat: int, work: Path) -> dict[str, object]:
-    from cryptography import x509
+    from _tee import install_released, package_identity, provision_device
 
     from edb import onnx_layout
-    from edb.attestation.keywrap import load_public_jwk, wrap_to_one_time_key
-    from edb.cpk import PackageIdentity, Target, build
-    from edb.pki.devpki import init_publisher_pki
+    from edb.cpk import build
     from edb.tee import TeeClient
-    from edb_tee.provisioning import provision
 
     dim = 2048 if target_mb <= 150 else 4096
     layers = max(1, round(target_mb * 1e6 / (dim * dim * 4)))
@@ -146,20 +122,14 @@ def bench_size(target_mb: int, repeat: int, work: Path) -> dict[str, object]:
 
     # the package: aligned layout, encrypted and signed with a throwaway publisher PKI
     state = work / f"state-{target_mb}"
-    pki = init_publisher_pki(state / "pki", kek_bits=2048)
-    kek, signer = pki.load_kek(), pki.signer()
+    device = provision_device(state / "pki", state)
+    info = device.info
     layout_path = work / f"mlp-{target_mb}.edb"
     onnx_layout.convert_file(model_path, layout_path)
-    now = dt.datetime.now(dt.UTC)
-    ident = PackageIdentity(package_id="bench-mlp", version="1.0.0", security_version=1,
-                            target=Target(device_ids=("bench-dev",)), created=now - dt.timedelta(minutes=1),
-                            expires=now + dt.timedelta(days=1), media_type=onnx_layout.MEDIA_TYPE)
     pkg = work / f"mlp-{target_mb}.cpk"
     with open(layout_path, "rb") as src:
-        result = build(src, pkg, identity=ident, kek=kek, signer=signer)
+        result = build(src, pkg, identity=package_identity("bench-mlp"), kek=device.kek, signer=device.signer)
     layout_path.unlink()  # the plaintext layout only existed for the build step (the pipeline's side)
-    info = provision(state, "bench-dev", publisher_roots=pki.trust_roots())
-    ca = x509.load_pem_x509_certificate(info.manufacturer_ca.read_bytes())
     tee = Tee(info.layout.root, work / f"tee-{target_mb}.log")
 
     # install + load in a fresh TEE
@@ -168,14 +138,7 @@ def bench_size(target_mb: int, repeat: int, work: Path) -> dict[str, object]:
     client.device_info()
     before = status_kb(pid, "VmRSS")
     t0 = time.perf_counter()
-    ticket = client.begin_install("mlp", pkg)
-    ev = client.get_install_evidence(ticket, "bench-nonce")
-    leaf = x509.load_der_x509_certificate(__import__("base64").b64decode(ev.cert_chain[0]))
-    leaf.verify_directly_issued_by(ca)
-    dek = kek.unwrap(result.manifest.wrapped_dek)
-    jwe = wrap_to_one_time_key(dek, load_public_jwk(ev.one_time_jwk), package_id="bench-mlp", version="1.0.0",
-                               kid=result.manifest.kid)
-    client.complete_install(ticket, jwe)
+    install_released(client, device, "mlp", pkg, result.manifest, "bench-mlp")
     h = client.load_model("mlp")
     install_load_s = time.perf_counter() - t0
     install_hwm = status_kb(pid, "VmHWM")

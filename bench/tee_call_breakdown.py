@@ -21,9 +21,6 @@ Usage: ``.venv/bin/python bench/tee_call_breakdown.py [--calls 2000]``. Last lin
 from __future__ import annotations
 
 import argparse
-import base64
-import datetime as dt
-import io
 import json
 import os
 import shutil
@@ -38,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from inference_overhead import GAP_S, OUT, mlp, percentiles
+from _models import mlp
+from inference_overhead import GAP_S, OUT, percentiles
 
 # the floor server: as little Python per call as can serve a model behind a socket
 FLOOR_SERVER = r"""
@@ -83,18 +81,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import onnxruntime as ort
-    from cryptography import x509
+    from _tee import build_and_install, provision_device, start_tee
 
-    from edb import onnx_layout
-    from edb.attestation.keywrap import load_public_jwk, wrap_to_one_time_key
-    from edb.cpk import PackageIdentity, Target, build
-    from edb.pki.devpki import init_publisher_pki
     from edb.tee import RUNNER_TA, TeeClient, TeeContext
     from edb.tee.commands import LOAD_PREPACK, RunnerCmd
     from edb.tee.protocol import MsgType, Op, Text, Value, encode_tensors, value_param
     from edb.tee.types import ModelHandle
     from edb_tee.models import session_options
-    from edb_tee.provisioning import provision
 
     load_before = os.getloadavg()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -102,17 +95,10 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, dict[str, float]] = {}
     try:
-        pki = init_publisher_pki(work / "pki", kek_bits=2048)
-        kek, signer = pki.load_kek(), pki.signer()
-        info = provision(work / "state", "bench-dev", publisher_roots=pki.trust_roots())
-        ca = x509.load_pem_x509_certificate(info.manufacturer_ca.read_bytes())
-        logf = open(work / "tee.log", "ab")  # noqa: SIM115 - handed to the children
-        procs.append(subprocess.Popen([sys.executable, "-m", "edb_tee", "serve", "--device-dir",
-                                       str(info.layout.root)], stdout=logf, stderr=logf))
-        while not info.layout.socket.exists():
-            if procs[0].poll() is not None:
-                raise RuntimeError((work / "tee.log").read_text()[-2000:])
-            time.sleep(0.01)
+        device = provision_device(work / "pki", work / "state")
+        info = device.info
+        procs.append(start_tee(info.layout.root, info.layout.socket, work / "tee.log"))
+        logf = open(work / "tee.log", "ab")  # noqa: SIM115 - handed to the floor servers
         tee = TeeClient(info.layout.socket)
 
         for name, model, x, calls in (
@@ -121,18 +107,7 @@ def main() -> None:
              max(100, args.calls // 10)),
         ):
             # install through the real flow
-            now = dt.datetime.now(dt.UTC)
-            ident = PackageIdentity(package_id=name, version="1.0.0", security_version=1,
-                                    target=Target(device_ids=("bench-dev",)), created=now - dt.timedelta(minutes=1),
-                                    expires=now + dt.timedelta(days=1), media_type=onnx_layout.MEDIA_TYPE)
-            pkg = work / f"{name}.cpk"
-            built = build(io.BytesIO(onnx_layout.convert(model)), pkg, identity=ident, kek=kek, signer=signer)
-            ticket = tee.begin_install(name, pkg)
-            ev = tee.get_install_evidence(ticket, "bench")
-            x509.load_der_x509_certificate(base64.b64decode(ev.cert_chain[0])).verify_directly_issued_by(ca)
-            tee.complete_install(ticket, wrap_to_one_time_key(
-                kek.unwrap(built.manifest.wrapped_dek), load_public_jwk(ev.one_time_jwk), package_id=name,
-                version="1.0.0", kid=built.manifest.kid))
+            build_and_install(tee, device, name, model, work)
             feeds = {"input": x}
 
             # 1. base
