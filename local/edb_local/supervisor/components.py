@@ -18,7 +18,7 @@ from pathlib import Path
 from edb_local.azurite import azurite_command
 from edb_local.azurite import not_installed_reason as azurite_missing
 from edb_local.supervisor.context import StackContext
-from edb_local.supervisor.errors import ComponentUnhealthy
+from edb_local.supervisor.errors import COMPONENT_BLOCKED, DEVICE_PROVISION, SupervisorError
 from edb_local.supervisor.health import Health, agent_connected, https_responds, tls_handshake, unix_socket_accepts
 
 
@@ -106,8 +106,8 @@ def _keyrelease_prepare(ctx: StackContext) -> None:
     if not PublisherPki(_publisher_pki_dir(ctx)).exists():
         init_publisher_pki(_publisher_pki_dir(ctx))
     if _manufacturer_roots(ctx) is None:
-        raise ComponentUnhealthy("no manufacturer root yet: the device must be provisioned first (edb device "
-                                 "provision), which needs the TEE component", code="LOCAL_COMPONENT_BLOCKED")
+        raise SupervisorError("no manufacturer root yet: the device must be provisioned first (edb device "
+                              "provision), which needs the TEE component", code=COMPONENT_BLOCKED)
 
 
 def _keyrelease_env(ctx: StackContext) -> dict[str, str]:
@@ -190,8 +190,7 @@ def _tee_prepare(ctx: StackContext) -> None:
         capture_output=True, text=True, timeout=120, check=False,
     )
     if out.returncode != 0:
-        raise ComponentUnhealthy(f"edb device provision failed: {out.stderr.strip()[-400:]}",
-                                 code="LOCAL_DEVICE_PROVISION")
+        raise SupervisorError(f"edb device provision failed: {out.stderr.strip()[-400:]}", code=DEVICE_PROVISION)
 
 
 def _tee_command(ctx: StackContext) -> list[str]:

@@ -14,7 +14,7 @@ from msrest.exceptions import ClientException, HttpOperationError
 
 from edb.iothub_ca import pin_ca
 from edb_local.supervisor.context import StackContext
-from edb_local.supervisor.errors import SupervisorError
+from edb_local.supervisor.errors import DEVICE_REGISTRATION, SupervisorError
 
 SYSTEM_MODULES = ("$edgeAgent", "$edgeHub")
 
@@ -50,4 +50,4 @@ def register_edge_device_with(service_connection_string: str, device_id: str, ca
                 registry.create_module_with_sas(device_id, module_id, None, _key(), _key())
     except (HttpOperationError, ClientException) as exc:
         raise SupervisorError(f"cannot register device {device_id} in the hub: {type(exc).__name__}: {exc}",
-                              code="LOCAL_DEVICE_REGISTRATION") from None
+                              code=DEVICE_REGISTRATION) from None

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edb_local.net import free_loopback_address
-from edb_local.supervisor.errors import AddressInUse, StateMismatch
+from edb_local.supervisor.errors import ADDRESS_IN_USE, STATE_MISMATCH, SupervisorError
 
 DEFAULT_DEVICE_ID = "edge-device-1"
 DEFAULT_HUB_NAME = "edb-local-hub.azure-devices.local"
@@ -93,11 +93,13 @@ def load_or_create_settings(paths: StackPaths, device_id: str | None, legacy_v1:
                                  ports={**DEFAULT_PORTS, **doc.get("ports", {})},
                                  legacy_v1=bool(doc.get("legacy_v1", False)))
         if device_id is not None and device_id != settings.device_id:
-            raise StateMismatch(
-                f"{paths.root} holds device {settings.device_id!r}; use another --state-dir for {device_id!r}")
+            raise SupervisorError(
+                f"{paths.root} holds device {settings.device_id!r}; use another --state-dir for {device_id!r}",
+                code=STATE_MISMATCH)
         if legacy_v1 and not settings.legacy_v1:
-            raise StateMismatch(f"{paths.root} was set up without the legacy v1 key flow (its device is provisioned "
-                                "without it); use another --state-dir for --legacy-v1")
+            raise SupervisorError(f"{paths.root} was set up without the legacy v1 key flow (its device is "
+                                  "provisioned without it); use another --state-dir for --legacy-v1",
+                                  code=STATE_MISMATCH)
         return settings
     address = free_loopback_address(tuple(DEFAULT_PORTS.values()))
     settings = StackSettings(address=address, device_id=device_id or DEFAULT_DEVICE_ID, legacy_v1=legacy_v1)
@@ -112,9 +114,9 @@ def check_ports_free(settings: StackSettings, ports: list[str]) -> None:
     for name in ports:
         port = settings.ports[name]
         if not _port_is_free(settings.address, port):
-            raise AddressInUse(
+            raise SupervisorError(
                 f"{settings.address}:{port} ({name}) is taken by a process this stack did not start; "
-                "stop it, or use another --state-dir")
+                "stop it, or use another --state-dir", code=ADDRESS_IN_USE)
 
 
 def _port_is_free(address: str, port: int) -> bool:

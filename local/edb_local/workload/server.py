@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from edb_local.workload.errors import BadRequest, PeerRefused, WorkloadError
+from edb_local.workload.errors import BAD_REQUEST, PEER_REFUSED, SOCKET_DIR, WorkloadError
 from edb_local.workload.signer import WorkloadSigner
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class WorkloadServer:
             _require_api_version(request)
             uid = _peer_uid(request)
             if uid not in self.allowed_uids:
-                raise PeerRefused(f"uid {uid} may not use the workload API")
+                raise WorkloadError(f"uid {uid} may not use the workload API", code=PEER_REFUSED)
             return await handler(request)
         except WorkloadError as exc:
             log.warning("workload API refused %s %s for %s: %s", request.method, request.path,
@@ -99,7 +99,7 @@ class WorkloadServer:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            raise BadRequest("body is not JSON") from None
+            raise WorkloadError("body is not JSON", code=BAD_REQUEST) from None
         digest = self.signer.sign(
             caller=request.app[_CALLER],
             module_id=request.match_info["module"],
@@ -113,14 +113,14 @@ class WorkloadServer:
 
 def _require_api_version(request: web.Request) -> None:
     if not request.query.get("api-version"):
-        raise BadRequest("api-version query parameter is required")
+        raise WorkloadError("api-version query parameter is required", code=BAD_REQUEST)
 
 
 def _peer_uid(request: web.Request) -> int:
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
-        raise PeerRefused("cannot identify the caller")
+        raise WorkloadError("cannot identify the caller", code=PEER_REFUSED)
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return int(uid)
@@ -132,5 +132,5 @@ def prepare_socket_dir(path: Path) -> None:
     st = os.lstat(path)
     if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.getuid():
         raise WorkloadError(f"workload socket directory {path} is not a directory owned by this user",
-                            code="LOCAL_WORKLOAD_SOCKET_DIR")
+                            code=SOCKET_DIR)
     os.chmod(path, 0o700)

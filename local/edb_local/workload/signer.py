@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from edb_local.workload.errors import BadRequest, GenerationMismatch, SignRefused, UnknownModule, WrongModule
+from edb_local.workload.errors import (
+    BAD_REQUEST,
+    GENERATION_MISMATCH,
+    SIGN_REFUSED,
+    UNKNOWN_MODULE,
+    WRONG_MODULE,
+    WorkloadError,
+)
 
 MAX_TOKEN_LIFETIME_S = 31 * 24 * 3600
 _EXPIRY = re.compile(r"^[0-9]{1,12}$")
@@ -60,12 +67,13 @@ class WorkloadSigner:
     def sign(self, *, caller: str, module_id: str, generation_id: str, body: Any, now: float) -> str:
         """The base64 HMAC-SHA256 ``digest`` for a sign request arriving on ``caller``'s socket."""
         if module_id != caller:
-            raise WrongModule(f"the socket of {caller} cannot sign for {module_id}")
+            raise WorkloadError(f"the socket of {caller} cannot sign for {module_id}", code=WRONG_MODULE)
         credential = self._credentials.get(module_id)
         if credential is None:
-            raise UnknownModule(f"no identity for module {module_id}")
+            raise WorkloadError(f"no identity for module {module_id}", code=UNKNOWN_MODULE)
         if not hmac.compare_digest(generation_id.encode(), credential.generation_id.encode()):
-            raise GenerationMismatch(f"generation id of {module_id} does not match its identity")
+            raise WorkloadError(f"generation id of {module_id} does not match its identity",
+                                code=GENERATION_MISMATCH)
         data = self._data_to_sign(body)
         self._check_is_own_sas_string(module_id, data, now)
         digest = hmac.new(credential.primary_key, data, hashlib.sha256).digest()
@@ -74,29 +82,29 @@ class WorkloadSigner:
     @staticmethod
     def _data_to_sign(body: Any) -> bytes:
         if not isinstance(body, Mapping):
-            raise BadRequest("sign request must be a JSON object")
+            raise WorkloadError("sign request must be a JSON object", code=BAD_REQUEST)
         if body.get("keyId") != "primary":
-            raise BadRequest("keyId must be \"primary\"")
+            raise WorkloadError("keyId must be \"primary\"", code=BAD_REQUEST)
         if body.get("algo") != "HMACSHA256":
-            raise BadRequest("algo must be \"HMACSHA256\"")
+            raise WorkloadError("algo must be \"HMACSHA256\"", code=BAD_REQUEST)
         data = body.get("data")
         if not isinstance(data, str) or len(data) > 4096:
-            raise BadRequest("data must be a base64 string")
+            raise WorkloadError("data must be a base64 string", code=BAD_REQUEST)
         try:
             return base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            raise BadRequest("data is not base64") from None
+            raise WorkloadError("data is not base64", code=BAD_REQUEST) from None
 
     def _check_is_own_sas_string(self, module_id: str, data: bytes, now: float) -> None:
         try:
             text = data.decode("ascii")
         except UnicodeDecodeError:
-            raise SignRefused("data is not a SAS string-to-sign") from None
+            raise WorkloadError("data is not a SAS string-to-sign", code=SIGN_REFUSED) from None
         resource, sep, expiry = text.partition("\n")
         expected = sas_resource(self.hub_hostname, self.device_id, module_id)
         if not sep or not hmac.compare_digest(resource.encode(), expected.encode()):
-            raise SignRefused(f"data is not a SAS string-to-sign for {module_id}")
+            raise WorkloadError(f"data is not a SAS string-to-sign for {module_id}", code=SIGN_REFUSED)
         if not _EXPIRY.match(expiry):
-            raise SignRefused("SAS expiry is not a number")
+            raise WorkloadError("SAS expiry is not a number", code=SIGN_REFUSED)
         if not now < int(expiry) <= now + MAX_TOKEN_LIFETIME_S:
-            raise SignRefused("SAS expiry is in the past or too far ahead")
+            raise WorkloadError("SAS expiry is in the past or too far ahead", code=SIGN_REFUSED)
