@@ -123,11 +123,7 @@ def rotate(ctx: Ctx, kek_name: str) -> None:
 @click.pass_obj
 def disable(ctx: Ctx, version: str, key_name: str) -> None:
     """Disable a key version (revocation: releases of DEKs wrapped under it stop at once)."""
-    def action() -> tuple[dict[str, Any], str]:
-        v = disable_version(ctx.vault().key_client(), key_name, version)
-        return v.to_json(), f"disabled {v.kid}"
-
-    _run(ctx, action)
+    _set_enabled(ctx, key_name, version, False)
 
 
 @keyvault.command()
@@ -136,9 +132,13 @@ def disable(ctx: Ctx, version: str, key_name: str) -> None:
 @click.pass_obj
 def enable(ctx: Ctx, version: str, key_name: str) -> None:
     """Re-enable a key version."""
+    _set_enabled(ctx, key_name, version, True)
+
+
+def _set_enabled(ctx: Ctx, key_name: str, version: str, enabled: bool) -> None:
     def action() -> tuple[dict[str, Any], str]:
-        v = enable_version(ctx.vault().key_client(), key_name, version)
-        return v.to_json(), f"enabled {v.kid}"
+        v = (enable_version if enabled else disable_version)(ctx.vault().key_client(), key_name, version)
+        return v.to_json(), f"{'enabled' if enabled else 'disabled'} {v.kid}"
 
     _run(ctx, action)
 

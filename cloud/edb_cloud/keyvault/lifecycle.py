@@ -5,6 +5,7 @@ disabled), disable/enable a version (revocation of everything wrapped under it).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
@@ -63,30 +64,31 @@ def _get(client: KeyClient, name: str) -> KeyVaultKey | None:
         raise _vault_error(exc, f"read key {name}") from exc
 
 
-def ensure_kek(client: KeyClient, name: str, *, hsm: bool = False) -> tuple[KeyVaultKey, bool]:
-    """The KEK, created (RSA 3072, wrapKey/unwrapKey) if absent. Returns (key, created)."""
+def _ensure(client: KeyClient, name: str, family: str, ops: list[str], create: Callable[[], KeyVaultKey],
+            action: str) -> tuple[KeyVaultKey, bool]:
+    """The key ``name`` if it exists with the expected shape, else ``create()``. Returns (key, created)."""
     existing = _get(client, name)
     if existing is not None:
-        _check_shape(existing, "RSA", KEK_OPS)
+        _check_shape(existing, family, ops)
         return existing, False
     try:
-        return client.create_rsa_key(name, size=KEK_SIZE, key_operations=KEK_OPS, hardware_protected=hsm,
-                                     tags={"edb-role": "kek"}), True
+        return create(), True
     except AzureError as exc:
-        raise _vault_error(exc, f"create KEK {name}") from exc
+        raise _vault_error(exc, action) from exc
+
+
+def ensure_kek(client: KeyClient, name: str, *, hsm: bool = False) -> tuple[KeyVaultKey, bool]:
+    """The KEK, created (RSA 3072, wrapKey/unwrapKey) if absent. Returns (key, created)."""
+    return _ensure(client, name, "RSA", KEK_OPS, lambda: client.create_rsa_key(
+        name, size=KEK_SIZE, key_operations=KEK_OPS, hardware_protected=hsm, tags={"edb-role": "kek"}),
+        f"create KEK {name}")
 
 
 def ensure_signer(client: KeyClient, name: str, *, hsm: bool = False) -> tuple[KeyVaultKey, bool]:
     """The publisher signing key, created (EC P-256, sign/verify) if absent."""
-    existing = _get(client, name)
-    if existing is not None:
-        _check_shape(existing, "EC", SIGNER_OPS)
-        return existing, False
-    try:
-        return client.create_ec_key(name, curve=SIGNER_CURVE, key_operations=SIGNER_OPS, hardware_protected=hsm,
-                                    tags={"edb-role": "publisher-signer"}), True
-    except AzureError as exc:
-        raise _vault_error(exc, f"create signing key {name}") from exc
+    return _ensure(client, name, "EC", SIGNER_OPS, lambda: client.create_ec_key(
+        name, curve=SIGNER_CURVE, key_operations=SIGNER_OPS, hardware_protected=hsm,
+        tags={"edb-role": "publisher-signer"}), f"create signing key {name}")
 
 
 def rotate_kek(client: KeyClient, name: str) -> KeyVaultKey:
