@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 from cryptography import x509
 
-from edb_tee.config import MeasuredConfig, TeeConfig
+from edb_tee.config import ROLES, AccessConfig, MeasuredConfig, Role, TeeConfig
 from edb_tee.paths import DeviceLayout
 
 
@@ -30,6 +31,28 @@ def _load_roots(paths: tuple[Path, ...]) -> list[x509.Certificate]:
     return roots
 
 
+def _role_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--<role>-uid / --<role>-gid for every role, and --socket-gid."""
+    fn = click.option("--socket-gid", type=click.IntRange(0), default=None,
+                      help="Share the TEE socket with this group (mode 0660) so modules running as other "
+                           "uids can reach it; default: 0600, owner only.")(fn)
+    for role in reversed(ROLES):
+        for kind in ("gid", "uid"):
+            fn = click.option(f"--{role}-{kind}", f"{role}_{kind}s", multiple=True, type=click.IntRange(0),
+                              help=f"A {kind} holding the {role} role (repeatable).")(fn)
+    return fn
+
+
+def _roles_given(options: dict[str, Any]) -> dict[str, Role]:
+    """The roles named on the command line (a role is given when any of its uids/gids is)."""
+    roles: dict[str, Role] = {}
+    for role in ROLES:
+        uids, gids = options[f"{role}_uids"], options[f"{role}_gids"]
+        if uids or gids:
+            roles[role] = Role(frozenset(uids), frozenset(gids))
+    return roles
+
+
 @click.group(help="Provision a simulated device (manufacturer CA, attestation key).")
 def device() -> None:
     pass
@@ -46,12 +69,23 @@ def device() -> None:
                                                          "`edb device trust-publisher`).")
 @click.option("--allow-legacy-v1", is_flag=True, help="Enable the weaker v1 key flow (interop only).")
 @click.option("--tee-svn", type=int, default=1, show_default=True, help="TEE security version.")
+@_role_options
 @click.option("--json", "as_json", is_flag=True)
 def provision_cmd(device_id: str, device_class: str, state_dir: Path, publisher_roots: tuple[Path, ...],
-                  no_publisher_root: bool, allow_legacy_v1: bool, tee_svn: int, as_json: bool) -> None:
+                  no_publisher_root: bool, allow_legacy_v1: bool, tee_svn: int, as_json: bool,
+                  socket_gid: int | None, **role_ids: tuple[int, ...]) -> None:
     """Create the device's TEE state: HUK, attestation key (made inside the TEE), device certificate
-    from the manufacturer CA, sealed identity with the pinned publisher root(s)."""
+    from the manufacturer CA, sealed identity with the pinned publisher root(s), caller allow-list.
+
+    Without any --<role>-uid/--<role>-gid the allow-list is the single-uid development default
+    (the provisioning user holds every role). With them, each role is held by exactly the ids given
+    for it (a role not given is held by nobody), e.g. --installer-uid 10001 --runner-uid 10003
+    --admin-uid 0 --socket-gid 10001."""
+    from edb_tee.access import describe
     from edb_tee.provisioning import provision
+
+    roles = _roles_given(role_ids)
+    access = AccessConfig.per_role(roles, socket_gid=socket_gid) if roles or socket_gid is not None else None
 
     if not publisher_roots and not no_publisher_root:
         dev_root = state_dir / "pki" / "root.pem"
@@ -62,10 +96,64 @@ def provision_cmd(device_id: str, device_class: str, state_dir: Path, publisher_
             click.echo(f"created the development publisher PKI in {state_dir / 'pki'} (edb pki init)", err=True)
         publisher_roots = (dev_root,)
     result = provision(state_dir, device_id, device_class=device_class, publisher_roots=_load_roots(publisher_roots),
-                       measured=MeasuredConfig(tee_svn=tee_svn, legacy_v1=allow_legacy_v1))
+                       measured=MeasuredConfig(tee_svn=tee_svn, legacy_v1=allow_legacy_v1), access=access)
     out = result.to_json()
     out["publisherRoots"] = len(publisher_roots)
+    out["access"] = describe(result.access) if as_json else _access_line(result.access)
     _emit(out, as_json)
+
+
+def _access_line(access: AccessConfig) -> str:
+    from edb_tee.access import summary
+
+    return summary(access)
+
+
+@device.group("access")
+def access_group() -> None:
+    """Show or change the TEE's caller allow-list (uids/gids per role)."""
+
+
+@access_group.command("show")
+@click.option("--device-id", required=True)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".edb"), show_default=True)
+def access_show_cmd(device_id: str, state_dir: Path) -> None:
+    """Print the allow-list in <device>/tee/config.json (needs read access to the TEE directory)."""
+    from edb_tee.access import describe
+    from edb_tee.provisioning import read_access
+
+    click.echo(json.dumps(describe(read_access(DeviceLayout.for_device(state_dir, device_id))), indent=2))
+
+
+@access_group.command("set")
+@click.option("--device-id", required=True)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".edb"), show_default=True)
+@_role_options
+@click.option("--owner-only-socket", is_flag=True, help="Back to a 0600 socket (no shared group).")
+@click.option("--single-user", type=click.IntRange(0), default=None,
+              help="Reset to the development default: this uid holds every role, socket 0600.")
+def access_set_cmd(device_id: str, state_dir: Path, socket_gid: int | None, owner_only_socket: bool,
+                   single_user: int | None, **role_ids: tuple[int, ...]) -> None:
+    """Change the allow-list while the TEE service is stopped (it reads it at start; refused with
+    TEE_STATE_LOCKED while it runs). Each role given replaces that role's ids; the others stay."""
+    import dataclasses
+
+    from edb_tee.access import describe
+    from edb_tee.provisioning import read_access, set_access
+
+    layout = DeviceLayout.for_device(state_dir, device_id)
+    roles = _roles_given(role_ids)
+    if single_user is not None and (roles or socket_gid is not None or owner_only_socket):
+        raise click.UsageError("--single-user replaces the whole allow-list: give it alone")
+    if socket_gid is not None and owner_only_socket:
+        raise click.UsageError("--socket-gid and --owner-only-socket contradict each other")
+    if single_user is not None:
+        access = AccessConfig.single_user(single_user)
+    else:
+        current = read_access(layout)
+        gid = None if owner_only_socket else socket_gid if socket_gid is not None else current.socket_gid
+        access = dataclasses.replace(current, roles={**current.roles, **roles}, socket_gid=gid)
+    click.echo(json.dumps(describe(set_access(layout, access)), indent=2))
 
 
 @device.command("trust-publisher")
@@ -141,8 +229,19 @@ def _client(device_dir: Path | None, socket_path: Path | None) -> Any:
 @click.option("--device-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=None)
 def info_cmd(device_dir: Path | None, socket_path: Path | None) -> None:
-    """Ask the running TEE for its identity, measurement, installed packages and status."""
+    """Ask the running TEE for its identity, measurement, installed packages and status; with
+    --device-dir also the caller allow-list it was started with (when this user can read it)."""
     with _client(device_dir, socket_path) as client:
-        click.echo(json.dumps({"device": client.device_info().to_json(),
+        out: dict[str, Any] = {"device": client.device_info().to_json(),
                                "installed": [p.to_json() for p in client.list_installed()],
-                               "status": client.status()}, indent=2))
+                               "status": client.status()}
+    if device_dir is not None:
+        from edb.errors import TeeError
+        from edb_tee.access import describe
+        from edb_tee.provisioning import read_access
+
+        try:
+            out["access"] = describe(read_access(DeviceLayout(device_dir)))
+        except TeeError:
+            out["access"] = "not readable by this user (it lives in the TEE-only directory)"
+    click.echo(json.dumps(out, indent=2))

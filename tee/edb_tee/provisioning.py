@@ -9,14 +9,20 @@ Runs the TEE's own code, offline (the service is not running yet), like a factor
 4. seal the identity (keys, certificate chain, pinned publisher roots) for the device trusted app;
 5. write the normal-world files: ``device.json`` and ``device-cert.pem`` (public).
 
+The caller allow-list (which uids/gids hold the installer, runner and admin roles) is written to
+``<device>/tee/config.json`` with the rest of the TEE configuration; without per-role ids it is the
+single-uid development default. :func:`set_access` changes it later, while the service is stopped.
+
 The private keys are never written anywhere unsealed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from edb.errors import TeeError
 from edb.tee.commands import DEVICE_TA
-from edb.tee.errors import ALREADY_PROVISIONED, BAD_NAME
+from edb.tee.errors import ALREADY_PROVISIONED, BAD_NAME, NOT_PROVISIONED, STATE_LOCKED
 from edb_tee.config import AccessConfig, MeasuredConfig, TeeConfig
 from edb_tee.identity import IDENTITY_OBJECT, DeviceIdentity
 from edb_tee.keys import KeyHierarchy, new_huk
@@ -47,6 +53,7 @@ class ProvisionResult:
     certificate: x509.Certificate
     manufacturer_ca: Path
     measurement: str
+    access: AccessConfig
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -111,7 +118,7 @@ def provision(
         "cache": layout.cache.name,
     }, indent=2) + "\n")
     return ProvisionResult(layout, device_id, device_class, certificate, ca.cert_path,
-                           measure(config.measured))
+                           measure(config.measured), config.access)
 
 
 def trust_publisher(layout: DeviceLayout, roots: Sequence[x509.Certificate], *, replace: bool = False) -> int:
@@ -131,3 +138,32 @@ def trust_publisher(layout: DeviceLayout, roots: Sequence[x509.Certificate], *, 
         return len(pinned)
     finally:
         state.close()
+
+
+@contextlib.contextmanager
+def _service_stopped(layout: DeviceLayout) -> Iterator[None]:
+    """Hold the device lock the TEE service holds while it runs: offline changes cannot race it."""
+    if not layout.provisioned():
+        raise TeeError(f"no provisioned device in {layout.root} (run `edb device provision`)", code=NOT_PROVISIONED)
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise TeeError(f"the TEE service is running for {layout.root}: stop it first", code=STATE_LOCKED) from exc
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def read_access(layout: DeviceLayout) -> AccessConfig:
+    return TeeConfig.load(layout.config).access
+
+
+def set_access(layout: DeviceLayout, access: AccessConfig) -> AccessConfig:
+    """Replace the caller allow-list of a provisioned device (offline: the service must be stopped;
+    it reads the list at start). The measured configuration, hence the measurement, is unchanged."""
+    with _service_stopped(layout):
+        config = TeeConfig.load(layout.config)
+        TeeConfig(config.measured, access).save(layout.config)
+    return access
