@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 from edb.cpk import BuildResult, PackageIdentity, Target, build
+from edb.cpk.v1 import V1Signing
 from edb.keys.local import LocalKek, LocalSigner
 from edb.pki.devpki import PublisherPki, init_publisher_pki
 
@@ -41,6 +44,17 @@ def other_publisher(tmp_path_factory: pytest.TempPathFactory) -> Publisher:
     pki = init_publisher_pki(tmp_path_factory.mktemp("pki2") / "pki", kek_bits=2048,
                              organization="Someone Else", now=NOW - dt.timedelta(days=30))
     return Publisher(pki=pki, kek=pki.load_kek(), signer=pki.signer(), roots=pki.trust_roots())
+
+
+def v1_signing() -> V1Signing:
+    """How the original tools sign a v1 package: RSA 2048 and a self-signed "CN=cpk-tool demo" certificate."""
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cpk-tool demo")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
+            .sign(key, hashes.SHA256()))
+    return V1Signing(key, cert)
 
 
 def identity(**overrides: object) -> PackageIdentity:

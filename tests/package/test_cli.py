@@ -109,26 +109,10 @@ def test_rewrap_cli(edb, ready, tmp_path: Path) -> None:  # type: ignore[no-unty
 
 
 def test_v1_verify_cli(edb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import datetime as dt
+    from edb.cpk.v1 import key_file_json
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    from edb.cpk.v1 import V1Signing, build_v1, key_file_json
-
-    key = rsa.generate_private_key(65537, 2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "demo")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(7).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    content_key = os.urandom(32)
-    path = tmp_path / "legacy.cpk"
-    build_v1(b"model bytes" * 100, path, cp_id="app-1", key=content_key, signing=V1Signing(key, cert))
-    keys = tmp_path / "keys.json"
-    keys.write_text(key_file_json({"app-1": content_key}))
+    path, keys = _v1_package(tmp_path)
+    keys.write_text(key_file_json({"app-1": (tmp_path / "content.key").read_bytes()}))
     result = edb("package", "verify", str(path), "--key-file", str(keys), "--json")
     assert result["ok"] and result["format"] == "cpk-v1"
     assert [c["status"] for c in result["checks"]] == ["ok", "ok", "ok", "unauthenticated"]
@@ -162,25 +146,14 @@ def test_checks_a_format_cannot_perform_fail_closed(edb, ready, tmp_path: Path) 
 
 
 def _v1_package(tmp_path: Path) -> tuple[Path, Path]:
-    import datetime as dt
+    from cpk_helpers import v1_signing
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    from edb.cpk.v1 import build_v1
 
-    from edb.cpk.v1 import V1Signing, build_v1
-
-    key = rsa.generate_private_key(65537, 2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "demo")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(7).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
     content_key = os.urandom(32)
     (tmp_path / "content.key").write_bytes(content_key)
     path = tmp_path / "legacy.cpk"
-    build_v1(b"model bytes" * 100, path, cp_id="app-1", key=content_key, signing=V1Signing(key, cert))
+    build_v1(b"model bytes" * 100, path, cp_id="app-1", key=content_key, signing=v1_signing())
     return path, tmp_path / "keys.json"
 
 

@@ -5,21 +5,16 @@ never read, so changing it changes nothing."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import struct
 from pathlib import Path
 
 import pytest
-from cpk_helpers import NOW, BuildFn, Publisher
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cpk_helpers import NOW, BuildFn, Publisher, v1_signing
 
 from edb.cpk import decrypt_payload, open_package, verify_package
 from edb.cpk.frame import ENTRY_SIZE, HEADER_SIZE
-from edb.cpk.v1 import V1Signing, build_v1, decrypt_payload_v1, verify_v1
+from edb.cpk.v1 import build_v1, decrypt_payload_v1, verify_v1
 
 
 def relay_with_padding(packed: bytes, gaps: list[int], order: list[int], tail: int) -> tuple[bytes, list[int]]:
@@ -71,15 +66,9 @@ def test_v2_package_with_padding_reads_verifies_and_decrypts(make_package: Build
 
 
 def test_v1_package_with_padding_verifies_and_decrypts(tmp_path: Path) -> None:
-    key = rsa.generate_private_key(65537, 2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cpk-tool demo")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
     content_key, plaintext = os.urandom(32), os.urandom(2000)
     packed = tmp_path / "packed.cpk"
-    build_v1(plaintext, packed, cp_id="app-1", key=content_key, signing=V1Signing(key, cert))
+    build_v1(plaintext, packed, cp_id="app-1", key=content_key, signing=v1_signing())
     padded, _ = relay_with_padding(packed.read_bytes(), [3, 0, 64, 1, 0, 8, 5], [6, 0, 1, 2, 3, 4, 5], 9)
     path = tmp_path / "padded.cpk"
     path.write_bytes(padded)

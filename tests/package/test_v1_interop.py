@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import io
 import json
 import os
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cpk_helpers import v1_signing
 
 from edb.cpk import FORMAT_V1, PackageError, open_package
 from edb.cpk import errors as E
@@ -34,13 +30,7 @@ APP_ID = "6e1c2b1e-3d8f-4a7c-9b1a-0f1e2d3c4b5a"
 
 @pytest.fixture(scope="module")
 def signing() -> V1Signing:
-    key = rsa.generate_private_key(65537, 2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cpk-tool demo")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
-            .sign(key, hashes.SHA256()))
-    return V1Signing(key, cert)
+    return v1_signing()
 
 
 def make_v1(tmp_path: Path, signing: V1Signing, plaintext: bytes | None = None) -> tuple[Path, bytes, bytes]:

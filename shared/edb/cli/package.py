@@ -42,12 +42,18 @@ from edb.cpk.errors import CHECK_UNSUPPORTED, KEY_UNAVAILABLE, MANIFEST_INVALID,
 from edb.cpk.reader import PackageInfo, PackageReader
 from edb.cpk.v1 import load_key_file, verify_v1
 from edb.errors import EdbError
+from edb.keys.base import Signer
 from edb.pki.certs import load_pem_certificates_file
 from edb.pki.errors import CertificateError
 
 
 def _pki_file(value: str | None, name: str) -> str:
     return value if value else str(default_pki_dir() / name)
+
+
+def _signer(signer_key: str | None, signer_cert: str | None, vault: VaultOptions) -> Signer:
+    """The signing key and chain given, else the development PKI's."""
+    return signer_provider(_pki_file(signer_key, "signer.key"), _pki_file(signer_cert, "signer.pem"), vault)
 
 
 def _trust_roots(paths: tuple[str, ...]) -> list[Any]:
@@ -59,6 +65,11 @@ def _trust_roots(paths: tuple[str, ...]) -> list[Any]:
         except CertificateError as exc:
             raise package_error(UNTRUSTED_SIGNER, f"trust root {path}: {exc.message}") from exc
     return roots
+
+
+def _print_checks(checks: list[dict[str, Any]]) -> None:
+    for check in checks:
+        click.echo(f"{check['check']:<18} {check['status']:<8} {check.get('detail', '')}")
 
 
 def _print_info(info: PackageInfo) -> None:
@@ -143,7 +154,7 @@ def build_cmd(model: str, output: str, package_id: str, version: str, security_v
         kek = str(public if public.exists() else default_pki_dir() / "kek.pem")
     vault = VaultOptions(credential, ca_bundle)
     kek_p = kek_provider(kek, vault)
-    signer = signer_provider(_pki_file(signer_key, "signer.key"), _pki_file(signer_cert, "signer.pem"), vault)
+    signer = _signer(signer_key, signer_cert, vault)
     with _payload(model, onnx_layout) as (source, size), progress_bar("encrypting", size, not as_json) as advance:
         result = build(source, output, identity=identity, kek=kek_p, signer=signer,
                        chunk_size=parse_size(chunk_size), progress=advance)
@@ -259,15 +270,13 @@ def verify_cmd(file: str, trust_roots: tuple[str, ...], key_file: str | None, ke
             if as_json:
                 emit_json({"ok": False, "error": exc.to_dict(), "format": info.format, "checks": checks})
                 click.get_current_context().exit(2)
-            for check in checks:
-                click.echo(f"{check['check']:<18} {check['status']:<8} {check.get('detail', '')}")
+            _print_checks(checks)
             raise
     if as_json:
         emit_json({"ok": True, "format": info.format, "id": info.package_id, "version": info.version,
                    "securityVersion": info.security_version, "checks": checks})
     else:
-        for check in checks:
-            click.echo(f"{check['check']:<18} {check['status']:<8} {check.get('detail', '')}")
+        _print_checks(checks)
         click.echo(f"valid: {info.format} {info.package_id} {info.version}")
 
 
@@ -292,7 +301,7 @@ def rewrap_cmd(file: str, output: str | None, old_kek: str, new_kek: str, signer
             raise package_error(MANIFEST_INVALID, "only v2 packages carry a wrapped DEK")
         old_kid = reader.manifest_v2.kid
     vault = VaultOptions(credential, ca_bundle)
-    signer = signer_provider(_pki_file(signer_key, "signer.key"), _pki_file(signer_cert, "signer.pem"), vault)
+    signer = _signer(signer_key, signer_cert, vault)
     with progress_bar("copying", Path(file).stat().st_size, not as_json) as advance:
         result = rewrap(file, output or file, old_kek=kek_provider(old_kek, vault),
                         new_kek=kek_provider(new_kek, vault), signer=signer, trust_roots=_trust_roots(trust_roots),
