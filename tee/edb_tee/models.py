@@ -8,6 +8,12 @@ of the process baseline, versus about 3x for ``InferenceSession(bytes)``). With 
 ONNX Runtime additionally keeps prepacked copies of MatMul/Conv weights: faster for batched inputs,
 about twice the memory.
 
+Outputs: tensors cross the boundary (numbers as views, strings through the string codec of
+:mod:`edb.tee.protocol`); outputs of other ONNX types (sequences and maps, such as the
+``seq(map(string, tensor(float)))`` of scikit-learn's ZipMap) cannot, so they are never computed
+for the caller, listed with dtype ``unknown``, and each model creation logs which ones were left
+out and why. A model none of whose outputs can cross is refused (``TEE_OUTPUT_UNSUPPORTED``).
+
 Nothing touches a file: the layout's stub locations resolve against an empty directory that is
 never read (see :mod:`edb.onnx_layout`).
 
@@ -45,7 +51,7 @@ _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
     "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
     "tensor(int32)": "int32", "tensor(uint32)": "uint32", "tensor(int64)": "int64", "tensor(uint64)": "uint64",
-    "tensor(bool)": "bool",
+    "tensor(bool)": "bool", "tensor(string)": "string",
 }
 
 
@@ -148,6 +154,26 @@ def build_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
     return session, ortvalues
 
 
+def tensor_outputs(name: str, version: str, outputs: list[Any]) -> list[str]:
+    """The names of the outputs that can cross the boundary (tensors of a supported dtype). The
+    others are logged with the reason, once per model creation; none at all is
+    ``TEE_OUTPUT_UNSUPPORTED`` (ONNX Runtime would compute every output for an empty list)."""
+    crossing = []
+    for o in outputs:
+        if o.type in _ORT_TYPES:
+            crossing.append(o.name)
+            continue
+        hint = " (a scikit-learn ZipMap: convert the classifier with options={'zipmap': False})" \
+            if str(o.type).startswith("seq(map(") else ""
+        log.warning("model %s %s: output %r of type %s cannot cross the TEE boundary and is not returned%s",
+                    name, version, str(o.name)[:80], str(o.type)[:80], hint)
+    if not crossing:
+        raise TeeError(f"model {name} {version}: none of its outputs is a tensor that can cross the TEE boundary "
+                       "(sequences and maps cannot; convert classifiers with zipmap=False)",
+                       code=E.OUTPUT_UNSUPPORTED)
+    return crossing
+
+
 @dataclass
 class _Handle:
     model: LoadedModel
@@ -175,9 +201,15 @@ class ModelManager:
         outputs = tuple(_spec(o) for o in session.get_outputs())
         inputs = tuple(_spec(i) for i in session.get_inputs())
         required = frozenset(i.name for i in session.get_inputs() if not i.type.startswith("optional"))
+        try:
+            crossing = tensor_outputs(name, version, session.get_outputs())
+        except BaseException:
+            del session
+            values.clear()
+            buffer.close()
+            raise
         return LoadedModel(name, version, package_id, prepack, buffer, session, values, inputs, outputs,
-                           [o.name for o in outputs if o.dtype != "unknown"], frozenset(i.name for i in inputs),
-                           required)
+                           crossing, frozenset(i.name for i in inputs), required)
 
     def keep_warm(self, model: LoadedModel) -> None:
         """An install just validated this model: keep its session for the next ``load``."""

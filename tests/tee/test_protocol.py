@@ -67,7 +67,7 @@ def test_non_contiguous_and_unsupported_arrays() -> None:
     a = np.arange(20, dtype=np.float32).reshape(4, 5)[:, ::2]
     out = roundtrip(Message(MsgType.REQUEST, Op.INVOKE, params=[Tensor("a", a)]))
     np.testing.assert_array_equal(out.params[0].array, a)  # type: ignore[union-attr]
-    for bad in (np.array(["s"]), np.array([1 + 2j]), np.arange(3, dtype=">f4")):
+    for bad in (np.array([b"s"]), np.array([1, 2], dtype=object), np.array([1 + 2j]), np.arange(3, dtype=">f4")):
         with pytest.raises(TeeError) as err:
             frame_bytes(Message(MsgType.REQUEST, Op.INVOKE, params=[Tensor("a", bad)]))
         assert err.value.code == "TEE_DTYPE_UNSUPPORTED"
@@ -138,7 +138,8 @@ def test_decoder_only_ever_raises_tee_errors(data: bytes) -> None:
     try:
         decode(bytearray(data), nfds=2)
     except TeeError as exc:
-        assert exc.code in ("TEE_PROTOCOL", "TEE_DTYPE_UNSUPPORTED", "TEE_FRAME_TOO_LARGE")
+        assert exc.code in ("TEE_PROTOCOL", "TEE_DTYPE_UNSUPPORTED", "TEE_FRAME_TOO_LARGE", "TEE_STRING_TOO_MANY",
+                            "TEE_STRING_TOO_LONG", "TEE_STRING_TOO_LARGE", "TEE_STRING_INVALID")
 
 
 @settings(max_examples=100, deadline=None)

@@ -117,7 +117,7 @@ def test_encoders_keep_their_bounds() -> None:
                        Limits(max_frame=1024))
     assert err.value.code == "TEE_FRAME_TOO_LARGE"
     with pytest.raises(TeeError) as err:
-        encode_tensors(MsgType.REQUEST, Op.INVOKE, 1, 1, 1, b"", 0, [("s", np.array(["x"]))])
+        encode_tensors(MsgType.REQUEST, Op.INVOKE, 1, 1, 1, b"", 0, [("s", np.array([b"x"]))])  # bytes (str crosses)
     assert err.value.code == "TEE_DTYPE_UNSUPPORTED"
 
 

@@ -23,6 +23,11 @@ UNKNOWN_SESSION = "TEE_UNKNOWN_SESSION"
 UNKNOWN_COMMAND = "TEE_UNKNOWN_COMMAND"
 BAD_PARAMETERS = "TEE_BAD_PARAMETERS"  # wrong parameter kinds, counts or values
 DTYPE_UNSUPPORTED = "TEE_DTYPE_UNSUPPORTED"
+# string tensors (UTF-8, bounded by edb.tee.protocol.Limits)
+STRING_TOO_MANY = "TEE_STRING_TOO_MANY"  # more elements in one string tensor than limits.max_strings
+STRING_TOO_LONG = "TEE_STRING_TOO_LONG"  # one element longer than limits.max_string_bytes (UTF-8 bytes)
+STRING_TOO_LARGE = "TEE_STRING_TOO_LARGE"  # a string tensor's UTF-8 bytes above limits.max_string_total
+STRING_INVALID = "TEE_STRING_INVALID"  # not UTF-8 (or not encodable: lone surrogates), or a length table that lies
 INTERNAL = "TEE_INTERNAL"  # a bug; details only in the service log
 
 # device state
@@ -38,6 +43,7 @@ SEALED_ROLLBACK = "TEE_SEALED_ROLLBACK"  # object replaced by an older copy of i
 SEALED_MISSING = "TEE_SEALED_MISSING"
 RPMB_TAMPERED = "TEE_RPMB_TAMPERED"  # replay-protected store fails authentication
 RPMB_ROLLBACK = "TEE_RPMB_ROLLBACK"  # replay-protected store older than the running TEE's view
+STATE_ROLLED_BACK = "TEE_STATE_ROLLED_BACK"  # replay-protected store older than a sealed object written after it
 
 # install
 BAD_NAME = "TEE_BAD_NAME"
@@ -58,6 +64,7 @@ UNKNOWN_HANDLE = "TEE_UNKNOWN_HANDLE"
 HANDLE_STALE = "TEE_HANDLE_STALE"  # after a TEE restart the installed version changed
 INFER_FAILED = "TEE_INFER_FAILED"
 INPUT_INVALID = "TEE_INPUT_INVALID"
+OUTPUT_UNSUPPORTED = "TEE_OUTPUT_UNSUPPORTED"  # no output of the model can cross the boundary (only seq/map)
 
 
 def error_from_wire(code: str, message: str) -> EdbError:

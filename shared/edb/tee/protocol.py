@@ -18,7 +18,9 @@ Each parameter starts with a ``u8`` kind:
     2 Blob    u32 n, n bytes                       (GlobalPlatform "memref", copied in the frame)
     3 Text    u32 n, n bytes UTF-8                 (n <= limits.max_text)
     4 Tensor  u8 dtype (ONNX code), u8 ndim, u16 name length, name, ndim x u64 dims,
-              u64 nbytes, zero padding up to a 64-byte boundary of the body, nbytes of data
+              u64 nbytes, zero padding up to a 64-byte boundary of the body, nbytes of data;
+              for dtype 8 (string) the data is count x u32 element lengths, then the elements'
+              UTF-8 bytes back to back (nbytes = 4 x count + their sum)
     5 Fd      u8 index into the file descriptors passed with the frame (SCM_RIGHTS)
 
 The first exchange on a connection is ``hello`` (op 0) with params ``Blob(b"EDBTEE")``,
@@ -28,8 +30,12 @@ message layout is frozen across protocol versions.
 Decoding checks every length against what remains of the body and against :class:`Limits` before
 anything is allocated; trailing bytes are an error. Tensor data is returned as numpy views into the
 received body (no copy); tensors are encoded as views of the caller's arrays (no copy) so a frame is
-sent with ``sendmsg`` scatter/gather. There is no pickle and no generic object decoding: structured
-results travel as JSON in a ``Blob`` and are parsed strictly by the typed client.
+sent with ``sendmsg`` scatter/gather. String tensors (numpy ``str`` arrays, or object arrays of
+``str``) cannot be views: they are encoded into a length table and the concatenated UTF-8 bytes and
+decoded into object arrays of ``str`` (what ONNX Runtime takes and returns), bounded by
+:class:`Limits` (element count, bytes per element, bytes per tensor). There is no pickle and no
+generic object decoding: structured results travel as JSON in a ``Blob`` and are parsed strictly
+by the typed client.
 """
 
 from __future__ import annotations
@@ -44,7 +50,16 @@ import numpy as np
 import numpy.typing as npt
 
 from edb.errors import TeeError
-from edb.tee.errors import BAD_PARAMETERS, DTYPE_UNSUPPORTED, FRAME_TOO_LARGE, PROTOCOL
+from edb.tee.errors import (
+    BAD_PARAMETERS,
+    DTYPE_UNSUPPORTED,
+    FRAME_TOO_LARGE,
+    PROTOCOL,
+    STRING_INVALID,
+    STRING_TOO_LARGE,
+    STRING_TOO_LONG,
+    STRING_TOO_MANY,
+)
 
 PROTOCOL_MAGIC = b"EDBTEE"
 PROTOCOL_VERSION = 1
@@ -96,11 +111,15 @@ class Limits:
     max_ndim: int = 8
     max_dim: int = 1 << 31
     max_fds: int = 4
+    max_strings: int = 1 << 20  # elements in one string tensor
+    max_string_bytes: int = 64 * 1024  # UTF-8 bytes of one element
+    max_string_total: int = 16 * 1024 * 1024  # UTF-8 bytes of all elements of one string tensor
 
 
 DEFAULT_LIMITS = Limits()
 
-# ONNX TensorProto data type codes <-> numpy dtypes (strings are not supported across the boundary)
+# ONNX TensorProto data type codes <-> numpy dtypes of the fixed-size types, which cross as views.
+# Strings (ONNX code 8) have their own codec below (_encode_strings / _decode_strings).
 _DTYPES: dict[int, np.dtype[Any]] = {
     1: np.dtype("<f4"),
     2: np.dtype("u1"),
@@ -116,6 +135,8 @@ _DTYPES: dict[int, np.dtype[Any]] = {
     13: np.dtype("<u8"),
 }
 _CODES: dict[str, int] = {dt.str: code for code, dt in _DTYPES.items()}
+STRING_CODE = 8  # ONNX TensorProto.STRING
+_STRING_KINDS = "UO"  # numpy str arrays, and object arrays (of str: checked per element)
 
 
 def dtype_code(dtype: np.dtype[Any]) -> int:
@@ -133,7 +154,10 @@ def dtype_from_code(code: int) -> np.dtype[Any]:
 
 
 def dtype_name(code: int) -> str:
-    """Short numpy name of an ONNX dtype code (``float32``); ``unknown`` for unsupported ones."""
+    """Short numpy name of an ONNX dtype code (``float32``), ``string`` for strings, ``unknown``
+    for unsupported ones."""
+    if code == STRING_CODE:
+        return "string"
     dt = _DTYPES.get(code)
     return dt.name if dt is not None else "unknown"
 
@@ -279,6 +303,40 @@ def _tensor_meta(phase: int, name: str, arr: npt.NDArray[Any], limits: Limits) -
     return hit[0]
 
 
+def _encode_strings(phase: int, name: str, arr: npt.NDArray[Any], limits: Limits) -> tuple[bytes, bytes, bytes]:
+    """A string tensor parameter as (metadata up to its data, length table, UTF-8 bytes), for a
+    parameter starting ``phase`` bytes past a 64-byte boundary. Every bound is checked before the
+    data is joined: element count, each element's and all elements' UTF-8 bytes."""
+    raw_name = name.encode("utf-8")
+    if len(raw_name) > limits.max_name or arr.ndim > limits.max_ndim:
+        raise TeeError("tensor name or rank out of bounds", code=BAD_PARAMETERS)
+    count = arr.size
+    if count > limits.max_strings:
+        raise TeeError(f"string tensor {name[:60]!r} has {count} elements, more than {limits.max_strings}",
+                       code=STRING_TOO_MANY)
+    try:
+        # str.encode unbound: any element that is not a str (bytes, numbers, None) is a TypeError
+        raws = list(map(str.encode, arr.reshape(-1).tolist()))
+    except TypeError as exc:
+        raise TeeError(f"tensor {name[:60]!r}: object arrays cross the TEE boundary only as strings",
+                       code=DTYPE_UNSUPPORTED) from exc
+    except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8 form
+        raise TeeError(f"string tensor {name[:60]!r} holds text that is not valid Unicode",
+                       code=STRING_INVALID) from exc
+    lengths = list(map(len, raws))
+    if count and max(lengths) > limits.max_string_bytes:
+        raise TeeError(f"string tensor {name[:60]!r} has an element longer than {limits.max_string_bytes} bytes",
+                       code=STRING_TOO_LONG)
+    total = sum(lengths)
+    if total > limits.max_string_total:
+        raise TeeError(f"string tensor {name[:60]!r} holds {total} bytes, more than {limits.max_string_total}",
+                       code=STRING_TOO_LARGE)
+    meta = _tensor_param(len(raw_name), arr.ndim).pack(ParamKind.TENSOR, STRING_CODE, arr.ndim, len(raw_name),
+                                                       raw_name, *arr.shape, 4 * count + total)
+    meta += _ZEROS[: -(phase + len(meta)) % TENSOR_ALIGN]
+    return meta, np.array(lengths, dtype="<u4").tobytes(), b"".join(raws)
+
+
 def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memoryview]:
     """The frame (length prefix included) as a list of buffers for ``sendmsg``; arrays are not copied."""
     return encode_fields(msg.type, msg.op, msg.request_id, msg.session, msg.command, msg.status, msg.params, limits)
@@ -298,6 +356,15 @@ def encode_fields(mtype: int, op: int, request_id: int, session: int, command: i
             cls = next((k for k in _PARAM_TYPES if isinstance(p, k)), cls)
         if cls is Tensor:
             arr = p.array  # type: ignore[union-attr]
+            if arr.dtype.kind in _STRING_KINDS:
+                phase = (size + len(head)) % TENSOR_ALIGN
+                meta, table, chars = _encode_strings(phase, p.name, arr, limits)  # type: ignore[union-attr]
+                parts.append(head + meta)
+                parts.append(table)
+                parts.append(chars)
+                size += len(head) + len(meta) + len(table) + len(chars)
+                head = b""
+                continue
             if not arr.flags.c_contiguous:
                 arr = np.ascontiguousarray(arr)
             head += _tensor_meta((size + len(head)) % TENSOR_ALIGN, p.name, arr, limits)  # type: ignore[union-attr]
@@ -397,7 +464,9 @@ def _decode(view: memoryview, header: tuple[Any, ...], nfds: int, limits: Limits
         if kind == ParamKind.TENSOR:
             pos, tensor, spec = _decode_tensor(view, pos, end, limits)
             params.append(tensor)
-            if layout is not None:
+            if spec is None:
+                layout = None  # a string tensor's parse depends on its data: never rebuilt from a layout
+            elif layout is not None:
                 layout.append(spec)
             continue
         if kind == ParamKind.VALUE:
@@ -449,7 +518,7 @@ def _decode(view: memoryview, header: tuple[Any, ...], nfds: int, limits: Limits
 _TensorSpec = tuple[int, str, np.dtype[Any], tuple[int, ...]]  # data offset, name, dtype, dims
 
 
-def _decode_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tuple[int, Tensor, _TensorSpec]:
+def _decode_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tuple[int, Tensor, _TensorSpec | None]:
     if pos + 4 > end:
         raise _past_end()
     code, ndim, name_len = _TENSOR_HEAD.unpack_from(view, pos)
@@ -472,7 +541,11 @@ def _decode_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tupl
         if d > max_dim:
             raise protocol_error("tensor dimension out of bounds")
         count *= d
-    dt = dtype_from_code(code)
+    dt = _DTYPES.get(code)
+    if dt is None:
+        if code != STRING_CODE:
+            raise TeeError(f"unknown tensor dtype code {code}", code=DTYPE_UNSUPPORTED)
+        return _decode_strings(view, name, dims, count, nbytes, meta_end, end, limits)
     if count * dt.itemsize != nbytes:
         raise protocol_error("tensor byte length does not match dtype and shape")
     offset = meta_end + (-meta_end % TENSOR_ALIGN)
@@ -481,6 +554,40 @@ def _decode_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tupl
     if offset != meta_end and view[meta_end:offset] != _ZEROS[: offset - meta_end]:
         raise protocol_error("non-zero tensor padding")
     return offset + nbytes, Tensor(name, _array(view, dims, dt, offset)), (offset, name, dt, dims)
+
+
+def _decode_strings(view: memoryview, name: str, dims: tuple[int, ...], count: int, nbytes: int, meta_end: int,
+                    end: int, limits: Limits) -> tuple[int, Tensor, None]:
+    """A string tensor's data (after its metadata): ``count`` u32 lengths, then the UTF-8 bytes.
+    Bounds (element count, bytes per tensor, bytes per element) are checked from the metadata and
+    the length table, all of them before a single element is decoded."""
+    if count > limits.max_strings:
+        raise TeeError(f"string tensor with {count} elements, more than {limits.max_strings}", code=STRING_TOO_MANY)
+    total = nbytes - 4 * count
+    if total < 0:
+        raise TeeError("string tensor shorter than its length table", code=STRING_INVALID)
+    if total > limits.max_string_total:
+        raise TeeError(f"string tensor of {total} bytes, more than {limits.max_string_total}", code=STRING_TOO_LARGE)
+    offset = meta_end + (-meta_end % TENSOR_ALIGN)
+    if offset + nbytes > end:
+        raise _past_end()
+    if offset != meta_end and view[meta_end:offset] != _ZEROS[: offset - meta_end]:
+        raise protocol_error("non-zero tensor padding")
+    out = np.empty(count, dtype=object)
+    if count:
+        lengths = np.frombuffer(view, "<u4", count, offset)
+        if int(lengths.max()) > limits.max_string_bytes:
+            raise TeeError(f"string element longer than {limits.max_string_bytes} bytes", code=STRING_TOO_LONG)
+        if int(lengths.sum(dtype=np.uint64)) != total:
+            raise TeeError("string lengths do not add up to the tensor's byte length", code=STRING_INVALID)
+        pos = offset + 4 * count
+        try:
+            for i, n in enumerate(lengths.tolist()):
+                out[i] = str(view[pos:pos + n], "utf-8", "strict")
+                pos += n
+        except UnicodeDecodeError as exc:
+            raise TeeError(f"string tensor {name[:60]!r} is not UTF-8", code=STRING_INVALID) from exc
+    return offset + nbytes, Tensor(name, out.reshape(dims)), None
 
 
 def _array(view: memoryview, dims: tuple[int, ...], dt: np.dtype[Any], offset: int) -> npt.NDArray[Any]:
@@ -613,6 +720,14 @@ def encode_tensors(mtype: int, op: int, request_id: int, session: int, command: 
         phase = (size + len(head)) % TENSOR_ALIGN
         hit = _TENSOR_META.get((phase, name, arr.dtype, arr.shape))  # _tensor_meta's hit path, inline
         if hit is None or hit[1] > limits.max_name or hit[2] > limits.max_ndim:
+            if arr.dtype.kind in _STRING_KINDS:  # never memoised, so only ever reached here
+                meta, table, data = _encode_strings(phase, name, arr, limits)
+                parts.append(head + meta)
+                parts.append(table)
+                parts.append(data)
+                size += len(head) + len(meta) + len(table) + len(data)
+                head = b""
+                continue
             head += _tensor_meta(phase, name, arr, limits)
         else:
             head += hit[0]
