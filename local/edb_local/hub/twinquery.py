@@ -16,7 +16,7 @@ from typing import Any
 from edb_local.hub import errors
 from edb_local.hub.errors import HubError
 from edb_local.hub.query.evaluate import UNDEFINED, check_functions, lookup_path, matches
-from edb_local.hub.query.expr import Node, QuerySyntaxError, Token, parse_prefix, tokenize
+from edb_local.hub.query.expr import Node, QuerySyntaxError, TokenCursor, parse_prefix, tokenize
 
 
 @dataclass(frozen=True)
@@ -38,28 +38,7 @@ def _fail(message: str) -> HubError:
     return HubError(message, code=errors.QUERY_INVALID)
 
 
-class _Cursor:
-    def __init__(self, tokens: list[Token]) -> None:
-        self.tokens = tokens
-        self.pos = 0
-
-    def peek(self) -> Token:
-        return self.tokens[self.pos]
-
-    def keyword(self, word: str) -> bool:
-        token = self.peek()
-        if token.kind == "NAME" and token.text.upper() == word:
-            self.pos += 1
-            return True
-        return False
-
-    def op(self, symbol: str) -> bool:
-        token = self.peek()
-        if token.kind == "OP" and token.text == symbol:
-            self.pos += 1
-            return True
-        return False
-
+class _Cursor(TokenCursor):
     def name(self) -> str:
         token = self.peek()
         if token.kind != "NAME":

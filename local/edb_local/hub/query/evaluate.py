@@ -176,25 +176,18 @@ def evaluate(node: Node, resolve: Resolver) -> Any:
         return resolve(node.parts)
     if isinstance(node, Binary):
         op = node.op
-        if op == "AND":
+        if op in ("AND", "OR"):
+            # three-valued logic: an operand equal to the dominant value (false for AND, true for OR)
+            # decides; both operands the other boolean give that boolean; anything else is undefined
+            dominant = op == "OR"
             left = evaluate(node.left, resolve)
-            if left is False:
-                return False
+            if left is dominant:
+                return dominant
             right = evaluate(node.right, resolve)
-            if right is False:
-                return False
-            if left is True and right is True:
-                return True
-            return UNDEFINED
-        if op == "OR":
-            left = evaluate(node.left, resolve)
-            if left is True:
-                return True
-            right = evaluate(node.right, resolve)
-            if right is True:
-                return True
-            if left is False and right is False:
-                return False
+            if right is dominant:
+                return dominant
+            if left is (not dominant) and right is (not dominant):
+                return not dominant
             return UNDEFINED
         left = evaluate(node.left, resolve)
         if op in ("IN", "NIN"):

@@ -162,11 +162,13 @@ def tokenize(text: str) -> list[Token]:
 _COMPARISONS = {"=", "!=", "<>", "<", "<=", ">", ">="}
 
 
-class _Parser:
+class TokenCursor:
+    """A position in a token list and the one-token look-ahead steps of both parsers: WHERE
+    expressions here, and the SELECT ... FROM clauses of twin queries (edb_local.hub.twinquery)."""
+
     def __init__(self, tokens: list[Token]) -> None:
         self.tokens = tokens
         self.pos = 0
-        self.depth = 0
 
     def peek(self) -> Token:
         return self.tokens[self.pos]
@@ -194,6 +196,12 @@ class _Parser:
         if not self.op(symbol):
             token = self.peek()
             raise QuerySyntaxError(f"expected {symbol!r} at {token.pos}, found {token.text or 'end'!r}")
+
+
+class _Parser(TokenCursor):
+    def __init__(self, tokens: list[Token]) -> None:
+        super().__init__(tokens)
+        self.depth = 0
 
     def _enter(self) -> None:
         self.depth += 1
