@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edb.attestation.errors import AttestationError
@@ -122,23 +122,33 @@ class KeyReleaseService:
 
     # -- POST /api/release -----------------------------------------------------------------------
 
-    async def release(self, request: ApiRequest) -> ApiResponse:
+    async def _audited(self, record: AuditRecord, handle: Callable[[], Awaitable[ApiResponse]]) -> ApiResponse:
+        """``handle()``'s answer, or a denial's; either way one audit line with the decision, code and time."""
         started = time.perf_counter()
-        record = AuditRecord(event="release", remote=request.remote)
         try:
-            body = await self._release(request, record)
+            response = await handle()
             record.decision, record.code = "allow", codes.OK
-            return ok(body)
+            return response
         except Denied as denial:
             record.decision, record.code = ("error" if denial.status >= 500 else "deny"), denial.code
             return ApiResponse.from_denial(denial)
-        except Exception as exc:  # fail closed, never leak internals to the caller
-            log.error("release failed unexpectedly: %s", type(exc).__name__, exc_info=True)
-            record.decision, record.code = "error", codes.INTERNAL
-            return ApiResponse.from_denial(Denied(codes.INTERNAL, "internal error"))
         finally:
             record.ms = round((time.perf_counter() - started) * 1000, 2)
             self.audit.write(record)
+
+    async def release(self, request: ApiRequest) -> ApiResponse:
+        record = AuditRecord(event="release", remote=request.remote)
+
+        async def handle() -> ApiResponse:
+            try:
+                return ok(await self._release(request, record))
+            except Denied:
+                raise
+            except Exception as exc:  # fail closed, never leak internals to the caller
+                log.error("release failed unexpectedly: %s", type(exc).__name__, exc_info=True)
+                raise Denied(codes.INTERNAL, "internal error") from None
+
+        return await self._audited(record, handle)
 
     async def _release(self, request: ApiRequest, record: AuditRecord) -> dict[str, Any]:
         req = parse_release_request(request.body)
@@ -189,8 +199,8 @@ class KeyReleaseService:
 
     async def legacy_wrap_key(self, request: ApiRequest) -> ApiResponse:
         record = AuditRecord(event="legacy-wrap", remote=request.remote)
-        started = time.perf_counter()
-        try:
+
+        async def handle() -> ApiResponse:
             self._legacy_gate(request)
             name, client_key = parse_wrap_request(request.body)
             record.package = name
@@ -199,32 +209,22 @@ class KeyReleaseService:
                 raise Denied(codes.LEGACY_KEY_NOT_FOUND, "no class key with this name")
             wrapped = wrap_class_key(class_key, client_key)
             del class_key
-            record.decision, record.code = "allow", codes.OK
             return ok({"wrapped_key": wrapped})
-        except Denied as denial:
-            record.decision, record.code = ("error" if denial.status >= 500 else "deny"), denial.code
-            return ApiResponse.from_denial(denial)
-        finally:
-            record.ms = round((time.perf_counter() - started) * 1000, 2)
-            self.audit.write(record)
+
+        return await self._audited(record, handle)
 
     async def legacy_provision_key(self, request: ApiRequest) -> ApiResponse:
         record = AuditRecord(event="legacy-provision", remote=request.remote)
-        started = time.perf_counter()
-        try:
+
+        async def handle() -> ApiResponse:
             self._legacy_gate(request)
             name = check_key_name(request.route_params.get("key_name"))
             record.package = name
             created = await self.vault.provision_legacy_key(name)
-            record.decision, record.code = "allow", codes.OK
             return ApiResponse(201 if created else 200, {"key_name": name, "created": created},
                                {"Cache-Control": "no-store"})
-        except Denied as denial:
-            record.decision, record.code = ("error" if denial.status >= 500 else "deny"), denial.code
-            return ApiResponse.from_denial(denial)
-        finally:
-            record.ms = round((time.perf_counter() - started) * 1000, 2)
-            self.audit.write(record)
+
+        return await self._audited(record, handle)
 
 
 def make_credential(config: ServiceConfig) -> Any:
