@@ -145,22 +145,32 @@ class KeyReleaseClient:
         return jwe
 
     def _post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            response = self.session.post(
-                self.base_url + path, json=payload, timeout=(self.connect_timeout_s, self.read_timeout_s),
-                verify=self.ca_bundle if self.ca_bundle else True, stream=True,
-            )
-            raw = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ReleaseFailed(f"key release service unreachable ({type(exc).__name__})", code=UNREACHABLE,
-                                retryable=True) from exc
-        response.close()
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise ReleaseFailed("response too large", code=BAD_RESPONSE, status=response.status_code)
-        body = _json_object(raw)
-        if response.status_code == 200 and body is not None:
-            return body
-        raise _failure_from(response.status_code, body, response.headers.get("Retry-After"))
+        return post_json(self.session, self.base_url + path, payload, what="key release service",
+                         timeout=(self.connect_timeout_s, self.read_timeout_s), ca_bundle=self.ca_bundle,
+                         max_bytes=MAX_RESPONSE_BYTES)
+
+
+def post_json(session: requests.Session, url: str, payload: Mapping[str, Any], *, what: str,
+              timeout: tuple[float, float], ca_bundle: str | None, max_bytes: int,
+              headers: Mapping[str, str] | None = None, allow_redirects: bool = True) -> dict[str, Any]:
+    """POST ``payload`` as JSON; the JSON object of a 200 answer of at most ``max_bytes``. Otherwise a
+    :class:`ReleaseFailed`: ``what`` unreachable (retryable), too large, or the service's own error."""
+    try:
+        # the CA goes with the request: requests would let REQUESTS_CA_BUNDLE replace a session's
+        response = session.post(url, json=payload, headers=headers, timeout=timeout,
+                                verify=ca_bundle if ca_bundle else True, stream=True,
+                                allow_redirects=allow_redirects)
+        raw = response.raw.read(max_bytes + 1, decode_content=True)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ReleaseFailed(f"{what} unreachable ({type(exc).__name__})", code=UNREACHABLE,
+                            retryable=True) from exc
+    response.close()
+    if len(raw) > max_bytes:
+        raise ReleaseFailed("response too large", code=BAD_RESPONSE, status=response.status_code)
+    body = _json_object(raw)
+    if response.status_code == 200 and body is not None:
+        return body
+    raise _failure_from(response.status_code, body, response.headers.get("Retry-After"))
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:

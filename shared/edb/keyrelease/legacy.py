@@ -20,9 +20,8 @@ import binascii
 from dataclasses import dataclass, field
 
 import requests
-import urllib3
 
-from edb.keyrelease.client import BAD_RESPONSE, UNREACHABLE, ReleaseFailed, _failure_from, _json_object
+from edb.keyrelease.client import BAD_RESPONSE, ReleaseFailed, post_json
 
 WRAP_PATH = "/api/WrapKey"
 MAX_RESPONSE_BYTES = 16 * 1024
@@ -48,22 +47,9 @@ class LegacyWrapClient:
         """The class key named ``key_name``, wrapped to ``client_public_key_der``, as base64."""
         headers = {"x-functions-key": self.function_key} if self.function_key else {}
         payload = {"key_name": key_name, "client_public_key": base64.b64encode(client_public_key_der).decode()}
-        try:
-            # the CA goes with the request: requests would let REQUESTS_CA_BUNDLE replace a session's
-            response = self.session.post(self.url, json=payload, headers=headers,
-                                         timeout=(self.connect_timeout_s, self.read_timeout_s),
-                                         verify=self.ca_bundle if self.ca_bundle else True, stream=True,
-                                         allow_redirects=False)
-            raw = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ReleaseFailed(f"legacy wrap endpoint unreachable ({type(exc).__name__})", code=UNREACHABLE,
-                                retryable=True) from exc
-        response.close()
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise ReleaseFailed("response too large", code=BAD_RESPONSE, status=response.status_code)
-        body = _json_object(raw)
-        if response.status_code != 200 or body is None:
-            raise _failure_from(response.status_code, body, response.headers.get("Retry-After"))
+        body = post_json(self.session, self.url, payload, what="legacy wrap endpoint",
+                         timeout=(self.connect_timeout_s, self.read_timeout_s), ca_bundle=self.ca_bundle,
+                         max_bytes=MAX_RESPONSE_BYTES, headers=headers, allow_redirects=False)
         wrapped = body.get("wrapped_key")
         if not isinstance(wrapped, str) or not 0 < len(wrapped) <= MAX_WRAPPED_CHARS:
             raise ReleaseFailed("legacy wrap response carries no wrapped_key", code=BAD_RESPONSE, status=200)
