@@ -100,16 +100,20 @@ class NoRelease:
         raise AssertionError("no key may be asked for")
 
 
+def _dropped(tmp_path: Path, data: bytes, version: str) -> tuple[Path, DesiredPackage]:
+    """``data`` as ``<tmp>/drop/p.cpk`` (a ``file:`` source) and the twin entry naming it digits ``version``."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "p.cpk").write_bytes(data)
+    return drop, DesiredPackage("digits", version, f"file://{drop}/p.cpk", hashlib.sha256(data).hexdigest(), len(data))
+
+
 @pytest.mark.parametrize(("package_id", "signed"), [("other-model", True), ("Digits", True), ("OTHER", False)])
 async def test_a_package_signed_as_another_package_is_refused_before_key_release(
         tmp_path: Path, package_id: str, signed: bool) -> None:
-    drop = tmp_path / "drop"
-    drop.mkdir()
     data = b"package bytes the TEE authenticates"
-    (drop / "p.cpk").write_bytes(data)
-    sha = hashlib.sha256(data).hexdigest()
-    package = DesiredPackage("digits", "2.0.0", f"file://{drop}/p.cpk", sha, len(data))
-    tee, release = RecordingTee(Ticket(package_id, "2.0.0", sha, signed)), NoRelease()
+    drop, package = _dropped(tmp_path, data, "2.0.0")
+    tee, release = RecordingTee(Ticket(package_id, "2.0.0", package.sha256, signed)), NoRelease()
     deps = InstallDeps(tee, release, DownloadSettings(tmp_path / "cache", (drop,)))
     states: list[PackageState] = []
 
@@ -125,13 +129,8 @@ async def test_a_package_signed_as_another_package_is_refused_before_key_release
 
 
 async def test_a_v1_cp_id_matches_case_insensitively(tmp_path: Path) -> None:
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    data = b"v1 package"
-    (drop / "p.cpk").write_bytes(data)
-    sha = hashlib.sha256(data).hexdigest()
-    package = DesiredPackage("digits", "1.0.0", f"file://{drop}/p.cpk", sha, len(data))
-    tee = RecordingTee(Ticket("DIGITS", "1.0.0", sha, signed=False))
+    drop, package = _dropped(tmp_path, b"v1 package", "1.0.0")
+    tee = RecordingTee(Ticket("DIGITS", "1.0.0", package.sha256, signed=False))
     deps = InstallDeps(tee, NoRelease(), DownloadSettings(tmp_path / "cache", (drop,)))
 
     async def on_state(state: PackageState, svn: int | None) -> None:
