@@ -1,14 +1,16 @@
 """The opened device state and the TEE core behind the trusted apps.
 
 :func:`open_device_state` takes the device directory's lock (one TEE per device), reads the HUK,
-derives the key hierarchy, authenticates the replay-protected store, unseals the identity and
-computes the measurement. :class:`TeeCore` is what the trusted apps call; it has no socket code,
-so tests can drive it in-process.
+derives the key hierarchy, authenticates the replay-protected store, checks it against the headers
+of the sealed objects (:mod:`edb_tee.integrity`: ``TEE_STATE_ROLLED_BACK`` if it is older than an
+object written after it), unseals the identity and computes the measurement. :class:`TeeCore` is
+what the trusted apps call; it has no socket code, so tests can drive it in-process.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from edb.errors import TeeError
 from edb.tee import errors as E
 from edb.tee.commands import DEVICE_TA, INSTALLER_TA
 from edb.tee.types import DeviceInfo, Evidence, InstalledPackage, ModelHandle
-from edb_tee import hardening
+from edb_tee import hardening, integrity
 from edb_tee.config import TeeConfig
 from edb_tee.identity import IDENTITY_OBJECT, DeviceIdentity
 from edb_tee.install import InstallEngine, model_object
@@ -31,6 +33,8 @@ from edb_tee.models import ModelManager, choose_prepack
 from edb_tee.paths import DeviceLayout, check_device_id
 from edb_tee.rpmb import ReplayProtectedStore
 from edb_tee.storage import SecureStorage
+
+log = logging.getLogger("edb_tee.core")
 
 
 @dataclass
@@ -69,6 +73,7 @@ def open_device_state(layout: DeviceLayout) -> DeviceState:
         del huk
         rpmb = ReplayProtectedStore(layout.rpmb, keys.rpmb_key)
         storage = SecureStorage(layout.objects, keys, rpmb)
+        check_integrity(rpmb, storage)
         identity = DeviceIdentity.from_sealed_bytes(storage.read(DEVICE_TA, IDENTITY_OBJECT))
         if identity.device_id != device_id:
             raise TeeError("sealed identity belongs to another device", code=E.SEALED_NAME_MISMATCH)
@@ -76,6 +81,24 @@ def open_device_state(layout: DeviceLayout) -> DeviceState:
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+def check_integrity(rpmb: ReplayProtectedStore, storage: SecureStorage) -> integrity.Verdict:
+    """Run the start-up check (``TEE_STATE_ROLLED_BACK``) and apply its verdict: raise the floors the
+    sealed objects prove in one replay-protected write, then remove the files of an uncommitted
+    write and any other stale generation (the sweep)."""
+    verdict = integrity.check_state(rpmb.read(), storage.scan())
+    if verdict.raise_floors:
+        log.warning("rollback floors raised to what sealed objects prove (an interrupted install, or a "
+                    "replay-protected store replayed by one write): %s", verdict.raise_floors)
+        raised = verdict.raise_floors
+        rpmb.commit(lambda state: state.floors.update(
+            {p: max(state.floors.get(p, 0), f) for p, f in raised.items()}))
+    if verdict.unaccounted:
+        log.warning("%d sealed object(s) listed by the replay-protected store are missing or not the recorded "
+                    "generation; reading them will fail", len(verdict.unaccounted))
+    storage.sweep()
+    return verdict
 
 
 class TeeCore:

@@ -333,12 +333,15 @@ class InstallEngine:
             if floor is not None and t.security_version < floor:
                 raise PackageError(f"security version {t.security_version} is below the floor {floor}",
                                    code=ROLLBACK)
+            # what the commit will raise, recorded in the sealed header (edb_tee.integrity); the
+            # commit lock keeps every other floor change out until then
+            floors = {t.package_id: max(floor or 0, t.security_version)} if t.format == FORMAT_V2 else {}
             buf = SecureBuffer(size)
             writer: ObjectWriter | None = None
             try:
                 if stream_seal:
                     writer = cleanup.enter_context(
-                        self.state.storage.writer(INSTALLER_TA, model_object(t.name), size))
+                        self.state.storage.writer(INSTALLER_TA, model_object(t.name), size, floors=floors))
                     _fill_and_seal(buf, fill, writer)
                 else:
                     fill(buf, None)
@@ -354,13 +357,13 @@ class InstallEngine:
             prepack = choose_prepack(None, buf.size, self.state.config.measured.prepack_max_bytes)
             model = self.models.make(t.name, t.version, t.package_id, buf, prepack=prepack)
             try:
-                return self._seal(t, model, writer, started, decrypted)
+                return self._seal(t, model, writer, floors, started, decrypted)
             except BaseException:
                 model.close()
                 raise
 
-    def _seal(self, t: Transaction, model: LoadedModel, writer: ObjectWriter | None, started: float,
-              decrypted: float) -> InstallSummary:
+    def _seal(self, t: Transaction, model: LoadedModel, writer: ObjectWriter | None, floors: dict[str, int],
+              started: float, decrypted: float) -> InstallSummary:
         previous = self.state.rpmb.read().installed.get(t.name)
         record = {"packageId": t.package_id, "version": t.version, "securityVersion": t.security_version,
                   "size": model.buffer.size, "sha256": t.sha256, "payloadSha256": t.payload_sha256,
@@ -383,7 +386,8 @@ class InstallEngine:
             else:
                 writer.remove_previous()
         else:
-            self.state.storage.write(INSTALLER_TA, model_object(t.name), model.buffer.view(), also=commit)
+            self.state.storage.write(INSTALLER_TA, model_object(t.name), model.buffer.view(), also=commit,
+                                     floors=floors)
         self.models.keep_warm(model)
         done = time.monotonic()
         log.info("installed %s: %s %s (svn %d) in %.0f ms (decrypt%s %.0f ms, validate and commit %.0f ms)", t.name,

@@ -8,9 +8,12 @@ RPMB key can write, so an old image can never be replayed. Here the record is a 
 - editing it is caught (``TEE_RPMB_TAMPERED``): nobody without the HUK can recompute the MAC;
 - replacing it with an older copy *while the service runs* is caught (``TEE_RPMB_ROLLBACK``): the
   service keeps the counter in memory and checks the file against it before every write;
-- replacing the whole device directory (this record and the sealed objects together) with an older
-  copy *while the service is stopped* is NOT caught: a restarted process has nothing newer to
-  compare with. That is exactly what RPMB hardware (or a TPM NV counter) adds.
+- replacing it with an older copy *while the service is stopped* is caught at start-up when a
+  sealed object written after that copy is still there (its header carries the write counter:
+  :mod:`edb_tee.integrity`, ``TEE_STATE_ROLLED_BACK``, or the floors restored from it);
+- replacing the whole device directory (this record and the sealed objects together), or this
+  record while deleting every object written after it, is NOT caught: a restarted process has
+  nothing newer to compare with. That is exactly what RPMB hardware (or a TPM NV counter) adds.
 """
 
 from __future__ import annotations
@@ -103,6 +106,12 @@ class ReplayProtectedStore:
     def read(self) -> RpmbState:
         with self._lock:
             return copy.deepcopy(self._state)
+
+    @property
+    def counter(self) -> int:
+        """The write counter of the last commit (no copy of the record)."""
+        with self._lock:
+            return self._state.counter
 
     def commit(self, mutate: Callable[[RpmbState], None]) -> RpmbState:
         """Apply ``mutate`` to a copy, bump the counter, write atomically, then adopt it."""

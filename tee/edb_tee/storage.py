@@ -16,12 +16,12 @@ disk is started at once, so the fsync before the commit finds little left to do.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
+import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +29,7 @@ from edb.errors import TeeError
 from edb.tee.errors import SEALED_MISSING, SEALED_ROLLBACK
 from edb_tee import sealed
 from edb_tee.hardening import SecureBuffer
+from edb_tee.integrity import SealedFile, object_key, object_slot
 from edb_tee.keys import KeyHierarchy
 from edb_tee.paths import fsync_dir
 from edb_tee.rpmb import ReplayProtectedStore, RpmbState
@@ -40,9 +41,8 @@ Mutation = Callable[[RpmbState], None]
 #: it without waiting, unlike fsync), so writing overlaps with whatever produces the plaintext.
 WRITEBACK_STEP = 8 * 1024 * 1024
 
-
-def _key(ta: uuid.UUID, name: str) -> str:
-    return f"{ta}/{name}"
+_OBJECT_FILE = re.compile(r"^([0-9a-f]{32})\.([0-9]+)\.sobj$")
+_key = object_key
 
 
 class SecureStorage:
@@ -52,8 +52,7 @@ class SecureStorage:
         self.rpmb = rpmb
 
     def _path(self, ta: uuid.UUID, name: str, gen: int) -> Path:
-        slot = hashlib.sha256(name.encode()).hexdigest()[:32]
-        return self.dir / str(ta) / f"{slot}.{gen}.sobj"
+        return self.dir / str(ta) / f"{object_slot(name)}.{gen}.sobj"
 
     def generation(self, ta: uuid.UUID, name: str) -> int | None:
         rec = self.rpmb.read().objects.get(_key(ta, name))
@@ -61,21 +60,29 @@ class SecureStorage:
 
     # -- write -------------------------------------------------------------------------------
 
-    def write(self, ta: uuid.UUID, name: str, data: memoryview | bytes, also: Mutation | None = None) -> int:
-        """Seal ``data`` as the next generation of (ta, name) and commit it together with ``also``."""
+    def write(self, ta: uuid.UUID, name: str, data: memoryview | bytes, also: Mutation | None = None,
+              *, floors: Mapping[str, int] | None = None) -> int:
+        """Seal ``data`` as the next generation of (ta, name) and commit it together with ``also``
+        (``floors``: the rollback floors that ``also`` raises, recorded in the sealed header)."""
         src = memoryview(data).cast("B")
-        with self.writer(ta, name, len(src)) as writer:
+        with self.writer(ta, name, len(src), floors=floors) as writer:
             writer.advance(src, len(src))
             gen = writer.commit(also)
         writer.remove_previous()
         return gen
 
-    def writer(self, ta: uuid.UUID, name: str, size: int) -> ObjectWriter:
+    def writer(self, ta: uuid.UUID, name: str, size: int, *,
+               floors: Mapping[str, int] | None = None) -> ObjectWriter:
         """Seal ``size`` bytes as the next generation of (ta, name), piece by piece (see :class:`ObjectWriter`).
 
-        The caller serialises writers of one object (the install lock does for models)."""
+        The header records the store's write counter this object's commit will produce (the
+        current one plus one; a lower bound if another commit comes first) and ``floors``, the
+        rollback floors that commit raises: what the object proves at start-up
+        (:mod:`edb_tee.integrity`). The caller serialises writers of one object (the install lock
+        does for models)."""
         current = self.generation(ta, name)
-        return ObjectWriter(self, ta, name, (current or 0) + 1, current, size)
+        return ObjectWriter(self, ta, name, (current or 0) + 1, current, size,
+                            ctr=self.rpmb.counter + 1, floors=floors)
 
     def delete(self, ta: uuid.UUID, name: str, also: Mutation | None = None) -> None:
         current = self.generation(ta, name)
@@ -140,6 +147,34 @@ class SecureStorage:
 
     # -- housekeeping ------------------------------------------------------------------------
 
+    def scan(self) -> list[SealedFile]:
+        """Every sealed-object file with its authenticated header (``None`` if it does not
+        authenticate under its directory's trusted-app key): the input of the start-up integrity
+        check. Reads only headers; temporary files of unfinished writes are not listed."""
+        found: list[SealedFile] = []
+        if not self.dir.exists():
+            return found
+        for ta_dir in sorted(self.dir.iterdir()):
+            try:
+                ta = uuid.UUID(ta_dir.name)
+            except ValueError:
+                continue
+            if not ta_dir.is_dir():
+                continue
+            tsk = self.keys.tsk(ta)
+            for f in sorted(ta_dir.iterdir()):
+                m = _OBJECT_FILE.fullmatch(f.name)
+                if m is None or not f.is_file():
+                    continue
+                try:
+                    with open(f, "rb") as fh:
+                        opened = sealed.open_header(fh, tsk)
+                except (OSError, TeeError):
+                    found.append(SealedFile(str(f), ta, m[1], int(m[2]), None))
+                    continue
+                found.append(SealedFile(str(f), ta, m[1], int(m[2]), opened.header, opened.header_sha256))
+        return found
+
     def sweep(self) -> int:
         """Remove files of no current generation (left by a crash between write and commit)."""
         current = {self._path(uuid.UUID(k.split("/", 1)[0]), k.split("/", 1)[1], int(v["gen"]))
@@ -170,7 +205,7 @@ class ObjectWriter:
     removes the temporary file: nothing changes."""
 
     def __init__(self, storage: SecureStorage, ta: uuid.UUID, name: str, gen: int, previous: int | None,
-                 size: int) -> None:
+                 size: int, *, ctr: int = 0, floors: Mapping[str, int] | None = None) -> None:
         self._storage = storage
         self._ta, self._name, self._gen, self._previous = ta, name, gen, previous
         self.path = storage._path(ta, name, gen)
@@ -180,7 +215,8 @@ class ObjectWriter:
         self._fh: BinaryIO = os.fdopen(fd, "wb")
         self._committed = False
         try:
-            self._seal = sealed.SealWriter(self._fh, storage.keys.tsk(ta), ta, name, gen, size)
+            self._seal = sealed.SealWriter(self._fh, storage.keys.tsk(ta), ta, name, gen, size, ctr=ctr,
+                                           floors=floors)
         except BaseException:
             self._discard()
             raise
