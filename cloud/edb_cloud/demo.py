@@ -70,6 +70,16 @@ def _edb(*args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]
                           timeout=timeout, check=False)
 
 
+def _edb_local(command: str, state_dir: Path, timeout: float) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """``edb local <command> --json`` and the status object it prints on its last line."""
+    out = _edb("local", command, "--state-dir", str(state_dir), "--json", timeout=timeout)
+    try:
+        return out, json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise StepFailed(f"`edb local {command}` printed no status (exit {out.returncode}): "
+                         f"{out.stderr[-300:]}") from None
+
+
 def _wait(what: str, check: Callable[[], Any], timeout: float, poll: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -169,11 +179,7 @@ class Demo:
         return f"state in {self.state_dir}; publisher root {pki.root_cert}"
 
     def stack_up(self) -> str:
-        out = _edb("local", "up", "--state-dir", str(self.state_dir), "--json", timeout=240)
-        try:
-            doc = json.loads(out.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise StepFailed(f"`edb local up` printed no status (exit {out.returncode}): {out.stderr[-300:]}") from None
+        out, doc = _edb_local("up", self.state_dir, timeout=240)
         bad = [c["name"] for c in doc.get("components", []) if c.get("state") != "running"]
         if out.returncode != 0 or not doc.get("ok") or bad:
             raise StepFailed(f"components not running: {bad or doc}")
@@ -406,11 +412,7 @@ class Demo:
                 f"v2 still installed and answering")
 
     def stack_down(self) -> str:
-        out = _edb("local", "down", "--state-dir", str(self.state_dir), "--json", timeout=120)
-        try:
-            doc = json.loads(out.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise StepFailed(f"`edb local down` printed no status: {out.stderr[-300:]}") from None
+        _, doc = _edb_local("down", self.state_dir, timeout=120)
         running = [c["name"] for c in doc.get("components", []) if c.get("state") not in ("stopped", "not installed")]
         leftovers = [p.name for p in (self.state_dir / "run").glob("*.pid")] if (self.state_dir / "run").exists() \
             else []
