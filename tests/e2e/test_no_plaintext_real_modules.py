@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import signal
 import tempfile
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 import onnx
 import pytest
 from cryptography import x509
-from e2e_stack import DEVICE, INSTALLER, NAME, RUNNER, E2EStack, wait_for
+from e2e_stack import DEVICE, INSTALLER, NAME, RUNNER, E2EStack, edb, wait_for
 from onnx import TensorProto, helper, numpy_helper
 
 from edb.schemas import PackageState
@@ -254,7 +255,13 @@ def test_no_plaintext_or_key_outside_the_tee(stack_dir: Path, tmp_path: Path, mo
     wait_for("the model to be reloaded in the restarted TEE", lambda: tee_loaded(stack), 30)
     wait_for("the runner to answer again", lambda: served(stack) >= before + 5, 30)
 
+    # the one-user stack runs on the single-uid allow-list: its status says the roles are not separated
+    status = json.loads(edb("local", "status", "--state-dir", str(stack_dir), "--json").stdout)
+    tee_row = next(c for c in status["components"] if c["name"] == "tee")
+    assert tee_row["state"] == "running" and "single uid" in tee_row["detail"], tee_row
+
     log = (stack_dir / "logs" / "tee.log").read_bytes()
+    assert b"development default" in log  # ... and so does the TEE's start-up log
     assert log.count(b"listening on") >= 2  # both runs of the TEE are in this log
     assert index.find(log) is None
     secrets = [("DEK", dek)] + [(f"sealed-storage key {i}", k) for i, k in enumerate(sealed_storage_keys(

@@ -198,7 +198,22 @@ def _tee_command(ctx: StackContext) -> list[str]:
 
 
 def _tee_health(ctx: StackContext) -> Health:
-    return unix_socket_accepts(ctx.tee_socket)
+    health = unix_socket_accepts(ctx.tee_socket)
+    return Health(health.ok, f"{health.detail}; {_tee_access(ctx)}")
+
+
+def _tee_access(ctx: StackContext) -> str:
+    """Who may use the TEE (the allow-list it was started with): the local stack keeps the
+    single-uid development default, which does not separate the installer and runner roles."""
+    from edb.errors import EdbError
+    from edb_tee.access import summary
+    from edb_tee.paths import DeviceLayout
+    from edb_tee.provisioning import read_access
+
+    try:
+        return summary(read_access(DeviceLayout(ctx.device_dir)))
+    except EdbError as exc:
+        return f"allow-list unknown ({exc.code})"
 
 
 # -- edge agent ------------------------------------------------------------------------------------
