@@ -86,6 +86,9 @@ def test_access_changes_only_while_the_service_is_stopped(make_device) -> None:
         assert read_access(layout).single_uid() == os.getuid()  # nothing changed
         log = tee.log.read_text()
         assert "single uid" in log and "development default" in log  # the start-up log says so
+        info = edb("tee", "info", "--device-dir", str(layout.root))
+        assert info.returncode == 0, info.stderr
+        assert json.loads(info.stdout)["access"]["mode"] == "single-uid"  # ... and `edb tee info`
     finally:
         tee.stop()
     out = edb("device", "access", "set", "--device-id", layout.root.name, "--state-dir", state,
