@@ -362,7 +362,6 @@ class Demo:
         from edb.cpk import open_package
         from edb_cloud.blob import publish_blob
         from edb_cloud.releases import Release
-        from edb_cloud.rollout import rollout_to_device, wait_for_install
 
         source = self.s.packages[V2]
         tampered = source.with_name(f"{NAME}-{V2}-tampered.cpk")
@@ -377,34 +376,34 @@ class Demo:
                           connection_string=self.s.config.blob_connection_string,
                           container=self.s.config.blob_container, connection_verify=self.s.config.connection_verify())
         release = Release(NAME, NAME, V2, 2, up.url, up.sha256, up.size, up.blob, "")
-        self._poll_upstream()
-        mark = self.s.since
-        rollout_to_device(self.s.hub, self.s.device_id, release)
-        outcome = wait_for_install(self.s.hub, self.s.device_id, release, timeout_s=60, poll_s=0.25)
-        reported = outcome.reported
-        code = reported.error.code if reported and reported.error else None
-        if outcome.state != "failed" or reported is None or reported.error is None or code not in TAMPER_CODES:
-            raise StepFailed(f"tampered package: {outcome.state} {code}")
+        reported, code, mark = self._refused(release, "tampered package", TAMPER_CODES)
         if reported.installed_version != V2 or self._serving() != V2:
             raise StepFailed("the serving version was disturbed")
-        _wait("a tamper alert upstream", lambda: [a for a in alerts(self._poll_upstream(), "tamper", TAMPER_CODES)
-                                                  if a.seq > mark], 20)
+        self._alert_since("tamper", TAMPER_CODES, mark)
         return f"refused with {code} ({reported.error.message}); alert tamper upstream; v2 installed and serving"
 
-    def rollback(self) -> str:
+    def _refused(self, release: Any, what: str, codes: frozenset[str]) -> tuple[Any, str, int]:
+        """Roll ``release`` out to the device, which must refuse it with one of ``codes``: the reported
+        package, the code, and the upstream position from before the rollout."""
         from edb_cloud.rollout import rollout_to_device, wait_for_install
 
         self._poll_upstream()
         mark = self.s.since
-        release = self._release(V1)
         rollout_to_device(self.s.hub, self.s.device_id, release)
         outcome = wait_for_install(self.s.hub, self.s.device_id, release, timeout_s=60, poll_s=0.25)
         reported = outcome.reported
         code = reported.error.code if reported and reported.error else None
-        if outcome.state != "failed" or reported is None or reported.error is None or code not in ROLLBACK_CODES:
-            raise StepFailed(f"rollback: {outcome.state} {code}")
-        _wait("a rollback alert upstream", lambda: [a for a in alerts(self._poll_upstream(), "rollback", ROLLBACK_CODES)
-                                                    if a.seq > mark], 20)
+        if outcome.state != "failed" or reported is None or reported.error is None or code not in codes:
+            raise StepFailed(f"{what}: {outcome.state} {code}")
+        return reported, code, mark
+
+    def _alert_since(self, kind: str, codes: frozenset[str], mark: int) -> None:
+        _wait(f"a {kind} alert upstream", lambda: [a for a in alerts(self._poll_upstream(), kind, codes)
+                                                   if a.seq > mark], 20)
+
+    def rollback(self) -> str:
+        reported, code, mark = self._refused(self._release(V1), "rollback", ROLLBACK_CODES)
+        self._alert_since("rollback", ROLLBACK_CODES, mark)
         _wait(f"answers from {NAME}@{V2} after the refusals", lambda: self._metrics_for(f"{NAME}@{V2}", mark), 20)
         if self._serving() != V2:
             raise StepFailed("v2 is no longer serving")
