@@ -282,13 +282,16 @@ _TensorMetaKey = tuple[int, str, np.dtype[Any], tuple[int, ...]]
 _TENSOR_META: dict[_TensorMetaKey, tuple[bytes, int, int]] = {}
 
 
-def _tensor_meta(phase: int, name: str, arr: npt.NDArray[Any], limits: Limits) -> bytes:
+def _tensor_meta(phase: int, name: str, arr: npt.NDArray[Any], limits: Limits) -> bytes | None:
     """A tensor parameter's bytes up to its data (kind, dtype, rank, name, dims, length, padding to
-    the 64-byte boundary), for a parameter starting ``phase`` bytes past a boundary. Memoised: the
-    same input name, dtype and shape recur on every call of a runner."""
+    the 64-byte boundary), for a parameter starting ``phase`` bytes past a boundary; None for a
+    string tensor (see :func:`_encode_strings`). Memoised: the same input name, dtype and shape recur
+    on every call of a runner."""
     key = (phase, name, arr.dtype, arr.shape)
     hit = _TENSOR_META.get(key)
     if hit is None:
+        if arr.dtype.kind in _STRING_KINDS:  # never memoised: their length depends on their data
+            return None
         raw = name.encode("utf-8")
         ndim = arr.ndim
         meta = _tensor_param(len(raw), ndim).pack(ParamKind.TENSOR, dtype_code(arr.dtype), ndim, len(raw), raw,
@@ -356,8 +359,11 @@ def encode_fields(mtype: int, op: int, request_id: int, session: int, command: i
             cls = next((k for k in _PARAM_TYPES if isinstance(p, k)), cls)
         if cls is Tensor:
             arr = p.array  # type: ignore[union-attr]
-            if arr.dtype.kind in _STRING_KINDS:
-                phase = (size + len(head)) % TENSOR_ALIGN
+            if not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr)
+            phase = (size + len(head)) % TENSOR_ALIGN
+            meta = _tensor_meta(phase, p.name, arr, limits)  # type: ignore[union-attr]
+            if meta is None:  # a string tensor
                 meta, table, chars = _encode_strings(phase, p.name, arr, limits)  # type: ignore[union-attr]
                 parts.append(head + meta)
                 parts.append(table)
@@ -365,9 +371,7 @@ def encode_fields(mtype: int, op: int, request_id: int, session: int, command: i
                 size += len(head) + len(meta) + len(table) + len(chars)
                 head = b""
                 continue
-            if not arr.flags.c_contiguous:
-                arr = np.ascontiguousarray(arr)
-            head += _tensor_meta((size + len(head)) % TENSOR_ALIGN, p.name, arr, limits)  # type: ignore[union-attr]
+            head += meta
             nbytes = arr.nbytes
             if nbytes:
                 parts.append(head)
@@ -720,7 +724,8 @@ def encode_tensors(mtype: int, op: int, request_id: int, session: int, command: 
         phase = (size + len(head)) % TENSOR_ALIGN
         hit = _TENSOR_META.get((phase, name, arr.dtype, arr.shape))  # _tensor_meta's hit path, inline
         if hit is None or hit[1] > limits.max_name or hit[2] > limits.max_ndim:
-            if arr.dtype.kind in _STRING_KINDS:  # never memoised, so only ever reached here
+            meta = _tensor_meta(phase, name, arr, limits)
+            if meta is None:  # a string tensor: never memoised, so only ever reached here
                 meta, table, data = _encode_strings(phase, name, arr, limits)
                 parts.append(head + meta)
                 parts.append(table)
@@ -728,7 +733,7 @@ def encode_tensors(mtype: int, op: int, request_id: int, session: int, command: 
                 size += len(head) + len(meta) + len(table) + len(data)
                 head = b""
                 continue
-            head += _tensor_meta(phase, name, arr, limits)
+            head += meta
         else:
             head += hit[0]
         nbytes = arr.nbytes
