@@ -294,8 +294,11 @@ class TeeClient:
         return h
 
     def infer(self, handle: ModelHandle, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """Run the model. Arrays travel in the frame without copies in user space; results are
-        arrays backed by the received frame."""
+        """Run the model. Numeric arrays travel in the frame without copies in user space; numeric
+        results are arrays backed by the received frame. String tensors (numpy ``str`` arrays or
+        object arrays of ``str``) are encoded as UTF-8 within the bounds of
+        :class:`edb.tee.protocol.Limits` (``TEE_STRING_*`` before anything is sent) and come back as
+        object arrays of ``str``. Outputs that are not tensors (ZipMap's maps) are not returned."""
         tensors = [(k, v if type(v) is np.ndarray else np.asarray(v)) for k, v in inputs.items()]
         hid = self._remap.get(handle.handle, handle.handle) if self._remap else handle.handle
         for attempt in range(2):

@@ -186,7 +186,7 @@ class InstallSummary:
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # numpy name ("float32"), "unknown" for types that cannot cross the boundary
+    dtype: str  # numpy name ("float32"), "string", or "unknown" for types that cannot cross (seq, map)
     shape: tuple[int | str | None, ...]  # ints, symbolic dimension names, or None
 
     def to_json(self) -> dict[str, Any]:
