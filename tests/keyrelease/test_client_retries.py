@@ -144,6 +144,17 @@ async def test_unknown_error_shapes_and_bad_responses(server: tuple[str, Script]
     assert exc.value.code == BAD_RESPONSE
 
 
+async def test_redirects_are_refused_not_followed(server: tuple[str, Script], stack_ca: StackCA) -> None:
+    url, script = server
+    # a 307 keeps the method and body: following it would re-send the evidence to the other URL
+    script.releases = [(307, b"", {"Location": url + "/api/nonce"}), (200, JWE_OK, {})]
+    sleeps: list[float] = []
+    with pytest.raises(ReleaseFailed) as exc:
+        await asyncio.to_thread(make_client(url, stack_ca, sleeps).release, ("p", "1"), Manifest(), evidence_for([]))
+    assert exc.value.code == "KR_HTTP_307" and exc.value.status == 307 and not exc.value.retryable
+    assert len(script.release_bodies) == 1 and script.nonce_count == 1 and sleeps == []
+
+
 async def test_network_failure_is_retried_then_reported(stack_ca: StackCA, loopback_address: str) -> None:
     url = f"https://{loopback_address}:{free_port(loopback_address)}"  # nothing listens there
     sleeps: list[float] = []

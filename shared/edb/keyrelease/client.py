@@ -152,14 +152,17 @@ class KeyReleaseClient:
 
 def post_json(session: requests.Session, url: str, payload: Mapping[str, Any], *, what: str,
               timeout: tuple[float, float], ca_bundle: str | None, max_bytes: int,
-              headers: Mapping[str, str] | None = None, allow_redirects: bool = True) -> dict[str, Any]:
+              headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     """POST ``payload`` as JSON; the JSON object of a 200 answer of at most ``max_bytes``. Otherwise a
-    :class:`ReleaseFailed`: ``what`` unreachable (retryable), too large, or the service's own error."""
+    :class:`ReleaseFailed`: ``what`` unreachable (retryable), too large, or the service's own error.
+
+    Redirects are never followed (a 3xx is ``KR_HTTP_3xx``, not retried): the device only talks to
+    the service it was configured with, and a 307/308 would re-send the evidence elsewhere."""
     try:
         # the CA goes with the request: requests would let REQUESTS_CA_BUNDLE replace a session's
         response = session.post(url, json=payload, headers=headers, timeout=timeout,
                                 verify=ca_bundle if ca_bundle else True, stream=True,
-                                allow_redirects=allow_redirects)
+                                allow_redirects=False)
         raw = response.raw.read(max_bytes + 1, decode_content=True)
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise ReleaseFailed(f"{what} unreachable ({type(exc).__name__})", code=UNREACHABLE,

@@ -49,7 +49,7 @@ class LegacyWrapClient:
         payload = {"key_name": key_name, "client_public_key": base64.b64encode(client_public_key_der).decode()}
         body = post_json(self.session, self.url, payload, what="legacy wrap endpoint",
                          timeout=(self.connect_timeout_s, self.read_timeout_s), ca_bundle=self.ca_bundle,
-                         max_bytes=MAX_RESPONSE_BYTES, headers=headers, allow_redirects=False)
+                         max_bytes=MAX_RESPONSE_BYTES, headers=headers)
         wrapped = body.get("wrapped_key")
         if not isinstance(wrapped, str) or not 0 < len(wrapped) <= MAX_WRAPPED_CHARS:
             raise ReleaseFailed("legacy wrap response carries no wrapped_key", code=BAD_RESPONSE, status=200)
