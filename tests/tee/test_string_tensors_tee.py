@@ -65,6 +65,9 @@ def test_string_label_classifier_answers_its_labels(client: TeeClient, make_pack
         assert out["label"].tolist() == clf.predict(sample).tolist()  # type: ignore[attr-defined]
         np.testing.assert_allclose(out["probabilities"], clf.predict_proba(sample), atol=1e-5)  # type: ignore[attr-defined]
     assert set(client.infer(h, {"X": x})["label"].tolist()) == set(CLASSES.tolist())  # every label, "" included
+    with pytest.raises(EdbError) as err:  # strings where the model takes numbers
+        client.infer(h, {"X": np.full((1, 6), "1.0")})
+    assert err.value.code == "TEE_INPUT_INVALID"
     batch = [{"X": x[:2]}, {"X": x[2:5]}, {"X": x[5:6]}]
     split = client.infer_many(h, batch)
     assert [s["label"].tolist() for s in split] == [clf.predict(b["X"]).tolist() for b in batch]  # type: ignore[attr-defined]
@@ -121,6 +124,9 @@ def test_string_inputs_and_outputs_cross_both_ways(client: TeeClient, make_packa
             client.infer(h, {"text": arr})
         assert err.value.code == code
     assert client.infer(h, {"text": np.array(["cat"])})["code"].tolist() == [1]
+    with pytest.raises(EdbError) as err:  # numbers where the model takes strings: ONNX Runtime refuses them
+        client.infer(h, {"text": np.ones(3, np.float32)})
+    assert err.value.code == "TEE_INPUT_INVALID"
 
 
 def _reply_error(sock: socket.socket) -> str:
