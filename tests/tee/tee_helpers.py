@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,21 @@ from edb_tee.paths import DeviceLayout
 
 DEVICE = "dev-1"
 DEVICE_CLASS = "trustbox-edge-201"
+
+#: Bounds for waiting on an event (a socket appearing, a process exiting, a background removal).
+#: They are never timing assertions: each wait ends as soon as the event happens, and the bound
+#: only turns a hang into a failure. Sized for a loaded 2-core machine, within pytest's 300 s.
+START_BOUND_S = 120
+STOP_BOUND_S = 60
+EVENT_BOUND_S = 60
+
+
+def wait_until(condition: Callable[[], bool], what: str, bound_s: float = EVENT_BOUND_S) -> None:
+    """Poll ``condition`` until it holds; fail (AssertionError naming ``what``) after ``bound_s``."""
+    deadline = time.monotonic() + bound_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {bound_s} s"
+        time.sleep(0.02)
 
 
 @dataclass
@@ -124,8 +140,8 @@ class TeeProcess:
             [sys.executable, "-m", "edb_tee", "serve", "--device-dir", str(self.device.layout.root)],
             stdout=logf, stderr=logf, env=self.env)
         logf.close()
-        deadline = time.monotonic() + 20
-        while not self.device.socket.exists():
+        deadline = time.monotonic() + START_BOUND_S
+        while not self.device.socket.exists():  # bound under a temporary name, renamed once listening
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"TEE did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.02)
@@ -140,7 +156,7 @@ class TeeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(STOP_BOUND_S)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -76,7 +76,7 @@ class Wire:
         self.handle = json.loads(bytes(out[0].data))["handle"]  # type: ignore[union-attr]
         self.sock = socket.socket(fileno=os.dup(self.ctx.fileno()))
         self.sock.setblocking(True)
-        self.sock.settimeout(10)
+        self.sock.settimeout(60)
         self.replies = LayoutCache()
         self.rid = 1000
 

@@ -209,7 +209,7 @@ def test_steps_out_of_order_and_foreign_transactions_are_refused(
         f"try:\n    TeeClient('{device.socket}').get_install_evidence(t, 'n')\n"
         "except EdbError as e:\n    print(e.code)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "TEE_INSTALL_UNKNOWN", out.stderr
     a.abort_install(ticket)
     with pytest.raises(EdbError) as err:

@@ -17,17 +17,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tee_helpers import Device, Publisher, TeeProcess, install, mlp_model, reference
+from tee_helpers import START_BOUND_S, Device, Publisher, TeeProcess, install, mlp_model, reference, wait_until
 
 MEMLOCK_LIMIT = 64 * 1024
 WARNING = "mlock not permitted"
-START_TIMEOUT_S = 120  # a bound for a loaded 2-core machine, not a timing assertion
 
 
 def vm_locked_bytes(pid: int) -> int:
@@ -57,11 +55,10 @@ class UnprivilegedTee(TeeProcess):
             [setpriv, "--bounding-set", "-ipc_lock", "--", prlimit, f"--memlock={MEMLOCK_LIMIT}:{MEMLOCK_LIMIT}",
              "--", sys.executable, "-m", "edb_tee", "serve", "--device-dir", str(self.device.layout.root)],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the child owns it
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.device.socket.exists():  # bound under a temporary name, renamed once listening
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"TEE did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.02)
+        proc = self.proc
+        wait_until(lambda: self.device.socket.exists() or proc.poll() is not None, "the service listens",
+                   START_BOUND_S)
+        assert proc.poll() is None, self.log.read_text()[-2000:]
         return self
 
 

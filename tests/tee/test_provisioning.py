@@ -6,14 +6,13 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from tee_helpers import Device
+from tee_helpers import START_BOUND_S, STOP_BOUND_S, Device, wait_until
 
 from edb.errors import EdbError
 from edb.pki.chain import verify_chain
@@ -100,16 +99,15 @@ def test_cli_provision_measurement_and_info(tmp_path: Path, publisher) -> None:
     proc = subprocess.Popen([*run, "tee", "serve", "--device-dir", str(device_dir), "--socket", str(sock)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
+        wait_until(lambda: sock.exists() or proc.poll() is not None, "the service listens", START_BOUND_S)
+        assert proc.poll() is None, "the service exited"
         shown = subprocess.run([*run, "tee", "info", "--socket", str(sock)], capture_output=True, text=True,
                                timeout=60)
         assert shown.returncode == 0, shown.stderr
         assert json.loads(shown.stdout)["device"]["measurement"] == info["measurement"]
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(STOP_BOUND_S)
     assert not sock.exists()  # removed on shutdown
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from tee_helpers import Device, Publisher, TeeProcess, install, mlp_model, reference
+from tee_helpers import START_BOUND_S, Device, Publisher, TeeProcess, install, mlp_model, reference, wait_until
 
 from edb.errors import EdbError
 from edb.tee import AsyncTeeClient
@@ -68,12 +67,9 @@ def test_handles_die_with_their_process(tee: TeeProcess, make_package, publisher
     with pytest.raises(EdbError) as err:
         client._invoke(RUNNER_TA, RunnerCmd.UNLOAD, [Value(handle)])
     assert err.value.code == "TEE_UNKNOWN_HANDLE"
-    other.communicate("", timeout=30)  # the owner exits: its handles are released, buffers wiped
-    for _ in range(200):
-        if not client.status()["models"]["loaded"]:
-            break
-        time.sleep(0.02)
-    assert client.status()["models"]["loaded"] == []
+    other.communicate("", timeout=START_BOUND_S)  # the owner exits: its handles are released, buffers wiped
+    # the service notices the closed connection on its own thread: wait for that event
+    wait_until(lambda: client.status()["models"]["loaded"] == [], "the exited owner's handles are released")
     client.close()
 
 

@@ -19,8 +19,8 @@ from edb.tee.transport import PeerClosed, recv_reply, recv_request, send_frame
 @pytest.fixture
 def pair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.settimeout(10)
-    b.settimeout(10)
+    a.settimeout(60)  # bounds on a reply, never a timing assertion
+    b.settimeout(60)
     yield a, b
     a.close()
     b.close()
