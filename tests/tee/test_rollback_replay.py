@@ -12,6 +12,8 @@ objects (edb_tee.integrity):
 - replayed by exactly the commit of a first install: indistinguishable from a crash between seal
   and commit, so the floor is restored from the object's header (svn 2 refused again, CPK_ROLLBACK)
   and the uncommitted object is removed (the install record is what the replay lost);
+- replayed by uninstalls only: not caught, nothing gained (the floors stay; the model is listed
+  again but its file is gone, TEE_SEALED_MISSING);
 - replayed *and* every newer object deleted: NOT caught, svn 2 installs (a whole-state rollback;
   see docs/tee.md). If the older generation was removed and not put back, that model no longer
   loads (TEE_SEALED_MISSING).
@@ -190,6 +192,22 @@ def test_replay_after_a_first_install_plus_deleting_it_is_not_caught(device: Dev
     with opened(device) as core:  # indistinguishable from the state before the install
         install_in(core, v2, publisher, device)
         assert [p.version for p in core.list_installed()] == ["2.0.0"]
+
+
+def test_replay_over_an_uninstall_is_not_caught_and_gains_nothing(device: Device, make_package,
+                                                                   publisher: Publisher) -> None:
+    rpmb = device.layout.rpmb
+    with opened(device) as core:
+        install_in(core, make_package(version="3.0.0", security_version=3), publisher, device)
+        installed = rpmb.read_bytes()
+        core.installer.uninstall("mlp")
+    rpmb.write_bytes(installed)
+    with opened(device) as core:
+        assert [p.version for p in core.list_installed()] == ["3.0.0"]  # listed again...
+        with pytest.raises(EdbError) as err:  # ...but its file went with the uninstall
+            core.load_model("mlp", os.getpid(), prepack=None)
+        assert err.value.code == "TEE_SEALED_MISSING"
+        assert begin_code(core, make_package(version="2.0.0", security_version=2)) == "CPK_ROLLBACK"
 
 
 # --- honest restarts ------------------------------------------------------------------------------------
