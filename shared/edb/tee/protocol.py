@@ -257,6 +257,15 @@ _LEN_PARAM = struct.Struct("<BI")
 _FD_PARAM = struct.Struct("<BB")
 _TENSOR_PARAMS: dict[tuple[int, int], struct.Struct] = {}  # (name length, rank) -> kind..nbytes
 _DIMS: dict[int, struct.Struct] = {}  # rank -> dims
+_SMALL_STRINGS = 256  # string tensors up to this many elements: length table through a cached Struct
+_U32S: dict[int, struct.Struct] = {}  # element count (<= _SMALL_STRINGS) -> length table
+
+
+def _u32s(count: int) -> struct.Struct:
+    st = _U32S.get(count)
+    if st is None:
+        st = _U32S[count] = struct.Struct(f"<{count}I")
+    return st
 
 
 _PARAM_TYPES = (Tensor, Value, Text, Blob, Fd)
@@ -337,7 +346,8 @@ def _encode_strings(phase: int, name: str, arr: npt.NDArray[Any], limits: Limits
     meta = _tensor_param(len(raw_name), arr.ndim).pack(ParamKind.TENSOR, STRING_CODE, arr.ndim, len(raw_name),
                                                        raw_name, *arr.shape, 4 * count + total)
     meta += _ZEROS[: -(phase + len(meta)) % TENSOR_ALIGN]
-    return meta, np.array(lengths, dtype="<u4").tobytes(), b"".join(raws)
+    table = _u32s(count).pack(*lengths) if count <= _SMALL_STRINGS else np.array(lengths, dtype="<u4").tobytes()
+    return meta, table, b"".join(raws)
 
 
 def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memoryview]:
@@ -577,20 +587,29 @@ def _decode_strings(view: memoryview, name: str, dims: tuple[int, ...], count: i
         raise _past_end()
     if offset != meta_end and view[meta_end:offset] != _ZEROS[: offset - meta_end]:
         raise protocol_error("non-zero tensor padding")
+    if not count:
+        return offset + nbytes, Tensor(name, np.empty(dims, dtype=object)), None
+    if count <= _SMALL_STRINGS:  # a few labels (the common reply): struct and builtins, not numpy reductions
+        lengths: Sequence[int] = _u32s(count).unpack_from(view, offset)
+        longest, summed = max(lengths), sum(lengths)
+    else:
+        table = np.frombuffer(view, "<u4", count, offset)
+        longest, summed = int(table.max()), int(table.sum(dtype=np.uint64))
+        lengths = table.tolist()
+    if longest > limits.max_string_bytes:
+        raise TeeError(f"string element longer than {limits.max_string_bytes} bytes", code=STRING_TOO_LONG)
+    if summed != total:
+        raise TeeError("string lengths do not add up to the tensor's byte length", code=STRING_INVALID)
+    pos = offset + 4 * count
+    items: list[str] = []
+    try:
+        for n in lengths:
+            items.append(str(view[pos:pos + n], "utf-8", "strict"))
+            pos += n
+    except UnicodeDecodeError as exc:
+        raise TeeError(f"string tensor {name[:60]!r} is not UTF-8", code=STRING_INVALID) from exc
     out = np.empty(count, dtype=object)
-    if count:
-        lengths = np.frombuffer(view, "<u4", count, offset)
-        if int(lengths.max()) > limits.max_string_bytes:
-            raise TeeError(f"string element longer than {limits.max_string_bytes} bytes", code=STRING_TOO_LONG)
-        if int(lengths.sum(dtype=np.uint64)) != total:
-            raise TeeError("string lengths do not add up to the tensor's byte length", code=STRING_INVALID)
-        pos = offset + 4 * count
-        try:
-            for i, n in enumerate(lengths.tolist()):
-                out[i] = str(view[pos:pos + n], "utf-8", "strict")
-                pos += n
-        except UnicodeDecodeError as exc:
-            raise TeeError(f"string tensor {name[:60]!r} is not UTF-8", code=STRING_INVALID) from exc
+    out[:] = items  # element by element: a str is a scalar to numpy, never a sequence to unpack
     return offset + nbytes, Tensor(name, out.reshape(dims)), None
 
 
