@@ -163,7 +163,8 @@ def test_hand_written_body_matches_the_encoder() -> None:
     (string_body([b"a\xc3"]), "TEE_STRING_INVALID"),  # a sequence cut in the middle
     (string_body([b"\xed\xa0\x80"]), "TEE_STRING_INVALID"),  # an encoded surrogate
     (string_body([b"ab", b"cd"], lengths=[1, 2]), "TEE_STRING_INVALID"),  # lengths that do not add up
-    (string_body([b"ab", b"cd"], lengths=[3, 0]), "TEE_STRING_INVALID"),  # ... split inside a character
+    (string_body([b"ab", b"cd"], lengths=[3, 0]), "TEE_STRING_INVALID"),  # ... or more than the bytes
+    (string_body(["é".encode(), b"a"], lengths=[1, 2]), "TEE_STRING_INVALID"),  # a character cut in two elements
     (string_body([b"ab"], nbytes=3), "TEE_STRING_INVALID"),  # shorter than its length table
     (string_body([b"ab"], count=3), "TEE_STRING_INVALID"),  # dims say 3 elements, the table 1
     (string_body([b"ab"], nbytes=1 << 40), "TEE_STRING_TOO_LARGE"),  # refused before any read
@@ -180,6 +181,12 @@ def test_decoder_refuses_out_of_bounds_and_lying_string_tensors(body: bytearray,
     with pytest.raises(TeeError) as err:
         LayoutCache(SMALL).decode(body)
     assert err.value.code == code
+
+
+def test_lengths_decide_the_elements() -> None:
+    # the same bytes cut elsewhere are other (valid) elements: the table, not a separator, decides
+    assert decode(string_body([b"ab", b"cd"], lengths=[1, 3])).params[0].array.tolist() == ["a", "bcd"]  # type: ignore[union-attr]
+    assert decode(string_body(["é".encode(), b"a"], lengths=[2, 1])).params[0].array.tolist() == ["é", "a"]  # type: ignore[union-attr]
 
 
 def test_decoder_bounds_are_exact() -> None:

@@ -326,16 +326,18 @@ def _encode_strings(phase: int, name: str, arr: npt.NDArray[Any], limits: Limits
     if count > limits.max_strings:
         raise TeeError(f"string tensor {name[:60]!r} has {count} elements, more than {limits.max_strings}",
                        code=STRING_TOO_MANY)
+    items = arr.reshape(-1).tolist()
     try:
-        # str.encode unbound: any element that is not a str (bytes, numbers, None) is a TypeError
-        raws = list(map(str.encode, arr.reshape(-1).tolist()))
+        text = "".join(items)  # any element that is not a str (bytes, numbers, None) is a TypeError
+        data = text.encode("utf-8")
     except TypeError as exc:
         raise TeeError(f"tensor {name[:60]!r}: object arrays cross the TEE boundary only as strings",
                        code=DTYPE_UNSUPPORTED) from exc
     except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8 form
         raise TeeError(f"string tensor {name[:60]!r} holds text that is not valid Unicode",
                        code=STRING_INVALID) from exc
-    lengths = list(map(len, raws))
+    # ASCII only (one byte per character): the elements' character counts are their byte lengths
+    lengths = list(map(len, items)) if len(data) == len(text) else [len(s.encode("utf-8")) for s in items]
     if count and max(lengths) > limits.max_string_bytes:
         raise TeeError(f"string tensor {name[:60]!r} has an element longer than {limits.max_string_bytes} bytes",
                        code=STRING_TOO_LONG)
@@ -347,7 +349,7 @@ def _encode_strings(phase: int, name: str, arr: npt.NDArray[Any], limits: Limits
                                                        raw_name, *arr.shape, 4 * count + total)
     meta += _ZEROS[: -(phase + len(meta)) % TENSOR_ALIGN]
     table = _u32s(count).pack(*lengths) if count <= _SMALL_STRINGS else np.array(lengths, dtype="<u4").tobytes()
-    return meta, table, b"".join(raws)
+    return meta, table, data
 
 
 def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memoryview]:
@@ -603,9 +605,16 @@ def _decode_strings(view: memoryview, name: str, dims: tuple[int, ...], count: i
     pos = offset + 4 * count
     items: list[str] = []
     try:
-        for n in lengths:
-            items.append(str(view[pos:pos + n], "utf-8", "strict"))
-            pos += n
+        text = str(view[pos:pos + total], "utf-8", "strict")
+        if len(text) == total:  # ASCII only: byte offsets are character offsets, every cut is valid
+            at = 0
+            for n in lengths:
+                items.append(text[at:at + n])
+                at += n
+        else:  # each element on its own, so a character cut between two elements is refused
+            for n in lengths:
+                items.append(str(view[pos:pos + n], "utf-8", "strict"))
+                pos += n
     except UnicodeDecodeError as exc:
         raise TeeError(f"string tensor {name[:60]!r} is not UTF-8", code=STRING_INVALID) from exc
     out = np.empty(count, dtype=object)
