@@ -65,6 +65,10 @@ OPERATIONAL_CODES: frozenset[str] = frozenset({
     tee_errors.INSTALL_STATE, tee_errors.PACKAGE_FILE, tee_errors.LEGACY_DISABLED,
     tee_errors.LEGACY_UNSUPPORTED, tee_errors.NOT_INSTALLED, tee_errors.MODEL_TOO_LARGE,
     tee_errors.UNKNOWN_HANDLE, tee_errors.HANDLE_STALE, tee_errors.INFER_FAILED, tee_errors.INPUT_INVALID,
+    # string tensors out of bounds or not UTF-8 (the caller's input), a model with no output that can
+    # cross the boundary (publisher tooling: export with zipmap=False)
+    tee_errors.STRING_TOO_MANY, tee_errors.STRING_TOO_LONG, tee_errors.STRING_TOO_LARGE, tee_errors.STRING_INVALID,
+    tee_errors.OUTPUT_UNSUPPORTED,
     onnx_layout.LAYOUT_UNSUPPORTED,  # a model construct the layout cannot carry (publisher tooling)
 })
 
@@ -77,7 +81,8 @@ INSTALLER_TAMPER_CODES: frozenset[str] = frozenset({
 })
 
 #: Rollback attempts whose code does not say ROLLBACK (the key release policy's floor).
-_ROLLBACK_CODES = frozenset({"KR_PACKAGE_SVN_TOO_LOW"})
+_ROLLBACK_CODES = frozenset({"KR_PACKAGE_SVN_TOO_LOW",
+                             tee_errors.STATE_ROLLED_BACK})  # the TEE's replay-protected record was replayed
 #: Transient key release outcomes: retried by the installer, not an alert.
 _TRANSIENT_SUFFIXES = ("_UNAVAILABLE", "_TIMEOUT", "_RATE_LIMITED", "_NETWORK", "_BUSY", "_INTERNAL",
                        "_KEYVAULT_ERROR", "_UNREACHABLE", "_DEADLINE_EXCEEDED", "_BAD_RESPONSE")

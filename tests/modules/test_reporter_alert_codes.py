@@ -88,6 +88,8 @@ def test_integrity_failures_are_tamper(code: str) -> None:
 @pytest.mark.parametrize(("code", "kind"), [
     ("CPK_ROLLBACK", AlertType.ROLLBACK), ("TEE_ROLLBACK", AlertType.ROLLBACK),
     ("TEE_RPMB_ROLLBACK", AlertType.ROLLBACK), ("KR_PACKAGE_SVN_TOO_LOW", AlertType.ROLLBACK),
+    ("TEE_STATE_ROLLED_BACK", AlertType.ROLLBACK),
+    ("TEE_STRING_TOO_LONG", None), ("TEE_STRING_INVALID", None), ("TEE_OUTPUT_UNSUPPORTED", None),
     ("CPK_WRONG_TARGET", AlertType.DENIAL), ("CPK_EXPIRED", AlertType.DENIAL), ("TEE_ACCESS_DENIED", AlertType.DENIAL),
     ("TEE_UNAVAILABLE", None), ("TEE_BUSY", None), ("CPK_UNREADABLE", None), ("INSTALL_DOWNLOAD_FAILED", None),
 ])
