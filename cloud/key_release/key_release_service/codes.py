@@ -31,6 +31,8 @@ RATE_LIMITED = "KR_RATE_LIMITED"
 NONCE_UNKNOWN = "KR_NONCE_UNKNOWN"
 NONCE_EXPIRED = "KR_NONCE_EXPIRED"
 NONCE_REPLAYED = "KR_NONCE_REPLAYED"
+#: the shared spent-nonce store did not answer (or failed): nothing released, the client retries
+NONCE_STORE_UNAVAILABLE = "KR_NONCE_STORE_UNAVAILABLE"
 # -- 4. one-time key -------------------------------------------------------------------------------
 ONE_TIME_KEY_MISMATCH = "KR_ONE_TIME_KEY_MISMATCH"
 # -- the package: authenticated manifest and its binding to the evidence -----------------------------
@@ -73,7 +75,7 @@ STATUS: dict[str, int] = {
     CHAIN_UNTRUSTED: 401, CERT_EXPIRED: 401, CERT_WRONG_PURPOSE: 401,
     EVIDENCE_SIGNATURE: 401, DEVICE_MISMATCH: 401,
     RATE_LIMITED: 429,
-    NONCE_UNKNOWN: 401, NONCE_EXPIRED: 401, NONCE_REPLAYED: 401,
+    NONCE_UNKNOWN: 401, NONCE_EXPIRED: 401, NONCE_REPLAYED: 401, NONCE_STORE_UNAVAILABLE: 503,
     ONE_TIME_KEY_MISMATCH: 401,
     MANIFEST_INVALID: 400, MANIFEST_UNTRUSTED: 403, PACKAGE_MISMATCH: 403, PACKAGE_EXPIRED: 403,
     TARGET_MISMATCH: 403,

@@ -17,6 +17,10 @@
 | ``EDB_KR_LEGACY_ENABLED`` | ``1`` to serve the legacy WrapKey/ProvisionKey routes (weaker) | off |
 | ``EDB_KR_LEGACY_API_KEY`` | key the local host requires on legacy routes (``?code=`` or ``x-functions-key``) | none |
 | ``EDB_KR_AUDIT_LOG`` | audit file path; empty = the ``edb.keyrelease.audit`` logger | logger |
+| ``EDB_KR_NONCE_STORE`` | spent nonces: ``memory``, ``table`` (= ``AzureWebJobsStorage``), | memory |
+|                        | a storage connection string, or ``https://...`` (managed identity) |        |
+| ``EDB_KR_NONCE_TABLE`` | table name of the shared store | edbspentnonces |
+| ``EDB_KR_NONCE_STORE_CA`` | CA bundle for the table endpoint's TLS (local stack only) | system trust |
 
 Without a nonce key setting the service makes a random one per process (one instance only; see
 :mod:`key_release_service.nonce_keys`).
@@ -25,6 +29,7 @@ Without a nonce key setting the service makes a random one per process (one inst
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -55,6 +60,11 @@ class ServiceConfig:
     legacy_enabled: bool = False
     legacy_api_key: str | None = field(default=None, repr=False)
     audit_log: str | None = None
+    #: shared spent-nonce store: None = in memory (one process); a storage connection string or an
+    #: ``https://`` table endpoint (then the service identity authenticates)
+    nonce_store: str | None = field(default=None, repr=False)
+    nonce_table: str = "edbspentnonces"
+    nonce_store_ca: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -93,6 +103,9 @@ class ServiceConfig:
         elif key_file:
             nonce_keys = load_or_create_key_file(key_file)
         return cls(
+            nonce_store=_nonce_store(env),
+            nonce_table=_table_name(env.get("EDB_KR_NONCE_TABLE", "").strip() or "edbspentnonces"),
+            nonce_store_ca=env.get("EDB_KR_NONCE_STORE_CA", "").strip() or None,
             vault_url=need("EDB_KEYVAULT_URL").rstrip("/"),
             manufacturer_roots=roots("EDB_KR_MANUFACTURER_ROOTS"),
             publisher_roots=roots("EDB_KR_PUBLISHER_ROOTS"),
@@ -110,3 +123,33 @@ class ServiceConfig:
             legacy_api_key=env.get("EDB_KR_LEGACY_API_KEY", "").strip() or None,
             audit_log=env.get("EDB_KR_AUDIT_LOG", "").strip() or None,
         )
+
+
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+
+
+def _nonce_store(env: Mapping[str, str]) -> str | None:
+    """``EDB_KR_NONCE_STORE``: where spent nonces live (see the table above)."""
+    value = env.get("EDB_KR_NONCE_STORE", "").strip()
+    if value in ("", "memory"):
+        return None
+    if value == "table":
+        value = env.get("AzureWebJobsStorage", "").strip()
+        if not value:
+            raise ConfigError("EDB_KR_NONCE_STORE=table needs the AzureWebJobsStorage setting", code="CONFIG_MISSING")
+        if value.startswith("UseDevelopmentStorage"):
+            raise ConfigError("EDB_KR_NONCE_STORE=table: AzureWebJobsStorage names the development storage; give "
+                              "its connection string (HTTPS) instead", code="CONFIG_INVALID")
+    if value.startswith("https://") or ("AccountName=" in value and ("TableEndpoint=https://" in value
+                                                                     or "DefaultEndpointsProtocol=https" in value)):
+        return value
+    # never echo the value: it may hold an account key
+    raise ConfigError("EDB_KR_NONCE_STORE must be memory, table, an HTTPS table endpoint or a storage connection "
+                      "string with HTTPS endpoints", code="CONFIG_INVALID")
+
+
+def _table_name(name: str) -> str:
+    if not _TABLE_NAME.match(name):
+        raise ConfigError("EDB_KR_NONCE_TABLE must be 3-63 letters and digits, starting with a letter",
+                          code="CONFIG_INVALID")
+    return name

@@ -7,14 +7,17 @@ handler checks the MAC (``KR_NONCE_UNKNOWN``: not made with this service's key) 
 has no global cap for an anonymous caller to exhaust.
 
 Single use is enforced at release, after the device is authenticated and its rate limit passed: the
-nonce's random part goes into :class:`SpentNonces` until the nonce expires (``KR_NONCE_REPLAYED``
-on a second use). Only authenticated, rate-limited devices can grow that set, and every entry
-leaves it when its nonce expires; its hard bound (``KR_BUSY`` past it) is far above what the
-per-device limits let a fleet reach within one lifetime.
+nonce's random part is spent in a :class:`SpentNonceStore` until the nonce expires
+(``KR_NONCE_REPLAYED`` on a second use). :class:`SpentNonces` is the in-memory set of one process
+(:class:`MemorySpentNonceStore` adapts it to the store interface); a scaled-out deployment shares
+one store between its instances (``key_release_service.table_spent_store``: Azure Table Storage).
+Only authenticated, rate-limited devices can grow a store, and every entry is dead once its nonce
+expires; the in-memory set's hard bound (``KR_BUSY`` past it) is far above what the per-device
+limits let a fleet reach within one lifetime.
 
 Keys: the first key signs, every key verifies (rotation: put the new key first, drop the old one
-a minute later). A scaled-out deployment needs the same keys on every instance and one shared spent
-set (see docs/key-release.md, "Nonces and rate limits; scaling out").
+a minute later). A scaled-out deployment needs the same keys on every instance and the shared
+store (see docs/key-release.md, "Nonces, rate limits, and scaling out").
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.hazmat.primitives import constant_time, hashes, hmac
 
@@ -90,7 +94,7 @@ class NonceIssuer:
         return _b64url(body + _mac(self._keys[0], body)), expires_ms / 1000
 
     def check(self, nonce: str) -> CheckedNonce:
-        """Authenticity and freshness, without any lookup. Single use is :class:`SpentNonces`' job."""
+        """Authenticity and freshness, without any lookup. Single use is the spent store's job."""
         if not isinstance(nonce, str) or len(nonce) != NONCE_CHARS:
             raise Denied(codes.NONCE_UNKNOWN, "nonce was not issued by this service")
         try:
@@ -130,13 +134,55 @@ class SpentNonces:
             _, nonce_id = heapq.heappop(self._by_expiry)
             self._spent.pop(nonce_id, None)
 
-    def spend(self, nonce: CheckedNonce) -> None:
-        """Mark ``nonce`` used; ``KR_NONCE_REPLAYED`` if it already was."""
+    def add(self, nonce_id: bytes, expires_at: float) -> bool:
+        """Record ``nonce_id`` as used until ``expires_at``: True the first time, False if it already
+        is (an entry whose expiry has passed is gone, so it never blocks); ``KR_BUSY`` when full."""
         self._sweep(self._clock())
-        if nonce.nonce_id in self._spent:
-            raise Denied(codes.NONCE_REPLAYED, "nonce was already used")
+        if nonce_id in self._spent:
+            return False
         if len(self._spent) >= self._max:
             # only authenticated devices within their rate limits reach this point
             raise Denied(codes.BUSY, "too many releases in flight; retry shortly", retry_after=1)
-        self._spent[nonce.nonce_id] = nonce.expires
-        heapq.heappush(self._by_expiry, (nonce.expires, nonce.nonce_id))
+        self._spent[nonce_id] = expires_at
+        heapq.heappush(self._by_expiry, (expires_at, nonce_id))
+        return True
+
+    def spend(self, nonce: CheckedNonce) -> None:
+        """Mark ``nonce`` used; ``KR_NONCE_REPLAYED`` if it already was."""
+        require_first_use(self.add(nonce.nonce_id, nonce.expires))
+
+
+class SpentNonceStore(Protocol):
+    """Where spent nonces live until they expire; shared by every instance that issues with the same key.
+
+    ``spend`` is an atomic insert-if-absent: True = first use (the release may go on), False =
+    already spent (``KR_NONCE_REPLAYED``). A store that cannot answer raises :class:`Denied` with a
+    5xx code (``KR_NONCE_STORE_UNAVAILABLE``, ``KR_BUSY``): never True when unsure (fail closed).
+    """
+
+    async def spend(self, nonce_id: bytes, expires_at: float) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class MemorySpentNonceStore:
+    """The store of one process: :class:`SpentNonces` behind the async interface (runs on the
+    event loop thread, so check-and-insert is atomic without a lock)."""
+
+    def __init__(self, spent: SpentNonces | None = None) -> None:
+        self.spent = spent if spent is not None else SpentNonces()
+
+    def __len__(self) -> int:
+        return len(self.spent)
+
+    async def spend(self, nonce_id: bytes, expires_at: float) -> bool:
+        return self.spent.add(nonce_id, expires_at)
+
+    async def close(self) -> None:
+        return None
+
+
+def require_first_use(first: bool) -> None:
+    """The decision on a store's answer: a second use of a nonce is a replay."""
+    if not first:
+        raise Denied(codes.NONCE_REPLAYED, "nonce was already used")

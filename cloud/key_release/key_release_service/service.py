@@ -5,7 +5,8 @@
 1. device certificate chain to a pinned manufacturer root, validity, attestation purpose;
 2. evidence signature with the leaf key, evidence subject = certificate CN;
    (then the per-device rate limit: only an authenticated device can spend its own budget)
-3. nonce issued here (its MAC), fresh (<= 60 s) and unused (the spent set);
+3. nonce issued here (its MAC), fresh (<= 60 s) and unused (the spent-nonce store: in memory, or
+   the table every instance shares; a store that cannot answer is ``KR_NONCE_STORE_UNAVAILABLE``);
 4. one-time key: the request's JWK hashes to the evidence's ``otk``;
    the package: signed manifest authenticated with the pinned publisher root; request, evidence
    and manifest name the same package, version, security version and manifest bytes; not expired;
@@ -37,7 +38,14 @@ from key_release_service.http_types import ApiRequest, ApiResponse, ok
 from key_release_service.keyvault import AzureVaultGateway, VaultGateway, check_kid
 from key_release_service.legacy import check_key_name, parse_wrap_request, wrap_class_key
 from key_release_service.manifest import authenticate_manifest, check_package_binding, check_target
-from key_release_service.nonces import MIN_KEY_BYTES, NonceIssuer, SpentNonces
+from key_release_service.nonces import (
+    MIN_KEY_BYTES,
+    MemorySpentNonceStore,
+    NonceIssuer,
+    SpentNonces,
+    SpentNonceStore,
+    require_first_use,
+)
 from key_release_service.policy import ReleaseFacts, ReleasePolicy, evaluate, parse_policy, policy_secret_name
 from key_release_service.ratelimit import RateLimiter, address_key
 from key_release_service.request import parse_release_request
@@ -77,7 +85,7 @@ class PolicyCache:
 
 class KeyReleaseService:
     def __init__(self, config: ServiceConfig, vault: VaultGateway, *, audit: AuditLog | None = None,
-                 nonces: NonceIssuer | None = None, spent: SpentNonces | None = None,
+                 nonces: NonceIssuer | None = None, spent: SpentNonceStore | SpentNonces | None = None,
                  limiter: RateLimiter | None = None, nonce_limiter: RateLimiter | None = None,
                  wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.config = config
@@ -91,7 +99,7 @@ class KeyReleaseService:
                 keys = (secrets.token_bytes(MIN_KEY_BYTES),)
             nonces = NonceIssuer(keys, config.nonce_ttl_s)
         self.nonces = nonces
-        self.spent = spent or SpentNonces()
+        self.spent = spent if spent is not None else MemorySpentNonceStore()
         self.limiter = limiter or RateLimiter(burst=config.rate_burst, per_minute=config.rate_per_minute)
         self.nonce_limiter = nonce_limiter or RateLimiter(
             burst=config.nonce_rate_burst, per_minute=config.nonce_rate_per_minute,
@@ -99,13 +107,23 @@ class KeyReleaseService:
         self.policies = PolicyCache(vault, config.policy_cache_s)
         self._now = wall_clock
 
+    @property
+    def spent(self) -> SpentNonceStore:
+        return self._spent
+
+    @spent.setter
+    def spent(self, store: SpentNonceStore | SpentNonces) -> None:
+        """A bare in-memory :class:`SpentNonces` is adapted to the store interface."""
+        self._spent = MemorySpentNonceStore(store) if isinstance(store, SpentNonces) else store
+
     @classmethod
     def from_config(cls, config: ServiceConfig) -> KeyReleaseService:
         audit = AuditLog.to_file(config.audit_log) if config.audit_log else AuditLog.to_logger()
         return cls(config, AzureVaultGateway(config.vault_url, make_credential(config), ca_file=config.vault_ca),
-                   audit=audit)
+                   audit=audit, spent=make_spent_store(config))
 
     async def close(self) -> None:
+        await self.spent.close()
         await self.vault.close()
 
     # -- POST /api/nonce -------------------------------------------------------------------------
@@ -160,7 +178,8 @@ class KeyReleaseService:
         device = authenticate_device(req.cert_chain_der, req.evidence, self.config.manufacturer_roots, now)  # 1, 2
         record.device, record.deviceClass, record.deviceVerified = device.device_id, device.device_class, True
         self.limiter.check(device.device_id)
-        self.spent.spend(self.nonces.check(device.claims.nonce))  # 3: ours, fresh, first use
+        nonce = self.nonces.check(device.claims.nonce)  # 3: ours, fresh, first use (in every instance)
+        require_first_use(await self.spent.spend(nonce.nonce_id, nonce.expires))
         try:  # 4
             one_time_key = load_public_jwk(req.one_time_key)
         except AttestationError as exc:
@@ -236,3 +255,18 @@ def make_credential(config: ServiceConfig) -> Any:
     from edb_local.keyvault.credential import AsyncLocalTokenCredential
 
     return AsyncLocalTokenCredential.from_file(config.credential)
+
+
+def make_spent_store(config: ServiceConfig) -> SpentNonceStore:
+    """In memory unless ``EDB_KR_NONCE_STORE`` names a table (connection string or endpoint)."""
+    if config.nonce_store is None:
+        return MemorySpentNonceStore()
+    from key_release_service.table_spent_store import TableSpentNonceStore
+
+    if config.nonce_store.startswith("https://"):
+        from azure.identity.aio import DefaultAzureCredential
+
+        return TableSpentNonceStore.from_endpoint(config.nonce_store, DefaultAzureCredential(), config.nonce_table,
+                                                  ca_file=config.nonce_store_ca)
+    return TableSpentNonceStore.from_connection_string(config.nonce_store, config.nonce_table,
+                                                       ca_file=config.nonce_store_ca)
