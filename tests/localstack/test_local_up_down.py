@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from azure.data.tables import TableServiceClient
 from azure.iot.hub import IoTHubConfigurationManager, IoTHubRegistryManager
 from azure.iot.hub.models import ConfigurationContent
 from azure.storage.blob import BlobServiceClient
@@ -25,8 +26,8 @@ from edb_local.supervisor.pidfile import is_alive, read_pid_file
 
 FIXTURE = Path(__file__).parents[1] / "agent" / "fixtures" / "fixture_module.py"
 REQUIRED_ENV = ("EDB_IOTHUB_CONNECTION_STRING", "EDB_DEVICE_ID", "EDB_CA_CERT", "EDB_KEYVAULT_URL",
-                "EDB_KEY_RELEASE_URL", "EDB_BLOB_CONNECTION_STRING")
-ALWAYS_THERE = ("hub", "keyvault", "azurite", "tee", "keyrelease", "agent")
+                "EDB_KEY_RELEASE_URL", "EDB_BLOB_CONNECTION_STRING", "EDB_TABLE_CONNECTION_STRING")
+ALWAYS_THERE = ("hub", "keyvault", "azurite", "tables", "tee", "keyrelease", "agent")
 
 
 def edb_local(*args: str) -> tuple[int, dict[str, Any]]:
@@ -81,6 +82,10 @@ def test_up_status_down_and_restart_keeps_state(tmp_path: Path, monkeypatch: Any
                                                          connection_verify=env["EDB_CA_CERT"])
         blobs.create_container("packages")
         blobs.get_container_client("packages").upload_blob("hello.txt", b"kept across restarts")
+        # the Table service (the key release service's spent nonces) answers the real SDK over verified TLS
+        with TableServiceClient.from_connection_string(env["EDB_TABLE_CONNECTION_STRING"],
+                                                       connection_verify=env["EDB_CA_CERT"]) as tables:
+            assert isinstance(list(tables.list_tables()), list)
 
         # A module deployed through the hub is run by the agent.
         modules = {"sleeper": {"version": "1", "type": "docker", "status": "running", "restartPolicy": "always",

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edb_local.azurite import azurite_command
+from edb_local.azurite import azurite_command, azurite_table_command
 from edb_local.azurite import not_installed_reason as azurite_missing
+from edb_local.azurite import table_not_installed_reason as azurite_table_missing
 from edb_local.supervisor.context import StackContext
 from edb_local.supervisor.errors import COMPONENT_BLOCKED, DEVICE_PROVISION, SupervisorError
 from edb_local.supervisor.health import Health, agent_connected, https_responds, tls_handshake, unix_socket_accepts
@@ -125,6 +126,10 @@ def _keyrelease_env(ctx: StackContext) -> dict[str, str]:
         "EDB_KR_AUDIT_LOG": str(ctx.paths.component_dir("keyrelease").resolve() / "audit.jsonl"),
         # the nonce MAC key: made on first start (0600), kept across restarts
         "EDB_KR_NONCE_KEY_FILE": str(ctx.paths.component_dir("keyrelease").resolve() / "nonce.key"),
+        # spent nonces in Azurite's Table service, as a scaled-out deployment shares them (the
+        # in-memory store only when Azurite is not installed)
+        **({"EDB_KR_NONCE_STORE": ctx.table_connection_string, "EDB_KR_NONCE_STORE_CA": str(ctx.ca)}
+           if azurite_table_missing(ctx.root) is None else {"EDB_KR_NONCE_STORE": "memory"}),
         # the legacy routes are off unless the stack was set up with --legacy-v1 (and then need the key)
         "EDB_KR_LEGACY_ENABLED": "1" if ctx.settings.legacy_v1 else "0",
         **({"EDB_KR_LEGACY_API_KEY": ctx.legacy_function_key_file.read_text().strip()}
@@ -155,6 +160,18 @@ def _azurite_command(ctx: StackContext) -> list[str]:
 
 def _azurite_health(ctx: StackContext) -> Health:
     return https_responds(ctx.address, ctx.settings.ports["azurite"], ctx.ca, "/devstoreaccount1?comp=list")
+
+
+def _tables_command(ctx: StackContext) -> list[str]:
+    creds = ctx.server_credentials("azurite")  # the same host and address as the Blob service
+    location = ctx.paths.component_dir("azurite-table").resolve()
+    location.mkdir(parents=True, exist_ok=True)
+    return azurite_table_command(address=ctx.address, port=ctx.settings.ports["azurite_table"], location=location,
+                                 cert=creds.cert_path, key=creds.key_path, root=ctx.root)
+
+
+def _tables_health(ctx: StackContext) -> Health:
+    return https_responds(ctx.address, ctx.settings.ports["azurite_table"], ctx.ca, "/devstoreaccount1/Tables")
 
 
 # -- TEE service (a device-level service, like OP-TEE: started by the host, not by the agent) ------
@@ -245,10 +262,12 @@ COMPONENTS: tuple[Component, ...] = (
               _keyvault_command, _keyvault_health, ports=("keyvault",)),
     Component("azurite", "Blob storage (Azurite)", lambda ctx: azurite_missing(ctx.root), _azurite_command,
               _azurite_health, ports=("azurite",)),
+    Component("tables", "Table storage (Azurite): the key release service's spent nonces",
+              lambda ctx: azurite_table_missing(ctx.root), _tables_command, _tables_health, ports=("azurite_table",)),
     Component("tee", "TEE-simulated region (device service)", _tee_missing, _tee_command, _tee_health,
               prepare=_tee_prepare),
     Component("keyrelease", "key release service", _keyrelease_missing, _keyrelease_command, _keyrelease_health,
-              depends_on=("keyvault", "tee"), requires=("keyvault", "tee"), prepare=_keyrelease_prepare,
+              depends_on=("keyvault", "tee", "tables"), requires=("keyvault", "tee"), prepare=_keyrelease_prepare,
               env=_keyrelease_env, ports=("keyrelease",)),
     Component("agent", "edge agent (runs the modules)", _module_missing("edb_local.agent.__main__"),
               _agent_command, _agent_health, depends_on=("hub", "tee"), requires=("hub",),

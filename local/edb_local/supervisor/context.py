@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edb_local.azurite import blob_connection_string, project_root
+from edb_local.azurite import blob_connection_string, project_root, table_connection_string
 from edb_local.stack_ca import ServerCredentials
 from edb_local.supervisor.settings import StackPaths, StackSettings
 
@@ -91,6 +91,11 @@ class StackContext:
     @property
     def blob_connection_string(self) -> str:
         return blob_connection_string(self.address, self.settings.ports["azurite"])
+
+    @property
+    def table_connection_string(self) -> str:
+        """Azurite's Table service: the key release service's shared spent-nonce store."""
+        return table_connection_string(self.address, self.settings.ports["azurite_table"])
 
     @property
     def module_env_file(self) -> Path:

@@ -67,6 +67,7 @@ def local_env_values(ctx: StackContext) -> dict[str, str]:
         "EDB_KEYVAULT_CA": str(ctx.ca),
         "EDB_KEY_RELEASE_URL": ctx.key_release_url,
         "EDB_BLOB_CONNECTION_STRING": ctx.blob_connection_string,
+        "EDB_TABLE_CONNECTION_STRING": ctx.table_connection_string,
         "EDB_PKI_DIR": str(ctx.paths.root.resolve() / "pki"),
         # deployment.template.json placeholders (cloud/edb_cloud/defaults.env has the device values)
         "EDB_TEE_SOCKET_DIR": str(ctx.tee_socket_dir),
