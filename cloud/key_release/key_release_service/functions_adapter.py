@@ -16,7 +16,8 @@ _service: KeyReleaseService | None = None
 
 
 def get_service() -> KeyReleaseService:
-    """One service per worker process (its nonce store and rate limits are in memory)."""
+    """One service per worker process: its rate limits are in memory; spent nonces are shared through
+    the table named by ``EDB_KR_NONCE_STORE`` (in memory too when that is ``memory``)."""
     global _service
     if _service is None:
         _service = KeyReleaseService.from_config(ServiceConfig.from_env())
