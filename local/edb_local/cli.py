@@ -91,7 +91,7 @@ def status(state_dir: Path, as_json: bool) -> None:
 @click.option("-n", "--lines", type=int, default=40, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
 def logs(state_dir: Path, component: str | None, lines: int, follow: bool) -> None:
-    """Print a component's log (hub, keyvault, keyrelease, azurite, tee, agent) or a module's
+    """Print a component's log (hub, keyvault, keyrelease, azurite, tables, tee, agent) or a module's
     (module:<id>); without COMPONENT, list the logs."""
     log_dir = state_dir / "logs"
     if component is None:
