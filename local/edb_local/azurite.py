@@ -22,65 +22,77 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def _executable(service: str, root: Path | None) -> Path:
+    return (root or project_root()) / "node_modules" / ".bin" / f"azurite-{service}"
+
+
 def azurite_blob_executable(root: Path | None = None) -> Path:
-    return (root or project_root()) / "node_modules" / ".bin" / "azurite-blob"
+    return _executable("blob", root)
 
 
 def azurite_table_executable(root: Path | None = None) -> Path:
-    return (root or project_root()) / "node_modules" / ".bin" / "azurite-table"
+    return _executable("table", root)
+
+
+def _not_installed(service: str, root: Path | None) -> str | None:
+    if shutil.which("node") is None:
+        return "Node.js is not installed (Azurite needs node 18+)"
+    if not _executable(service, root).exists():
+        return f"node_modules/.bin/azurite-{service} missing: run `make setup` (npm ci)"
+    return None
 
 
 def not_installed_reason(root: Path | None = None) -> str | None:
-    if shutil.which("node") is None:
-        return "Node.js is not installed (Azurite needs node 18+)"
-    if not azurite_blob_executable(root).exists():
-        return "node_modules/.bin/azurite-blob missing: run `make setup` (npm ci)"
-    return None
+    return _not_installed("blob", root)
 
 
 def table_not_installed_reason(root: Path | None = None) -> str | None:
-    if shutil.which("node") is None:
-        return "Node.js is not installed (Azurite needs node 18+)"
-    if not azurite_table_executable(root).exists():
-        return "node_modules/.bin/azurite-table missing: run `make setup` (npm ci)"
-    return None
+    return _not_installed("table", root)
+
+
+def _command(service: str, *, address: str, port: int, location: Path, cert: Path, key: Path,
+             root: Path | None) -> list[str]:
+    return [
+        str(_executable(service, root)),
+        f"--{service}Host", address, f"--{service}Port", str(port),
+        "--location", str(location),
+        "--cert", str(cert), "--key", str(key),
+        "--skipApiVersionCheck", "--silent", "--disableTelemetry",
+    ]
 
 
 def azurite_command(*, address: str, port: int, location: Path, cert: Path, key: Path,
                     root: Path | None = None) -> list[str]:
-    return [
-        str(azurite_blob_executable(root)),
-        "--blobHost", address, "--blobPort", str(port),
-        "--location", str(location),
-        "--cert", str(cert), "--key", str(key),
-        "--skipApiVersionCheck", "--silent", "--disableTelemetry",
-    ]
-
-
-def blob_endpoint(address: str, port: int) -> str:
-    return f"https://{address}:{port}/{ACCOUNT_NAME}"
-
-
-def blob_connection_string(address: str, port: int) -> str:
-    return (f"DefaultEndpointsProtocol=https;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint={blob_endpoint(address, port)};")
+    """``azurite-blob`` on ``address:port`` over HTTPS."""
+    return _command("blob", address=address, port=port, location=location, cert=cert, key=key, root=root)
 
 
 def azurite_table_command(*, address: str, port: int, location: Path, cert: Path, key: Path,
                           root: Path | None = None) -> list[str]:
-    return [
-        str(azurite_table_executable(root)),
-        "--tableHost", address, "--tablePort", str(port),
-        "--location", str(location),
-        "--cert", str(cert), "--key", str(key),
-        "--skipApiVersionCheck", "--silent", "--disableTelemetry",
-    ]
+    """``azurite-table`` on ``address:port`` over HTTPS."""
+    return _command("table", address=address, port=port, location=location, cert=cert, key=key, root=root)
 
 
-def table_endpoint(address: str, port: int) -> str:
+def _endpoint(address: str, port: int) -> str:
     return f"https://{address}:{port}/{ACCOUNT_NAME}"
 
 
-def table_connection_string(address: str, port: int) -> str:
+def blob_endpoint(address: str, port: int) -> str:
+    return _endpoint(address, port)
+
+
+def table_endpoint(address: str, port: int) -> str:
+    return _endpoint(address, port)
+
+
+def _connection_string(kind: str, address: str, port: int) -> str:
     return (f"DefaultEndpointsProtocol=https;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
-            f"TableEndpoint={table_endpoint(address, port)};")
+            f"{kind}Endpoint={_endpoint(address, port)};")
+
+
+def blob_connection_string(address: str, port: int) -> str:
+    return _connection_string("Blob", address, port)
+
+
+def table_connection_string(address: str, port: int) -> str:
+    return _connection_string("Table", address, port)
