@@ -3,7 +3,9 @@
 Models (MLPs of MatMul+Relu, random float32 weights):
 - small: 6 x 512x512, batch 1 (about 0.06-0.1 ms per call in-process);
 - medium: 4 x 2048x2048, batch 4 (about 2-4 ms per call);
-- large tensors: one Relu over a 1024x1024 float32 input (4 MiB in, 4 MiB out): the transport cost.
+- large tensors: one Relu over a 1024x1024 float32 input (4 MiB in, 4 MiB out): the transport cost,
+  through the shared-memory region (the client's default for tensors of 256 KiB and more) and, as
+  ``large_inline``, in the socket frame (a client with ``shm_threshold=None``) in the same run.
 
 Baseline: the same model in this process, in a session made with the TEE's own session options
 (``edb_tee.models.session_options``: same threads, spinning, arena, prepacking), so the difference
@@ -104,6 +106,7 @@ def main() -> None:
         device = provision_device(work / "pki", work / "state")
         proc = start_tee(device.info.layout.root, device.info.layout.socket, work / "tee.log")
         tee = TeeClient(device.info.layout.socket)
+        tee_inline = TeeClient(device.info.layout.socket, shm_threshold=None)  # the socket path for large tensors
 
         cases = {
             "small": (mlp(512, 6), np.random.default_rng(1).standard_normal((1, 512), dtype=np.float32), args.calls),
@@ -117,18 +120,21 @@ def main() -> None:
         for name, (model, x, calls) in cases.items():
             build_and_install(tee, device, name, model, work)
             feeds = {"input": x}
-            for prepack in (True, False):
+            variants = [(True, tee, ""), (False, tee, "")]
+            if name == "large":
+                variants.append((True, tee_inline, "large_inline"))
+            for prepack, client, label in variants:
                 session = ort.InferenceSession(model, session_options(prepack=prepack),
                                                providers=["CPUExecutionProvider"])
-                h = tee.load_model(name, prepack=prepack)
+                h = client.load_model(name, prepack=prepack)
                 expected = session.run(None, feeds)[0]
-                np.testing.assert_allclose(tee.infer(h, feeds)["output"], expected, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(client.infer(h, feeds)["output"], expected, rtol=1e-4, atol=1e-5)
                 base, through, thread_us, tee_us = measure(
-                    lambda s=session, f=feeds: s.run(None, f), lambda h=h, f=feeds: tee.infer(h, f),
+                    lambda s=session, f=feeds: s.run(None, f), lambda c=client, h=h, f=feeds: c.infer(h, f),
                     calls, min(args.blocks, calls), proc.pid)
                 b50, b95 = percentiles(base)
                 t50, t95 = percentiles(through)
-                key = f"{name}_{'prepack' if prepack else 'zerocopy'}"
+                key = label or f"{name}_{'prepack' if prepack else 'zerocopy'}"
                 results[key] = {"base_us_p50": round(b50, 1), "base_us_p95": round(b95, 1),
                                 "tee_us_p50": round(t50, 1), "tee_us_p95": round(t95, 1),
                                 "added_us_p50": round(t50 - b50, 1), "added_us_p95": round(t95 - b95, 1),
@@ -136,9 +142,10 @@ def main() -> None:
                                 "client_thread_cpu_us_per_call": round(thread_us, 1),
                                 "tee_process_cpu_us_per_call": round(tee_us, 1), "calls": calls}
                 print(key, json.dumps(results[key]), file=sys.stderr)
-                tee.unload(h)
+                client.unload(h)
                 del session
         tee.close()
+        tee_inline.close()
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -156,6 +163,7 @@ def main() -> None:
         "medium_base_ms_p50": round(m["base_us_p50"] / 1000, 3),
         "medium_added_us_p50": m["added_us_p50"],
         "large_4mib_added_us_p50": large["added_us_p50"],
+        "large_4mib_inline_added_us_p50": results["large_inline"]["added_us_p50"],
         "zerocopy_small_added_us_p50": results["small_zerocopy"]["added_us_p50"],
         "zerocopy_medium_ratio_p50": results["medium_zerocopy"]["ratio_p50"],
         "small_client_thread_cpu_us_per_call": s["client_thread_cpu_us_per_call"],

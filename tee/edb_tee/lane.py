@@ -18,6 +18,7 @@ does not match goes the general way.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from edb.errors import EdbError
 from edb.tee import errors as E
@@ -31,19 +32,22 @@ from edb.tee.protocol import (
     Tensor,
     Value,
     encode,
+    encode_fields,
     encode_tensors,
     error_message,
 )
 from edb_tee.models import ModelManager
+from edb_tee.tas.base import Connection
 
 log = logging.getLogger("edb_tee.server")
 
 
 class InferLane:
-    __slots__ = ("handle", "layout", "limits", "models", "owner", "session")
+    __slots__ = ("conn", "handle", "layout", "limits", "models", "owner", "session")
 
     def __init__(self, layout: Layout, handle: int, session: int, models: ModelManager, owner: int,
-                 limits: Limits) -> None:
+                 limits: Limits, conn: Connection) -> None:
+        self.conn = conn  # its shared-memory region, if attached, takes large outputs
         self.layout = layout
         self.handle = handle
         self.session = session
@@ -53,7 +57,7 @@ class InferLane:
 
     @classmethod
     def learn(cls, layout: Layout | None, msg: Message, ta_name: str, models: ModelManager, owner: int,
-              limits: Limits) -> InferLane | None:
+              limits: Limits, conn: Connection | None = None) -> InferLane | None:
         """A lane for requests shaped like ``msg``, if it is a runner ``infer`` the general path
         would dispatch to the model manager (a handle, then uniquely named tensors)."""
         if (layout is None or ta_name != "runner" or msg.op != Op.INVOKE or msg.command != RunnerCmd.INFER
@@ -62,7 +66,7 @@ class InferLane:
         names = [p.name for p in msg.params[1:] if type(p) is Tensor]
         if len(names) != len(msg.params) - 1 or len(set(names)) != len(names):
             return None
-        return cls(layout, msg.params[0].a, msg.session, models, owner, limits)
+        return cls(layout, msg.params[0].a, msg.session, models, owner, limits, conn or Connection())
 
     def serve(self, body: memoryview) -> list[bytes | memoryview] | None:
         """The reply frame for a matching body, or None (then the general path takes it)."""
@@ -72,6 +76,12 @@ class InferLane:
         request_id = int.from_bytes(body[4:8], "little")
         try:
             out = self.models.infer(self.handle, self.owner, layout.arrays(body))
+            region = self.conn.region
+            if region is not None and _any_large(out, region.threshold):  # into the region (inputs are all inline)
+                frame: list[bytes | memoryview] = encode_fields(
+                    MsgType.RESPONSE, Op.INVOKE, request_id, self.session, RunnerCmd.INFER, 0,
+                    region.place_outputs(out, 0), self.limits)
+                return frame
             return encode_tensors(MsgType.RESPONSE, Op.INVOKE, request_id, self.session, RunnerCmd.INFER, b"", 0,
                                   list(out.items()), self.limits)
         except EdbError as exc:
@@ -80,3 +90,10 @@ class InferLane:
             log.exception("internal error in INVOKE command %d", RunnerCmd.INFER)
             return encode(error_message(layout.message(body), E.INTERNAL, "internal error in the TEE (see its log)"),
                           self.limits)
+
+
+def _any_large(out: dict[str, Any], threshold: int) -> bool:
+    for arr in out.values():  # noqa: SIM110 - no generator on the per-call path
+        if arr.nbytes >= threshold:
+            return True
+    return False

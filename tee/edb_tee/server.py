@@ -54,7 +54,7 @@ from edb.tee.transport import (
 from edb_tee.access import may_open, roles_of
 from edb_tee.core import TeeCore
 from edb_tee.lane import InferLane
-from edb_tee.tas import REGISTRY, Call, TrustedApp
+from edb_tee.tas import REGISTRY, Call, Connection, TrustedApp
 
 log = logging.getLogger("edb_tee.server")
 HANDSHAKE_TIMEOUT_S = 5.0
@@ -186,6 +186,13 @@ class TeeServer:
         reply = Message(MsgType.RESPONSE, Op.HELLO, hello.request_id, params=[Value(version, self.limits.max_frame)])
         send_frame(conn, encode(reply, self.limits))
         conn.settimeout(None)
+        state = Connection()  # its shared-memory region, if the client attaches one
+        try:
+            self._loop(conn, peer, roles, state)
+        finally:
+            state.close()  # unmap the region: a client that disappears frees it
+
+    def _loop(self, conn: socket.socket, peer: PeerCredentials, roles: frozenset[str], state: Connection) -> None:
         sessions: dict[int, TrustedApp] = {}
         next_session = 1
         limits, core = self.limits, self.core
@@ -210,14 +217,14 @@ class TeeServer:
                     os.close(fd)
                 self._refuse(conn, Message(MsgType.REQUEST, Op.INVOKE), exc.code, exc.message)
                 return
-            call = Call(core, peer, msg.params, fds)
+            call = Call(core, peer, msg.params, fds, conn=state)
             op = msg.op
             try:
                 if op == Op.INVOKE:
                     ta = sessions.get(msg.session)
                     if ta is None:
                         raise TeeError("no such session", code=E.UNKNOWN_SESSION)
-                    learned = InferLane.learn(requests.last, msg, ta.name, core.models, peer.pid, limits)
+                    learned = InferLane.learn(requests.last, msg, ta.name, core.models, peer.pid, limits, state)
                     if learned is not None:  # the latest shape of infer request wins
                         lane = learned
                     out = ta.invoke(msg.command, call)

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from edb.tee.client import TeeClient
 from edb.tee.context import DEFAULT_TIMEOUT_S
+from edb.tee.shm import DEFAULT_REGION_BYTES, DEFAULT_THRESHOLD
 from edb.tee.types import DeviceInfo, Evidence, InstalledPackage, InstallSummary, InstallTicket, ModelHandle
 
 Array = npt.NDArray[Any]
@@ -23,9 +24,10 @@ Array = npt.NDArray[Any]
 
 class AsyncTeeClient:
     def __init__(self, socket_path: Path | str, *, timeout: float | None = DEFAULT_TIMEOUT_S,
-                 reconnect_s: float = 10.0, max_connections: int = 4) -> None:
+                 reconnect_s: float = 10.0, max_connections: int = 4,
+                 shm_threshold: int | None = DEFAULT_THRESHOLD, shm_bytes: int = DEFAULT_REGION_BYTES) -> None:
         self.sync = TeeClient(socket_path, timeout=timeout, reconnect_s=reconnect_s,
-                              max_connections=max_connections)
+                              max_connections=max_connections, shm_threshold=shm_threshold, shm_bytes=shm_bytes)
 
     async def device_info(self) -> DeviceInfo:
         return await asyncio.to_thread(self.sync.device_info)

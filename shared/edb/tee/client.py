@@ -45,7 +45,8 @@ from edb.tee.commands import (
     RunnerCmd,
 )
 from edb.tee.context import DEFAULT_TIMEOUT_S, TeeContext, TeeSession
-from edb.tee.protocol import Blob, Fd, Param, Text, Value, value_param
+from edb.tee.protocol import Blob, Fd, Param, Tensor, Text, Value, value_param
+from edb.tee.shm import DEFAULT_REGION_BYTES, DEFAULT_THRESHOLD, Region, align, create_region
 from edb.tee.types import (
     DeviceInfo,
     Evidence,
@@ -81,8 +82,15 @@ class TeeClient:
         timeout: float | None = DEFAULT_TIMEOUT_S,
         reconnect_s: float = 10.0,
         max_connections: int = 4,
+        shm_threshold: int | None = DEFAULT_THRESHOLD,
+        shm_bytes: int = DEFAULT_REGION_BYTES,
     ) -> None:
+        if shm_threshold is not None and shm_threshold < 1:
+            raise ValueError("shm_threshold must be at least 1 byte (None: never use shared memory)")
         self.socket_path = Path(socket_path)
+        #: numeric tensors of at least this many bytes cross in a shared-memory region (None: never)
+        self.shm_threshold = shm_threshold
+        self.shm_bytes = shm_bytes  # the region's size, per connection (the TEE maps at most 64 MiB)
         self.timeout = timeout
         self.reconnect_s = reconnect_s
         self.max_connections = max_connections
@@ -188,6 +196,47 @@ class TeeClient:
             finally:
                 self._release(conn)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _invoke_region(self, ta: uuid.UUID, cmd: int, hid: int,
+                       tensors: Sequence[tuple[str, Array]]) -> dict[str, Array]:
+        """:meth:`_invoke_tensors` for requests with a tensor of at least ``shm_threshold`` bytes:
+        those go through the connection's shared-memory region (attached on first use)."""
+        for attempt in range(2):
+            conn = self._acquire(check_stale=attempt > 0)
+            try:
+                session = conn.session(ta)
+                ctx = conn.ctx
+                region = ctx.region
+                if region is None:
+                    region = ctx.region = self._attach_region(session)
+                params: list[Param] = [Value(hid)]
+                offset = 0
+                for name, arr in tensors:
+                    if region.fits(arr, offset):
+                        params.append(region.put(name, arr, offset))  # the one copy: into the region
+                        offset = align(offset + arr.nbytes)
+                    else:
+                        params.append(Tensor(name, arr))
+                return ctx.invoke_params(session.id, cmd, params)
+            except TeeError as exc:
+                if exc.code != E.CONNECTION_LOST or attempt == 1:
+                    raise
+            finally:
+                self._release(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attach_region(self, session: TeeSession) -> Region:
+        """A sealed memfd region for this connection, passed to the TEE (which checks and maps it)."""
+        threshold = self.shm_threshold or DEFAULT_THRESHOLD
+        region, fd = create_region(self.shm_bytes, threshold)
+        try:
+            session.invoke(RunnerCmd.ATTACH_REGION, [Fd(0), Value(threshold)], [fd])
+        except BaseException:
+            region.close()
+            raise
+        finally:
+            os.close(fd)
+        return region
 
     def close(self) -> None:
         with self._cond:
@@ -295,13 +344,31 @@ class TeeClient:
 
     def infer(self, handle: ModelHandle, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run the model. Numeric arrays travel in the frame without copies in user space; numeric
-        results are arrays backed by the received frame. String tensors (numpy ``str`` arrays or
+        results are arrays backed by the received frame. A request with a numeric tensor of at least
+        ``shm_threshold`` bytes goes through the connection's shared-memory region instead: such
+        tensors are copied into it, and outputs of at least the threshold are copied out of it
+        (results are the caller's, whatever the next call does). String tensors (numpy ``str`` arrays or
         object arrays of ``str``) are encoded as UTF-8 within the bounds of
         :class:`edb.tee.protocol.Limits` (``TEE_STRING_*`` before anything is sent) and come back as
         object arrays of ``str``. Outputs that are not tensors (ZipMap's maps) are not returned."""
         tensors = [(k, v if type(v) is np.ndarray else np.asarray(v)) for k, v in inputs.items()]
         hid = self._remap.get(handle.handle, handle.handle) if self._remap else handle.handle
+        large = False
+        threshold = self.shm_threshold
+        if threshold is not None:
+            for _, arr in tensors:
+                if arr.nbytes >= threshold:
+                    large = True
+                    break
         for attempt in range(2):
+            if large:
+                try:
+                    return self._invoke_region(RUNNER_TA, RunnerCmd.INFER, hid, tensors)
+                except TeeError as exc:
+                    if exc.code != E.UNKNOWN_HANDLE or attempt == 1 or handle.handle not in self._known():
+                        raise
+                    hid = self._reload(handle)
+                    continue
             lead = self._leads.get(hid)
             if lead is None:
                 lead = value_param(hid)

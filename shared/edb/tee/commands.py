@@ -38,8 +38,9 @@ class InstallerCmd(IntEnum):
 
 class RunnerCmd(IntEnum):
     LOAD_MODEL = 1  # (Text name, Value(flags)) -> Blob(json ModelHandle)
-    INFER = 2  # (Value(handle), Tensor...) -> Tensor...
+    INFER = 2  # (Value(handle), Tensor | ShmTensor...) -> Tensor | ShmTensor...
     UNLOAD = 3  # (Value(handle)) -> ()
+    ATTACH_REGION = 4  # (Fd memfd, Value(threshold)) -> Value(size): this connection's shared-memory region
 
 
 #: LOAD_MODEL flags

@@ -37,6 +37,7 @@ from edb.tee.protocol import (
     MsgType,
     Op,
     Param,
+    ShmTensor,
     Tensor,
     Text,
     Value,
@@ -45,6 +46,7 @@ from edb.tee.protocol import (
     encode_tensors,
     hello_request,
 )
+from edb.tee.shm import Region
 from edb.tee.transport import PeerClosed, read_frame, send_frame, send_rest, socket_address, widen_send_buffer
 
 DEFAULT_TIMEOUT_S = 600.0  # installs of large models take a while; infer calls return in ms
@@ -66,6 +68,8 @@ class TeeContext:
         self.closed = False
         self._reply_hint = 256  # size of the last reply body: read that much with its length prefix
         self._replies: LayoutCache | None = None  # after the hello (it depends on the negotiated limits)
+        #: this connection's shared-memory region for large tensors (attached by TeeClient), if any
+        self.region: Region | None = None
         try:
             self._sock.settimeout(connect_timeout)
             with socket_address(self.socket_path) as address:
@@ -158,11 +162,24 @@ class TeeContext:
             reply = self._decode_reply(body, request_id)
         if reply.status:
             _checked(reply)
+        return self._tensors(reply)
+
+    def invoke_params(self, session: int, command: int, params: Sequence[Param]) -> dict[str, npt.NDArray[Any]]:
+        """INVOKE answered by uniquely named tensors, for requests with region tensors (built by
+        the caller, whose data is already in :attr:`region`)."""
+        return self._tensors(self.request(Op.INVOKE, session, command, params))
+
+    def _tensors(self, reply: Message) -> dict[str, npt.NDArray[Any]]:
+        """A reply's tensors by name; those in the region are copied out (results must outlive the
+        next call, which reuses the region)."""
         result: dict[str, npt.NDArray[Any]] = {}
         for p in reply.params:
-            if type(p) is not Tensor or p.name in result:
+            if type(p) is Tensor and p.name not in result:
+                result[p.name] = p.array
+            elif type(p) is ShmTensor and p.name not in result and self.region is not None:
+                result[p.name] = self.region.view(p).copy()
+            else:
                 raise TeeError("expected uniquely named tensors in the TEE's answer", code=PROTOCOL)
-            result[p.name] = p.array
         return result
 
     def _exchange(self, frame: list[bytes | memoryview], fds: Sequence[int], request_id: int) -> Message:
@@ -208,6 +225,9 @@ class TeeContext:
         self.closed = True
         with contextlib.suppress(OSError):
             self._sock.close()
+        region, self.region = self.region, None
+        if region is not None:
+            region.close()
 
     def close(self) -> None:
         """TEEC_FinalizeContext: the service closes this connection's sessions and releases what

@@ -22,6 +22,10 @@ Each parameter starts with a ``u8`` kind:
               for dtype 8 (string) the data is count x u32 element lengths, then the elements'
               UTF-8 bytes back to back (nbytes = 4 x count + their sum)
     5 Fd      u8 index into the file descriptors passed with the frame (SCM_RIGHTS)
+    6 ShmTensor  u8 dtype (numeric ONNX codes only), u8 ndim, u16 name length, name, ndim x u64 dims,
+              u64 offset, u64 nbytes: a tensor in the connection's shared-memory region (see
+              :mod:`edb.tee.shm`); the decoder checks the header, the region range is checked
+              by whoever maps it
 
 The first exchange on a connection is ``hello`` (op 0) with params ``Blob(b"EDBTEE")``,
 ``Value(min_version, max_version)``; the reply carries ``Value(version, max_frame)``. The hello
@@ -94,6 +98,7 @@ class ParamKind(IntEnum):
     TEXT = 3
     TENSOR = 4
     FD = 5
+    SHM_TENSOR = 6
 
 
 _MSG_TYPES = {int(t): t for t in MsgType}
@@ -146,6 +151,15 @@ def dtype_code(dtype: np.dtype[Any]) -> int:
     return code
 
 
+def numeric_code(dtype: np.dtype[Any], *, strict: bool = True) -> int | None:
+    """The ONNX code of a fixed-size (numeric or bool) dtype; else ``TEE_DTYPE_UNSUPPORTED`` (None
+    if not ``strict``)."""
+    code = _CODES.get(dtype.str)
+    if code is None and strict:
+        raise TeeError(f"tensor dtype {dtype} cannot cross the TEE boundary", code=DTYPE_UNSUPPORTED)
+    return code
+
+
 def dtype_from_code(code: int) -> np.dtype[Any]:
     dt = _DTYPES.get(code)
     if dt is None:
@@ -194,12 +208,23 @@ class Tensor(NamedTuple):
         return f"Tensor({self.name!r}, {self.array.dtype}, {self.array.shape})"
 
 
+class ShmTensor(NamedTuple):
+    """A numeric tensor in the connection's shared-memory region: its header only (the bytes are
+    at ``offset`` in the region; ``nbytes`` = elements x item size, checked by the decoder)."""
+
+    name: str
+    code: int  # ONNX dtype code (numeric: never 8, string)
+    dims: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
 @dataclass(frozen=True)
 class Fd:  # rare (package files at begin_install); a dataclass, as `index` would shadow tuple.index
     index: int
 
 
-Param = Value | Blob | Text | Tensor | Fd
+Param = Value | Blob | Text | Tensor | Fd | ShmTensor
 
 
 @dataclass
@@ -268,7 +293,7 @@ def _u32s(count: int) -> struct.Struct:
     return st
 
 
-_PARAM_TYPES = (Tensor, Value, Text, Blob, Fd)
+_PARAM_TYPES = (Tensor, Value, Text, Blob, Fd, ShmTensor)
 
 
 def _tensor_param(name_len: int, ndim: int) -> struct.Struct:
@@ -352,6 +377,19 @@ def _encode_strings(phase: int, name: str, arr: npt.NDArray[Any], limits: Limits
     return meta, table, data
 
 
+def _encode_shm_tensor(p: ShmTensor, limits: Limits) -> bytes:
+    raw = p.name.encode("utf-8")
+    if len(raw) > limits.max_name or len(p.dims) > limits.max_ndim:
+        raise TeeError("tensor name or rank out of bounds", code=BAD_PARAMETERS)
+    if p.code not in _DTYPES:
+        raise TeeError(f"dtype code {p.code} cannot cross in shared memory", code=DTYPE_UNSUPPORTED)
+    if not (all(0 <= d <= limits.max_dim for d in p.dims) and 0 <= p.offset <= _U64_MAX
+            and 0 <= p.nbytes <= _U64_MAX):
+        raise TeeError("shared-memory tensor header out of range", code=BAD_PARAMETERS)
+    return _tensor_param(len(raw), len(p.dims)).pack(ParamKind.SHM_TENSOR, p.code, len(p.dims), len(raw), raw,
+                                                    *p.dims, p.offset) + _U64.pack(p.nbytes)
+
+
 def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memoryview]:
     """The frame (length prefix included) as a list of buffers for ``sendmsg``; arrays are not copied."""
     return encode_fields(msg.type, msg.op, msg.request_id, msg.session, msg.command, msg.status, msg.params, limits)
@@ -413,6 +451,8 @@ def encode_fields(mtype: int, op: int, request_id: int, session: int, command: i
                 head += bytes(data)
         elif cls is Fd:
             head += _FD_PARAM.pack(ParamKind.FD, p.index)
+        elif cls is ShmTensor:
+            head += _encode_shm_tensor(p, limits)  # type: ignore[arg-type]
         else:
             raise TeeError(f"unknown parameter type {cls.__name__}", code=BAD_PARAMETERS)
     if head:
@@ -485,7 +525,10 @@ def _decode(view: memoryview, header: tuple[Any, ...], nfds: int, limits: Limits
             elif layout is not None:
                 layout.append(spec)
             continue
-        if kind == ParamKind.VALUE:
+        if kind == ParamKind.SHM_TENSOR:
+            pos, shm = _decode_shm_tensor(view, pos, end, limits)
+            params.append(shm)
+        elif kind == ParamKind.VALUE:
             if pos + 16 > end:
                 raise _past_end()
             a, b = _VALUE.unpack_from(view, pos)
@@ -532,6 +575,38 @@ def _decode(view: memoryview, header: tuple[Any, ...], nfds: int, limits: Limits
 
 
 _TensorSpec = tuple[int, str, np.dtype[Any], tuple[int, ...]]  # data offset, name, dtype, dims
+
+
+def _decode_shm_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tuple[int, ShmTensor]:
+    """A region tensor's header (after its kind byte): numeric dtype, bounded rank, name and dims,
+    and a length that matches them. Whether the range lies in the region is the mapper's check."""
+    if pos + 4 > end:
+        raise _past_end()
+    code, ndim, name_len = _TENSOR_HEAD.unpack_from(view, pos)
+    pos += 4
+    if ndim > limits.max_ndim or name_len > limits.max_name:
+        raise protocol_error("tensor rank or name length out of bounds")
+    meta_end = pos + name_len + 8 * ndim + 16
+    if meta_end > end:
+        raise _past_end()
+    try:
+        name = str(view[pos:pos + name_len], "utf-8", "strict")
+    except UnicodeDecodeError as exc:
+        raise protocol_error("tensor name is not UTF-8") from exc
+    pos += name_len
+    dims = _dims(ndim).unpack_from(view, pos)
+    offset, nbytes = _VALUE.unpack_from(view, meta_end - 16)
+    dt = _DTYPES.get(code)
+    if dt is None:  # strings (8) and unknown codes: only fixed-size numbers live in a region
+        raise TeeError(f"dtype code {code} cannot cross in shared memory", code=DTYPE_UNSUPPORTED)
+    count = 1
+    for d in dims:
+        if d > limits.max_dim:
+            raise protocol_error("tensor dimension out of bounds")
+        count *= d
+    if count * dt.itemsize != nbytes:
+        raise protocol_error("tensor byte length does not match dtype and shape")
+    return meta_end, ShmTensor(name, code, dims, offset, nbytes)
 
 
 def _decode_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tuple[int, Tensor, _TensorSpec | None]:

@@ -11,7 +11,7 @@ import uuid
 
 from edb.tee.commands import DEVICE_TA, INSTALLER_TA, RUNNER_TA
 from edb_tee.tas import device, installer, runner
-from edb_tee.tas.base import Call, TrustedApp
+from edb_tee.tas.base import Call, Connection, TrustedApp
 
 REGISTRY: dict[uuid.UUID, TrustedApp] = {
     DEVICE_TA: TrustedApp(DEVICE_TA, "device", device.COMMANDS),
@@ -19,4 +19,4 @@ REGISTRY: dict[uuid.UUID, TrustedApp] = {
     RUNNER_TA: TrustedApp(RUNNER_TA, "runner", runner.COMMANDS),
 }
 
-__all__ = ["REGISTRY", "Call", "TrustedApp"]
+__all__ = ["REGISTRY", "Call", "Connection", "TrustedApp"]

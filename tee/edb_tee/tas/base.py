@@ -15,7 +15,21 @@ from edb.tee.protocol import Blob, Fd, Param
 from edb.tee.transport import PeerCredentials
 
 if TYPE_CHECKING:
+    from edb.tee.shm import Region
     from edb_tee.core import TeeCore
+
+
+@dataclass(slots=True)
+class Connection:
+    """What one client connection holds beyond its sessions: its shared-memory region, if it
+    attached one (unmapped when the connection ends)."""
+
+    region: Region | None = None
+
+    def close(self) -> None:
+        region, self.region = self.region, None
+        if region is not None:
+            region.close()
 
 
 @dataclass(slots=True)
@@ -25,6 +39,7 @@ class Call:
     params: list[Param]
     fds: list[int]
     taken: set[int] = field(default_factory=set)  # only used with descriptors (see the server)
+    conn: Connection = field(default_factory=Connection)  # the calling connection's state
 
     def expect(self, *kinds: type) -> list[Any]:
         if len(self.params) != len(kinds) or not all(isinstance(p, k) for p, k in zip(self.params, kinds, strict=True)):

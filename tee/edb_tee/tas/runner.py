@@ -1,14 +1,17 @@
-"""Runner trusted app: load / infer / unload. Tensors arrive as views of the received frame and
-results leave as views of ONNX Runtime's outputs: no copies in the TEE's user space."""
+"""Runner trusted app: load / infer / unload, and the connection's shared-memory region. Tensors
+arrive as views of the received frame (or of the region) and results leave as views of ONNX
+Runtime's outputs (or are written into the region): no other copies in the TEE's user space."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from edb.errors import TeeError
 from edb.tee.commands import LOAD_IN_PLACE, LOAD_PREPACK, RunnerCmd
-from edb.tee.errors import BAD_PARAMETERS
-from edb.tee.protocol import Param, Tensor, Text, Value
+from edb.tee.errors import BAD_PARAMETERS, SHM_NOT_ATTACHED
+from edb.tee.protocol import Fd, Param, ShmTensor, Tensor, Text, Value
+from edb.tee.shm import inputs_end, map_region
 from edb_tee.tas.base import Call, Handler, json_blob
 
 
@@ -26,13 +29,41 @@ def infer(c: Call) -> list[Param]:
     if not params or type(params[0]) is not Value:
         raise TeeError("infer takes a handle then tensors", code=BAD_PARAMETERS)
     feeds: dict[str, Any] = {}
+    region = c.conn.region
     for i in range(1, len(params)):
         p = params[i]
-        if type(p) is not Tensor or p.name in feeds:
+        if type(p) is Tensor:
+            arr = p.array
+        elif type(p) is ShmTensor:
+            if region is None:
+                raise TeeError("shared-memory tensor without an attached region", code=SHM_NOT_ATTACHED)
+            arr = region.view(p)  # bounds-checked against the mapping, which cannot shrink
+        else:
             raise TeeError("infer inputs must be uniquely named tensors", code=BAD_PARAMETERS)
-        feeds[p.name] = p.array
+        if p.name in feeds:
+            raise TeeError("infer inputs must be uniquely named tensors", code=BAD_PARAMETERS)
+        feeds[p.name] = arr
     out = c.core.models.infer(params[0].a, c.peer.pid, feeds)
+    if region is not None:  # outputs of at least the threshold go into the region, behind the inputs
+        placed: list[Param] = region.place_outputs(out, inputs_end(params))
+        return placed
     return [Tensor(name, arr) for name, arr in out.items()]
+
+
+def attach_region(c: Call) -> list[Param]:
+    """This connection's shared-memory region (replacing an earlier one): a memfd sealed against
+    shrinking, within the size limit, checked before it is mapped (see :mod:`edb.tee.shm`)."""
+    ref, threshold = c.expect(Fd, Value)
+    if threshold.a < 1:
+        raise TeeError("the region threshold must be at least 1 byte", code=BAD_PARAMETERS)
+    fd = c.take_fd(ref)
+    try:
+        region = map_region(fd, threshold.a)
+    finally:
+        os.close(fd)  # the mapping holds its own reference
+    c.conn.close()
+    c.conn.region = region
+    return [Value(region.size)]
 
 
 def unload(c: Call) -> list[Param]:
@@ -45,4 +76,5 @@ COMMANDS: dict[int, Handler] = {
     RunnerCmd.LOAD_MODEL: load_model,
     RunnerCmd.INFER: infer,
     RunnerCmd.UNLOAD: unload,
+    RunnerCmd.ATTACH_REGION: attach_region,
 }

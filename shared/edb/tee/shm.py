@@ -1,0 +1,179 @@
+"""Shared-memory tensor regions across the TEE boundary (both sides).
+
+A client creates one region per connection: a memfd (``MFD_CLOEXEC``, ``MFD_ALLOW_SEALING``) of a
+fixed size, sealed with ``F_SEAL_SHRINK`` (and ``F_SEAL_GROW``, ``F_SEAL_SEAL``), mapped shared
+read-write, and passed to the TEE once with ``SCM_RIGHTS`` (runner command ``ATTACH_REGION``).
+The TEE checks the descriptor before mapping it: a memfd (its ``/proc/self/fd`` link), opened
+read-write, carrying the shrink seal (``F_GET_SEALS``), of a size between 1 byte and its limit.
+The shrink seal is what makes the mapping safe for the TEE: nobody can truncate the file under
+it, so no access inside the mapped length can fault (``SIGBUS``).
+
+Tensors of at least ``threshold`` bytes then cross as :class:`~edb.tee.protocol.ShmTensor`
+parameters (dtype, shape, offset, length) instead of in the frame: the client writes an input
+into the region, the TEE builds a numpy view over its mapping (after checking the range against
+the region and the alignment), and writes outputs of at least the threshold behind the inputs;
+the client copies them out (results outlive the next call).
+
+Only tensors the normal world owns anyway (its inputs and its outputs) ever enter a region: never
+model bytes, keys or anything else of the TEE's. The normal world can change the bytes while ONNX
+Runtime reads them (time of check to time of use): that changes only its own result. The TEE's
+memory safety does not depend on the bytes: every view is bounds-checked against the mapping,
+whose length cannot shrink. Numeric dtypes only: strings always travel in the frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edb.errors import TeeError
+from edb.tee.errors import SHM_BOUNDS, SHM_INVALID, SHM_TOO_LARGE
+from edb.tee.protocol import TENSOR_ALIGN, Param, ShmTensor, Tensor, dtype_from_code, numeric_code
+
+Array = npt.NDArray[Any]
+
+#: The largest region the TEE maps (per connection); above it: ``TEE_SHM_TOO_LARGE``.
+MAX_REGION_BYTES = 64 * 1024 * 1024
+#: Client defaults: tensors of at least this many bytes go through the region, which is this large.
+DEFAULT_THRESHOLD = 256 * 1024
+DEFAULT_REGION_BYTES = 32 * 1024 * 1024
+
+_REQUIRED_SEALS = fcntl.F_SEAL_SHRINK
+
+
+def align(n: int) -> int:
+    return n + (-n % TENSOR_ALIGN)
+
+
+# ------------------------------------------------------------------------------- pure checks
+
+
+def check_region(*, is_memfd: bool, is_regular: bool, read_write: bool, seals: int | None, size: int,
+                 limit: int = MAX_REGION_BYTES) -> None:
+    """Whether the TEE may map a region with these properties (pure: the facts are gathered by
+    :func:`map_region`). ``seals`` is None when ``F_GET_SEALS`` is refused (not a shmem file)."""
+    if not is_memfd or not is_regular or seals is None:
+        raise TeeError("the shared-memory region is not a memfd", code=SHM_INVALID)
+    if seals & _REQUIRED_SEALS != _REQUIRED_SEALS:
+        raise TeeError("the shared-memory region is not sealed against shrinking (F_SEAL_SHRINK)", code=SHM_INVALID)
+    if not read_write:
+        raise TeeError("the shared-memory region is not open for reading and writing", code=SHM_INVALID)
+    if size <= 0:
+        raise TeeError("the shared-memory region is empty", code=SHM_INVALID)
+    if size > limit:
+        raise TeeError(f"shared-memory region of {size} bytes exceeds the limit {limit}", code=SHM_TOO_LARGE)
+
+
+def check_range(offset: int, nbytes: int, size: int) -> None:
+    """A tensor's bytes lie inside the region and start on a 64-byte boundary (``TEE_SHM_BOUNDS``)."""
+    if offset % TENSOR_ALIGN or nbytes <= 0 or offset + nbytes > size:
+        raise TeeError(f"shared-memory tensor [{offset}, {offset}+{nbytes}) is outside the region of {size} bytes "
+                       f"or not 64-byte aligned", code=SHM_BOUNDS)
+
+
+# ------------------------------------------------------------------------------------ region
+
+
+class Region:
+    """One mapped region (either side). Not thread-safe: it belongs to one connection, which
+    carries one request at a time."""
+
+    __slots__ = ("map", "size", "threshold")
+
+    def __init__(self, mapping: mmap.mmap, size: int, threshold: int) -> None:
+        self.map = mapping
+        self.size = size
+        self.threshold = threshold  # tensors of at least this many bytes go through the region
+
+    def view(self, p: ShmTensor) -> Array:
+        """The tensor ``p`` as a view of the region, after checking its range."""
+        dt = dtype_from_code(p.code)
+        check_range(p.offset, p.nbytes, self.size)
+        return np.ndarray(p.dims, dt, self.map, p.offset)
+
+    def put(self, name: str, arr: Array, offset: int) -> ShmTensor:
+        """Copy ``arr`` into the region at ``offset`` (64-aligned); the parameter that names it."""
+        code = numeric_code(arr.dtype)
+        assert code is not None  # strict: raised otherwise
+        check_range(offset, arr.nbytes, self.size)
+        np.copyto(np.ndarray(arr.shape, arr.dtype, self.map, offset), arr, casting="no")
+        return ShmTensor(name, code, tuple(arr.shape), offset, arr.nbytes)
+
+    def fits(self, arr: Array, offset: int) -> bool:
+        """Whether ``arr`` goes through the region at ``offset``: numeric, at least the threshold,
+        and room left."""
+        n = arr.nbytes
+        return n >= self.threshold and offset + n <= self.size and numeric_code(arr.dtype, strict=False) is not None
+
+    def place_outputs(self, out: Mapping[str, Array], start: int) -> list[Param]:
+        """The TEE's reply parameters: outputs of at least the threshold written into the region
+        from ``start`` (behind the request's inputs), the others in the frame."""
+        params: list[Param] = []
+        offset = align(start)
+        for name, arr in out.items():
+            if type(arr) is np.ndarray and self.fits(arr, offset):
+                params.append(self.put(name, arr, offset))
+                offset = align(offset + arr.nbytes)
+            else:
+                params.append(Tensor(name, arr))
+        return params
+
+    def close(self) -> None:
+        # a view still alive (the caller kept an input view) keeps the mapping: it is unmapped when
+        # the last view goes (mmap refuses to close while buffers are exported)
+        with contextlib.suppress(BufferError):
+            self.map.close()
+
+
+def inputs_end(params: Sequence[Param]) -> int:
+    """Where the request's region tensors end: the TEE writes outputs behind them."""
+    end = 0
+    for p in params:
+        if type(p) is ShmTensor:
+            end = max(end, p.offset + p.nbytes)
+    return end
+
+
+def create_region(size: int = DEFAULT_REGION_BYTES, threshold: int = DEFAULT_THRESHOLD) -> tuple[Region, int]:
+    """Client side: a sealed memfd of ``size`` bytes, mapped; the descriptor to pass to the TEE
+    (the caller closes it once passed: the mapping stays)."""
+    fd = os.memfd_create("edb-tee-tensors", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Region(mapping, size, threshold), fd
+
+
+def map_region(fd: int, threshold: int, limit: int = MAX_REGION_BYTES) -> Region:
+    """TEE side: check a passed descriptor (:func:`check_region`) and map it. The caller still owns
+    (and closes) ``fd``; the mapping keeps its own reference."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        link = ""
+    st = os.fstat(fd)
+    try:
+        seals: int | None = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:  # EINVAL: the file does not support seals
+        seals = None
+    read_write = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+    check_region(is_memfd=link.startswith("/memfd:"), is_regular=stat.S_ISREG(st.st_mode), read_write=read_write,
+                 seals=seals, size=st.st_size, limit=limit)
+    try:
+        mapping = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as exc:  # write-sealed (F_SEAL_WRITE / F_SEAL_FUTURE_WRITE), or no memory
+        raise TeeError(f"cannot map the shared-memory region: {exc.strerror or exc}", code=SHM_INVALID) from exc
+    return Region(mapping, st.st_size, threshold)
