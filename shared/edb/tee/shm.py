@@ -11,13 +11,15 @@ it, so no access inside the mapped length can fault (``SIGBUS``).
 Tensors of at least ``threshold`` bytes then cross as :class:`~edb.tee.protocol.ShmTensor`
 parameters (dtype, shape, offset, length) instead of in the frame: the client writes an input
 into the region, the TEE builds a numpy view over its mapping (after checking the range against
-the region and the alignment), and writes outputs of at least the threshold behind the inputs;
-the client copies them out (results outlive the next call).
+the region and the alignment) and copies it into its own memory before ONNX Runtime reads it, and
+writes outputs of at least the threshold behind the inputs; the client copies them out (results
+outlive the next call).
 
 Only tensors the normal world owns anyway (its inputs and its outputs) ever enter a region: never
-model bytes, keys or anything else of the TEE's. The normal world can change the bytes while ONNX
-Runtime reads them (time of check to time of use): that changes only its own result. The TEE's
-memory safety does not depend on the bytes: every view is bounds-checked against the mapping,
+model bytes, keys or anything else of the TEE's. ONNX Runtime never reads the shared pages: the
+normal world can rewrite them at any time, and kernels validate their inputs then read them again
+(an index checked, then re-read to copy), so each region input is snapshotted into the TEE's
+memory first (time of check to time of use). Every view is bounds-checked against the mapping,
 whose length cannot shrink. Numeric dtypes only: strings always travel in the frame.
 """
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from edb.errors import TeeError
 from edb.tee.commands import LOAD_IN_PLACE, LOAD_PREPACK, RunnerCmd
-from edb.tee.errors import BAD_PARAMETERS, SHM_NOT_ATTACHED
+from edb.tee.errors import BAD_PARAMETERS, SHM_BOUNDS, SHM_NOT_ATTACHED
 from edb.tee.protocol import Fd, Param, ShmTensor, Tensor, Text, Value
 from edb.tee.shm import inputs_end, map_region
 from edb_tee.tas.base import Call, Handler, json_blob
@@ -30,6 +30,7 @@ def infer(c: Call) -> list[Param]:
         raise TeeError("infer takes a handle then tensors", code=BAD_PARAMETERS)
     feeds: dict[str, Any] = {}
     region = c.conn.region
+    snapshot_bytes = 0  # region inputs copied so far: never more than the region (ranges may overlap)
     for i in range(1, len(params)):
         p = params[i]
         if type(p) is Tensor:
@@ -37,7 +38,15 @@ def infer(c: Call) -> list[Param]:
         elif type(p) is ShmTensor:
             if region is None:
                 raise TeeError("shared-memory tensor without an attached region", code=SHM_NOT_ATTACHED)
-            arr = region.view(p)  # bounds-checked against the mapping, which cannot shrink
+            # bounds-checked against the mapping, which cannot shrink, then copied: ONNX Runtime must
+            # read the TEE's own snapshot. Kernels validate then re-read their inputs (Gather checks
+            # every index, then reads it again to copy): over shared pages the normal world could
+            # change an index between the two reads and have TEE memory copied into the output
+            snapshot_bytes += p.nbytes
+            if snapshot_bytes > region.size:  # overlapping ranges: one region's worth of copies at most
+                raise TeeError(f"shared-memory tensors of more than the region's {region.size} bytes in all",
+                               code=SHM_BOUNDS)
+            arr = region.view(p).copy()
         else:
             raise TeeError("infer inputs must be uniquely named tensors", code=BAD_PARAMETERS)
         if p.name in feeds:

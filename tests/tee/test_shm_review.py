@@ -1,0 +1,84 @@
+"""Review findings on the shared-memory path (edb.tee.shm, runner ATTACH_REGION/INFER): what ONNX
+Runtime reads must be the TEE's own snapshot of a region input, never the shared pages the normal
+world can rewrite while a kernel validates then re-reads them (a double fetch: ONNX Runtime's
+Gather checks its indices in one pass and reads them again to copy)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edb.errors import EdbError
+from edb.tee.protocol import ShmTensor, Value
+from edb.tee.shm import create_region, map_region
+from edb.tee.transport import PeerCredentials
+from edb_tee.tas.base import Call, Connection
+from edb_tee.tas.runner import infer
+
+
+class RewritingModels:
+    """Stands in for the model manager (pure logic: what the runner hands it): while 'running', the
+    normal world rewrites its region; the model sees what it was given."""
+
+    def __init__(self, normal_world: Any) -> None:
+        self.normal_world = normal_world
+        self.seen_before: Any = None
+        self.seen_after: Any = None
+
+    def infer(self, handle: int, owner: int, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        x = feeds["x"]
+        self.seen_before = np.array(x, copy=True)
+        self.normal_world.map[0:64] = b"\xff" * 64  # the hostile rewrite, mid-run
+        self.seen_after = np.array(x, copy=True)
+        return {}
+
+
+def test_region_inputs_reach_the_model_as_a_private_snapshot() -> None:
+    client_region, fd = create_region(1 << 20)
+    try:
+        tee_region = map_region(fd, threshold=64)
+    finally:
+        os.close(fd)
+    data = np.arange(16, dtype=np.int64)
+    p = client_region.put("x", data, 0)
+    models = RewritingModels(client_region)
+    conn = Connection(tee_region)
+    call = Call(SimpleNamespace(models=models), PeerCredentials(os.getpid(), os.getuid(), os.getgid()),  # type: ignore[arg-type]
+                [Value(1), ShmTensor(p.name, p.code, p.dims, p.offset, p.nbytes)], [], conn=conn)
+    infer(call)
+    np.testing.assert_array_equal(models.seen_before, data)
+    np.testing.assert_array_equal(models.seen_after, data)  # the rewrite did not reach the model's input
+    conn.close()
+    client_region.close()
+
+
+class NeverRun:
+    def infer(self, handle: int, owner: int, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError("the model must not run")
+
+
+def test_overlapping_region_inputs_cannot_multiply_the_tees_copies() -> None:
+    """Every input is snapshotted, so inputs naming the same bytes again would make the TEE allocate
+    the region many times over (64 parameters x 64 MiB): refused past one region's worth."""
+    client_region, fd = create_region(1 << 20)
+    try:
+        tee_region = map_region(fd, threshold=64)
+    finally:
+        os.close(fd)
+    whole = ShmTensor("a", 2, (1 << 20,), 0, 1 << 20)  # uint8 over the whole region
+    conn = Connection(tee_region)
+    peer = PeerCredentials(os.getpid(), os.getuid(), os.getgid())
+    for hostile in ([whole, whole._replace(name="b")], [whole._replace(dims=(1 << 19,), nbytes=1 << 19),
+                                                        whole._replace(name="b", dims=((1 << 19) + 64,),
+                                                                       nbytes=(1 << 19) + 64, offset=(1 << 19) - 64)]):
+        call = Call(SimpleNamespace(models=NeverRun()), peer, [Value(1), *hostile], [], conn=conn)  # type: ignore[arg-type]
+        with pytest.raises(EdbError) as err:
+            infer(call)
+        assert err.value.code == "TEE_SHM_BOUNDS"
+    conn.close()
+    client_region.close()
