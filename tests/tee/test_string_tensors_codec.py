@@ -167,6 +167,7 @@ def test_hand_written_body_matches_the_encoder() -> None:
     (string_body(["é".encode(), b"a"], lengths=[1, 2]), "TEE_STRING_INVALID"),  # a character cut in two elements
     (string_body([b"ab"], nbytes=3), "TEE_STRING_INVALID"),  # shorter than its length table
     (string_body([b"ab"], count=3), "TEE_STRING_INVALID"),  # dims say 3 elements, the table 1
+    (string_body([b"ab"], count=0), "TEE_STRING_INVALID"),  # no elements, yet a table and bytes
     (string_body([b"ab"], nbytes=1 << 40), "TEE_STRING_TOO_LARGE"),  # refused before any read
     (string_body([b"ab"], count=1 << 31), "TEE_STRING_TOO_MANY"),
     (string_body([b"ab"], nbytes=12), "TEE_PROTOCOL"),  # runs past the frame

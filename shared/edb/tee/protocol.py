@@ -665,7 +665,9 @@ def _decode_strings(view: memoryview, name: str, dims: tuple[int, ...], count: i
     if offset != meta_end and view[meta_end:offset] != _ZEROS[: offset - meta_end]:
         raise protocol_error("non-zero tensor padding")
     if not count:
-        return offset + nbytes, Tensor(name, np.empty(dims, dtype=object)), None
+        if nbytes:  # no elements: no table and no bytes either, or they are bytes nothing accounts for
+            raise TeeError("string tensor with no elements carries data", code=STRING_INVALID)
+        return offset, Tensor(name, np.empty(dims, dtype=object)), None
     if count <= _SMALL_STRINGS:  # a few labels (the common reply): struct and builtins, not numpy reductions
         lengths: Sequence[int] = _u32s(count).unpack_from(view, offset)
         longest, summed = max(lengths), sum(lengths)
