@@ -5,6 +5,7 @@ Gather checks its indices in one pass and reads them again to copy)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Mapping
 from types import SimpleNamespace
@@ -82,3 +83,30 @@ def test_overlapping_region_inputs_cannot_multiply_the_tees_copies() -> None:
         assert err.value.code == "TEE_SHM_BOUNDS"
     conn.close()
     client_region.close()
+
+
+MFD_HUGETLB = 4  # linux/memfd.h (os.MFD_HUGETLB where Python defines it)
+
+
+def test_a_hugetlb_memfd_is_refused_before_it_is_mapped() -> None:
+    """A memfd on hugetlbfs passes the memfd, regular-file, read-write and shrink-seal checks, but
+    F_SEAL_SHRINK does not stop its owner punching a hole (fallocate PUNCH_HOLE drops the pages and
+    their reservation): the TEE's next touch of that range needs a fresh huge page, and with the
+    pool exhausted the kernel answers SIGBUS, killing the TEE (reproduced with a 2-page pool). So
+    the TEE maps tmpfs memfds only, whatever the pool: refused as not tmpfs, not for want of pages."""
+    fd = os.memfd_create("edb-tee-tensors", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | MFD_HUGETLB)
+    try:
+        os.ftruncate(fd, 2 << 20)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        with pytest.raises(EdbError) as err:
+            map_region(fd, threshold=64)
+        assert err.value.code == "TEE_SHM_INVALID"
+        assert "tmpfs" in err.value.message
+    finally:
+        os.close(fd)
+    client_region, fd = create_region(1 << 20)  # the ordinary (tmpfs) memfd is still mapped
+    try:
+        map_region(fd, threshold=64).close()
+    finally:
+        os.close(fd)
+        client_region.close()

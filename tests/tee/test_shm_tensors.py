@@ -337,11 +337,13 @@ def test_the_region_cannot_shrink_and_is_unmapped_when_its_client_goes(tee: TeeP
 
 
 def test_region_and_range_checks() -> None:
-    ok: dict[str, Any] = {"is_memfd": True, "is_regular": True, "read_write": True, "seals": 0x2, "size": 4096}
+    ok: dict[str, Any] = {"is_memfd": True, "is_regular": True, "on_tmpfs": True, "read_write": True, "seals": 0x2,
+                          "size": 4096}
     check_region(**ok)
     for change, code in (({"is_memfd": False}, "TEE_SHM_INVALID"), ({"is_regular": False}, "TEE_SHM_INVALID"),
                          ({"seals": None}, "TEE_SHM_INVALID"), ({"seals": 0x1 | 0x4}, "TEE_SHM_INVALID"),
                          ({"read_write": False}, "TEE_SHM_INVALID"), ({"size": 0}, "TEE_SHM_INVALID"),
+                         ({"on_tmpfs": False}, "TEE_SHM_INVALID"),
                          ({"size": MAX_REGION_BYTES + 1}, "TEE_SHM_TOO_LARGE")):
         with pytest.raises(EdbError) as err:
             check_region(**{**ok, **change})

@@ -26,6 +26,7 @@ whose length cannot shrink. Numeric dtypes only: strings always travel in the fr
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import mmap
 import os
@@ -49,6 +50,12 @@ DEFAULT_THRESHOLD = 256 * 1024
 DEFAULT_REGION_BYTES = 32 * 1024 * 1024
 
 _REQUIRED_SEALS = fcntl.F_SEAL_SHRINK
+#: The file system a region must live on (``statfs`` ``f_type``): tmpfs, where every memfd without
+#: ``MFD_HUGETLB`` lives. Not hugetlbfs: ``F_SEAL_SHRINK`` does not stop its owner punching a hole
+#: (``fallocate``), which gives the huge pages and their reservation back; the TEE's next touch of
+#: that range then needs a page from the pool, and an exhausted pool is ``SIGBUS``.
+_TMPFS_MAGIC = 0x01021994
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def align(n: int) -> int:
@@ -58,12 +65,14 @@ def align(n: int) -> int:
 # ------------------------------------------------------------------------------- pure checks
 
 
-def check_region(*, is_memfd: bool, is_regular: bool, read_write: bool, seals: int | None, size: int,
-                 limit: int = MAX_REGION_BYTES) -> None:
+def check_region(*, is_memfd: bool, is_regular: bool, on_tmpfs: bool, read_write: bool, seals: int | None,
+                 size: int, limit: int = MAX_REGION_BYTES) -> None:
     """Whether the TEE may map a region with these properties (pure: the facts are gathered by
     :func:`map_region`). ``seals`` is None when ``F_GET_SEALS`` is refused (not a shmem file)."""
     if not is_memfd or not is_regular or seals is None:
         raise TeeError("the shared-memory region is not a memfd", code=SHM_INVALID)
+    if not on_tmpfs:
+        raise TeeError("the shared-memory region is not a tmpfs memfd (MFD_HUGETLB is refused)", code=SHM_INVALID)
     if seals & _REQUIRED_SEALS != _REQUIRED_SEALS:
         raise TeeError("the shared-memory region is not sealed against shrinking (F_SEAL_SHRINK)", code=SHM_INVALID)
     if not read_write:
@@ -172,10 +181,19 @@ def map_region(fd: int, threshold: int, limit: int = MAX_REGION_BYTES) -> Region
     except OSError:  # EINVAL: the file does not support seals
         seals = None
     read_write = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
-    check_region(is_memfd=link.startswith("/memfd:"), is_regular=stat.S_ISREG(st.st_mode), read_write=read_write,
-                 seals=seals, size=st.st_size, limit=limit)
+    check_region(is_memfd=link.startswith("/memfd:"), is_regular=stat.S_ISREG(st.st_mode),
+                 on_tmpfs=_fs_type(fd) == _TMPFS_MAGIC, read_write=read_write, seals=seals, size=st.st_size,
+                 limit=limit)
     try:
         mapping = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     except OSError as exc:  # write-sealed (F_SEAL_WRITE / F_SEAL_FUTURE_WRITE), or no memory
         raise TeeError(f"cannot map the shared-memory region: {exc.strerror or exc}", code=SHM_INVALID) from exc
     return Region(mapping, st.st_size, threshold)
+
+
+def _fs_type(fd: int) -> int | None:
+    """``fstatfs(fd).f_type`` (the first member of ``struct statfs`` on Linux), None if refused."""
+    buf = ctypes.create_string_buffer(512)  # larger than struct statfs on every Linux ABI
+    if _libc.fstatfs(fd, buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
