@@ -13,9 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tee_helpers import Device, TeeProcess
 
 from edb.errors import EdbError
-from edb.tee.protocol import ShmTensor, Value
+from edb.tee import RUNNER_TA, TeeContext
+from edb.tee.commands import RunnerCmd
+from edb.tee.protocol import Fd, ShmTensor, Value
 from edb.tee.shm import create_region, map_region
 from edb.tee.transport import PeerCredentials
 from edb_tee.tas.base import Call, Connection
@@ -49,7 +52,7 @@ def test_region_inputs_reach_the_model_as_a_private_snapshot() -> None:
     p = client_region.put("x", data, 0)
     models = RewritingModels(client_region)
     conn = Connection(tee_region)
-    call = Call(SimpleNamespace(models=models), PeerCredentials(os.getpid(), os.getuid(), os.getgid()),  # type: ignore[arg-type]
+    call = Call(SimpleNamespace(models=models), PeerCredentials(os.getpid(), os.getuid(), os.getgid()),
                 [Value(1), ShmTensor(p.name, p.code, p.dims, p.offset, p.nbytes)], [], conn=conn)
     infer(call)
     np.testing.assert_array_equal(models.seen_before, data)
@@ -77,7 +80,7 @@ def test_overlapping_region_inputs_cannot_multiply_the_tees_copies() -> None:
     for hostile in ([whole, whole._replace(name="b")], [whole._replace(dims=(1 << 19,), nbytes=1 << 19),
                                                         whole._replace(name="b", dims=((1 << 19) + 64,),
                                                                        nbytes=(1 << 19) + 64, offset=(1 << 19) - 64)]):
-        call = Call(SimpleNamespace(models=NeverRun()), peer, [Value(1), *hostile], [], conn=conn)  # type: ignore[arg-type]
+        call = Call(SimpleNamespace(models=NeverRun()), peer, [Value(1), *hostile], [], conn=conn)
         with pytest.raises(EdbError) as err:
             infer(call)
         assert err.value.code == "TEE_SHM_BOUNDS"
@@ -110,3 +113,28 @@ def test_a_hugetlb_memfd_is_refused_before_it_is_mapped() -> None:
     finally:
         os.close(fd)
         client_region.close()
+
+
+def test_every_descriptor_sent_with_a_region_attach_is_closed(tee: TeeProcess, device: Device) -> None:
+    """The one region descriptor is closed once mapped; extra descriptors beside it, and all of
+    those of a refused attach, are closed before the answer (counted in the TEE's /proc fd table)."""
+    ctx = TeeContext(device.socket)
+    session = ctx.open_session(RUNNER_TA)
+    warm, warm_fd = create_region(1 << 20)
+    session.invoke(RunnerCmd.ATTACH_REGION, [Fd(0), Value(64)], [warm_fd])  # the connection's first mapping
+    os.close(warm_fd)
+    before = len(os.listdir(f"/proc/{tee.pid}/fd"))
+    regions = [create_region(1 << 20) for _ in range(4)]
+    fds = [fd for _, fd in regions]
+    assert session.invoke(RunnerCmd.ATTACH_REGION, [Fd(2), Value(64)], fds)[0] == Value(1 << 20)  # 3 extras
+    assert len(os.listdir(f"/proc/{tee.pid}/fd")) == before
+    for refused in ([Fd(0), Value(0)], [Fd(0)], [Value(64)]):  # bad threshold, missing value, no descriptor
+        with pytest.raises(EdbError) as err:
+            session.invoke(RunnerCmd.ATTACH_REGION, refused, fds)
+        assert err.value.code == "TEE_BAD_PARAMETERS"
+        assert len(os.listdir(f"/proc/{tee.pid}/fd")) == before
+    ctx.close()
+    warm.close()
+    for region, fd in regions:
+        os.close(fd)
+        region.close()
