@@ -318,6 +318,9 @@ def test_store_configuration(stack_ca: StackCA, tmp_path: Path) -> None:
         {"EDB_KR_NONCE_STORE": "table", "AzureWebJobsStorage": "UseDevelopmentStorage=true"},
         {"EDB_KR_NONCE_STORE": "http://acct.table.core.windows.net"},  # never plain HTTP
         {"EDB_KR_NONCE_STORE": secret_string.replace("https", "http")},
+        # the https default does not make an explicit plain-HTTP table endpoint safe
+        {"EDB_KR_NONCE_STORE": secret_string.replace("TableEndpoint=https", "TableEndpoint=http")},
+        {"EDB_KR_NONCE_STORE": secret_string.replace("TableEndpoint=https", "TableEndpoint=HTTP")},
         {"EDB_KR_NONCE_STORE": "redis"},
         {"EDB_KR_NONCE_TABLE": "no-dashes"},
         {"EDB_KR_NONCE_TABLE": "ab"},

@@ -128,6 +128,24 @@ class ServiceConfig:
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 
 
+def _https_connection_string(value: str) -> bool:
+    """A storage connection string (with an account name) whose table endpoints are all HTTPS: the
+    explicit ones (``TableEndpoint``, ``TableSecondaryEndpoint``: they override the default
+    protocol), else ``DefaultEndpointsProtocol=https``. Keys are case-insensitive, as the SDK reads them."""
+    settings: dict[str, str] = {}
+    for part in value.strip().rstrip(";").split(";"):
+        key, sep, val = part.partition("=")
+        if not sep:
+            return False
+        settings[key.strip().upper()] = val.strip()
+    if "ACCOUNTNAME" not in settings:
+        return False
+    endpoints = [v for k, v in settings.items() if k.startswith("TABLE") and k.endswith("ENDPOINT")]
+    if endpoints:
+        return all(v.lower().startswith("https://") for v in endpoints)
+    return settings.get("DEFAULTENDPOINTSPROTOCOL", "").lower() == "https"
+
+
 def _nonce_store(env: Mapping[str, str]) -> str | None:
     """``EDB_KR_NONCE_STORE``: where spent nonces live (see the table above)."""
     value = env.get("EDB_KR_NONCE_STORE", "").strip()
@@ -140,8 +158,7 @@ def _nonce_store(env: Mapping[str, str]) -> str | None:
         if value.startswith("UseDevelopmentStorage"):
             raise ConfigError("EDB_KR_NONCE_STORE=table: AzureWebJobsStorage names the development storage; give "
                               "its connection string (HTTPS) instead", code="CONFIG_INVALID")
-    if value.startswith("https://") or ("AccountName=" in value and ("TableEndpoint=https://" in value
-                                                                     or "DefaultEndpointsProtocol=https" in value)):
+    if value.startswith("https://") or _https_connection_string(value):
         return value
     # never echo the value: it may hold an account key
     raise ConfigError("EDB_KR_NONCE_STORE must be memory, table, an HTTPS table endpoint or a storage connection "
