@@ -190,7 +190,7 @@ class TeeServer:
         try:
             self._loop(conn, peer, roles, state)
         finally:
-            state.close()  # unmap the region: a client that disappears frees it
+            state.close()  # close the region: a client that disappears frees it
 
     def _loop(self, conn: socket.socket, peer: PeerCredentials, roles: frozenset[str], state: Connection) -> None:
         sessions: dict[int, TrustedApp] = {}

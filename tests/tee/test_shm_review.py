@@ -19,7 +19,7 @@ from edb.errors import EdbError
 from edb.tee import RUNNER_TA, TeeContext
 from edb.tee.commands import RunnerCmd
 from edb.tee.protocol import Fd, ShmTensor, Value
-from edb.tee.shm import create_region, map_region
+from edb.tee.shm import create_region, open_region
 from edb.tee.transport import PeerCredentials
 from edb_tee.tas.base import Call, Connection
 from edb_tee.tas.runner import infer
@@ -45,7 +45,7 @@ class RewritingModels:
 def test_region_inputs_reach_the_model_as_a_private_snapshot() -> None:
     client_region, fd = create_region(1 << 20)
     try:
-        tee_region = map_region(fd, threshold=64)
+        tee_region = open_region(fd, threshold=64)
     finally:
         os.close(fd)
     data = np.arange(16, dtype=np.int64)
@@ -71,7 +71,7 @@ def test_overlapping_region_inputs_cannot_multiply_the_tees_copies() -> None:
     the region many times over (64 parameters x 64 MiB): refused past one region's worth."""
     client_region, fd = create_region(1 << 20)
     try:
-        tee_region = map_region(fd, threshold=64)
+        tee_region = open_region(fd, threshold=64)
     finally:
         os.close(fd)
     whole = ShmTensor("a", 2, (1 << 20,), 0, 1 << 20)  # uint8 over the whole region
@@ -102,14 +102,14 @@ def test_a_hugetlb_memfd_is_refused_before_it_is_mapped() -> None:
         os.ftruncate(fd, 2 << 20)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         with pytest.raises(EdbError) as err:
-            map_region(fd, threshold=64)
+            open_region(fd, threshold=64)
         assert err.value.code == "TEE_SHM_INVALID"
         assert "tmpfs" in err.value.message
     finally:
         os.close(fd)
     client_region, fd = create_region(1 << 20)  # the ordinary (tmpfs) memfd is still mapped
     try:
-        map_region(fd, threshold=64).close()
+        open_region(fd, threshold=64).close()
     finally:
         os.close(fd)
         client_region.close()

@@ -117,6 +117,17 @@ def tee_maps_regions(pid: int) -> int:
     return sum("memfd:edb-tee-tensors" in line for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
 
 
+def tee_holds_regions(pid: int) -> int:
+    """Region descriptors the TEE holds (it never maps one: see edb.tee.shm.open_region)."""
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            held += "memfd:edb-tee-tensors" in os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+    return held
+
+
 def test_large_tensors_round_trip_through_the_region_equal_to_the_socket_path(
         tee: TeeProcess, client: TeeClient, inline_client: TeeClient, mixed: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +146,8 @@ def test_large_tensors_round_trip_through_the_region_equal_to_the_socket_path(
     for x, got in results:  # results are copies: the next calls, which reuse the region, changed none
         assert_equal(got, expected(x))
         assert all(got[k].flags.writeable and got[k].flags.owndata for k in ("f_out", "u_out", "i_out"))
-    assert tee_maps_regions(tee.pid) == 1  # one region: one pooled connection
+    assert tee_holds_regions(tee.pid) == 1  # one region: one pooled connection
+    assert tee_maps_regions(tee.pid) == 0  # held as a descriptor, never mapped: no fault can stop the TEE
 
 
 def test_a_batch_through_the_region_equals_the_socket_path(client: TeeClient, inline_client: TeeClient,
@@ -159,7 +171,7 @@ def test_tensors_below_the_threshold_stay_inline(tee: TeeProcess, client: TeeCli
     assert max(v.nbytes for v in x.values()) == THRESHOLD - 64
     assert_equal(client.infer(h, x), expected(x))
     assert sent.last_infer() == {"f": Tensor, "u": Tensor, "i": Tensor, "s": Tensor}
-    assert tee_maps_regions(tee.pid) == 0  # no region attached for small calls
+    assert tee_holds_regions(tee.pid) == 0  # no region attached for small calls
     y = feeds(rows=1, cols=THRESHOLD // 8)  # int64 exactly at the threshold: the region; the others inline
     assert_equal(client.infer(h, y), expected(y))
     assert sent.last_infer() == {"f": Tensor, "u": Tensor, "i": ShmTensor, "s": Tensor}
@@ -230,7 +242,7 @@ def test_hostile_region_descriptors_are_refused(tee: TeeProcess, client: TeeClie
             attach(session, fd)
         assert err.value.code == code, what
         os.close(fd)
-        assert tee_maps_regions(tee.pid) <= 1, what  # only the serving client's region is mapped
+        assert tee_holds_regions(tee.pid) <= 1, what  # only the serving client's region is held
     os.close(readonly_source)
     good, fd = create_region(1 << 20)
     with pytest.raises(EdbError) as err:  # a zero threshold is refused (parameters checked first)
@@ -323,14 +335,15 @@ def test_the_region_cannot_shrink_and_is_unmapped_when_its_client_goes(tee: TeeP
     ctx, session, _ = runner(device)
     attach(session, fd)
     os.close(fd)
-    assert tee_maps_regions(tee.pid) == 1
-    ctx.close()  # the client goes: the TEE unmaps its region
-    wait_until(lambda: tee_maps_regions(tee.pid) == 0, "the TEE unmaps a closed connection's region")
+    assert tee_holds_regions(tee.pid) == 1
+    ctx.close()  # the client goes: the TEE closes its region
+    wait_until(lambda: tee_holds_regions(tee.pid) == 0, "the TEE closes a closed connection's region")
     region.close()
     still_serving(client, mixed)  # attaches a region of its own
-    assert tee_maps_regions(tee.pid) == 1
+    assert tee_holds_regions(tee.pid) == 1
+    assert tee_maps_regions(tee.pid) == 0
     client.close()
-    wait_until(lambda: tee_maps_regions(tee.pid) == 0, "the TEE unmaps the region of a closed client")
+    wait_until(lambda: tee_holds_regions(tee.pid) == 0, "the TEE closes the region of a closed client")
 
 
 # ------------------------------------------------------------------------------- pure checks
@@ -343,7 +356,8 @@ def test_region_and_range_checks() -> None:
     for change, code in (({"is_memfd": False}, "TEE_SHM_INVALID"), ({"is_regular": False}, "TEE_SHM_INVALID"),
                          ({"seals": None}, "TEE_SHM_INVALID"), ({"seals": 0x1 | 0x4}, "TEE_SHM_INVALID"),
                          ({"read_write": False}, "TEE_SHM_INVALID"), ({"size": 0}, "TEE_SHM_INVALID"),
-                         ({"on_tmpfs": False}, "TEE_SHM_INVALID"),
+                         ({"on_tmpfs": False}, "TEE_SHM_INVALID"), ({"seals": 0x2 | 0x8}, "TEE_SHM_INVALID"),
+                         ({"seals": 0x2 | 0x10}, "TEE_SHM_INVALID"),  # write-sealed: the TEE writes outputs
                          ({"size": MAX_REGION_BYTES + 1}, "TEE_SHM_TOO_LARGE")):
         with pytest.raises(EdbError) as err:
             check_region(**{**ok, **change})

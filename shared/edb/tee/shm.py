@@ -3,24 +3,25 @@
 A client creates one region per connection: a memfd (``MFD_CLOEXEC``, ``MFD_ALLOW_SEALING``) of a
 fixed size, sealed with ``F_SEAL_SHRINK`` (and ``F_SEAL_GROW``, ``F_SEAL_SEAL``), mapped shared
 read-write, and passed to the TEE once with ``SCM_RIGHTS`` (runner command ``ATTACH_REGION``).
-The TEE checks the descriptor before mapping it: a memfd (its ``/proc/self/fd`` link), opened
-read-write, carrying the shrink seal (``F_GET_SEALS``), of a size between 1 byte and its limit.
-The shrink seal is what makes the mapping safe for the TEE: nobody can truncate the file under
-it, so no access inside the mapped length can fault (``SIGBUS``).
+The TEE checks the descriptor before keeping it: a memfd (its ``/proc/self/fd`` link) on tmpfs,
+opened read-write, carrying the shrink seal and no write seal (``F_GET_SEALS``), of a size between
+1 byte and its limit. The TEE never maps a region: it reads inputs with ``preadv`` and writes
+outputs with ``pwritev`` on its duplicate of the descriptor, so a page the kernel cannot supply (a
+hole the client punched, a memory or commit limit reached) is an answered error, never a
+``SIGBUS`` in the TEE.
 
 Tensors of at least ``threshold`` bytes then cross as :class:`~edb.tee.protocol.ShmTensor`
 parameters (dtype, shape, offset, length) instead of in the frame: the client writes an input
-into the region, the TEE builds a numpy view over its mapping (after checking the range against
-the region and the alignment) and copies it into its own memory before ONNX Runtime reads it, and
-writes outputs of at least the threshold behind the inputs; the client copies them out (results
-outlive the next call).
+into the region, the TEE checks the range against the region and the alignment and reads it into
+its own memory before ONNX Runtime sees it, and writes outputs of at least the threshold behind
+the inputs; the client copies them out (results outlive the next call).
 
 Only tensors the normal world owns anyway (its inputs and its outputs) ever enter a region: never
 model bytes, keys or anything else of the TEE's. ONNX Runtime never reads the shared pages: the
 normal world can rewrite them at any time, and kernels validate their inputs then read them again
 (an index checked, then re-read to copy), so each region input is snapshotted into the TEE's
-memory first (time of check to time of use). Every view is bounds-checked against the mapping,
-whose length cannot shrink. Numeric dtypes only: strings always travel in the frame.
+memory first (time of check to time of use). Every range is checked against the region's size,
+which cannot shrink. Numeric dtypes only: strings always travel in the frame.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ _REQUIRED_SEALS = fcntl.F_SEAL_SHRINK
 #: (``fallocate``), which gives the huge pages and their reservation back; the TEE's next touch of
 #: that range then needs a page from the pool, and an exhausted pool is ``SIGBUS``.
 _TMPFS_MAGIC = 0x01021994
+#: Seals that stop the TEE writing outputs (F_SEAL_WRITE, F_SEAL_FUTURE_WRITE): refused at attach
+_WRITE_SEALS = fcntl.F_SEAL_WRITE | 0x0010
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -75,7 +78,7 @@ def check_region(*, is_memfd: bool, is_regular: bool, on_tmpfs: bool, read_write
         raise TeeError("the shared-memory region is not a tmpfs memfd (MFD_HUGETLB is refused)", code=SHM_INVALID)
     if seals & _REQUIRED_SEALS != _REQUIRED_SEALS:
         raise TeeError("the shared-memory region is not sealed against shrinking (F_SEAL_SHRINK)", code=SHM_INVALID)
-    if not read_write:
+    if not read_write or seals & _WRITE_SEALS:
         raise TeeError("the shared-memory region is not open for reading and writing", code=SHM_INVALID)
     if size <= 0:
         raise TeeError("the shared-memory region is empty", code=SHM_INVALID)
@@ -168,9 +171,11 @@ def create_region(size: int = DEFAULT_REGION_BYTES, threshold: int = DEFAULT_THR
     return Region(mapping, size, threshold), fd
 
 
-def map_region(fd: int, threshold: int, limit: int = MAX_REGION_BYTES) -> Region:
-    """TEE side: check a passed descriptor (:func:`check_region`) and map it. The caller still owns
-    (and closes) ``fd``; the mapping keeps its own reference."""
+def open_region(fd: int, threshold: int, limit: int = MAX_REGION_BYTES) -> TeeRegion:
+    """TEE side: check a passed descriptor (:func:`check_region`) and keep a duplicate of it. The
+    caller still owns (and closes) ``fd``. The TEE does not map the region: it reads inputs with
+    ``preadv`` and writes outputs with ``pwrite``, so a page the kernel cannot supply (a hole the
+    client punched, a commit limit reached) is an error answered, never a ``SIGBUS``."""
     try:
         link = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
@@ -184,11 +189,74 @@ def map_region(fd: int, threshold: int, limit: int = MAX_REGION_BYTES) -> Region
     check_region(is_memfd=link.startswith("/memfd:"), is_regular=stat.S_ISREG(st.st_mode),
                  on_tmpfs=_fs_type(fd) == _TMPFS_MAGIC, read_write=read_write, seals=seals, size=st.st_size,
                  limit=limit)
-    try:
-        mapping = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    except OSError as exc:  # write-sealed (F_SEAL_WRITE / F_SEAL_FUTURE_WRITE), or no memory
-        raise TeeError(f"cannot map the shared-memory region: {exc.strerror or exc}", code=SHM_INVALID) from exc
-    return Region(mapping, st.st_size, threshold)
+    return TeeRegion(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0), st.st_size, threshold)
+
+
+class TeeRegion:
+    """The TEE's side of one connection's region: its descriptor, never a mapping. Not
+    thread-safe: it belongs to one connection, which carries one request at a time."""
+
+    __slots__ = ("fd", "size", "threshold")
+
+    def __init__(self, fd: int, size: int, threshold: int) -> None:
+        self.fd: int | None = fd
+        self.size = size
+        self.threshold = threshold  # outputs of at least this many bytes go into the region
+
+    def snapshot(self, p: ShmTensor) -> Array:
+        """The tensor ``p`` copied out of the region into the TEE's own memory, after checking its
+        range: ONNX Runtime must never read bytes the normal world can change under it (kernels
+        validate an input, then read it again)."""
+        dt = dtype_from_code(p.code)
+        check_range(p.offset, p.nbytes, self.size)
+        arr: Array = np.empty(p.dims, dt)
+        self._io(os.preadv, arr, p.offset)
+        return arr
+
+    def put(self, name: str, arr: Array, offset: int) -> ShmTensor:
+        """Write ``arr`` into the region at ``offset`` (64-aligned); the parameter that names it."""
+        code = numeric_code(arr.dtype)
+        assert code is not None  # strict: raised otherwise
+        check_range(offset, arr.nbytes, self.size)
+        self._io(os.pwritev, np.ascontiguousarray(arr), offset)
+        return ShmTensor(name, code, tuple(arr.shape), offset, arr.nbytes)
+
+    def fits(self, arr: Array, offset: int) -> bool:
+        n = arr.nbytes
+        return n >= self.threshold and offset + n <= self.size and numeric_code(arr.dtype, strict=False) is not None
+
+    def place_outputs(self, out: Mapping[str, Array], start: int) -> list[Param]:
+        """The TEE's reply parameters: outputs of at least the threshold written into the region
+        from ``start`` (behind the request's inputs), the others in the frame."""
+        params: list[Param] = []
+        offset = align(start)
+        for name, arr in out.items():
+            if type(arr) is np.ndarray and self.fits(arr, offset):
+                params.append(self.put(name, arr, offset))
+                offset = align(offset + arr.nbytes)
+            else:
+                params.append(Tensor(name, arr))
+        return params
+
+    def _io(self, op: Any, arr: Array, offset: int) -> None:
+        """All of ``arr``'s bytes through ``op`` (``os.preadv`` or ``os.pwritev``) at ``offset``."""
+        if self.fd is None:
+            raise TeeError("the shared-memory region is closed", code=SHM_INVALID)
+        view = arr.reshape(-1).view(np.uint8).data
+        done = 0
+        while done < len(view):
+            try:
+                n = op(self.fd, [view[done:]], offset + done)
+            except OSError as exc:  # ENOSPC / ENOMEM: a page the kernel cannot supply
+                raise TeeError(f"shared-memory region I/O failed: {exc.strerror or exc}", code=SHM_INVALID) from exc
+            if n <= 0:  # cannot happen while F_SEAL_SHRINK holds; never loop on it
+                raise TeeError("shared-memory region ended early", code=SHM_INVALID)
+            done += n
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _fs_type(fd: int) -> int | None:

@@ -15,7 +15,7 @@ from edb.tee.protocol import Blob, Fd, Param
 from edb.tee.transport import PeerCredentials
 
 if TYPE_CHECKING:
-    from edb.tee.shm import Region
+    from edb.tee.shm import TeeRegion
     from edb_tee.core import TeeCore
 
 
@@ -24,7 +24,7 @@ class Connection:
     """What one client connection holds beyond its sessions: its shared-memory region, if it
     attached one (unmapped when the connection ends)."""
 
-    region: Region | None = None
+    region: TeeRegion | None = None
 
     def close(self) -> None:
         region, self.region = self.region, None

@@ -11,7 +11,7 @@ from edb.errors import TeeError
 from edb.tee.commands import LOAD_IN_PLACE, LOAD_PREPACK, RunnerCmd
 from edb.tee.errors import BAD_PARAMETERS, SHM_BOUNDS, SHM_NOT_ATTACHED
 from edb.tee.protocol import Fd, Param, ShmTensor, Tensor, Text, Value
-from edb.tee.shm import inputs_end, map_region
+from edb.tee.shm import inputs_end, open_region
 from edb_tee.tas.base import Call, Handler, json_blob
 
 
@@ -38,15 +38,15 @@ def infer(c: Call) -> list[Param]:
         elif type(p) is ShmTensor:
             if region is None:
                 raise TeeError("shared-memory tensor without an attached region", code=SHM_NOT_ATTACHED)
-            # bounds-checked against the mapping, which cannot shrink, then copied: ONNX Runtime must
-            # read the TEE's own snapshot. Kernels validate then re-read their inputs (Gather checks
-            # every index, then reads it again to copy): over shared pages the normal world could
-            # change an index between the two reads and have TEE memory copied into the output
+            # bounds-checked, then copied: ONNX Runtime must read the TEE's own snapshot. Kernels
+            # validate then re-read their inputs (Gather checks every index, then reads it again to
+            # copy): over shared pages the normal world could change an index between the two reads
+            # and have TEE memory copied into the output
             snapshot_bytes += p.nbytes
             if snapshot_bytes > region.size:  # overlapping ranges: one region's worth of copies at most
                 raise TeeError(f"shared-memory tensors of more than the region's {region.size} bytes in all",
                                code=SHM_BOUNDS)
-            arr = region.view(p).copy()
+            arr = region.snapshot(p)
         else:
             raise TeeError("infer inputs must be uniquely named tensors", code=BAD_PARAMETERS)
         if p.name in feeds:
@@ -67,9 +67,9 @@ def attach_region(c: Call) -> list[Param]:
         raise TeeError("the region threshold must be at least 1 byte", code=BAD_PARAMETERS)
     fd = c.take_fd(ref)
     try:
-        region = map_region(fd, threshold.a)
+        region = open_region(fd, threshold.a)
     finally:
-        os.close(fd)  # the mapping holds its own reference
+        os.close(fd)  # the region keeps its own duplicate
     c.conn.close()
     c.conn.region = region
     return [Value(region.size)]
