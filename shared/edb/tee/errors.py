@@ -29,7 +29,7 @@ STRING_TOO_LONG = "TEE_STRING_TOO_LONG"  # one element longer than limits.max_st
 STRING_TOO_LARGE = "TEE_STRING_TOO_LARGE"  # a string tensor's UTF-8 bytes above limits.max_string_total
 STRING_INVALID = "TEE_STRING_INVALID"  # not UTF-8 (or not encodable: lone surrogates), or a length table that lies
 # shared-memory tensor regions (edb.tee.shm)
-SHM_INVALID = "TEE_SHM_INVALID"  # region fd not a read-write memfd sealed against shrinking, or empty
+SHM_INVALID = "TEE_SHM_INVALID"  # region fd not a read-write, shrink-sealed tmpfs memfd; empty; or its I/O failed
 SHM_TOO_LARGE = "TEE_SHM_TOO_LARGE"  # region larger than the TEE maps (edb.tee.shm.MAX_REGION_BYTES)
 SHM_BOUNDS = "TEE_SHM_BOUNDS"  # a region tensor outside the region or not 64-byte aligned
 SHM_NOT_ATTACHED = "TEE_SHM_NOT_ATTACHED"  # a region tensor on a connection without a region
