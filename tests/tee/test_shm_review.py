@@ -116,7 +116,7 @@ def test_a_hugetlb_memfd_is_refused_before_it_is_mapped() -> None:
 
 
 def test_every_descriptor_sent_with_a_region_attach_is_closed(tee: TeeProcess, device: Device) -> None:
-    """The one region descriptor is closed once mapped; extra descriptors beside it, and all of
+    """The region descriptor passed is closed once the TEE keeps its duplicate; extra descriptors beside it, and all of
     those of a refused attach, are closed before the answer (counted in the TEE's /proc fd table)."""
     ctx = TeeContext(device.socket)
     session = ctx.open_session(RUNNER_TA)
