@@ -577,61 +577,61 @@ def _decode(view: memoryview, header: tuple[Any, ...], nfds: int, limits: Limits
 _TensorSpec = tuple[int, str, np.dtype[Any], tuple[int, ...]]  # data offset, name, dtype, dims
 
 
-def _decode_shm_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tuple[int, ShmTensor]:
-    """A region tensor's header (after its kind byte): numeric dtype, bounded rank, name and dims,
-    and a length that matches them. Whether the range lies in the region is the mapper's check."""
+def _read_tensor_meta(view: memoryview, pos: int, end: int, limits: Limits,
+                      tail: int) -> tuple[int, str, tuple[int, ...], int, int]:
+    """A tensor parameter's metadata after its kind byte: (dtype code, name, dims, element count,
+    where the metadata ends). ``tail`` is the size of the fixed fields after the dims (8: the byte
+    length; 16: a region tensor's offset and length), which end at the returned position."""
     if pos + 4 > end:
         raise _past_end()
     code, ndim, name_len = _TENSOR_HEAD.unpack_from(view, pos)
     pos += 4
     if ndim > limits.max_ndim or name_len > limits.max_name:
         raise protocol_error("tensor rank or name length out of bounds")
-    meta_end = pos + name_len + 8 * ndim + 16
+    meta_end = pos + name_len + 8 * ndim + tail
     if meta_end > end:
         raise _past_end()
     try:
         name = str(view[pos:pos + name_len], "utf-8", "strict")
     except UnicodeDecodeError as exc:
         raise protocol_error("tensor name is not UTF-8") from exc
-    pos += name_len
-    dims = _dims(ndim).unpack_from(view, pos)
-    offset, nbytes = _VALUE.unpack_from(view, meta_end - 16)
-    dt = _DTYPES.get(code)
-    if dt is None:  # strings (8) and unknown codes: only fixed-size numbers live in a region
-        raise TeeError(f"dtype code {code} cannot cross in shared memory", code=DTYPE_UNSUPPORTED)
-    count = 1
-    for d in dims:
-        if d > limits.max_dim:
-            raise protocol_error("tensor dimension out of bounds")
-        count *= d
-    if count * dt.itemsize != nbytes:
-        raise protocol_error("tensor byte length does not match dtype and shape")
-    return meta_end, ShmTensor(name, code, dims, offset, nbytes)
-
-
-def _decode_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tuple[int, Tensor, _TensorSpec | None]:
-    if pos + 4 > end:
-        raise _past_end()
-    code, ndim, name_len = _TENSOR_HEAD.unpack_from(view, pos)
-    pos += 4
-    if ndim > limits.max_ndim or name_len > limits.max_name:
-        raise protocol_error("tensor rank or name length out of bounds")
-    meta_end = pos + name_len + 8 * ndim + 8
-    if meta_end > end:
-        raise _past_end()
-    try:
-        name = str(view[pos:pos + name_len], "utf-8", "strict")
-    except UnicodeDecodeError as exc:
-        raise protocol_error("tensor name is not UTF-8") from exc
-    pos += name_len
-    dims = _dims(ndim).unpack_from(view, pos)
-    (nbytes,) = _U64.unpack_from(view, meta_end - 8)
+    dims = _dims(ndim).unpack_from(view, pos + name_len)
     max_dim = limits.max_dim
     count = 1
     for d in dims:
         if d > max_dim:
             raise protocol_error("tensor dimension out of bounds")
         count *= d
+    return code, name, dims, count, meta_end
+
+
+def _data_offset(view: memoryview, meta_end: int, nbytes: int, end: int) -> int:
+    """Where a tensor's data starts (64-byte aligned after its metadata, zero padding between), once
+    its ``nbytes`` are known to fit in the body."""
+    offset = meta_end + (-meta_end % TENSOR_ALIGN)
+    if offset + nbytes > end:
+        raise _past_end()
+    if offset != meta_end and view[meta_end:offset] != _ZEROS[: offset - meta_end]:
+        raise protocol_error("non-zero tensor padding")
+    return offset
+
+
+def _decode_shm_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tuple[int, ShmTensor]:
+    """A region tensor's header (after its kind byte): numeric dtype, bounded rank, name and dims,
+    and a length that matches them. Whether the range lies in the region is the region's check."""
+    code, name, dims, count, meta_end = _read_tensor_meta(view, pos, end, limits, 16)
+    offset, nbytes = _VALUE.unpack_from(view, meta_end - 16)
+    dt = _DTYPES.get(code)
+    if dt is None:  # strings (8) and unknown codes: only fixed-size numbers live in a region
+        raise TeeError(f"dtype code {code} cannot cross in shared memory", code=DTYPE_UNSUPPORTED)
+    if count * dt.itemsize != nbytes:
+        raise protocol_error("tensor byte length does not match dtype and shape")
+    return meta_end, ShmTensor(name, code, dims, offset, nbytes)
+
+
+def _decode_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tuple[int, Tensor, _TensorSpec | None]:
+    code, name, dims, count, meta_end = _read_tensor_meta(view, pos, end, limits, 8)
+    (nbytes,) = _U64.unpack_from(view, meta_end - 8)
     dt = _DTYPES.get(code)
     if dt is None:
         if code != STRING_CODE:
@@ -639,11 +639,7 @@ def _decode_tensor(view: memoryview, pos: int, end: int, limits: Limits) -> tupl
         return _decode_strings(view, name, dims, count, nbytes, meta_end, end, limits)
     if count * dt.itemsize != nbytes:
         raise protocol_error("tensor byte length does not match dtype and shape")
-    offset = meta_end + (-meta_end % TENSOR_ALIGN)
-    if offset + nbytes > end:
-        raise _past_end()
-    if offset != meta_end and view[meta_end:offset] != _ZEROS[: offset - meta_end]:
-        raise protocol_error("non-zero tensor padding")
+    offset = _data_offset(view, meta_end, nbytes, end)
     return offset + nbytes, Tensor(name, _array(view, dims, dt, offset)), (offset, name, dt, dims)
 
 
@@ -659,11 +655,7 @@ def _decode_strings(view: memoryview, name: str, dims: tuple[int, ...], count: i
         raise TeeError("string tensor shorter than its length table", code=STRING_INVALID)
     if total > limits.max_string_total:
         raise TeeError(f"string tensor of {total} bytes, more than {limits.max_string_total}", code=STRING_TOO_LARGE)
-    offset = meta_end + (-meta_end % TENSOR_ALIGN)
-    if offset + nbytes > end:
-        raise _past_end()
-    if offset != meta_end and view[meta_end:offset] != _ZEROS[: offset - meta_end]:
-        raise protocol_error("non-zero tensor padding")
+    offset = _data_offset(view, meta_end, nbytes, end)
     if not count:
         if nbytes:  # no elements: no table and no bytes either, or they are bytes nothing accounts for
             raise TeeError("string tensor with no elements carries data", code=STRING_INVALID)

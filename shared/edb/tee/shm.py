@@ -44,7 +44,7 @@ from edb.tee.protocol import TENSOR_ALIGN, Param, ShmTensor, Tensor, dtype_from_
 
 Array = npt.NDArray[Any]
 
-#: The largest region the TEE maps (per connection); above it: ``TEE_SHM_TOO_LARGE``.
+#: The largest region the TEE accepts (per connection); above it: ``TEE_SHM_TOO_LARGE``.
 MAX_REGION_BYTES = 64 * 1024 * 1024
 #: Client defaults: tensors of at least this many bytes go through the region, which is this large.
 DEFAULT_THRESHOLD = 256 * 1024
@@ -70,8 +70,8 @@ def align(n: int) -> int:
 
 def check_region(*, is_memfd: bool, is_regular: bool, on_tmpfs: bool, read_write: bool, seals: int | None,
                  size: int, limit: int = MAX_REGION_BYTES) -> None:
-    """Whether the TEE may map a region with these properties (pure: the facts are gathered by
-    :func:`map_region`). ``seals`` is None when ``F_GET_SEALS`` is refused (not a shmem file)."""
+    """Whether the TEE may keep a region with these properties (pure: the facts are gathered by
+    :func:`open_region`). ``seals`` is None when ``F_GET_SEALS`` is refused (not a shmem file)."""
     if not is_memfd or not is_regular or seals is None:
         raise TeeError("the shared-memory region is not a memfd", code=SHM_INVALID)
     if not on_tmpfs:
@@ -84,6 +84,13 @@ def check_region(*, is_memfd: bool, is_regular: bool, on_tmpfs: bool, read_write
         raise TeeError("the shared-memory region is empty", code=SHM_INVALID)
     if size > limit:
         raise TeeError(f"shared-memory region of {size} bytes exceeds the limit {limit}", code=SHM_TOO_LARGE)
+
+
+def fits(arr: Array, offset: int, threshold: int, size: int) -> bool:
+    """Whether ``arr`` crosses through a region of ``size`` bytes at ``offset``: numeric, at least
+    ``threshold`` bytes, and room left."""
+    n = arr.nbytes
+    return n >= threshold and offset + n <= size and numeric_code(arr.dtype, strict=False) is not None
 
 
 def check_range(offset: int, nbytes: int, size: int) -> None:
@@ -122,23 +129,8 @@ class Region:
         return ShmTensor(name, code, tuple(arr.shape), offset, arr.nbytes)
 
     def fits(self, arr: Array, offset: int) -> bool:
-        """Whether ``arr`` goes through the region at ``offset``: numeric, at least the threshold,
-        and room left."""
-        n = arr.nbytes
-        return n >= self.threshold and offset + n <= self.size and numeric_code(arr.dtype, strict=False) is not None
-
-    def place_outputs(self, out: Mapping[str, Array], start: int) -> list[Param]:
-        """The TEE's reply parameters: outputs of at least the threshold written into the region
-        from ``start`` (behind the request's inputs), the others in the frame."""
-        params: list[Param] = []
-        offset = align(start)
-        for name, arr in out.items():
-            if type(arr) is np.ndarray and self.fits(arr, offset):
-                params.append(self.put(name, arr, offset))
-                offset = align(offset + arr.nbytes)
-            else:
-                params.append(Tensor(name, arr))
-        return params
+        """Whether the input ``arr`` goes through the region at ``offset``."""
+        return fits(arr, offset, self.threshold, self.size)
 
     def close(self) -> None:
         # a view still alive (the caller kept an input view) keeps the mapping: it is unmapped when
@@ -221,17 +213,13 @@ class TeeRegion:
         self._io(os.pwritev, np.ascontiguousarray(arr), offset)
         return ShmTensor(name, code, tuple(arr.shape), offset, arr.nbytes)
 
-    def fits(self, arr: Array, offset: int) -> bool:
-        n = arr.nbytes
-        return n >= self.threshold and offset + n <= self.size and numeric_code(arr.dtype, strict=False) is not None
-
     def place_outputs(self, out: Mapping[str, Array], start: int) -> list[Param]:
         """The TEE's reply parameters: outputs of at least the threshold written into the region
         from ``start`` (behind the request's inputs), the others in the frame."""
         params: list[Param] = []
         offset = align(start)
         for name, arr in out.items():
-            if type(arr) is np.ndarray and self.fits(arr, offset):
+            if type(arr) is np.ndarray and fits(arr, offset, self.threshold, self.size):
                 params.append(self.put(name, arr, offset))
                 offset = align(offset + arr.nbytes)
             else:
