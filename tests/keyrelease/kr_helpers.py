@@ -25,6 +25,8 @@ from edb.keys.local import LocalSigner
 from edb.pki.certs import to_der
 from edb.pki.issue import issue_intermediate_ca, issue_leaf, make_name, make_root_ca
 from edb.pki.oids import DEVICE_ATTESTATION_EKU, PUBLISHER_SIGNING_EKU
+from key_release_service.http_types import ApiRequest, ApiResponse
+from key_release_service.service import KeyReleaseService
 
 MEASUREMENT = "ab" * 32
 NOW = dt.datetime.now(dt.UTC)
@@ -139,3 +141,31 @@ def release_body(evidence: SimEvidence, package: BuildResult, *, package_id: str
 
 def error_code(body: dict[str, Any]) -> str:
     return str(body["error"]["code"])
+
+
+class UnwrapCounter:
+    """Counts Key Vault unwrap calls (instrumentation around the real gateway, not a mock)."""
+
+    def __init__(self, service: KeyReleaseService) -> None:
+        self.calls = 0
+        real = service.vault.unwrap
+
+        async def counted(kid: str, wrapped: bytes) -> bytes:
+            self.calls += 1
+            return await real(kid, wrapped)
+
+        service.vault.unwrap = counted  # type: ignore[method-assign]
+
+
+async def nonce_of(service: KeyReleaseService) -> str:
+    response = await service.nonce(ApiRequest("POST"))
+    assert response.status == 200
+    return str(response.body["nonce"])
+
+
+async def release(service: KeyReleaseService, device: SimDevice, pkg: BuildResult, *,
+                  nonce: str | None = None, **evidence_kwargs: Any) -> tuple[ApiResponse, ec.EllipticCurvePrivateKey]:
+    """One release through ``service`` (a fresh nonce unless ``nonce`` is given); the answer and the
+    one-time private key the released DEK is wrapped to."""
+    evidence, otk = device.evidence(nonce or await nonce_of(service), pkg, **evidence_kwargs)
+    return await service.release(ApiRequest("POST", body=release_body(evidence, pkg))), otk

@@ -20,8 +20,11 @@ from kr_helpers import (
     Manufacturer,
     Publisher,
     SimDevice,
+    UnwrapCounter,
     build_package,
     error_code,
+    nonce_of,
+    release,
     release_body,
     unique,
 )
@@ -39,32 +42,6 @@ from key_release_service.policy import policy_secret_name
 from key_release_service.service import KeyReleaseService
 
 ServiceFactory = Callable[..., KeyReleaseService]
-
-
-class Counter:
-    """Counts Key Vault unwrap calls (instrumentation around the real gateway, not a mock)."""
-
-    def __init__(self, service: KeyReleaseService) -> None:
-        self.calls = 0
-        real = service.vault.unwrap
-
-        async def counted(kid: str, wrapped: bytes) -> bytes:
-            self.calls += 1
-            return await real(kid, wrapped)
-
-        service.vault.unwrap = counted  # type: ignore[method-assign]
-
-
-async def nonce_of(service: KeyReleaseService) -> str:
-    response = await service.nonce(ApiRequest("POST"))
-    assert response.status == 200
-    return str(response.body["nonce"])
-
-
-async def release(service: KeyReleaseService, device: SimDevice, pkg: BuildResult, *,
-                  nonce: str | None = None, **evidence_kwargs: Any) -> tuple[ApiResponse, ec.EllipticCurvePrivateKey]:
-    evidence, otk = device.evidence(nonce or await nonce_of(service), pkg, **evidence_kwargs)
-    return await service.release(ApiRequest("POST", body=release_body(evidence, pkg))), otk
 
 
 @pytest.fixture
@@ -89,7 +66,7 @@ async def test_release_happy_path_end_to_end(make_service: ServiceFactory, devic
                                              package: tuple[BuildResult, bytes], publisher: Publisher,
                                              audit_lines: list[str]) -> None:
     service = make_service()
-    counter = Counter(service)
+    counter = UnwrapCounter(service)
     pkg, file_bytes = package
     response, otk = await release(service, device, pkg)
     assert response.status == 200, response.body
@@ -117,7 +94,7 @@ async def test_replayed_nonce_refused(make_service: ServiceFactory, device: SimD
     nonce = await nonce_of(service)
     first, _ = await release(service, device, pkg, nonce=nonce)
     assert first.status == 200
-    counter = Counter(service)
+    counter = UnwrapCounter(service)
     replay, _ = await release(service, device, pkg, nonce=nonce)
     assert_denied(replay, codes.NONCE_REPLAYED, 401)
     assert counter.calls == 0
@@ -130,7 +107,7 @@ async def test_expired_forged_and_unknown_nonces_refused(make_service: ServiceFa
     clock = [1000.0]
     service.nonces = NonceIssuer([key], 60, clock=lambda: clock[0])
     service.spent = SpentNonces(clock=lambda: clock[0])
-    counter = Counter(service)
+    counter = UnwrapCounter(service)
     pkg, _ = package
     nonce = await nonce_of(service)
     clock[0] += 60.5
@@ -164,7 +141,7 @@ async def test_nonce_flood_stores_nothing_and_the_device_still_gets_its_key(
 async def test_evidence_from_uncertified_key_refused(make_service: ServiceFactory, device: SimDevice,
                                                      package: tuple[BuildResult, bytes]) -> None:
     service = make_service()
-    counter = Counter(service)
+    counter = UnwrapCounter(service)
     pkg, _ = package
     rogue_key = ec.generate_private_key(ec.SECP256R1())
     response, _ = await release(service, device, pkg, sign_with=rogue_key)
@@ -179,7 +156,7 @@ async def test_evidence_from_uncertified_key_refused(make_service: ServiceFactor
 async def test_expired_and_wrong_purpose_device_certificates_refused(
         make_service: ServiceFactory, manufacturer: Manufacturer, package: tuple[BuildResult, bytes]) -> None:
     service = make_service()
-    counter = Counter(service)
+    counter = UnwrapCounter(service)
     pkg, _ = package
     now = dt.datetime.now(dt.UTC)
     expired = manufacturer.device(unique("old"), not_before=now - dt.timedelta(days=400),
@@ -196,7 +173,7 @@ async def test_evidence_for_another_package_or_one_time_key_refused(
         make_service: ServiceFactory, device: SimDevice, package: tuple[BuildResult, bytes],
         kek: KeyVaultKek, publisher: Publisher, set_policy: Callable[..., Any]) -> None:
     service = make_service()
-    counter = Counter(service)
+    counter = UnwrapCounter(service)
     pkg, _ = package
     other_id = unique("other")
     set_policy(other_id)
@@ -235,7 +212,7 @@ async def test_policy_denials(make_service: ServiceFactory, device: SimDevice, k
                               publisher: Publisher, set_policy: Callable[..., Any], policy: dict[str, Any],
                               evidence_kwargs: dict[str, Any], code: str, audit_lines: list[str]) -> None:
     service = make_service()
-    counter = Counter(service)
+    counter = UnwrapCounter(service)
     pid = unique("pol")
     set_policy(pid, **policy)
     pkg, _ = build_package(kek, publisher, pid, classes=("trustbox-edge-201", "other-class"))
@@ -276,7 +253,7 @@ async def test_disabled_kek_version_refused_then_restored(
 async def test_manifest_problems_refused(make_service: ServiceFactory, device: SimDevice, kek: KeyVaultKek,
                                          publisher: Publisher, set_policy: Callable[..., Any]) -> None:
     service = make_service()
-    counter = Counter(service)
+    counter = UnwrapCounter(service)
     pid = unique("man")
     set_policy(pid)
     # signed by a publisher the service does not pin
@@ -354,7 +331,7 @@ async def test_wrongly_typed_members(make_service: ServiceFactory, device: SimDe
                                      package: tuple[BuildResult, bytes], mutation: Callable[[dict[str, Any]], None]
                                      ) -> None:
     service = make_service()
-    counter = Counter(service)
+    counter = UnwrapCounter(service)
     pkg, _ = package
     evidence, _ = device.evidence(await nonce_of(service), pkg)
     body = json.loads(release_body(evidence, pkg))

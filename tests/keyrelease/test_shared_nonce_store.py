@@ -21,8 +21,17 @@ from typing import Any
 
 import pytest
 from azure.data.tables import TableClient
-from cryptography.hazmat.primitives.asymmetric import ec
-from kr_helpers import Manufacturer, Publisher, SimDevice, build_package, error_code, release_body, unique
+from kr_helpers import (
+    Manufacturer,
+    Publisher,
+    SimDevice,
+    UnwrapCounter,
+    build_package,
+    error_code,
+    nonce_of,
+    release,
+    unique,
+)
 
 from edb.cpk import BuildResult
 from edb.errors import ConfigError
@@ -33,7 +42,6 @@ from edb_local.net import free_port
 from edb_local.stack_ca import StackCA
 from key_release_service import codes
 from key_release_service.config import ServiceConfig
-from key_release_service.http_types import ApiRequest, ApiResponse
 from key_release_service.nonces import MAX_SKEW_S
 from key_release_service.service import KeyReleaseService, make_spent_store
 from key_release_service.table_spent_store import TableSpentNonceStore, partition_of
@@ -108,32 +116,6 @@ def package(kek: KeyVaultKek, publisher: Publisher, set_policy: Callable[..., An
     pid = unique("pkg")
     set_policy(pid)
     return build_package(kek, publisher, pid)
-
-
-class UnwrapCounter:
-    """Counts Key Vault unwrap calls (instrumentation around the real gateway, not a mock)."""
-
-    def __init__(self, service: KeyReleaseService) -> None:
-        self.calls = 0
-        real = service.vault.unwrap
-
-        async def counted(kid: str, wrapped: bytes) -> bytes:
-            self.calls += 1
-            return await real(kid, wrapped)
-
-        service.vault.unwrap = counted  # type: ignore[method-assign]
-
-
-async def nonce_of(service: KeyReleaseService) -> str:
-    response = await service.nonce(ApiRequest("POST"))
-    assert response.status == 200
-    return str(response.body["nonce"])
-
-
-async def release(service: KeyReleaseService, device: SimDevice, pkg: BuildResult, *,
-                  nonce: str | None = None) -> tuple[ApiResponse, ec.EllipticCurvePrivateKey]:
-    evidence, otk = device.evidence(nonce or await nonce_of(service), pkg)
-    return await service.release(ApiRequest("POST", body=release_body(evidence, pkg))), otk
 
 
 def instance(make_service: ServiceFactory, store: TableSpentNonceStore) -> KeyReleaseService:
