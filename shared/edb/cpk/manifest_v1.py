@@ -3,7 +3,9 @@
 Kebab-case variant names, externally tagged enums (a unit variant is a string such as ``"none"``,
 a struct variant an object with one key such as ``{"aes-gcm": {...}}``), snake_case fields inside
 variants, unknown fields ignored, missing fields are errors. Numbers inside ``enc``/``dig``/
-``sig``/``cert`` and ``payload.data`` are stream indices. See shared/reference/cpk-v1.md.
+``sig``/``cert`` and ``payload.data`` are stream indices. Integer widths are the original tools'
+(``key_strength`` and stream indices u16, version numbers u32) and ``payload.target`` needs both
+``arch`` and ``os``. The format and every difference from the original tools: docs/cpk-v1.md.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def _enc(value: Any, path: str) -> Encryption:
         return Encryption("none")
     p = f"{path}.aes-gcm"
     return Encryption("aes-gcm", key_name=js.string(body, "key_name", p, max_len=256),
-                      key_strength=js.integer(body, "key_strength", p, maximum=MAX_U32),
+                      key_strength=js.integer(body, "key_strength", p, maximum=MAX_U16),
                       nonce=js.integer(body, "nonce", p, maximum=MAX_U16),
                       tag=js.integer(body, "tag", p, maximum=MAX_U16))
 
@@ -194,7 +196,7 @@ def _sig(value: Any, path: str) -> Signing:
     if kind == "none":
         return Signing("none")
     p = f"{path}.rsa-pkcs1v15"
-    return Signing("rsa-pkcs1v15", key_strength=js.integer(body, "key_strength", p, maximum=MAX_U32),
+    return Signing("rsa-pkcs1v15", key_strength=js.integer(body, "key_strength", p, maximum=MAX_U16),
                    data=js.integer(body, "data", p, maximum=MAX_U16))
 
 
@@ -209,17 +211,21 @@ def _cert(value: Any, path: str) -> Certification:
     return Certification(kind, data=js.integer(body, "data", f"{path}.{kind}", maximum=MAX_U16))
 
 
+# The original tools' Target struct: both members required, strings; other members ignored like
+# every unknown field (so they are not kept either).
+TARGET_FIELDS = ("arch", "os")
+
+
+def _target(raw: dict[str, Any]) -> dict[str, str]:
+    return {key: js.string(raw, key, "manifest.payload.target", max_len=256) for key in TARGET_FIELDS}
+
+
 def parse_manifest_v1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> ManifestV1:
     if len(data) > limits.max_manifest_bytes:
         raise package_error(TOO_LARGE, f"manifest of {len(data)} bytes exceeds {limits.max_manifest_bytes}")
     root = js.loads_object(data)
     payload = js.obj(root, "payload", "manifest")
-    target_raw = js.obj(payload, "target", "manifest.payload")
-    target: dict[str, str] = {}
-    for key, value in target_raw.items():
-        if not isinstance(value, str) or len(value) > 256 or len(key) > 64:
-            raise js.invalid(f"manifest.payload.target.{key}", "must be a short string")
-        target[key] = value
+    target = _target(js.obj(payload, "target", "manifest.payload"))
     ver = js.obj(payload, "ver", "manifest.payload")
     package = js.obj(root, "package", "manifest")
     map_raw = js.field(package, "map", "manifest.package")

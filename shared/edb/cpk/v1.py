@@ -244,6 +244,44 @@ def _stream_plaintext(
     return digest.digest(), V1Check("tag", OK, "AES-256-GCM tag verifies")
 
 
+def _signature_check(reader: PackageReader, manifest: ManifestV1, report: V1Report) -> V1Check:
+    """The original tools' check: the RSA signature over the *recorded* SHA-256 digest, attempted
+    only once that digest matched the plaintext, with ``key_strength`` equal to the key's size."""
+    p = manifest.payload
+    if p.cert.kind in ("none", "target", "url"):
+        return V1Check("signature", SKIPPED, f"certificate is not embedded ({p.cert.kind})")
+    if p.dig.kind != "sha256":
+        return V1Check("signature", FAILED, "the original tools sign the recorded SHA-256 digest; this manifest "
+                       "declares none", MANIFEST_INVALID)
+    if any(c.name == "digest" and c.status != OK for c in report.checks):
+        return V1Check("signature", FAILED, "not attempted: the recorded digest does not match the plaintext",
+                       SIGNATURE_INVALID)
+    public_key = _public_key(reader, p.cert)
+    if p.sig.key_strength != public_key.key_size:
+        return V1Check("signature", FAILED, f"key_strength {p.sig.key_strength} is not the embedded key's "
+                       f"{public_key.key_size} bits", MANIFEST_INVALID)
+    try:
+        public_key.verify(_small(reader, p.sig.data), _small(reader, p.dig.data), padding.PKCS1v15(),
+                          Prehashed(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return V1Check("signature", FAILED, "RSA signature does not verify", SIGNATURE_INVALID)
+    return V1Check("signature", OK, "RSA PKCS#1 v1.5 signature over the recorded digest verifies against the "
+                   "embedded (unauthenticated) certificate")
+
+
+# The only schemes the original installer accepts (anything else: Unsupported*Scheme).
+INSTALLABLE = {"enc": "aes-gcm", "dig": "sha256", "sig": "rsa-pkcs1v15", "cert": "embedded-x509-pem"}
+
+
+def require_installable(manifest: ManifestV1) -> None:
+    """Refuse what the original installer refuses, before any plaintext exists."""
+    p = manifest.payload
+    for name, kind in (("enc", p.enc.kind), ("dig", p.dig.kind), ("sig", p.sig.kind), ("cert", p.cert.kind)):
+        if kind != INSTALLABLE[name]:
+            raise package_error(MANIFEST_INVALID, f"v1 payload.{name} {kind!r} cannot be installed: the original "
+                                f"tools install only {INSTALLABLE[name]!r}")
+
+
 def verify_v1(
     reader: PackageReader, keys: dict[str, bytes], *, sink: Callable[[bytes], Any] | None = None
 ) -> V1Report:
@@ -262,18 +300,7 @@ def verify_v1(
     else:
         report.checks.append(V1Check("digest", SKIPPED, "manifest declares no digest"))
     if p.sig.kind == "rsa-pkcs1v15":
-        if p.cert.kind in ("none", "target", "url"):
-            report.checks.append(V1Check("signature", SKIPPED, f"certificate is not embedded ({p.cert.kind})"))
-        else:
-            public_key = _public_key(reader, p.cert)
-            signature = _small(reader, p.sig.data)
-            try:
-                public_key.verify(signature, plain_digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
-                report.checks.append(V1Check(
-                    "signature", OK, "RSA PKCS#1 v1.5 signature verifies against the embedded (unauthenticated) "
-                    "certificate"))
-            except InvalidSignature:
-                report.checks.append(V1Check("signature", FAILED, "RSA signature does not verify", SIGNATURE_INVALID))
+        report.checks.append(_signature_check(reader, manifest, report))
     else:
         report.checks.append(V1Check("signature", SKIPPED, "manifest declares no signature"))
     return report
@@ -281,10 +308,10 @@ def verify_v1(
 
 def decrypt_payload_v1(reader: PackageReader, key: bytes, sink: Callable[[bytes], Any]) -> int:
     """Legacy install path: stream the plaintext to ``sink``, then raise if the tag, digest or
-    signature fails (the caller discards what it received). Returns the plaintext size."""
+    signature fails (the caller discards what it received). Returns the plaintext size. Only the
+    schemes the original installer takes (:data:`INSTALLABLE`) are installed."""
     manifest = reader.manifest_v1
-    if manifest.payload.enc.kind != "aes-gcm":
-        raise package_error(MANIFEST_INVALID, "v1 payload is not encrypted: refusing to install it as confidential")
+    require_installable(manifest)
     total = 0
 
     def count(block: bytes) -> None:
