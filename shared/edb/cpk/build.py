@@ -50,6 +50,7 @@ from edb.cpk.stream_aead import (
 from edb.errors import KeyProviderError
 from edb.keys.base import KekProvider, Signer
 from edb.keys.errors import INVALID_KEY, SIGNER_MISMATCH
+from edb.keys.low_s import normalize_low_s
 from edb.pki.certs import to_der
 
 DEFAULT_CHUNK_SIZE = 1 * MIB
@@ -130,7 +131,9 @@ def sign_manifest(manifest: ManifestV2, signer: Signer, chain_ders: list[bytes],
                   leaf_key: ec.EllipticCurvePublicKey) -> SignedManifest:
     """Sign the manifest bytes and check the signature against the leaf before using it."""
     manifest_bytes = manifest.to_bytes()
-    signature = signer.sign_digest(hashlib.sha256(manifest_bytes).digest())
+    # Every signer should already return low-s; normalising again costs nothing and keeps a
+    # third-party Signer from producing a package the verifiers refuse.
+    signature = normalize_low_s(signer.sign_digest(hashlib.sha256(manifest_bytes).digest()))
     try:
         leaf_key.verify(signature, manifest_bytes, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError) as exc:

@@ -33,6 +33,7 @@ from edb.cpk.errors import (
 )
 from edb.cpk.limits import DEFAULT_LIMITS, Limits
 from edb.cpk.manifest_v2 import ManifestV2, parse_manifest_v2
+from edb.keys.low_s import is_canonical_low_s
 from edb.pki.chain import verify_chain
 from edb.pki.errors import CertificateError
 from edb.pki.oids import PUBLISHER_SIGNING_EKU
@@ -158,6 +159,8 @@ def authenticate_manifest(
     public_key = certs[0].public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
         raise package_error(UNTRUSTED_SIGNER, "publisher key must be EC P-256")
+    if not is_canonical_low_s(signed.signature):
+        raise package_error(SIGNATURE_INVALID, "publisher signature is not canonical low-s DER (ECDSA malleability)")
     try:
         public_key.verify(signed.signature, signed.manifest_bytes, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError) as exc:

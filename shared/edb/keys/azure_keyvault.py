@@ -39,6 +39,7 @@ from edb.keys.errors import (
     WRONG_KID,
     KeyProviderError,
 )
+from edb.keys.low_s import P256_N, normalize_low_s
 
 
 def _default_credential() -> Any:
@@ -183,7 +184,11 @@ class KeyVaultSigner:
 
 
 def raw_to_der_signature(raw: bytes) -> bytes:
-    """JOSE/Key Vault ES256 ``r || s`` (2 x 32 bytes, big-endian) -> DER ``ECDSA-Sig-Value``."""
+    """JOSE/Key Vault ES256 ``r || s`` (2 x 32 bytes, big-endian) -> DER ``ECDSA-Sig-Value``, low s
+    (Key Vault may return either of the two valid s values; packages carry only the low one)."""
     if len(raw) != 64:
         raise KeyProviderError(f"ES256 signature must be 64 bytes, got {len(raw)}", code=SIGN_FAILED)
-    return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    if not (0 < r < P256_N and 0 < s < P256_N):
+        raise KeyProviderError("ES256 signature values out of range", code=SIGN_FAILED)
+    return normalize_low_s(encode_dss_signature(r, s))

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from edb.keys.base import WRAP_ALG, WrappedKey, check_dek, check_digest
 from edb.keys.errors import INVALID_KEY, SIGNER_MISMATCH, UNWRAP_FAILED, WRONG_KID, KeyProviderError
+from edb.keys.low_s import normalize_low_s
 
 MIN_RSA_BITS = 2048
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -155,7 +156,7 @@ class LocalSigner:
 
     def sign_digest(self, digest: bytes) -> bytes:
         check_digest(digest)
-        return self._key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        return normalize_low_s(self._key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
 
     def certificate_chain(self) -> list[x509.Certificate]:
         return list(self._chain)
