@@ -317,7 +317,7 @@ class HubCore:
     def _twin_reported(self, session: ClientSession, rid: str, payload: bytes) -> None:
         identity = session.identity
         try:
-            patch = json.loads(payload.decode("utf-8"))
+            patch = json.loads(payload.decode("utf-8"))  # NaN/Infinity parse, then validation refuses them
             twin = self.state.set_reported(identity, patch)
         except (UnicodeDecodeError, ValueError, RecursionError):
             self.refuse(errors.TWIN_INVALID, identity, "reported patch is not JSON")

@@ -15,6 +15,7 @@ import base64
 import copy
 import datetime as dt
 import json
+import math
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -125,6 +126,9 @@ def _validate_value(value: Any, *, depth: int, allow_null: bool, what: str) -> N
     elif isinstance(value, list):
         for inner in value:
             _validate_value(inner, depth=depth + 1, allow_null=True, what=what)
+    elif isinstance(value, float) and not math.isfinite(value):
+        # IoT Hub's JSON has no NaN/Infinity (RFC 8259); a twin must never store what it cannot serve.
+        raise _invalid(f"{what}: NaN and Infinity are not JSON numbers")
     elif isinstance(value, str):
         if len(value.encode()) > MAX_STRING_BYTES:
             raise _invalid(f"{what}: a string value is longer than {MAX_STRING_BYTES} bytes")

@@ -277,7 +277,7 @@ class VaultOperations:
     def purge(self, principal: Principal, kind: str, name: str) -> Result:
         self._require(principal, f"{kind}s/purge", name)
         self.store.purge(kind, _check_name(name))
-        self._key_cache = OrderedDict((k, v) for k, v in self._key_cache.items() if k[0] != name)
+        self._key_cache = OrderedDict((k, v) for k, v in self._key_cache.items() if k[0].lower() != name.lower())
         return 204, None
 
     def recover(self, principal: Principal, kind: str, name: str) -> Result:

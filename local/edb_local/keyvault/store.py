@@ -3,7 +3,8 @@
 Keys and secrets share one table (``kind`` = key | secret): every version is a row; the newest
 version of a name is the one with the highest ``seq``. Private keys and secret values are stored
 sealed (:mod:`edb_local.keyvault.at_rest`); everything else is plain JSON columns so an operator can
-inspect the database. Soft delete keeps all versions and records the deletion in ``deleted``.
+inspect the database. Soft delete keeps all versions and records the deletion in ``deleted``. Names are case-insensitive
+as in Azure (every lookup is ``COLLATE NOCASE``; a name keeps the spelling it was created with).
 """
 
 from __future__ import annotations
@@ -104,8 +105,14 @@ class VaultStore:
                            created, updated, json.loads(tags) if tags else None)
 
     def _is_deleted(self, kind: str, name: str) -> bool:
-        cur = self._db.execute("SELECT 1 FROM deleted WHERE kind=? AND name=?", (kind, name))
+        cur = self._db.execute("SELECT 1 FROM deleted WHERE kind=? AND name=? COLLATE NOCASE", (kind, name))
         return cur.fetchone() is not None
+
+    def _stored_name(self, kind: str, name: str) -> str:
+        """The name as first created: Key Vault names are case-insensitive and keep their first spelling."""
+        row = self._db.execute("SELECT name FROM objects WHERE kind=? AND name=? COLLATE NOCASE LIMIT 1",
+                               (kind, name)).fetchone()
+        return str(row[0]) if row else name
 
     def add_version(self, kind: str, name: str, meta: dict[str, Any], plaintext: bytes, *, enabled: bool,
                     nbf: int | None, exp: int | None, tags: dict[str, str] | None) -> VaultObject:
@@ -113,8 +120,10 @@ class VaultStore:
         with self._lock:
             if self._is_deleted(kind, name):
                 raise deleted_conflict(kind, name)
-            cur = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM objects WHERE kind=? AND name=?", (kind, name))
+            cur = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM objects WHERE kind=? AND name=? COLLATE NOCASE", (kind, name))
             seq = int(cur.fetchone()[0]) + 1
+            name = self._stored_name(kind, name)
             version = uuid.uuid4().hex
             obj = VaultObject(kind, name, version, seq, meta, b"", enabled, nbf, exp, now, now, tags)
             obj = replace(obj, sealed=self.sealer.seal(plaintext, obj.label))
@@ -130,11 +139,12 @@ class VaultStore:
             if self._is_deleted(kind, name):
                 raise _not_found(kind, name)
             if version:
-                cur = self._db.execute("SELECT * FROM objects WHERE kind=? AND name=? AND version=?",
+                cur = self._db.execute("SELECT * FROM objects WHERE kind=? AND name=? COLLATE NOCASE AND version=?",
                                        (kind, name, version))
             else:
-                cur = self._db.execute("SELECT * FROM objects WHERE kind=? AND name=? ORDER BY seq DESC LIMIT 1",
-                                       (kind, name))
+                cur = self._db.execute(
+                    "SELECT * FROM objects WHERE kind=? AND name=? COLLATE NOCASE ORDER BY seq DESC LIMIT 1",
+                    (kind, name))
             row = cur.fetchone()
         if row is None:
             raise _not_found(kind, name)
@@ -144,7 +154,7 @@ class VaultStore:
         with self._lock:
             if self._is_deleted(kind, name):
                 raise _not_found(kind, name)
-            rows = self._db.execute("SELECT * FROM objects WHERE kind=? AND name=? ORDER BY seq",
+            rows = self._db.execute("SELECT * FROM objects WHERE kind=? AND name=? COLLATE NOCASE ORDER BY seq",
                                     (kind, name)).fetchall()
         if not rows:
             raise _not_found(kind, name)
@@ -174,7 +184,7 @@ class VaultStore:
         with self._lock:
             self._db.execute(
                 "UPDATE objects SET meta=?, enabled=?, nbf=?, exp=?, tags=?, updated=? "
-                "WHERE kind=? AND name=? AND version=?",
+                "WHERE kind=? AND name=? COLLATE NOCASE AND version=?",
                 (json.dumps(new.meta), int(new.enabled), new.nbf, new.exp,
                  json.dumps(new.tags) if new.tags is not None else None, new.updated, obj.kind, obj.name,
                  obj.version),
@@ -189,16 +199,18 @@ class VaultStore:
     def delete(self, kind: str, name: str) -> tuple[Deletion, VaultObject]:
         latest = self.get(kind, name)
         now = int(time.time())
-        deletion = Deletion(kind, name, now, now + RETENTION_DAYS * 86400)
+        deletion = Deletion(kind, latest.name, now, now + RETENTION_DAYS * 86400)
         with self._lock:
-            self._db.execute("INSERT INTO deleted VALUES (?,?,?,?)", (kind, name, now, deletion.purge_date))
+            self._db.execute("INSERT INTO deleted VALUES (?,?,?,?)", (kind, latest.name, now, deletion.purge_date))
         return deletion, latest
 
     def get_deleted(self, kind: str, name: str) -> tuple[Deletion, VaultObject]:
         with self._lock:
-            row = self._db.execute("SELECT * FROM deleted WHERE kind=? AND name=?", (kind, name)).fetchone()
-            latest = self._db.execute("SELECT * FROM objects WHERE kind=? AND name=? ORDER BY seq DESC LIMIT 1",
-                                      (kind, name)).fetchone()
+            row = self._db.execute("SELECT * FROM deleted WHERE kind=? AND name=? COLLATE NOCASE",
+                                   (kind, name)).fetchone()
+            latest = self._db.execute(
+                "SELECT * FROM objects WHERE kind=? AND name=? COLLATE NOCASE ORDER BY seq DESC LIMIT 1",
+                (kind, name)).fetchone()
         if row is None or latest is None:
             raise deleted_not_found(kind, name)
         return Deletion(*row), self._row(latest)
@@ -211,13 +223,13 @@ class VaultStore:
     def purge(self, kind: str, name: str) -> None:
         self.get_deleted(kind, name)
         with self._lock:
-            self._db.execute("DELETE FROM objects WHERE kind=? AND name=?", (kind, name))
-            self._db.execute("DELETE FROM deleted WHERE kind=? AND name=?", (kind, name))
+            self._db.execute("DELETE FROM objects WHERE kind=? AND name=? COLLATE NOCASE", (kind, name))
+            self._db.execute("DELETE FROM deleted WHERE kind=? AND name=? COLLATE NOCASE", (kind, name))
 
     def recover(self, kind: str, name: str) -> VaultObject:
         self.get_deleted(kind, name)
         with self._lock:
-            self._db.execute("DELETE FROM deleted WHERE kind=? AND name=?", (kind, name))
+            self._db.execute("DELETE FROM deleted WHERE kind=? AND name=? COLLATE NOCASE", (kind, name))
         return self.get(kind, name)
 
     # -- clients ---------------------------------------------------------------------------------

@@ -52,9 +52,15 @@ async def _json_body(request: web.Request) -> Any:
     if not raw:
         return {}
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise HubError("request body is not JSON", code=errors.BAD_REQUEST) from None
+        raise HubError("request body is not JSON (NaN and Infinity are not JSON either)",
+                       code=errors.BAD_REQUEST) from None
+
+
+def _not_json(name: str) -> Any:
+    """IoT Hub's parser refuses NaN/Infinity/-Infinity, which Python's json accepts by default."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _etag_response(doc: dict[str, Any], status: int = 200) -> web.Response:
