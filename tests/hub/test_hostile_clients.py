@@ -168,7 +168,7 @@ async def test_wrong_key_and_expired_token_are_refused(hub: HubThread, legit: An
     foreign = paho_clients(hub, "edge-x", "intruder", other_hub)
     await legit.send()
     for client in (wrong, expired, foreign):
-        await asyncio.to_thread(client.disconnected.wait, 10)
+        assert await asyncio.to_thread(client.disconnected.wait, 10)
         assert client.connack == 5  # not authorized
     codes = hub.call(hub.server.core.refusal_codes)
     assert {"HUB_AUTH_BAD_SIGNATURE", "HUB_AUTH_TOKEN_EXPIRED", "HUB_AUTH_WRONG_RESOURCE"} <= set(codes)
@@ -179,10 +179,10 @@ async def test_wrong_key_and_expired_token_are_refused(hub: HubThread, legit: An
 async def test_qos2_publish_closes_only_that_connection(hub: HubThread, legit: Any,
                                                         paho_clients: Callable[..., PahoClient]) -> None:
     intruder = paho_clients(hub, "edge-x", "intruder", _token(hub, "edge-x", "intruder", legit.keys["intruder"]))
-    await asyncio.to_thread(intruder.connected.wait, 10)
+    assert await asyncio.to_thread(intruder.connected.wait, 10)
     upstream_before = hub.call(lambda: hub.server.core.counters["telemetry_in"])
     intruder.client.publish("devices/edge-x/modules/intruder/messages/events/", b"{}", qos=2)
-    await asyncio.to_thread(intruder.disconnected.wait, 10)
+    assert await asyncio.to_thread(intruder.disconnected.wait, 10)
     assert "HUB_MQTT_QOS2_REFUSED" in hub.call(hub.server.core.refusal_codes)
     assert hub.call(lambda: hub.server.core.counters["telemetry_in"]) == upstream_before
     await legit.send()
@@ -192,7 +192,7 @@ async def test_qos2_publish_closes_only_that_connection(hub: HubThread, legit: A
 async def test_topics_of_another_identity_are_refused(hub: HubThread, legit: Any,
                                                       paho_clients: Callable[..., PahoClient]) -> None:
     intruder = paho_clients(hub, "edge-x", "intruder", _token(hub, "edge-x", "intruder", legit.keys["intruder"]))
-    await asyncio.to_thread(intruder.connected.wait, 10)
+    assert await asyncio.to_thread(intruder.connected.wait, 10)
     # subscribing to the runner's inputs is refused in the SUBACK (connection stays)
     _, mid = intruder.client.subscribe("devices/edge-x/modules/runner/inputs/#", qos=1)
     await _wait_for(lambda: mid in intruder.subacks)
@@ -202,7 +202,7 @@ async def test_topics_of_another_identity_are_refused(hub: HubThread, legit: Any
     assert intruder.messages == []              # ... and the intruder none of them
     # publishing as the sensor closes the intruder's connection and routes nothing
     intruder.client.publish("devices/edge-x/modules/sensor/messages/events/%24.on=out", b'{"mid": "forged"}', qos=1)
-    await asyncio.to_thread(intruder.disconnected.wait, 10)
+    assert await asyncio.to_thread(intruder.disconnected.wait, 10)
     codes = hub.call(hub.server.core.refusal_codes)
     assert codes.count("HUB_TOPIC_FORBIDDEN") == 2
     await legit.send()
@@ -249,13 +249,13 @@ async def test_malformed_and_oversized_packets_close_only_that_connection(
 async def test_a_second_connection_of_an_identity_replaces_the_first(
         hub: HubThread, legit: Any, paho_clients: Callable[..., PahoClient], stack_ca: Any) -> None:
     first = paho_clients(hub, "edge-x", "intruder", _token(hub, "edge-x", "intruder", legit.keys["intruder"]))
-    await asyncio.to_thread(first.connected.wait, 10)
+    assert await asyncio.to_thread(first.connected.wait, 10)
     second = RawTls(hub, str(stack_ca.ca_path))
     second.send(encode(Connect(client_id="edge-x/intruder", clean_session=False,
                                username=_username(hub, "edge-x", "intruder"),
                                password=_token(hub, "edge-x", "intruder", legit.keys["intruder"]).encode())))
     assert second.read_packets() == [ConnAck(0, session_present=False)]
-    await asyncio.to_thread(first.disconnected.wait, 10)
+    assert await asyncio.to_thread(first.disconnected.wait, 10)
     assert "HUB_MQTT_SESSION_TAKEN_OVER" in hub.call(hub.server.core.refusal_codes)
     second.send(encode(Subscribe(7, (("$iothub/twin/res/#", 1),))))
     second.send(encode(Publish("$iothub/twin/GET/?$rid=r1", b" ", qos=0)))
@@ -291,7 +291,7 @@ def test_connack_rejects_bad_protocol_level_and_client_ids(hub: HubThread, stack
 async def test_connection_is_dropped_when_its_token_expires(hub: HubThread, legit: Any,
                                                            paho_clients: Callable[..., PahoClient]) -> None:
     short = paho_clients(hub, "edge-x", "intruder", _token(hub, "edge-x", "intruder", legit.keys["intruder"], 2))
-    await asyncio.to_thread(short.connected.wait, 10)
+    assert await asyncio.to_thread(short.connected.wait, 10)
     assert await asyncio.to_thread(short.disconnected.wait, 15)
     assert "HUB_AUTH_TOKEN_EXPIRED" in hub.call(hub.server.core.refusal_codes)
     await legit.send()
@@ -329,7 +329,7 @@ async def test_messages_over_256_kb_are_refused_and_close_only_that_connection(
     limit = hub.config.max_message_bytes
     assert limit == 256 * 1024
     intruder = paho_clients(hub, "edge-x", "intruder", _token(hub, "edge-x", "intruder", legit.keys["intruder"]))
-    await asyncio.to_thread(intruder.connected.wait, 10)
+    assert await asyncio.to_thread(intruder.connected.wait, 10)
     topic = "devices/edge-x/modules/intruder/messages/events/"
 
     def upstream_from_intruder() -> int:
@@ -339,6 +339,7 @@ async def test_messages_over_256_kb_are_refused_and_close_only_that_connection(
     # exactly at the limit: accepted and routed ($upstream)
     info = intruder.client.publish(topic, b"a" * limit, qos=1)
     await asyncio.to_thread(info.wait_for_publish, 10)
+    assert info.is_published()
     assert await eventually(lambda: hub.call(upstream_from_intruder), 1) == 1
     # one byte more: refused, the connection closed, nothing ingested
     before = hub.call(lambda: hub.server.core.counters["telemetry_in"])
