@@ -1,6 +1,19 @@
-"""No plaintext outside the TEE: after install and load, no file under the device directory, the
-package cache or the temp directory, and no byte of the installer's or the runner's process memory
-(read through /proc/<pid>/mem), contains any 64-byte window of the plaintext model.
+"""No plaintext in the processes of the TEE client library: after an install and a load, no file
+under the device directory, the package cache or the temp directory, and no byte of the memory of two
+small processes that make the installer's and the runner's TEE calls through ``edb.tee.TeeClient``
+(begin/complete install with a released key; load and infer), read through /proc/<pid>/mem, contains
+any 64-byte window of the plaintext model.
+
+Scope, plainly: these are stand-in scripts using the same client library as the modules, not the
+package_installer and inference_runner modules themselves (their SDKs, twins, downloads); the real
+modules' processes are scanned by tests/e2e/test_no_plaintext_real_modules.py on the full stack. This
+test is the fast, focused one: it fails if the client library (or the TEE's replies) ever carries
+plaintext into a normal-world process.
+
+Every readable mapping is scanned (anonymous, heap, stacks, file-backed, shared), and a readable
+mapping that cannot be read fails the test rather than being skipped: a copy of the model could hide
+in exactly such a mapping. Only the kernel's [vvar]/[vsyscall] pages, which /proc/<pid>/mem never
+serves, are left out.
 
 Method: a 64-byte window at any memory offset contains an 8-aligned 8-byte word followed by at
 least 24 more bytes of the window; we index every 8-byte string of the plaintext at every byte
@@ -19,6 +32,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tee_helpers import Device, Publisher, TeeProcess, mlp_model, release_key
 
 from edb.tee.types import Evidence
@@ -64,26 +78,43 @@ class PlaintextIndex:
         return None
 
 
+NOT_SERVED_BY_PROC_MEM = ("[vvar]", "[vsyscall]", "[vvar_vclock]")
+CHUNK = 16 * 1024 * 1024
+OVERLAP = 64
+
+
+class UnreadableMapping(AssertionError):
+    """A readable mapping of the scanned process could not be read: the scan would be incomplete."""
+
+
 def scan_process(pid: int, index: PlaintextIndex) -> list[str]:
-    """Every writable or anonymous mapping of ``pid`` (read-only file mappings hold file contents,
-    which the file scan covers)."""
-    hits = []
+    """Hits in every readable mapping of ``pid``; raises :class:`UnreadableMapping` for one it
+    cannot read (in full), and asserts something was scanned."""
+    hits: list[str] = []
+    scanned = 0
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         for line in maps:
             parts = line.split(maxsplit=5)
             start, end = (int(x, 16) for x in parts[0].split("-"))
             perms, path = parts[1], (parts[5].strip() if len(parts) > 5 else "")
-            if "r" not in perms or path in ("[vvar]", "[vsyscall]", "[vvar_vclock]"):
+            if "r" not in perms or path in NOT_SERVED_BY_PROC_MEM:
                 continue
-            if "w" not in perms and path and not path.startswith("[") and "memfd:" not in path:
-                continue
-            try:
-                mem.seek(start)
-                data = mem.read(end - start)
-            except OSError:
-                continue
-            if len(data) >= 8 and index.find(data) is not None:
-                hits.append(f"{pid}: {line.strip()}")
+            pos = start
+            while pos < end:
+                size = min(CHUNK + OVERLAP, end - pos)
+                try:
+                    mem.seek(pos)
+                    data = mem.read(size)
+                except OSError as exc:
+                    raise UnreadableMapping(f"{pid}: cannot read {line.strip()}: {exc}") from None
+                if len(data) != size:
+                    raise UnreadableMapping(f"{pid}: short read ({len(data)} of {size}) in {line.strip()}")
+                scanned += len(data)
+                if index.find(data) is not None:
+                    hits.append(f"{pid}: {line.strip()}")
+                    break
+                pos += CHUNK
+    assert scanned > 1024 * 1024, f"scanned only {scanned} bytes of {pid}"
     return hits
 
 
@@ -112,6 +143,7 @@ sys.stdin.readline()
 RUNNER = r"""
 import sys
 import numpy as np
+import pytest
 from edb.tee import TeeClient
 tee = TeeClient(sys.argv[1])
 h = tee.load_model("mlp")
@@ -130,7 +162,7 @@ sys.stdin.buffer.readline()
 """
 
 
-def test_no_plaintext_in_files_or_client_memory(make_device, make_package, publisher: Publisher,
+def test_no_plaintext_in_files_or_tee_client_process_memory(make_device, make_package, publisher: Publisher,
                                                 tmp_path: Path) -> None:
     device: Device = make_device()
     tmpdir = tmp_path / "tmp"
@@ -173,3 +205,51 @@ def test_no_plaintext_in_files_or_client_memory(make_device, make_package, publi
             p.kill()
             p.wait()
         tee.stop()
+
+
+READ_ONLY_FILE_HOLDER = r"""
+import mmap, os, sys
+path = sys.argv[1]
+with open(path, "rb") as f:
+    held = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)  # a read-only file mapping...
+os.unlink(path)  # ...of a file no longer on disk (no file scan finds it)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+TRUNCATED_MAPPING = r"""
+import mmap, os, sys
+path = sys.argv[1]
+with open(path, "r+b") as f:
+    held = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    f.truncate(0)  # the mapping stays, its pages cannot be read any more (SIGBUS / EIO)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _start(script: str, *args: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"held"
+    return proc
+
+
+def test_scanner_finds_read_only_file_mappings_and_refuses_unreadable_ones(tmp_path: Path) -> None:
+    """The controls the previous scanner failed: it skipped read-only file-backed mappings and
+    mappings it could not read, so a copy in either went unseen."""
+    plaintext = os.urandom(256 * 1024)
+    index = PlaintextIndex(plaintext)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        (tmp_path / "copy.bin").write_bytes(plaintext)
+        procs.append(_start(READ_ONLY_FILE_HOLDER, str(tmp_path / "copy.bin")))
+        assert scan_process(procs[-1].pid, index) != []
+
+        (tmp_path / "gone.bin").write_bytes(plaintext)
+        procs.append(_start(TRUNCATED_MAPPING, str(tmp_path / "gone.bin")))
+        with pytest.raises(UnreadableMapping):
+            scan_process(procs[-1].pid, index)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
