@@ -1,0 +1,152 @@
+"""Installer checks that a hand-made mutation run found unpinned (issue 13 item 11): each test fails
+if its check is removed or weakened. Real files, real symlinks and a real HTTPS server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from installer_fixtures import PackageServer
+
+from edb.errors import InstallError
+from edb.schemas import DesiredPackage
+from edb_local.net import free_port
+from edb_local.stack_ca import StackCA
+from package_installer.downloader import DownloadSettings, cache_paths, fetch, open_local
+from package_installer.sources import FileSource, resolve_source
+
+DATA = os.urandom(256 * 1024 + 7)
+
+
+def desired(url: str, data: bytes = DATA, size: int | None = None) -> DesiredPackage:
+    return DesiredPackage("digits", "1.0.0", url, hashlib.sha256(data).hexdigest(),
+                          len(data) if size is None else size)
+
+
+def code(exc: pytest.ExceptionInfo[InstallError]) -> str:
+    return exc.value.code
+
+
+# -- file: sources --------------------------------------------------------------------------------
+
+def test_sibling_directory_sharing_the_prefix_is_outside(tmp_path: Path) -> None:
+    drop, evil = tmp_path / "drop", tmp_path / "drop-evil"
+    for d in (drop, evil):
+        d.mkdir()
+        (d / "a.cpk").write_bytes(DATA)
+    assert resolve_source(f"file://{drop}/a.cpk", (drop,)) == FileSource(drop / "a.cpk")
+    with pytest.raises(InstallError) as exc:
+        resolve_source(f"file://{evil}/a.cpk", (drop,))
+    assert code(exc) == "INSTALL_PATH_OUTSIDE"
+    with pytest.raises(InstallError) as exc:  # and on the opened file
+        open_local(desired("file:///x"), FileSource(evil / "a.cpk"), (drop,))
+    assert code(exc) == "INSTALL_PATH_OUTSIDE"
+
+
+def test_opened_file_outside_the_allowed_directories_is_refused(tmp_path: Path) -> None:
+    """open_local checks the opened descriptor's real path itself, whatever it was handed."""
+    drop, outside = tmp_path / "drop", tmp_path / "outside"
+    drop.mkdir()
+    outside.mkdir()
+    (outside / "a.cpk").write_bytes(DATA)
+    with pytest.raises(InstallError) as exc:
+        open_local(desired("file:///x"), FileSource(outside / "a.cpk"), (drop,))
+    assert code(exc) == "INSTALL_PATH_OUTSIDE"
+
+
+async def test_parent_swapped_for_a_symlink_between_check_and_open(tmp_path: Path) -> None:
+    drop, outside = tmp_path / "drop", tmp_path / "outside"
+    (drop / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (drop / "sub" / "a.cpk").write_bytes(DATA)
+    (outside / "a.cpk").write_bytes(DATA)  # same bytes: only the location is wrong
+    settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(drop,))
+    pkg = desired(f"file://{drop}/sub/a.cpk")
+    source = resolve_source(pkg.url, settings.allowed_dirs)  # the check passes...
+    (drop / "sub" / "a.cpk").unlink()
+    (drop / "sub").rmdir()
+    (drop / "sub").symlink_to(outside, target_is_directory=True)  # ...then the parent is swapped
+    with pytest.raises(InstallError) as exc:
+        await fetch(pkg, source, settings)
+    assert code(exc) == "INSTALL_PATH_OUTSIDE"
+    assert (outside / "a.cpk").read_bytes() == DATA  # untouched
+
+
+# -- HTTPS ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+async def chunked_server(stack_ca: StackCA, loopback_address: str, tmp_path: Path) -> AsyncIterator[PackageServer]:
+    """Serves every file chunked (no Content-Length), in 32 KiB writes."""
+    port = free_port(loopback_address)
+    server = PackageServer(f"https://{loopback_address}:{port}", stack_ca.ca_path)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        server.ranges.append(request.headers.get("Range"))
+        data = server.files[request.match_info["path"]]
+        response = web.StreamResponse(status=200)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(0, len(data), 32 * 1024):
+            await response.write(data[i:i + 32 * 1024])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    creds = stack_ca.issue_server("chunked", ips=[loopback_address], out_dir=tmp_path / "chunked-certs")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(creds.cert_path, creds.key_path)
+    await web.TCPSite(runner, loopback_address, port, ssl_context=context).start()
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+async def test_chunked_response_longer_than_declared(chunked_server: PackageServer, tmp_path: Path) -> None:
+    chunked_server.files["a.cpk"] = DATA + os.urandom(300 * 1024)
+    pkg = desired(chunked_server.url("a.cpk"))  # the twin declares len(DATA)
+    settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=chunked_server.ca_path,
+                                read_timeout_s=5)
+    final, part = cache_paths(settings.cache_dir, pkg)
+    sizes: list[int] = []
+
+    def progress(have: int, total: int) -> None:
+        sizes.append(part.stat().st_size)
+
+    with pytest.raises(InstallError) as exc:
+        await fetch(pkg, resolve_source(pkg.url, ()), settings, progress)
+    assert code(exc) == "INSTALL_TOO_LARGE"
+    assert sizes and max(sizes) <= pkg.size  # never more on disk than declared
+    assert not part.exists() and not final.exists()
+    chunked_server.files["a.cpk"] = DATA  # the honest file, chunked, is fine
+    fetched = await fetch(pkg, resolve_source(pkg.url, ()), settings)
+    with fetched:
+        assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
+
+
+async def test_cached_file_is_hashed_again_before_use(package_server: PackageServer, tmp_path: Path) -> None:
+    package_server.files["a.cpk"] = DATA
+    pkg = desired(package_server.url("a.cpk"))
+    settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=package_server.ca_path,
+                                read_timeout_s=5)
+    final, _ = cache_paths(settings.cache_dir, pkg)
+    final.parent.mkdir(parents=True)
+    tampered = bytearray(DATA)
+    tampered[len(DATA) // 2] ^= 1
+    final.write_bytes(bytes(tampered))  # right size, wrong bytes, left in the cache
+    with pytest.raises(InstallError) as exc:
+        await fetch(pkg, resolve_source(pkg.url, ()), settings)
+    assert code(exc) == "INSTALL_HASH_MISMATCH"
+    assert not final.exists()  # removed
+    assert package_server.ranges == []  # decided from the cache alone
+    fetched = await fetch(pkg, resolve_source(pkg.url, ()), settings)  # the next attempt downloads afresh
+    with fetched:
+        assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
