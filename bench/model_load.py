@@ -128,7 +128,7 @@ def bench_size(target_mb: int, repeat: int, work: Path) -> dict[str, object]:
     onnx_layout.convert_file(model_path, layout_path)
     pkg = work / f"mlp-{target_mb}.cpk"
     with open(layout_path, "rb") as src:
-        result = build(src, pkg, identity=package_identity("bench-mlp"), kek=device.kek, signer=device.signer)
+        result = build(src, pkg, identity=package_identity("mlp"), kek=device.kek, signer=device.signer)
     layout_path.unlink()  # the plaintext layout only existed for the build step (the pipeline's side)
     tee = Tee(info.layout.root, work / f"tee-{target_mb}.log")
 
@@ -138,7 +138,7 @@ def bench_size(target_mb: int, repeat: int, work: Path) -> dict[str, object]:
     client.device_info()
     before = status_kb(pid, "VmRSS")
     t0 = time.perf_counter()
-    install_released(client, device, "mlp", pkg, result.manifest, "bench-mlp")
+    install_released(client, device, "mlp", pkg, result.manifest, "mlp")
     h = client.load_model("mlp")
     install_load_s = time.perf_counter() - t0
     install_hwm = status_kb(pid, "VmHWM")

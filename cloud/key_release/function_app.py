@@ -15,21 +15,21 @@ import azure.functions as func
 from edb.errors import EdbError
 from key_release_service import codes
 from key_release_service.codes import Denied
-from key_release_service.functions_adapter import get_service, to_api_request, to_func_response
+from key_release_service.functions_adapter import EVENTS, client_address, get_service, to_api_request, to_func_response
 from key_release_service.http_types import ApiResponse
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
 
 async def _serve(req: func.HttpRequest, handler_name: str) -> func.HttpResponse:
-    api_request = to_api_request(req)
-    if isinstance(api_request, ApiResponse):
-        return to_func_response(api_request)
     try:
         service = get_service()
     except EdbError as exc:  # missing or invalid application settings: fail closed, say so in the log
         logging.getLogger("edb.keyrelease").error("key release service misconfigured: %s", exc)
         return to_func_response(ApiResponse.from_denial(Denied(codes.INTERNAL, "service misconfigured")))
+    api_request = to_api_request(req)
+    if isinstance(api_request, Denied):  # refused before the handler: audited like every decision
+        return to_func_response(service.refuse_early(EVENTS[handler_name], api_request, client_address(req)))
     return to_func_response(await getattr(service, handler_name)(api_request))
 
 

@@ -2,10 +2,13 @@
 
 HTTPS: verified TLS (the system trust store, or ``EDB_CA_CERT``: never unverified), redirects
 followed by hand and only to the same origin, ``Range`` resume of a partial download kept in the
-cache, connect/read timeouts, a hard ceiling at the declared size (a server sending more is cut
-off with ``INSTALL_TOO_LARGE``), SHA-256 over every byte. A hash mismatch deletes the partial
-file (the bytes are wrong: resuming them would be pointless); a network failure keeps it.
-``file:``: opened with ``O_NOFOLLOW``, checked again on the opened descriptor (regular file, real
+cache, connect/read timeouts, a whole-download deadline and a minimum transfer rate (a server
+trickling bytes is cut off with ``INSTALL_TIMEOUT``: :mod:`.pace`), a hard ceiling at the declared
+size (a server sending more is cut off with ``INSTALL_TOO_LARGE``), SHA-256 over every byte. A
+hash mismatch deletes the partial file (the bytes are wrong: resuming them would be pointless); a
+network failure keeps it.
+``file:``: opened with ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO planted in an allowed directory would
+block a plain open forever), checked again on the opened descriptor (regular file, real
 path inside an allowed directory), size and hash checked; nothing is copied.
 
 The result is an open file descriptor of ciphertext; the TEE reads it (SCM_RIGHTS), the installer
@@ -15,10 +18,12 @@ never decrypts anything.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import ssl
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +33,7 @@ import aiohttp
 from edb.errors import InstallError
 from edb.schemas import DesiredPackage
 from package_installer.errors import DownloadError
+from package_installer.pace import TransferPace
 from package_installer.sources import FileSource, HttpsSource, Source, is_inside, same_origin
 
 CHUNK = 1 << 20
@@ -42,6 +48,9 @@ class DownloadSettings:
     ca_file: Path | None = None
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+    deadline_s: float = 3600.0  # the whole download, redirects and resume included
+    min_rate_bps: float = 16384.0  # bytes per second, judged over each rate window
+    rate_window_s: float = 30.0
 
 
 @dataclass
@@ -90,7 +99,8 @@ async def fetch(package: DesiredPackage, source: Source, settings: DownloadSetti
 
 def open_local(package: DesiredPackage, source: FileSource, allowed_dirs: tuple[Path, ...]) -> FetchedPackage:
     try:
-        fd = os.open(source.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever
+        fd = os.open(source.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise InstallError("the file: package does not exist", code="INSTALL_NOT_FOUND") from None
     except OSError as exc:
@@ -100,6 +110,7 @@ def open_local(package: DesiredPackage, source: FileSource, allowed_dirs: tuple[
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise InstallError("the file: package is not a regular file", code="INSTALL_PATH_OUTSIDE")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)  # a regular file: plain reads
         real = Path(os.readlink(f"/proc/self/fd/{fd}"))
         if not is_inside(real, allowed_dirs):
             raise InstallError("the opened file lies outside the allowed directories", code="INSTALL_PATH_OUTSIDE")
@@ -178,10 +189,16 @@ async def _download_to(part: Path, package: DesiredPackage, source: HttpsSource,
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s,
                                     sock_read=settings.read_timeout_s)
     connector = aiohttp.TCPConnector(ssl=ssl_context(settings.ca_file))
+    whole = asyncio.timeout(settings.deadline_s)
     try:
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
+        async with whole, aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                                auto_decompress=False) as session:
             if partial.have < package.size:
-                await _get(session, source, partial, package, progress)
+                pace = TransferPace(settings.min_rate_bps, settings.rate_window_s, time.monotonic())
+                await _get(session, source, partial, package, progress, pace)
+    except TimeoutError:  # the whole-download deadline, or aiohttp's connect/read timeouts
+        raise DownloadError("download took longer than its deadline" if whole.expired() else "download timed out",
+                            code="INSTALL_TIMEOUT") from None
     except DownloadError:
         raise
     except InstallError:
@@ -189,8 +206,6 @@ async def _download_to(part: Path, package: DesiredPackage, source: HttpsSource,
         raise
     except (aiohttp.ClientError, OSError) as exc:
         raise DownloadError(f"download failed: {type(exc).__name__}", code="INSTALL_DOWNLOAD_FAILED") from None
-    except TimeoutError:
-        raise DownloadError("download timed out", code="INSTALL_TIMEOUT") from None
     if partial.have != package.size:
         raise DownloadError(f"server closed after {partial.have} of {package.size} bytes", code="INSTALL_INCOMPLETE")
     if partial.digest.hexdigest() != package.sha256:
@@ -201,7 +216,7 @@ async def _download_to(part: Path, package: DesiredPackage, source: HttpsSource,
 
 
 async def _get(session: aiohttp.ClientSession, source: HttpsSource, partial: _Partial, package: DesiredPackage,
-               progress: Progress | None) -> None:
+               progress: Progress | None, pace: TransferPace) -> None:
     url = source.url
     for _ in range(MAX_REDIRECTS + 1):
         headers = {"Range": f"bytes={partial.have}-"} if partial.have else {}
@@ -230,6 +245,8 @@ async def _get(session: aiohttp.ClientSession, source: HttpsSource, partial: _Pa
                     fh.write(chunk)
                     partial.digest.update(chunk)
                     partial.have += len(chunk)
+                    if pace.too_slow(time.monotonic(), len(chunk)):  # the part so far is kept for a resume
+                        raise DownloadError("transfer slower than the minimum rate", code="INSTALL_TIMEOUT")
                     if progress is not None:
                         progress(partial.have, package.size)
             return

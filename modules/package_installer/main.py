@@ -14,7 +14,6 @@ from typing import Any
 
 from edb.errors import EdbError
 from edb.module_runtime import ModuleRuntime, configure_logging
-from package_installer.downloader import DownloadSettings
 from package_installer.pipeline import InstallDeps
 from package_installer.service import InstallerService
 from package_installer.settings import InstallerSettings
@@ -31,9 +30,7 @@ async def run(settings: InstallerSettings, legacy: Any = None) -> None:
             settings.key_release_url, ca_bundle=str(settings.ca_file) if settings.ca_file else None,
             retry=RetryPolicy(max_attempts=settings.key_release_attempts, deadline_s=60.0),
         )
-        download = DownloadSettings(cache_dir=settings.cache_dir, allowed_dirs=settings.allowed_dirs,
-                                    ca_file=settings.ca_file, connect_timeout_s=settings.connect_timeout_s,
-                                    read_timeout_s=settings.read_timeout_s)
+        download = settings.download()
         module = ModuleRuntime.from_edge_environment()
         service = InstallerService(module.client, InstallDeps(tee, key_release, download, legacy), settings,
                                    tee_list=tee.list_installed, tee_uninstall=tee.uninstall)

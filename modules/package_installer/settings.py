@@ -9,6 +9,9 @@ from pathlib import Path
 
 from edb.errors import ConfigError
 from edb.schemas.packages import DEFAULT_MAX_PACKAGE_SIZE
+from package_installer.downloader import DownloadSettings
+
+MAX_PARALLEL = 4
 
 
 @dataclass(frozen=True)
@@ -27,14 +30,26 @@ class InstallerSettings:
     allowed_dirs: tuple[Path, ...] = ()
     ca_file: Path | None = None  # None: the system trust store
     max_package_bytes: int = DEFAULT_MAX_PACKAGE_SIZE
-    max_parallel: int = 1
+    #: installs at once: one package stuck on a slow source never holds back the others. At most
+    #: MAX_PARALLEL, the TEE's open install transactions per caller (edb_tee.install.MAX_OPEN_PER_OWNER);
+    #: the TEE still completes one install at a time.
+    max_parallel: int = 3
     resync_interval_s: float = 60.0
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 60.0
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+    download_deadline_s: float = 3600.0
+    download_min_rate_bps: float = 16384.0
+    download_rate_window_s: float = 30.0
     key_release_attempts: int = 3  # per install attempt; the reconcile loop's backoff does the rest
     legacy: LegacySettings | None = None  # None: v1 packages are refused (INSTALL_LEGACY_UNSUPPORTED)
+
+    def download(self) -> DownloadSettings:
+        return DownloadSettings(cache_dir=self.cache_dir, allowed_dirs=self.allowed_dirs, ca_file=self.ca_file,
+                                connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.read_timeout_s,
+                                deadline_s=self.download_deadline_s, min_rate_bps=self.download_min_rate_bps,
+                                rate_window_s=self.download_rate_window_s)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> InstallerSettings:
@@ -63,12 +78,15 @@ class InstallerSettings:
             allowed_dirs=dirs,
             ca_file=Path(ca) if ca else None,
             max_package_bytes=int(number("EDB_MAX_PACKAGE_BYTES", DEFAULT_MAX_PACKAGE_SIZE)),
-            max_parallel=max(1, int(number("EDB_INSTALL_PARALLEL", 1))),
+            max_parallel=min(MAX_PARALLEL, max(1, int(number("EDB_INSTALL_PARALLEL", 3)))),
             resync_interval_s=number("EDB_RESYNC_INTERVAL_S", 60.0),
             backoff_base_s=number("EDB_BACKOFF_BASE_S", 2.0),
             backoff_cap_s=number("EDB_BACKOFF_CAP_S", 60.0),
             connect_timeout_s=number("EDB_DOWNLOAD_CONNECT_TIMEOUT_S", 10.0),
             read_timeout_s=number("EDB_DOWNLOAD_READ_TIMEOUT_S", 30.0),
+            download_deadline_s=number("EDB_DOWNLOAD_DEADLINE_S", 3600.0),
+            download_min_rate_bps=number("EDB_DOWNLOAD_MIN_RATE_BPS", 16384.0),
+            download_rate_window_s=number("EDB_DOWNLOAD_RATE_WINDOW_S", 30.0),
             legacy=legacy_from_env(env, key_release_url),
         )
 

@@ -207,6 +207,7 @@ class InstallEngine:
                 raise TeeError("v1 packages need the legacy key flow, which is disabled on this device",
                                code=E.LEGACY_DISABLED)
             m1 = reader.manifest_v1
+            check_name_binding(name, m1.cp_id.lower())  # an upper-case UUID from the original tools
             return Transaction(txn, name, owner, file, reader, None, m1.cp_id, str(m1.payload.ver), 0,
                                reader.format, file_sha256(file.fileno(), size), "application/onnx", "")
         if not ident.publisher_roots:
@@ -216,6 +217,7 @@ class InstallEngine:
                                   device_id=ident.device_id, device_class=ident.device_class,
                                   security_floor=floor, check_payload_digest=False)
         m = verified.manifest
+        check_name_binding(name, m.package_id)  # authenticated now; before any pass over the payload
         if m.media_type not in MODEL_MEDIA_TYPES:
             raise TeeError(f"payload media type {m.media_type!r} is not a model this TEE loads", code=E.MODEL_INVALID)
         if m.plaintext_size > self.state.config.measured.max_model_bytes:
@@ -470,6 +472,16 @@ def _to_layout(buf: SecureBuffer) -> SecureBuffer:
     del view
     buf.close()
     return out
+
+
+def check_name_binding(name: str, signed_id: str) -> None:
+    """The name a model is installed (and so served) under is the package's signed id: whoever
+    holds the installer role may install any authentic package, but only under its own name, so a
+    compromised installer cannot make the runner serve another authentic model under a served name.
+    Pure: the caller passes the id from an authenticated manifest (v1: its cp-id in lower case)."""
+    if name != signed_id:
+        raise TeeError(f"the package is signed as {signed_id[:64]!r}; it installs only under that name, "
+                       f"not {name[:64]!r}", code=E.NAME_MISMATCH)
 
 
 def _record_to_package(name: str, r: dict[str, Any]) -> InstalledPackage:

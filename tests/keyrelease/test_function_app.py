@@ -90,3 +90,23 @@ async def test_misconfigured_app_fails_closed(functions: dict[str, Any], monkeyp
     response: func.HttpResponse = await functions["nonce"].get_user_function()(request)
     assert response.status_code == 500
     assert json.loads(response.get_body())["error"]["code"] == codes.INTERNAL
+
+
+MARKER = b"SECRET-LOOKING-BODY"
+
+
+async def test_oversized_request_in_the_functions_adapter_is_audited(
+        functions: dict[str, Any], make_service: Callable[..., KeyReleaseService], audit_lines: list[str]) -> None:
+    set_service(make_service())
+    for name, event in (("release", "release"), ("nonce", "nonce")):
+        request = func.HttpRequest(method="POST", url=f"https://kr.example/api/{name}",
+                                   body=MARKER + b"x" * MAX_BODY_BYTES,
+                                   headers={"x-forwarded-for": "198.51.100.7, 203.0.113.9:443"})
+        response: func.HttpResponse = await functions[name].get_user_function()(request)
+        assert response.status_code == 413
+        assert json.loads(response.get_body())["error"]["code"] == codes.REQUEST_TOO_LARGE
+        (line,) = [json.loads(x) for x in audit_lines[-1:]]
+        assert (line["event"], line["decision"], line["code"], line["remote"]) == (
+            event, "deny", codes.REQUEST_TOO_LARGE, "203.0.113.9")  # the platform's (last) address
+    assert len(audit_lines) == 2
+    assert not any(MARKER.decode() in line for line in audit_lines)

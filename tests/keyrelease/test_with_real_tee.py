@@ -95,7 +95,7 @@ async def test_release_to_the_real_tee(tee_device: tuple[Any, TeeClient], make_s
         client = KeyReleaseClient(host.url, ca_bundle=str(stack_ca.ca_path))
 
         def install() -> Any:
-            ticket = tee.begin_install("model", package_path)
+            ticket = tee.begin_install(pid, package_path)  # installed under its signed id
             assert ticket.signed_manifest is not None
             try:
                 jwe = client.release(PackageRef(ticket.package_id, ticket.version), ticket.signed_manifest,
@@ -107,7 +107,7 @@ async def test_release_to_the_real_tee(tee_device: tuple[Any, TeeClient], make_s
 
         summary = await asyncio.to_thread(install)
         assert summary.package.package_id == pid and summary.package.version == "1.0.0"
-        handle = await asyncio.to_thread(tee.load_model, "model")
+        handle = await asyncio.to_thread(tee.load_model, pid)
         x = np.array([[-1.0, 2.0, -3.0, 4.0]], dtype=np.float32)
         out = await asyncio.to_thread(tee.infer, handle, {"input": x})
         assert np.array_equal(out["output"], np.maximum(x, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,6 +45,18 @@ async def package_server(stack_ca: StackCA, loopback_address: str, tmp_path: Pat
             server.behaviours.pop(path)  # only once
             await response.write(data[start:cut])
             request.transport.close()  # type: ignore[union-attr]
+            return response
+        if behaviour.startswith("trickle:"):  # "trickle:<seconds>:<bytes>": that many bytes, then a pause
+            pause, step = behaviour.split(":")[1:]
+            position = start
+            try:
+                while position < len(data):
+                    await response.write(data[position:position + int(step)])
+                    position += int(step)
+                    await asyncio.sleep(float(pause))
+            except ConnectionError:
+                return response  # the client gave up on us
+            await response.write_eof()
             return response
         await response.write(data[start:])
         await response.write_eof()

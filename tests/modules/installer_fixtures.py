@@ -12,7 +12,8 @@ class PackageServer:
     ca_path: Path
     files: dict[str, bytes] = field(default_factory=dict)
     #: path -> behaviour: "cut:<n>" close after n bytes once, "redirect:<url>", "status:<n>",
-    #: "norange" (ignore Range), "extra:<n>" (send n more bytes than the file)
+    #: "norange" (ignore Range), "extra:<n>" (send n more bytes than the file),
+    #: "trickle:<seconds>:<bytes>" (that many bytes at a time, pausing in between)
     behaviours: dict[str, str] = field(default_factory=dict)
     ranges: list[str | None] = field(default_factory=list)
 

@@ -164,11 +164,11 @@ def test_floor_raised_by_a_concurrent_install_is_rechecked_at_completion(
     v3 = make_package(version="3.0.0", security_version=3)
     t2 = client.begin_install("mlp", v2.path)  # passes the floor check now (no floor yet)
     ev2 = client.get_install_evidence(t2, "n2")
-    install(client, v3, publisher, device, name="mlp-b")  # raises the floor of package id mlp to 3
+    install(client, v3, publisher, device)  # a second transaction raises the floor of package id mlp to 3
     with pytest.raises(EdbError) as err:
         client.complete_install(t2, release_key(ev2, v2, publisher, device.manufacturer_ca))
     assert err.value.code == "CPK_ROLLBACK"
-    assert [p.name for p in client.list_installed()] == ["mlp-b"]
+    assert [(p.name, p.version) for p in client.list_installed()] == [("mlp", "3.0.0")]
 
 
 def test_hot_swap_serving_continues_while_the_next_version_installs(
@@ -281,27 +281,28 @@ def test_legacy_v1_package_with_the_original_key_flow(make_device, tmp_path) -> 
         assert c.device_info().legacy_v1
         model, key = mlp_model(seed=7), os.urandom(32)
         cp_id = _v1_package(tmp_path / "legacy.cpk", model, key)
-        ticket = c.begin_install("legacy", tmp_path / "legacy.cpk")
+        name = cp_id.lower()  # the name a package installs under is its signed id (v1: the cp-id)
+        ticket = c.begin_install(name, tmp_path / "legacy.cpk")
         assert ticket.legacy and ticket.signed_manifest is None and ticket.package_id == cp_id
         with pytest.raises(EdbError) as err:  # no attestation for v1
             c.get_install_evidence(ticket, "n")
         assert err.value.code == "TEE_INSTALL_STATE"
-        ticket = c.begin_install("legacy", tmp_path / "legacy.cpk")
+        ticket = c.begin_install(name, tmp_path / "legacy.cpk")
         # what the original wrap endpoint does: RSA PKCS#1 v1.5 to the device's (legacy) public key
         pub = serialization.load_der_public_key(c.legacy_public_key())
         wrapped = base64.b64encode(pub.encrypt(key, padding.PKCS1v15())).decode()  # type: ignore[union-attr]
         summary = c.complete_install_legacy(ticket, wrapped)
         assert (summary.package.format, summary.package.version) == ("cpk-v1", "1.2.3")
-        h = c.load_model("legacy")
+        h = c.load_model(name)
         x = np.ones((1, 64), np.float32)
         np.testing.assert_allclose(c.infer(h, {"input": x})["output"], reference(model, x), rtol=1e-5)
-        # a wrong content key: the GCM tag fails, nothing is installed under that name
-        other = c.begin_install("legacy2", tmp_path / "legacy.cpk")
+        # a wrong content key: the GCM tag fails, the installed version stays
+        other = c.begin_install(name, tmp_path / "legacy.cpk")
         bad = base64.b64encode(pub.encrypt(os.urandom(32), padding.PKCS1v15())).decode()  # type: ignore[union-attr]
         with pytest.raises(EdbError) as err:
             c.complete_install_legacy(other, bad)
         assert err.value.code.startswith("CPK_")
-        assert [p.name for p in c.list_installed()] == ["legacy"]
+        assert [p.name for p in c.list_installed()] == [name]
         c.close()
     finally:
         proc.stop()

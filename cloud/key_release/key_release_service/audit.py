@@ -1,6 +1,6 @@
 """Audit log: one JSON line per decision. Never a key, a DEK, a JWE or evidence bytes.
 
-Fields: ``time`` (RFC 3339 UTC), ``event`` (release | legacy-wrap | legacy-provision), ``decision``
+Fields: ``time`` (RFC 3339 UTC), ``event`` (release | legacy-wrap | legacy-provision | nonce), ``decision``
 (allow | deny | error), ``code`` (KR_OK or the denial code), ``device``, ``deviceClass``,
 ``deviceVerified`` (false when the id is only what the request claimed), ``package``, ``version``,
 ``securityVersion``, ``kid``, ``remote``, ``ms``. In Azure Functions the lines go to the

@@ -43,13 +43,23 @@ def platform_client_address(forwarded: str) -> str | None:
     return last or None
 
 
-def to_api_request(req: func.HttpRequest) -> ApiRequest | ApiResponse:
+#: The audit ``event`` of each handler (the Functions app's routes).
+EVENTS = {"nonce": "nonce", "release": "release", "legacy_wrap_key": "legacy-wrap",
+          "legacy_provision_key": "legacy-provision"}
+
+
+def to_api_request(req: func.HttpRequest) -> ApiRequest | Denied:
+    """The request for the handlers, or the denial of a request refused before any handler runs
+    (the caller answers it through :meth:`KeyReleaseService.refuse_early`, which audits it)."""
     body = req.get_body() or b""
     if len(body) > MAX_BODY_BYTES:
-        return ApiResponse.from_denial(Denied(codes.REQUEST_TOO_LARGE, "request body too large"))
+        return Denied(codes.REQUEST_TOO_LARGE, "request body too large")
     return ApiRequest(method=req.method, body=body, headers=dict(req.headers), query=dict(req.params),
-                      route_params=dict(req.route_params),
-                      remote=platform_client_address(req.headers.get("x-forwarded-for", "")))
+                      route_params=dict(req.route_params), remote=client_address(req))
+
+
+def client_address(req: func.HttpRequest) -> str | None:
+    return platform_client_address(req.headers.get("x-forwarded-for", ""))
 
 
 def to_func_response(response: ApiResponse) -> func.HttpResponse:

@@ -45,8 +45,8 @@ async def _read_body(request: web.Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def _adapt(handler: Handler, *, legacy_key: str | None = None, legacy: bool = False,
-           audit: AuditLog | None = None) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _adapt(handler: Handler, service: KeyReleaseService, event: str, *, legacy_key: str | None = None,
+           legacy: bool = False, audit: AuditLog | None = None) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def route(request: web.Request) -> web.Response:
         if legacy and legacy_key is not None:
             presented = request.query.get("code") or request.headers.get("x-functions-key") or ""
@@ -56,8 +56,9 @@ def _adapt(handler: Handler, *, legacy_key: str | None = None, legacy: bool = Fa
                                             remote=request.remote))
                 return _to_web(ApiResponse.from_denial(Denied(codes.LEGACY_UNAUTHORIZED, "function key required")))
         body = await _read_body(request)
-        if body is None:
-            return _to_web(ApiResponse.from_denial(Denied(codes.REQUEST_TOO_LARGE, "request body too large")))
+        if body is None:  # refused before the handler: audited here like every other decision
+            return _to_web(service.refuse_early(event, Denied(codes.REQUEST_TOO_LARGE, "request body too large"),
+                                                request.remote))
         api_request = ApiRequest(method=request.method, body=body, headers=dict(request.headers),
                                  query=dict(request.query), route_params=dict(request.match_info),
                                  remote=request.remote)
@@ -71,11 +72,12 @@ def build_app(service: KeyReleaseService) -> web.Application:
         raise ConfigError("EDB_KR_LEGACY_ENABLED needs EDB_KR_LEGACY_API_KEY on the local host", code="CONFIG_MISSING")
     legacy_key = service.config.legacy_api_key
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1)
-    app.router.add_post("/api/nonce", _adapt(service.nonce))
-    app.router.add_post("/api/release", _adapt(service.release))
-    app.router.add_post("/api/WrapKey", _adapt(service.legacy_wrap_key, legacy_key=legacy_key, legacy=True,
-                                               audit=service.audit))
-    provision = _adapt(service.legacy_provision_key, legacy_key=legacy_key, legacy=True, audit=service.audit)
+    app.router.add_post("/api/nonce", _adapt(service.nonce, service, "nonce"))
+    app.router.add_post("/api/release", _adapt(service.release, service, "release"))
+    app.router.add_post("/api/WrapKey", _adapt(service.legacy_wrap_key, service, "legacy-wrap", legacy_key=legacy_key,
+                                               legacy=True, audit=service.audit))
+    provision = _adapt(service.legacy_provision_key, service, "legacy-provision", legacy_key=legacy_key, legacy=True,
+                       audit=service.audit)
     app.router.add_route("GET", "/api/ProvisionKey/{key_name}", provision)
     app.router.add_route("POST", "/api/ProvisionKey/{key_name}", provision)
 

@@ -14,6 +14,11 @@
 5. policy for the package (device, class, TEE svn, measurement, package svn, revoked);
 6. only then Key Vault ``unwrapKey`` of the manifest's wrapped DEK (kid in our vault), and the DEK
    wrapped to the one-time key as a JWE. Every decision is one audit line.
+
+Every decision means every one: a request the host refuses before a handler runs (a body over the
+limit, ``KR_REQUEST_TOO_LARGE``, locally and in the Functions adapter) is audited through
+:meth:`KeyReleaseService.refuse_early`, and so is a refused nonce request (rate limit). Nonces
+issued are not audited: issuing one grants nothing.
 """
 
 from __future__ import annotations
@@ -134,9 +139,16 @@ class KeyReleaseService:
         try:
             self.nonce_limiter.check(address_key(request.remote))
         except Denied as denial:
-            return ApiResponse.from_denial(denial)
+            return self.refuse_early("nonce", denial, request.remote)
         nonce, expires = self.nonces.issue()
         return ok({"nonce": nonce, "expiresAt": _rfc3339(expires)})
+
+    def refuse_early(self, event: str, denial: Denied, remote: str | None) -> ApiResponse:
+        """The answer to a request refused before its handler ran, with its audit line (the same
+        shape as every other decision: event, decision, code, remote, no claimed identity)."""
+        self.audit.write(AuditRecord(event=event, decision="error" if denial.status >= 500 else "deny",
+                                     code=denial.code, remote=remote, ms=0.0))
+        return ApiResponse.from_denial(denial)
 
     # -- POST /api/release -----------------------------------------------------------------------
 

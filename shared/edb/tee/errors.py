@@ -52,6 +52,7 @@ STATE_ROLLED_BACK = "TEE_STATE_ROLLED_BACK"  # replay-protected store older than
 
 # install
 BAD_NAME = "TEE_BAD_NAME"
+NAME_MISMATCH = "TEE_NAME_MISMATCH"  # the install name is not the package's signed id
 NO_TRUST_ROOT = "TEE_NO_TRUST_ROOT"
 ROLLBACK = "TEE_ROLLBACK"  # package security version below the floor
 INSTALL_UNKNOWN = "TEE_INSTALL_UNKNOWN"  # no such install transaction (or not yours)
