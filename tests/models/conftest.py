@@ -11,13 +11,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tee"))  # tee_helpers
 
-from cryptography import x509  # noqa: E402
-from tee_helpers import DEVICE, DEVICE_CLASS, Device, Publisher, TeeProcess  # noqa: E402
+from cryptography import x509
+from tee_helpers import DEVICE, DEVICE_CLASS, Device, Publisher, TeeProcess
 
-from edb.pki.devpki import init_publisher_pki  # noqa: E402
-from edb.tee import TeeClient  # noqa: E402
-from edb_tee.config import MeasuredConfig  # noqa: E402
-from edb_tee.provisioning import provision  # noqa: E402
+from edb.pki.devpki import init_publisher_pki
+from edb.tee import TeeClient
+from edb_tee.config import MeasuredConfig
+from edb_tee.provisioning import provision
 
 
 @pytest.fixture(scope="module")
