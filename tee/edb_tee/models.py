@@ -168,8 +168,8 @@ def build_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
     return session, values
 
 
-def create_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
-                   intra_op_threads: int = 0) -> tuple[ort.InferenceSession, list[Any], str]:
+def create_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path, intra_op_threads: int = 0,
+                   modes: tuple[str, ...] = (IN_PLACE, COPIED)) -> tuple[ort.InferenceSession, list[Any], str]:
     """The session on the layout in ``buffer``, and how it got its weights (:data:`IN_PLACE` or :data:`COPIED`).
 
     First in place: every weight registered with ``add_initializer`` as a view of the buffer, so ONNX
@@ -183,17 +183,19 @@ def create_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
     in ``InferenceSession(path)``, and copies them into its own memory (peak about 2x the model). Both
     ways run the graph that plain ONNX Runtime runs with the same options, so outputs are the same to
     the bit (tests/models/). A model refused both ways is ``TEE_MODEL_INVALID`` with the second
-    refusal's cause, which is the one plain ONNX Runtime would give."""
+    refusal's cause, which is the one plain ONNX Runtime would give. ``modes`` (the order of the
+    attempts) lets bench/real_models.py measure one way alone."""
     view = buffer.view()
     parsed = onnx_layout.parse(view)
     graph = bytes(parsed.graph)
     first: BaseException | None = None
-    for mode in (IN_PLACE, COPIED):
+    for mode in modes:
         so = session_options(prepack=prepack, intra_op_threads=intra_op_threads)
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(empty_dir))
         names, values = _weights(buffer, parsed)
+        if mode != modes[-1]:
+            so.log_severity_level = 4  # a refusal here is expected, not an error: the last attempt logs real ones
         if mode == IN_PLACE:
-            so.log_severity_level = 4  # its expected refusal is not an error: the copied attempt logs real ones
             for name, value in zip(names, values, strict=True):
                 so.add_initializer(name, value)
         else:
@@ -202,7 +204,7 @@ def create_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
             session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             values.clear()
-            if mode == IN_PLACE and parsed.tensors:
+            if mode != modes[-1] and parsed.tensors:
                 first = exc
                 continue
             raise TeeError(f"ONNX Runtime refused the model: {model_cause(exc)}", code=E.MODEL_INVALID) from exc
