@@ -107,13 +107,19 @@ def train_demo(ctx: click.Context, variant: str, out: Path | None, as_json: bool
 @click.option("--expires-days", type=float, default=365.0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--no-policy", is_flag=True, help="Do not create a key release policy for the package.")
+@click.option("--skip-preflight", is_flag=True,
+              help="Do not load MODEL the way the TEE will before encrypting it (by default a model the TEE "
+                   "would refuse is refused here: CPK_MODEL_UNSUPPORTED with the cause).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @handles_errors
 def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security_version: int | None,
               package_format: str, devices: tuple[str, ...], device_classes: tuple[str, ...], layout: str,
-              expires_days: float, out: Path | None, no_policy: bool, as_json: bool) -> None:
-    """Encrypt and sign MODEL into a confidential package (KEK and signing key from Key Vault)."""
+              expires_days: float, out: Path | None, no_policy: bool, skip_preflight: bool, as_json: bool) -> None:
+    """Encrypt and sign MODEL into a confidential package (KEK and signing key from Key Vault).
+
+    First MODEL is loaded exactly as the TEE will load it (its own code and session options); a model
+    the TEE would refuse is refused with CPK_MODEL_UNSUPPORTED and the cause (--skip-preflight: not)."""
     from edb.schemas.packages import check_package_name
     from edb_cloud.packaging import build_package
     from edb_cloud.progress import transfer
@@ -122,7 +128,7 @@ def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security
     config = _config(ctx)
     check_package_name(name)
     if package_format == "cpk-v1":
-        _build_v1(config, model, name, version, security_version, out, as_json)
+        _build_v1(config, model, name, version, security_version, out, as_json, preflight=not skip_preflight)
         return
     if security_version is None:
         raise ConfigError("--security-version is required for cpk-v2 packages", code="CONFIG_MISSING")
@@ -139,27 +145,32 @@ def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security
 
         built = build_package(config, model, path, package_id=name, version=version, security_version=security_version,
                               devices=targets, device_classes=list(device_classes), expires_days=expires_days,
-                              layout=layout, progress=advance)
+                              layout=layout, progress=advance, preflight=not skip_preflight)
     policy = "skipped" if no_policy else ensure_release_policy(config, name, devices=targets,
                                                                  device_classes=list(device_classes))
     if as_json:
         emit_json({"ok": True, "path": str(built.path), "packageId": built.package_id, "version": built.version,
                    "securityVersion": built.security_version, "bytes": built.file_size, "kid": built.kid,
-                   "manifestSha256": built.manifest_sha256, "policy": policy})
+                   "manifestSha256": built.manifest_sha256, "policy": policy,
+                   "preflight": built.preflight if built.preflight is not None else "skipped"})
     else:
+        if built.preflight is not None:
+            click.echo(f"preflight: loads as the TEE loads it (weights {built.preflight['weights']}, "
+                       f"{len(built.preflight['inputs'])} input(s), {len(built.preflight['outputs'])} output(s))",
+                       err=True)
         click.echo(f"built {built.path} ({built.file_size} bytes): {built.package_id} {built.version}, security "
                    f"version {built.security_version}, DEK wrapped under {built.kid}; release policy {policy}")
 
 
 def _build_v1(config: CloudConfig, model: Path, name: str, version: str, security_version: int | None,
-              out: Path | None, as_json: bool) -> None:
+              out: Path | None, as_json: bool, *, preflight: bool) -> None:
     """LEGACY: the original tools' v1 package; no security version, target, expiry or release policy."""
     from edb_cloud.legacy_v1 import build_package_v1
 
     if security_version is not None:
         raise ConfigError("v1 packages have no security version (no rollback protection)", code="CONFIG_INVALID")
     path = out or config.cloud_dir / "packages" / f"{name}-{version}.cpk"
-    built = build_package_v1(config, model, path, package_id=name, version=version)
+    built = build_package_v1(config, model, path, package_id=name, version=version, preflight=preflight)
     if as_json:
         emit_json({"ok": True, "path": str(built.path), "packageId": built.package_id, "version": built.version,
                    "format": "cpk-v1", "bytes": built.file_size, "keyName": built.key_name})

@@ -122,14 +122,19 @@ def v1_signing(config: CloudConfig) -> V1Signing:
 
 
 def build_package_v1(config: CloudConfig, model: Path, output: Path, *, package_id: str,
-                     version: str) -> BuiltV1Package:
+                     version: str, preflight: bool = True) -> BuiltV1Package:
     """The model (plain ONNX; the TEE converts it at install) in a v1 package keyed by the class key
-    named ``package_id``, as the original tools lay it out."""
+    named ``package_id``, as the original tools lay it out. ``preflight``: first load it exactly as
+    the TEE will (``CPK_MODEL_UNSUPPORTED`` if it would refuse it), once the class key is found."""
     numbers = parse_v1_version(version)
     if model.stat().st_size > MAX_V1_MODEL_BYTES:
         raise ConfigError(f"v1 packages are built in memory; models above {MAX_V1_MODEL_BYTES} bytes need v2",
                           code="CONFIG_INVALID")
     key = class_key(config, package_id)
+    if preflight:
+        from edb_cloud.packaging import preflight_model
+
+        preflight_model(model, "application/onnx")  # what the TEE takes a v1 payload for
     output.parent.mkdir(parents=True, exist_ok=True)
     build_v1(model.read_bytes(), output, cp_id=package_id, key=key, signing=v1_signing(config), version=numbers,
              cp_name=package_id, cp_vendor="EDB demo publisher",

@@ -63,14 +63,23 @@ OPERATIONAL_CODES: frozenset[str] = frozenset({
     tee_errors.NOT_PROVISIONED, tee_errors.ALREADY_PROVISIONED, tee_errors.STATE_LOCKED,
     tee_errors.CONFIG_INVALID, tee_errors.BAD_NAME, tee_errors.NO_TRUST_ROOT, tee_errors.INSTALL_UNKNOWN,
     tee_errors.INSTALL_STATE, tee_errors.PACKAGE_FILE, tee_errors.LEGACY_DISABLED,
-    tee_errors.LEGACY_UNSUPPORTED, tee_errors.NOT_INSTALLED, tee_errors.MODEL_TOO_LARGE,
+    tee_errors.LEGACY_UNSUPPORTED, tee_errors.NOT_INSTALLED,
     tee_errors.UNKNOWN_HANDLE, tee_errors.HANDLE_STALE, tee_errors.INFER_FAILED, tee_errors.INPUT_INVALID,
-    # string tensors out of bounds or not UTF-8 (the caller's input), a model with no output that can
-    # cross the boundary (publisher tooling: export with zipmap=False)
+    # string tensors out of bounds or not UTF-8 (the caller's input)
     tee_errors.STRING_TOO_MANY, tee_errors.STRING_TOO_LONG, tee_errors.STRING_TOO_LARGE, tee_errors.STRING_INVALID,
-    tee_errors.OUTPUT_UNSUPPORTED,
-    onnx_layout.LAYOUT_UNSUPPORTED,  # a model construct the layout cannot carry (publisher tooling)
 })
+
+#: An authentic package (signature, digests and tags verified before these are possible) whose model
+#: does not load on this device: ONNX Runtime refuses it, none of its outputs can cross the boundary,
+#: it is larger than the TEE accepts, the layout cannot carry one of its constructs, or the build's
+#: preflight refused it. The operator must act (a ``model`` alert, severity ``error``), but nothing
+#: was modified: not ``tamper``. A layout that does not parse (``LAYOUT_INVALID``) stays tamper.
+MODEL_CODES: frozenset[str] = frozenset({
+    tee_errors.MODEL_INVALID, tee_errors.OUTPUT_UNSUPPORTED, tee_errors.MODEL_TOO_LARGE,
+    onnx_layout.LAYOUT_UNSUPPORTED, cpk_errors.MODEL_UNSUPPORTED,
+})
+#: The severity of a ``model`` alert (tamper, denial and rollback alerts are ``critical``).
+MODEL_ALERT_SEVERITY = "error"
 
 #: Integrity failures found by the installer itself: the bytes or the pointer are not what the twin
 #: and the publisher say.
@@ -91,6 +100,8 @@ _KR_SERVICE_FAULTS = frozenset({"KR_POLICY_INVALID"})
 
 
 def classify_code(code: str) -> AlertType | None:
+    if code in MODEL_CODES:
+        return AlertType.MODEL
     if "ROLLBACK" in code or code in _ROLLBACK_CODES:
         return AlertType.ROLLBACK
     if code in DENIAL_CODES:
@@ -103,7 +114,8 @@ def classify_code(code: str) -> AlertType | None:
 
 
 def classify(event: ModuleEvent) -> Alert | None:
-    """An alert for a failed install or load whose code is a security signal; None otherwise."""
+    """An alert for a failed install or load whose code is a security signal or a model that does not
+    load; None otherwise."""
     if event.event not in (EventKind.PACKAGE_FAILED, EventKind.MODEL_FAILED) or event.error is None:
         return None
     if event.retryable:  # the installer tries again by itself: a transient failure, not an attack
@@ -111,8 +123,9 @@ def classify(event: ModuleEvent) -> Alert | None:
     alert_type = classify_code(event.error.code)
     if alert_type is None:
         return None
+    severity = MODEL_ALERT_SEVERITY if alert_type is AlertType.MODEL else "critical"
     return Alert(alert_type, event.error.code, event.error.message, event.package, event.version, event.source,
-                 at=event.at)
+                 at=event.at, severity=severity)
 
 
 def legacy_install(event: ModuleEvent) -> tuple[Alert, str] | None:

@@ -346,6 +346,7 @@ def convert_file(src: Path | str, dst: Path | str | BinaryIO, *,
     is memory-mapped read-only, so converting a large model needs no second copy in memory."""
     with open(src, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = memoryview(mm)
+        refused: PackageError | None = None
         try:
             p = plan(view, min_external_bytes=min_external_bytes)
             if isinstance(dst, (str, Path)):
@@ -353,8 +354,14 @@ def convert_file(src: Path | str, dst: Path | str | BinaryIO, *,
                     _stream(p, view, out)
             else:
                 _stream(p, view, dst)
+        except PackageError as exc:
+            # the traceback's frames hold slices of the mapping, and closing it then raises BufferError
+            # in place of this error: re-raise a copy once they are gone
+            refused = PackageError(exc.message, code=exc.code)
         finally:
             view.release()
+        if refused is not None:
+            raise refused
     return p
 
 

@@ -39,6 +39,7 @@ import onnxruntime as ort
 
 from edb import onnx_layout
 from edb.errors import TeeError
+from edb.schemas.common import MAX_ERROR_MESSAGE, clip_message
 from edb.tee import errors as E
 from edb.tee.protocol import dtype_from_code
 from edb.tee.types import ModelHandle, TensorSpec
@@ -46,6 +47,8 @@ from edb_tee.hardening import SecureBuffer
 
 log = logging.getLogger("edb_tee.models")
 Array = npt.NDArray[Any]
+#: a model cause leaves room for the TEE's own words within the bound of a reported error message
+MODEL_CAUSE_CHARS = MAX_ERROR_MESSAGE - 64
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
@@ -64,6 +67,14 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return str(exc).strip().splitlines()[0][:limit] if str(exc).strip() else type(exc).__name__
 
 
+def model_cause(exc: BaseException, limit: int = MODEL_CAUSE_CHARS) -> str:
+    """Why ONNX Runtime refused a model, whole but bounded: the exception type and its message on one
+    line; a longer one keeps its head (what failed) and its tail (ONNX Runtime nests the root cause
+    last, e.g. ``... env.cc:538 OpenRandomAccessFile Random-access reads require a regular file``).
+    The first line cut at 300 characters, as before, lost exactly that tail."""
+    return clip_message(f"{type(exc).__name__}: {' '.join(str(exc).split())}", limit)
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -78,6 +89,7 @@ class LoadedModel:
     tensor_outputs: list[str]
     input_names: frozenset[str] = frozenset()
     required_inputs: frozenset[str] = frozenset()  # inputs whose type is not optional(...)
+    weights: str = "in-place"  # IN_PLACE or COPIED (see create_session)
     refs: int = 0
     active: int = 0  # inferences running; -1 once closed
     closing: bool = False
@@ -131,27 +143,76 @@ def session_options(*, prepack: bool, intra_op_threads: int = 0) -> ort.SessionO
     return so
 
 
-def build_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
-                  intra_op_threads: int = 0) -> tuple[ort.InferenceSession, list[Any]]:
-    """Create the session on the layout in ``buffer`` (parsed and bounds-checked first)."""
-    view = buffer.view()
-    parsed = onnx_layout.parse(view)
-    so = session_options(prepack=prepack, intra_op_threads=intra_op_threads)
-    so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(empty_dir))
-    ortvalues: list[Any] = []
+def _weights(buffer: SecureBuffer, parsed: onnx_layout.ParsedLayout) -> tuple[list[str], list[Any]]:
+    """An ``OrtValue`` viewing each external weight of the layout in ``buffer`` (no copy)."""
+    names: list[str] = []
+    values: list[Any] = []
     for t in parsed.tensors:
         dt = dtype_from_code(t.data_type)
         arr = np.frombuffer(buffer.mm, dtype=dt, count=t.length // dt.itemsize, offset=t.offset).reshape(t.dims)
-        value = ort.OrtValue.ortvalue_from_numpy(arr)
-        ortvalues.append(value)
-        so.add_initializer(t.name, value)
+        names.append(t.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(arr))
+    return names, values
+
+
+#: How a session got its weights: viewing the TEE's buffer (``add_initializer``), or copied by ONNX
+#: Runtime from that buffer (``add_external_initializers``) when its graph optimisers must read them.
+IN_PLACE, COPIED = "in-place", "copied"
+
+
+def build_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path,
+                  intra_op_threads: int = 0) -> tuple[ort.InferenceSession, list[Any]]:
+    """Create the session on the layout in ``buffer`` (parsed and bounds-checked first)."""
+    session, values, _ = create_session(buffer, prepack=prepack, empty_dir=empty_dir,
+                                        intra_op_threads=intra_op_threads)
+    return session, values
+
+
+def create_session(buffer: SecureBuffer, *, prepack: bool, empty_dir: Path, intra_op_threads: int = 0,
+                   modes: tuple[str, ...] = (IN_PLACE, COPIED)) -> tuple[ort.InferenceSession, list[Any], str]:
+    """The session on the layout in ``buffer``, and how it got its weights (:data:`IN_PLACE` or :data:`COPIED`).
+
+    First in place: every weight registered with ``add_initializer`` as a view of the buffer, so ONNX
+    Runtime computes on the TEE's memory (peak RSS about 1.04x the model). That fails when a graph
+    optimiser must *read* a weight at session creation (the x86 NCHWc layout transformer reordering a
+    Conv weight, Conv+BatchNormalization fusion, constant folding: measured, see docs/tee.md): ONNX
+    Runtime then looks for the weight's external file, and the layout's location is a directory
+    (``OpenRandomAccessFile Random-access reads require a regular file``). Such a model is loaded
+    again with the weights handed over by ``add_external_initializers``: ONNX Runtime puts them into
+    the graph as in-memory tensors (no file, no descriptor), so every optimiser sees them exactly as
+    in ``InferenceSession(path)``, and copies them into its own memory (peak about 2x the model). Both
+    ways run the graph that plain ONNX Runtime runs with the same options, so outputs are the same to
+    the bit (tests/models/). A model refused both ways is ``TEE_MODEL_INVALID`` with the second
+    refusal's cause, which is the one plain ONNX Runtime would give. ``modes`` (the order of the
+    attempts) lets bench/real_models.py measure one way alone."""
+    view = buffer.view()
+    parsed = onnx_layout.parse(view)
     graph = bytes(parsed.graph)
-    try:
-        session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        ortvalues.clear()
-        raise TeeError(f"ONNX Runtime refused the model: {_short(exc)}", code=E.MODEL_INVALID) from exc
-    return session, ortvalues
+    first: BaseException | None = None
+    for mode in modes:
+        so = session_options(prepack=prepack, intra_op_threads=intra_op_threads)
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(empty_dir))
+        names, values = _weights(buffer, parsed)
+        if mode != modes[-1]:
+            so.log_severity_level = 4  # a refusal here is expected, not an error: the last attempt logs real ones
+        if mode == IN_PLACE:
+            for name, value in zip(names, values, strict=True):
+                so.add_initializer(name, value)
+        else:
+            so.add_external_initializers(names, values)
+        try:
+            session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            values.clear()
+            if mode != modes[-1] and parsed.tensors:
+                first = exc
+                continue
+            raise TeeError(f"ONNX Runtime refused the model: {model_cause(exc)}", code=E.MODEL_INVALID) from exc
+        if first is not None:
+            log.info("model weights copied by ONNX Runtime: an optimiser reads them at session creation (%s)",
+                     model_cause(first, 200))
+        return session, values, mode
+    raise AssertionError("unreachable")
 
 
 def tensor_outputs(name: str, version: str, outputs: list[Any]) -> list[str]:
@@ -193,8 +254,8 @@ class ModelManager:
 
     def make(self, name: str, version: str, package_id: str, buffer: SecureBuffer, *, prepack: bool) -> LoadedModel:
         try:
-            session, values = build_session(buffer, prepack=prepack, empty_dir=self.empty_dir,
-                                            intra_op_threads=self.intra_op_threads)
+            session, values, weights = create_session(buffer, prepack=prepack, empty_dir=self.empty_dir,
+                                                      intra_op_threads=self.intra_op_threads)
         except BaseException:
             buffer.close()
             raise
@@ -209,7 +270,7 @@ class ModelManager:
             buffer.close()
             raise
         return LoadedModel(name, version, package_id, prepack, buffer, session, values, inputs, outputs,
-                           crossing, frozenset(i.name for i in inputs), required)
+                           crossing, frozenset(i.name for i in inputs), required, weights=weights)
 
     def keep_warm(self, model: LoadedModel) -> None:
         """An install just validated this model: keep its session for the next ``load``."""
@@ -322,7 +383,8 @@ class ModelManager:
         with self._lock:
             return {
                 "loaded": [{"name": m.name, "version": m.version, "prepacked": m.prepack, "handles": m.refs,
-                            "bytes": m.buffer.size, "locked": m.buffer.locked} for m in self._models.values()],
+                            "bytes": m.buffer.size, "locked": m.buffer.locked, "weights": m.weights}
+                           for m in self._models.values()],
                 "warm": [{"name": m.name, "version": m.version, "bytes": m.buffer.size} for m in self._warm.values()],
             }
 

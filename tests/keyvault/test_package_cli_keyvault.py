@@ -60,7 +60,8 @@ def test_rotate_rewrap_verify_then_disable_the_old_version(edb: Edb, keyvault: K
     model.write_bytes(os.urandom(3000))
     old_pkg, new_pkg = tmp_path / "old.cpk", tmp_path / "new.cpk"
     built = edb("package", "build", str(model), "-o", str(old_pkg), "--id", "kv-model", "--version", "1.0.0",
-                "--security-version", "1", "--target-class", "edge", "--chunk-size", "1KiB", "--kek", key)
+                "--security-version", "1", "--target-class", "edge", "--chunk-size", "1KiB", "--kek", key,
+                "--skip-preflight")
     old_kid = built["kid"]
     assert old_kid.startswith(key + "/")  # the exact version Key Vault wrapped with
 
@@ -88,7 +89,7 @@ def test_key_vault_failures_are_typed_json(edb: Edb, keyvault: KeyVaultStandIn, 
     model.write_bytes(b"m" * 100)
     pkg = tmp_path / "p.cpk"
     edb("package", "build", str(model), "-o", str(pkg), "--id", "m", "--version", "1", "--security-version", "1",
-        "--target-class", "edge", "--kek", key)
+        "--target-class", "edge", "--kek", key, "--skip-preflight")
     unrelated_ca = StackCA.load_or_create(tmp_path / "unrelated").ca_path
     cases = [
         (["--credential", str(tmp_path / "missing.json")], "CONFIG_INVALID"),

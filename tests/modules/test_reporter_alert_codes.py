@@ -78,7 +78,7 @@ def test_reporter_lists_are_complete_and_not_stale() -> None:
     "CPK_TOO_LARGE", "CPK_UNSUPPORTED_VERSION", "CPK_BAD_MAGIC", "CPK_TRUNCATED", "CPK_STREAM_OUT_OF_BOUNDS",
     "CPK_MANIFEST_INVALID", "CPK_TAG_MISMATCH", "CPK_DIGEST_MISMATCH", "CPK_SIGNATURE_INVALID",
     "CPK_UNTRUSTED_SIGNER", "CPK_WRONG_KEY", "PKI_MALFORMED", "PKI_WRONG_USAGE", "ATT_KEYWRAP_BINDING",
-    "TEE_MODEL_INVALID", "TEE_KEY_MISMATCH", "TEE_SEALED_TAMPERED", "TEE_RPMB_TAMPERED", "LAYOUT_INVALID",
+    "TEE_KEY_MISMATCH", "TEE_SEALED_TAMPERED", "TEE_RPMB_TAMPERED", "LAYOUT_INVALID",
     "INSTALL_HASH_MISMATCH", "INSTALL_NAME_MISMATCH", "INSTALL_VERSION_MISMATCH",
 ])
 def test_integrity_failures_are_tamper(code: str) -> None:
@@ -89,12 +89,31 @@ def test_integrity_failures_are_tamper(code: str) -> None:
     ("CPK_ROLLBACK", AlertType.ROLLBACK), ("TEE_ROLLBACK", AlertType.ROLLBACK),
     ("TEE_RPMB_ROLLBACK", AlertType.ROLLBACK), ("KR_PACKAGE_SVN_TOO_LOW", AlertType.ROLLBACK),
     ("TEE_STATE_ROLLED_BACK", AlertType.ROLLBACK),
-    ("TEE_STRING_TOO_LONG", None), ("TEE_STRING_INVALID", None), ("TEE_OUTPUT_UNSUPPORTED", None),
+    ("TEE_STRING_TOO_LONG", None), ("TEE_STRING_INVALID", None),
+    ("TEE_MODEL_INVALID", AlertType.MODEL), ("TEE_OUTPUT_UNSUPPORTED", AlertType.MODEL),
+    ("TEE_MODEL_TOO_LARGE", AlertType.MODEL), ("LAYOUT_UNSUPPORTED", AlertType.MODEL),
+    ("CPK_MODEL_UNSUPPORTED", AlertType.MODEL), ("LAYOUT_INVALID", AlertType.TAMPER),
     ("CPK_WRONG_TARGET", AlertType.DENIAL), ("CPK_EXPIRED", AlertType.DENIAL), ("TEE_ACCESS_DENIED", AlertType.DENIAL),
     ("TEE_UNAVAILABLE", None), ("TEE_BUSY", None), ("CPK_UNREADABLE", None), ("INSTALL_DOWNLOAD_FAILED", None),
 ])
 def test_rollbacks_denials_and_operational_failures(code: str, kind: AlertType | None) -> None:
     assert classify_code(code) is kind
+
+
+def test_a_model_that_does_not_load_is_a_model_alert_of_severity_error_with_its_cause() -> None:
+    cause = ("ONNX Runtime refused the model: Fail: [ONNXRuntimeError] : 1 : FAIL : " + "frame " * 300
+             + "env.cc:538 OpenRandomAccessFile Random-access reads require a regular file")
+    event = ModuleEvent(EventKind.PACKAGE_FAILED, "package_installer", "magika", "1.0.0",
+                        error=ErrorInfo.from_exception(EdbError(cause, code=tee_errors.MODEL_INVALID)),
+                        retryable=False)
+    alert = classify(event)
+    assert alert is not None and alert.alert_type is AlertType.MODEL
+    body = alert.to_json()
+    assert body["alertType"] == "model" and body["severity"] == "error" and body["code"] == "TEE_MODEL_INVALID"
+    assert body["message"].startswith("ONNX Runtime refused the model") and body["message"].endswith("regular file")
+    tamper = classify(ModuleEvent(EventKind.PACKAGE_FAILED, "package_installer", "magika", "1.0.0",
+                                  error=ErrorInfo("CPK_TAG_MISMATCH", "chunk 3"), retryable=False))
+    assert tamper is not None and tamper.alert_type is AlertType.TAMPER and tamper.severity == "critical"
 
 
 def kr_codes_defined() -> list[str]:

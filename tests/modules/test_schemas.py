@@ -30,6 +30,7 @@ from edb.schemas import (
     parse_model_spec,
     version_key,
 )
+from edb.schemas.common import MAX_ERROR_MESSAGE, clip_message
 from edb.schemas.packages import check_url
 from package_installer.errors import InstallError
 from package_installer.sources import FileSource, HttpsSource, resolve_source, same_origin
@@ -119,7 +120,21 @@ def test_reported_package_round_trips_and_tolerates_garbage() -> None:
 def test_error_info_from_unexpected_exception_hides_its_text() -> None:
     info = ErrorInfo.from_exception(KeyError("secret-looking-value"))
     assert info == ErrorInfo("EDB_INTERNAL", "KeyError")
-    assert len(ErrorInfo.from_exception(InstallError("x" * 2000)).message) <= 300
+    assert len(ErrorInfo.from_exception(InstallError("x" * 2000)).message) <= MAX_ERROR_MESSAGE
+
+
+def test_error_message_clip_keeps_the_head_and_the_root_cause_at_the_end() -> None:
+    # ONNX Runtime nests the root cause last: a head-only cut (the old 300-character one) lost it
+    text = "ONNX Runtime refused the model: Fail: " + "frame " * 400 + "env.cc:538 OpenRandomAccessFile reads"
+    clipped = clip_message(text, 200)
+    assert len(clipped) <= 200
+    assert clipped.startswith("ONNX Runtime refused the model: Fail:")
+    assert clipped.endswith("env.cc:538 OpenRandomAccessFile reads")
+    assert " ... " in clipped
+    assert clip_message("short", 200) == "short"
+    info = ErrorInfo.from_exception(InstallError(text))
+    assert len(info.message) <= MAX_ERROR_MESSAGE and info.message.endswith("OpenRandomAccessFile reads")
+    assert ErrorInfo.from_json({"code": info.code, "message": text}) == info
 
 
 def test_merge_twin_patch_merges_objects_and_deletes_nulls() -> None:

@@ -104,6 +104,17 @@ def _payload(model: str, layout: str) -> Iterator[tuple[IO[bytes], int]]:
         yield tmp, size
 
 
+def preflight_payload(source: IO[bytes], size: int, media_type: str, quiet: bool) -> dict[str, Any]:
+    """The TEE's own load of the payload (``edb_tee.preflight``); raises CPK_MODEL_UNSUPPORTED."""
+    from edb_tee.preflight import preflight
+
+    report = preflight(source, size, media_type)
+    if not quiet:
+        click.echo(report.summary(), err=True)
+    checked: dict[str, Any] = report.to_json()
+    return checked
+
+
 @click.group(name="package")
 def package() -> None:
     """Build, inspect, verify and re-wrap confidential packages (.cpk)."""
@@ -123,6 +134,9 @@ def package() -> None:
 @click.option("--onnx-layout", type=click.Choice(["plain", "aligned"]), default="plain", show_default=True,
               help="aligned: convert MODEL to the page-aligned ONNX layout (edb.onnx_layout) the TEE loads "
                    "without copying weights; sets the media type.")
+@click.option("--skip-preflight", is_flag=True,
+              help="Do not load MODEL the way the TEE will before encrypting it (by default a model the TEE "
+                   "would refuse is refused here: CPK_MODEL_UNSUPPORTED with the cause).")
 @click.option("--name", default="Unknown", show_default=True, help="Display name.")
 @click.option("--vendor", default="Unknown", show_default=True)
 @click.option("--chunk-size", default=str(DEFAULT_CHUNK_SIZE), show_default=True, help="e.g. 1MiB, 256KiB.")
@@ -134,9 +148,13 @@ def package() -> None:
 @handles_errors
 def build_cmd(model: str, output: str, package_id: str, version: str, security_version: int,
               target_devices: tuple[str, ...], target_classes: tuple[str, ...], expires: str, media_type: str,
-              onnx_layout: str, name: str, vendor: str, chunk_size: str, kek: str | None, signer_key: str | None,
-              signer_cert: str | None, ca_bundle: str | None, credential: str | None, as_json: bool) -> None:
-    """Encrypt MODEL into a signed v2 package (chunked AES-256-GCM, DEK wrapped under the KEK)."""
+              onnx_layout: str, skip_preflight: bool, name: str, vendor: str, chunk_size: str, kek: str | None,
+              signer_key: str | None, signer_cert: str | None, ca_bundle: str | None, credential: str | None,
+              as_json: bool) -> None:
+    """Encrypt MODEL into a signed v2 package (chunked AES-256-GCM, DEK wrapped under the KEK).
+
+    First MODEL is loaded exactly as the TEE will load it (its own code and session options);
+    a model the TEE would refuse is refused with CPK_MODEL_UNSUPPORTED and the cause."""
     if not target_devices and not target_classes:
         raise click.UsageError("name at least one --target-device or --target-class")
     now = dt.datetime.now(dt.UTC)
@@ -155,14 +173,19 @@ def build_cmd(model: str, output: str, package_id: str, version: str, security_v
     vault = VaultOptions(credential, ca_bundle)
     kek_p = kek_provider(kek, vault)
     signer = _signer(signer_key, signer_cert, vault)
-    with _payload(model, onnx_layout) as (source, size), progress_bar("encrypting", size, not as_json) as advance:
-        result = build(source, output, identity=identity, kek=kek_p, signer=signer,
-                       chunk_size=parse_size(chunk_size), progress=advance)
+    checked: dict[str, Any] | None = None
+    with _payload(model, onnx_layout) as (source, size):
+        if not skip_preflight:
+            checked = preflight_payload(source, size, media_type, as_json)
+        with progress_bar("encrypting", size, not as_json) as advance:
+            result = build(source, output, identity=identity, kek=kek_p, signer=signer,
+                           chunk_size=parse_size(chunk_size), progress=advance)
     m = result.manifest
     if as_json:
         emit_json({"ok": True, "path": str(result.path), "fileSize": result.file_size, "id": m.package_id,
                    "version": m.version, "securityVersion": m.security_version, "kid": m.kid,
-                   "manifestSha256": result.signed.manifest_sha256, "expires": m.expires.isoformat()})
+                   "manifestSha256": result.signed.manifest_sha256, "expires": m.expires.isoformat(),
+                   "preflight": checked if checked is not None else "skipped"})
     else:
         click.echo(f"built {result.path} ({result.file_size} bytes): {m.package_id} {m.version} "
                    f"security-version {m.security_version}, {m.chunk_count} chunks, kid {m.kid}")

@@ -14,6 +14,7 @@ __all__ = [
     "EXPIRED",
     "KEY_UNAVAILABLE",
     "MANIFEST_INVALID",
+    "MODEL_UNSUPPORTED",
     "ROLLBACK",
     "SIGNATURE_INVALID",
     "STREAM_OUT_OF_BOUNDS",
@@ -63,6 +64,9 @@ KEY_UNAVAILABLE = "CPK_KEY_UNAVAILABLE"
 #: A check was asked for that this package's format cannot perform (for example a target, a
 #: rollback floor or a pinned publisher root on a v1 package): refused, never silently skipped.
 CHECK_UNSUPPORTED = "CPK_CHECK_UNSUPPORTED"
+#: Build-time preflight: the model does not load the way the TEE loads it (``edb package build``,
+#: ``edb cloud build``; the message carries ONNX Runtime's cause). Not an integrity failure.
+MODEL_UNSUPPORTED = "CPK_MODEL_UNSUPPORTED"
 
 
 def package_error(code: str, message: str) -> PackageError:

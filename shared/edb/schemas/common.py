@@ -9,8 +9,10 @@ from typing import Any
 
 from edb.errors import EdbError
 
-#: Longest error message we put in a twin or a message (a twin value is limited to 4 KB).
-MAX_ERROR_MESSAGE = 300
+#: Longest error message we put in a twin or a message (characters; a twin value is limited to 4 KB, and
+#: the messages this bounds are ASCII in practice: ONNX Runtime's, our own). Long enough for the root cause
+#: of a refused model (ONNX Runtime nests it at the end of a long message).
+MAX_ERROR_MESSAGE = 1024
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,26 @@ class ErrorInfo:
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= MAX_ERROR_MESSAGE else text[: MAX_ERROR_MESSAGE - 3] + "..."
+    return clip_message(text, MAX_ERROR_MESSAGE)
+
+
+def clip_message(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: a longer one keeps its head (about a third: what
+    failed) and its tail (the root cause, where nested errors put it), cut at spaces, joined by
+    `` ... ``. Pure."""
+    if len(text) <= limit:
+        return text
+    marker = " ... "
+    room = max(limit - len(marker), 2)
+    head_len = room // 3
+    head = text[:head_len]
+    cut = head.rfind(" ")
+    head = head[:cut] if cut > head_len // 2 else head
+    tail_len = room - len(head)
+    tail = text[len(text) - tail_len:]
+    cut = tail.find(" ")
+    tail = tail[cut + 1:] if 0 <= cut < tail_len // 2 else tail
+    return f"{head}{marker}{tail}"
 
 
 def utc_now() -> dt.datetime:

@@ -54,6 +54,8 @@ class AlertType(StrEnum):
     TAMPER = "tamper"
     DENIAL = "denial"
     ROLLBACK = "rollback"
+    #: Not an attack: an authentic package whose model does not load on the device (severity error).
+    MODEL = "model"
     #: Not an attack: a package was installed with the weaker legacy v1 key flow (severity warning).
     LEGACY_KEY_FLOW = "legacy-key-flow"
 
