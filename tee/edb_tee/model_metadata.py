@@ -14,7 +14,7 @@ from edb.tee import types as T
 # ModelProto field numbers (onnx.proto)
 _IR_VERSION, _PRODUCER, _PRODUCER_VERSION, _DOMAIN, _MODEL_VERSION, _DOC, _GRAPH, _OPSET = 1, 2, 3, 4, 5, 6, 7, 8
 _METADATA_PROPS = 14
-_GRAPH_NAME = 2
+_GRAPH_NAME = 2  # in GraphProto
 
 
 def _text(buf: memoryview, start: int, end: int, limit: int) -> str | None:
@@ -27,7 +27,8 @@ def _text(buf: memoryview, start: int, end: int, limit: int) -> str | None:
 def read(model_proto: bytes | bytearray | memoryview, name: str, version: str) -> T.ModelMetadata:
     buf = memoryview(model_proto).cast("B")
     scalars = {_IR_VERSION: 0, _MODEL_VERSION: 0}
-    texts = {_PRODUCER: "", _PRODUCER_VERSION: "", _DOMAIN: "", _DOC: "", _GRAPH_NAME: ""}
+    texts = {_PRODUCER: "", _PRODUCER_VERSION: "", _DOMAIN: "", _DOC: ""}
+    graph_name = ""
     opsets: dict[str, int] = {}
     custom: dict[str, str] = {}
     truncated: list[str] = []
@@ -40,12 +41,13 @@ def read(model_proto: bytes | bytearray | memoryview, name: str, version: str) -
         elif f.wire == 2 and f.number == _GRAPH:
             for g in _fields(buf, f.value_start, f.value_end):
                 if g.number == _GRAPH_NAME and g.wire == 2:
-                    texts[_GRAPH_NAME] = _text(buf, g.value_start, g.value_end, T.MAX_METADATA_TEXT) or ""
+                    graph_name = _text(buf, g.value_start, g.value_end, T.MAX_METADATA_TEXT) or ""
         elif f.wire == 2 and f.number == _OPSET and len(opsets) < T.MAX_METADATA_ENTRIES:
             domain, op_version = "", 0
             for o in _fields(buf, f.value_start, f.value_end):
                 if o.number == 1 and o.wire == 2:
-                    domain = _text(buf, o.value_start, o.value_end, T.MAX_METADATA_KEY) or "?"
+                    text = _text(buf, o.value_start, o.value_end, T.MAX_METADATA_KEY)
+                    domain = "?" if text is None else text
                 elif o.number == 2 and o.wire == 0:
                     op_version = o.value if o.value < 1 << 62 else 0
             opsets[domain] = op_version
@@ -68,5 +70,5 @@ def read(model_proto: bytes | bytearray | memoryview, name: str, version: str) -
             custom[key] = value
             total += len(value)
     return T.ModelMetadata(name, version, scalars[_IR_VERSION], texts[_PRODUCER], texts[_PRODUCER_VERSION],
-                           texts[_DOMAIN], scalars[_MODEL_VERSION], texts[_DOC], texts[_GRAPH_NAME], opsets, custom,
+                           texts[_DOMAIN], scalars[_MODEL_VERSION], texts[_DOC], graph_name, opsets, custom,
                            tuple(truncated))
