@@ -13,12 +13,12 @@ import zipfile
 import numpy as np
 import pytest
 
+from edb.schemas import ErrorInfo
 from inference_runner.decode import decode_body, encode_npz
 from inference_runner.model_info import model_info
 from inference_runner.plan import chunks, groups, static_row_bytes
 from inference_runner.settings import ResultSettings, parse_limits, parse_results
 from inference_runner.signature import InputError, Limits, Signature, TensorSig, bind
-from edb.schemas import ErrorInfo
 
 IMAGE = Signature((TensorSig("x", "float32", (None, 3, None, None)),),
                   (TensorSig("map", "float32", (None, 1, None, None)),))

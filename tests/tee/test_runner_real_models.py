@@ -115,7 +115,8 @@ async def test_metadata_is_on_the_handle_and_in_the_reported_properties(
     handle = client.load_model("vision")
     meta = client.model_metadata(handle)
     assert meta.custom == {"character": character, "task": "detect"} and meta.truncated == ()
-    assert (meta.producer_name, meta.producer_version, meta.opsets, meta.ir_version) == ("edb-tests", "1.2", {"": 13}, 8)
+    assert (meta.producer_name, meta.producer_version) == ("edb-tests", "1.2")
+    assert meta.opsets == {"": 13} and meta.ir_version == 8
     assert meta.graph_name == "vision" and meta.name == "vision" and meta.version == "1.0.0"
     client.unload(handle)
     service = RunnerService(Recorder("vision"), client)
