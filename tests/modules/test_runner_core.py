@@ -3,10 +3,6 @@ version selection, input decoding."""
 
 from __future__ import annotations
 
-import io
-import json
-
-import numpy as np
 import pytest
 
 from edb.schemas import ModelSpec
