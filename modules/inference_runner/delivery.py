@@ -82,7 +82,7 @@ def _summarised_to_fit(result: InferenceResult, answer: Answer) -> bytes | None:
         except MessageError:  # still above the message limit: summarise the next one
             continue
         if len(body) <= RESULT_BODY_LIMIT:
-            return body
+            return bytes(body)
     return None
 
 

@@ -183,16 +183,21 @@ def _from_json(data: object, datatype: str, shape: tuple[int, ...], count: int, 
     if datatype == "FP16":
         raise OipError(f"{label}: FP16 cannot travel in JSON; use the binary data extension")
     kind = np.dtype(DATATYPES[datatype]).kind
-    ok = (lambda v: isinstance(v, bool)) if kind == "b" else (
-        (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind in "iu" else
-        (lambda v: isinstance(v, int | float) and not isinstance(v, bool)))
-    if not all(ok(v) for v in flat):
+    if not all(_element_ok(v, kind) for v in flat):
         what = "booleans" if kind == "b" else "integers" if kind in "iu" else "numbers"
         raise OipError(f"{label}: data elements must be {what}", code=INPUT_MISMATCH)
     try:
         return np.array(flat, dtype=DATATYPES[datatype]).reshape(shape)
     except OverflowError:
         raise OipError(f"{label}: a value is out of range for {datatype}", code=INPUT_MISMATCH) from None
+
+
+def _element_ok(value: object, kind: str) -> bool:
+    if kind == "b":
+        return isinstance(value, bool)
+    if kind in "iu":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _flatten(data: list[Any], label: str, depth: int = 0) -> list[Any]:
@@ -277,7 +282,7 @@ def encode_response(model: str, version: str, request: InferRequest,
             raise OipError(f"output {name[:60]!r} has dtype {arr.dtype}, which OIP cannot carry", status=500)
         if binary:
             data = _bytes_payload(arr) if is_text else \
-                memoryview(np.ascontiguousarray(arr, arr.dtype.newbyteorder("<"))).cast("B")
+                memoryview(np.ascontiguousarray(arr, arr.dtype.newbyteorder("<"))).cast("B")  # type: ignore[arg-type]
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:

@@ -10,6 +10,7 @@ the first is fixed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -56,23 +57,29 @@ def static_row_bytes(signature: Signature) -> tuple[int | None, str | None]:
             item = np.dtype(out.dtype).itemsize
         except TypeError:
             return None, None
-        size = item * int(np.prod(out.shape[1:], dtype=np.int64))
+        size = item * math.prod(d for d in out.shape[1:] if d is not None)
         total += size
         if size > largest_bytes:
             largest, largest_bytes = out.name, size
     return total, largest
 
 
-def chunks(rows: Sequence[int], row_bytes: float | None, max_output_bytes: int) -> list[list[int]]:
+def chunks(rows: Sequence[int], row_bytes: float | None, max_output_bytes: int,
+           max_rows: int | None = None) -> list[list[int]]:
     """Indices of ``rows`` in consecutive chunks whose ``sum(rows) * row_bytes`` stays within
-    ``max_output_bytes`` (a request alone may exceed it: the caller refuses or tries it)."""
-    if row_bytes is None or row_bytes <= 0:
+    ``max_output_bytes`` and whose rows stay within ``max_rows`` (what the TEE refused before);
+    a request alone may exceed either: the caller refuses or tries it."""
+    if (row_bytes is None or row_bytes <= 0) and max_rows is None:
         return [list(range(len(rows)))]
+    per_row = row_bytes if row_bytes is not None and row_bytes > 0 else 0.0
+    cap = max_rows if max_rows is not None else None
     out: list[list[int]] = []
     current: list[int] = []
     current_rows = 0
     for i, n in enumerate(rows):
-        if current and (current_rows + n) * row_bytes > max_output_bytes:
+        over_bytes = (current_rows + n) * per_row > max_output_bytes
+        over_rows = cap is not None and current_rows + n > cap
+        if current and (over_bytes or over_rows):
             out.append(current)
             current, current_rows = [], 0
         current.append(i)

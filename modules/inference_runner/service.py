@@ -112,6 +112,7 @@ class RunnerService:
         self.result_settings = ResultSettings()
         self.sender = ResultSender(client)
         self._row_bytes: dict[tuple[int, plan.Key], float] = {}  # learned output bytes per row
+        self._max_rows: dict[tuple[int, plan.Key], int] = {}  # rows per call, after a TEE refusal
         self._signatures: dict[int, Signature] = {}  # by id() of a loaded handle
         self.metadata: dict[str, Any] | None = None  # the serving model's metadata, bounded (model_info)
         self.model_metadata: Any = None  # edb.tee.types.ModelMetadata of the serving model
@@ -303,7 +304,7 @@ class RunnerService:
                 answered.add(request.request_id)
 
     async def _infer(self, model: Loaded[Any], signature: Signature,
-                     group: list[tuple[Request, dict[str, np.ndarray]]], *,
+                     group: list[tuple[Request, Mapping[str, np.ndarray]]], *,
                      batch_size: int) -> dict[str, tuple[InferenceResult, Answer | None]]:
         """One TEE call for ``group`` (stacked), split first where its outputs would not fit."""
         ref = ModelRef(model.name, model.version)
@@ -313,7 +314,7 @@ class RunnerService:
         row_bytes = self._row_bytes.get(key, static_bytes)
         limit = self.limits.max_output_bytes
         if len(group) > 1:
-            parts = plan.chunks(rows, row_bytes, limit)
+            parts = plan.chunks(rows, row_bytes, limit, self._max_rows.get(key))
             if len(parts) > 1:
                 self.split_batches += 1
                 results: dict[str, tuple[InferenceResult, Answer | None]] = {}
@@ -331,6 +332,9 @@ class RunnerService:
         except EdbError as exc:
             if exc.code in _OUTPUT_TOO_LARGE and len(group) > 1:  # split in halves and try again
                 self.split_batches += 1
+                if len(self._max_rows) > 256:
+                    self._max_rows.clear()
+                self._max_rows[key] = min(self._max_rows.get(key, sum(rows)), max(1, sum(rows) // 2))
                 half = len(group) // 2
                 first = await self._infer(model, signature, group[:half], batch_size=batch_size)
                 return first | await self._infer(model, signature, group[half:], batch_size=batch_size)
@@ -374,7 +378,7 @@ class RunnerService:
             self._row_bytes.clear()
         self._row_bytes[key] = max(row_bytes, self._row_bytes.get(key, 0.0))
 
-    def _fail(self, group: list[tuple[Request, dict[str, np.ndarray]]], ref: ModelRef,
+    def _fail(self, group: list[tuple[Request, Mapping[str, np.ndarray]]], ref: ModelRef,
               error: ErrorInfo) -> dict[str, tuple[InferenceResult, Answer | None]]:
         return {r.request_id: (self._error_result(r, error, ref), None) for r, _ in group}
 

@@ -65,7 +65,7 @@ def parse_limits(value: object) -> Limits | ErrorInfo:
     allow = value.get("allowNonFinite", d.allow_non_finite)
     if not isinstance(allow, bool):
         return ErrorInfo(INVALID, "desired.limits.allowNonFinite must be true or false")
-    inp, out, elements = (int(n) for n in numbers)  # type: ignore[arg-type]
+    inp, out, elements = (int(n) for n in numbers if not isinstance(n, ErrorInfo))
     return Limits(inp, out, elements, allow)
 
 
