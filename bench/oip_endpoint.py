@@ -58,7 +58,7 @@ class NullModuleClient:
         pass
 
 
-def serve_in_thread(socket: Path) -> tuple[str, Any, threading.Event]:
+def serve_in_thread(socket: Path) -> tuple[str, threading.Thread, threading.Event]:
     """The runner (RunnerService + OipServer) on its own event loop thread; its URL, loop, stop."""
     from edb.tee import TeeClient
     from inference_runner.oip_server import OipServer
@@ -131,6 +131,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="oip_endpoint-", dir=OUT))
     proc: subprocess.Popen[bytes] | None = None
     stop: threading.Event | None = None
+    thread: threading.Thread | None = None
     results: dict[str, dict[str, float]] = {}
     model = image_head()
     try:
@@ -183,9 +184,9 @@ def main() -> None:
             print(label, json.dumps(results[label]), file=sys.stderr)
         http.close()
     finally:
-        if stop is not None:
+        if stop is not None and thread is not None:
             stop.set()
-            time.sleep(0.3)
+            thread.join(10)  # the runner unloads and closes its TEE client before the TEE stops
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
