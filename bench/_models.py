@@ -41,3 +41,17 @@ def relu_only(dim: int) -> bytes:
         [helper.make_node("Relu", ["input"], ["output"])], "relu",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, dim])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, dim])]))
+
+
+def image_head(channels: int = 8, seed: int = 0) -> bytes:
+    """A light vision head: ``image`` [N, 3, H, W] -> Conv 3x3 stride 2 (``channels``) -> Relu ->
+    GlobalAveragePool -> ``features`` [N, channels, 1, 1]: the input's size dominates, not compute."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3), dtype=np.float32) * 0.2, "w")
+    b = numpy_helper.from_array(np.zeros(channels, np.float32), "b")
+    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["features"])]
+    return _serialize(helper.make_graph(
+        nodes, "image_head", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 3, None, None])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, channels, 1, 1])], [w, b]))

@@ -1,7 +1,9 @@
 """Process entry point: ``python -m inference_runner.main``.
 
-Environment: ``EDB_TEE_SOCKET`` (the TEE service's socket). Everything else comes from the module
-twin (``model``, ``batching``).
+Environment: ``EDB_TEE_SOCKET`` (the TEE service's socket); ``EDB_OIP_LISTEN`` (``host:port`` of
+the Open Inference Protocol endpoint; unset: no endpoint), ``EDB_OIP_MAX_BODY_BYTES`` (64 MiB),
+``EDB_OIP_MAX_CONCURRENCY`` (8). Everything else comes from the module twin (``model``,
+``batching``, ``limits``, ``results``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,24 @@ import os
 import sys
 
 from edb.module_runtime import ModuleRuntime, configure_logging
+from inference_runner.oip_server import DEFAULT_MAX_BODY, DEFAULT_MAX_CONCURRENCY, OipServer, parse_listen
 from inference_runner.service import RunnerFailed, RunnerService
 
 log = logging.getLogger("inference_runner")
 
 
-async def run(tee_socket: str) -> None:
+def oip_settings() -> tuple[tuple[str, int] | None, int, int]:
+    """(listen address or None, max body bytes, max concurrency) from the environment; ValueError."""
+    listen = os.environ.get("EDB_OIP_LISTEN", "").strip()
+    address = parse_listen(listen) if listen else None
+    max_body = int(os.environ.get("EDB_OIP_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY)))
+    concurrency = int(os.environ.get("EDB_OIP_MAX_CONCURRENCY", str(DEFAULT_MAX_CONCURRENCY)))
+    if not 1024 <= max_body <= 256 * 1024 * 1024 or not 1 <= concurrency <= 256:
+        raise ValueError("EDB_OIP_MAX_BODY_BYTES must be 1024..256 MiB and EDB_OIP_MAX_CONCURRENCY 1..256")
+    return address, max_body, concurrency
+
+
+async def run(tee_socket: str, oip: tuple[tuple[str, int] | None, int, int]) -> None:
     from edb.tee.client import TeeClient
 
     with TeeClient(tee_socket) as tee:
@@ -35,9 +49,17 @@ async def run(tee_socket: str) -> None:
         module.on_desired_patch(service.on_desired_patch)
         module.on_method(service.handle_method)
         module.on_connection_state_change(on_state_change)
+        address, max_body, concurrency = oip
+        server = OipServer(service, max_body_bytes=max_body, max_concurrency=concurrency)
         async with module.connected() as stop:
             log.info("connected; TEE at %s", tee_socket)
-            await service.run(stop)
+            if address is not None:
+                port = await server.start(*address)
+                log.info("Open Inference Protocol endpoint on %s:%d", address[0], port)
+            try:
+                await service.run(stop)
+            finally:
+                await server.stop()
 
 
 def main() -> int:
@@ -47,7 +69,12 @@ def main() -> int:
         log.error("configuration: EDB_TEE_SOCKET is not set")
         return 2
     try:
-        asyncio.run(run(tee_socket))
+        oip = oip_settings()
+    except ValueError as exc:
+        log.error("configuration: %s", exc)
+        return 2
+    try:
+        asyncio.run(run(tee_socket, oip))
     except RunnerFailed as exc:  # already logged and reported; non-zero so restartPolicy applies
         log.critical("exiting: %s", exc.message)
         return 3

@@ -22,7 +22,7 @@ the caller serves those inputs one at a time). A dtype that has no JSON form is
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,15 @@ class Answer:
     predictions: list[Scalar] | None = None
     scores: list[float] | None = None
     outputs: dict[str, list[Any]] | None = None
+    #: outputs too large for the answer in full, summarised (:func:`summarise`), never dropped
+    summaries: dict[str, dict[str, Any]] | None = None
+    #: every output of this input as the model returned it (for .npz answers, summaries, the OIP)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def tensors(self) -> dict[str, dict[str, Any]]:
+        """Each output's shape and dtype (``string`` for text), in the answer for every model."""
+        return {name: {"shape": list(a.shape), "dtype": dtype_name(a)} for name, a in self.arrays.items()}
 
 
 class _NotFinite(Exception):
@@ -59,8 +68,19 @@ class _NotFinite(Exception):
         self.name = name
 
 
-def split_answers(outputs: Mapping[str, Any], counts: Sequence[int]) -> list[Answer | ErrorInfo]:
-    """One answer (or a per-input error) for each input, ``counts[i]`` rows each, in order."""
+#: outputs of more elements than this (for one input) are summarised in a JSON answer, not listed
+MAX_LIST_ELEMENTS = 16384
+
+
+def split_answers(outputs: Mapping[str, Any], counts: Sequence[int], *,
+                  max_list_elements: int | None = MAX_LIST_ELEMENTS) -> list[Answer | ErrorInfo]:
+    """One answer (or a per-input error) for each input, ``counts[i]`` rows each, in order.
+    ``max_list_elements=None``: arrays only (binary answers), no JSON lists or summaries."""
+    return [present(rows, max_list_elements) for rows in split_arrays(outputs, counts)]
+
+
+def split_arrays(outputs: Mapping[str, Any], counts: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Each input's rows of every output (views, no copies), ``counts[i]`` rows each, in order."""
     total = sum(counts)
     arrays: dict[str, np.ndarray] = {}
     for name, value in outputs.items():
@@ -70,17 +90,58 @@ def split_answers(outputs: Mapping[str, Any], counts: Sequence[int]) -> list[Ans
         arrays[str(name)] = array
     if not arrays:
         raise OutputError("the model returned no tensor output")
-    label = next((n for n in LABEL_NAMES if n in arrays and _one_per_row(arrays[n])), None)
-    answers: list[Answer | ErrorInfo] = []
+    parts: list[dict[str, np.ndarray]] = []
     start = 0
     for count in counts:
-        rows = {name: (a if len(counts) == 1 else a[start:start + count]) for name, a in arrays.items()}
+        parts.append({name: (a if len(counts) == 1 else a[start:start + count]) for name, a in arrays.items()})
         start += count
-        try:
-            answers.append(_classifier_answer(rows, label) if label is not None else _plain_answer(rows))
-        except _NotFinite as exc:
-            answers.append(ErrorInfo(NOT_FINITE, f"output {exc.name[:60]!r} holds NaN or infinity for this input"))
-    return answers
+    return parts
+
+
+def present(rows: dict[str, np.ndarray], max_list_elements: int | None = MAX_LIST_ELEMENTS) -> Answer | ErrorInfo:
+    """One input's outputs as an answer: the classifier conveniences, outputs of at most
+    ``max_list_elements`` as nested lists, larger ones summarised (None: arrays only)."""
+    if max_list_elements is None:
+        return Answer(arrays=rows)
+    label = next((n for n in LABEL_NAMES if n in rows and _one_per_row(rows[n])), None)
+    listed = {n: a for n, a in rows.items() if a.size <= max_list_elements}
+    summaries = {n: summarise(n, a) for n, a in rows.items() if n not in listed} or None
+    try:
+        answer = _classifier_answer(listed, label) if label is not None and label in listed \
+            else _plain_answer(listed)
+    except _NotFinite as exc:
+        return ErrorInfo(NOT_FINITE, f"output {exc.name[:60]!r} holds NaN or infinity for this input")
+    return Answer(answer.predictions, answer.scores, answer.outputs or None, summaries, rows)
+
+
+def dtype_name(array: np.ndarray) -> str:
+    return "string" if array.dtype.kind in "OUS" else str(array.dtype)
+
+
+def summarise(name: str, array: np.ndarray, top: int = 5) -> dict[str, Any]:
+    """What a large output says in a few numbers: shape, dtype, min/max/mean/std and the ``top``
+    largest values with their flat indices (numeric), or the first strings. NaN and infinity are
+    counted, not hidden."""
+    summary: dict[str, Any] = {"shape": list(array.shape), "dtype": dtype_name(array), "summarised": True}
+    if array.dtype.kind in "OUS":
+        summary["first"] = [str(v)[:64] for v in array.reshape(-1)[:8]]
+        return summary
+    flat = array.reshape(-1)
+    if flat.size == 0:
+        return summary
+    values = flat.astype(np.float64)
+    finite = np.isfinite(values)
+    summary["nonFinite"] = int(flat.size - int(finite.sum()))
+    if finite.any():
+        v = values[finite]
+        summary.update(min=float(v.min()), max=float(v.max()), mean=round(float(v.mean()), 6),
+                       std=round(float(v.std()), 6))
+        idx = np.flatnonzero(finite)
+        k = min(top, v.size)
+        best = np.argpartition(-v, k - 1)[:k]
+        best = best[np.argsort(-v[best], kind="stable")]
+        summary["top"] = [[int(idx[i]), float(v[i])] for i in best]
+    return summary
 
 
 def _as_array(name: str, value: Any) -> np.ndarray:
@@ -114,7 +175,7 @@ def _classifier_answer(rows: dict[str, np.ndarray], label: str) -> Answer:
 
 
 def _plain_answer(rows: dict[str, np.ndarray]) -> Answer:
-    return Answer(outputs={name: _values(name, a) for name, a in rows.items()})
+    return Answer(outputs={name: _values(name, a) for name, a in rows.items()} or None)
 
 
 def _values(name: str, array: np.ndarray) -> list[Any]:

@@ -43,13 +43,16 @@ from edb.schemas import (
     parse_batching,
     parse_model_spec,
 )
-from edb.schemas.messages import MAX_MESSAGE_BYTES
-from inference_runner import endpoints
+from inference_runner import endpoints, plan
 from inference_runner.batching import Batcher, Pending, RecentIds
-from inference_runner.decoding import DecodedInput, InputError, decode_input
+from inference_runner.decode import CONTENT_TYPE_NPZ, DecodedInput, decode_body
+from inference_runner.delivery import RESULT_BODY_LIMIT, ResultSender, result_of
+from inference_runner.model_info import model_info
 from inference_runner.model_slot import Loaded, ModelSlot
-from inference_runner.outputs import Answer, OutputError, RowMismatch, split_answers
+from inference_runner.outputs import Answer, OutputError, RowMismatch, present, split_arrays
 from inference_runner.selection import decide
+from inference_runner.settings import ResultSettings, parse_limits, parse_results
+from inference_runner.signature import TENSOR_TOO_LARGE, InputError, Limits, Signature, bind, from_handle
 from inference_runner.stats import LatencyStats
 
 log = logging.getLogger("inference_runner")
@@ -58,8 +61,9 @@ SOURCE = "inference_runner"
 BATCH_FAILED = "RUNNER_INTERNAL"
 #: A loop the runner needs stopped for good: reported, then the process exits non-zero.
 LOOP_FAILED = "RUNNER_LOOP_FAILED"
-#: Room left for the message's properties: the SDK counts them in its 256 KB check as well.
-RESULT_BODY_LIMIT = MAX_MESSAGE_BYTES - 4096
+#: TEE refusals that mean the call's outputs did not fit a frame or the region: split and retry
+_OUTPUT_TOO_LARGE = frozenset({"TEE_FRAME_TOO_LARGE", "TEE_SHM_TOO_LARGE"})
+__all__ = ["RESULT_BODY_LIMIT", "Reply", "Request", "RunnerFailed", "RunnerService"]
 
 
 class RunnerFailed(EdbError):
@@ -70,11 +74,26 @@ class RunnerFailed(EdbError):
 
 
 @dataclass(frozen=True)
+class Reply:
+    """What an Open Inference Protocol caller gets back for its request."""
+
+    model: ModelRef | None
+    answer: Answer | None
+    error: ErrorInfo | None
+
+
+@dataclass(frozen=True)
 class Request:
     request_id: str
     decoded: DecodedInput | None
     error: ErrorInfo | None
     received: float
+    reply: asyncio.Future[Reply] | None = None  # an OIP request: its answer goes back to the HTTP caller
+    npz: bool = False  # the input asked for an .npz answer
+
+    @property
+    def rows(self) -> int:
+        return self.decoded.rows if self.decoded is not None else 1
 
 
 class RunnerService:
@@ -89,6 +108,15 @@ class RunnerService:
         self.spec: ModelSpec | None = None
         self.desired_error: ErrorInfo | None = None
         self.batching = BatchingSettings()
+        self.limits = Limits()
+        self.result_settings = ResultSettings()
+        self.sender = ResultSender(client)
+        self._row_bytes: dict[tuple[int, plan.Key], float] = {}  # learned output bytes per row
+        self._max_rows: dict[tuple[int, plan.Key], int] = {}  # rows per call, after a TEE refusal
+        self._signatures: dict[int, Signature] = {}  # by id() of a loaded handle
+        self.metadata: dict[str, Any] | None = None  # the serving model's metadata, bounded (model_info)
+        self.model_metadata: Any = None  # edb.tee.types.ModelMetadata of the serving model
+        self.split_batches = 0
         self.batcher: Batcher[Request] = Batcher(self.batching.max_batch, self.batching.max_latency_ms / 1000)
         self.slot: ModelSlot[Any] = ModelSlot()
         self.recent = RecentIds()
@@ -115,10 +143,16 @@ class RunnerService:
     def _apply_desired(self) -> None:
         spec = parse_model_spec(self.desired_doc.get("model"))
         batching = parse_batching(self.desired_doc.get("batching"))
-        errors = [e for e in (spec, batching) if isinstance(e, ErrorInfo)]
+        limits = parse_limits(self.desired_doc.get("limits"))
+        results = parse_results(self.desired_doc.get("results"))
+        errors = [e for e in (spec, batching, limits, results) if isinstance(e, ErrorInfo)]
         self.desired_error = errors[0] if errors else None
         if not isinstance(spec, ErrorInfo):
             self.spec = spec
+        if isinstance(limits, Limits):
+            self.limits = limits
+        if isinstance(results, ResultSettings):
+            self.result_settings = results
         if isinstance(batching, BatchingSettings):
             self.batching = batching
             self.batcher.configure(batching.max_batch, batching.max_latency_ms / 1000)
@@ -144,21 +178,47 @@ class RunnerService:
             self.duplicates += 1  # edgeHub redelivered it: it was answered already
             return
         received = self.clock()
+        properties = getattr(message, "custom_properties", None) or {}
+        npz = str(properties.get("accept", "")).lower() == CONTENT_TYPE_NPZ
         try:
-            decoded = decode_input(message.data, getattr(message, "content_type", None), self._features())
-            label = (getattr(message, "custom_properties", None) or {}).get("label")
-            if decoded.label is None and isinstance(label, str) and label.isdigit() and len(label) < 6:
-                decoded = DecodedInput(decoded.tensor, int(label))  # binary inputs carry it as a property
-            request = Request(request_id, decoded, None, received)
+            decoded = decode_body(message.data, getattr(message, "content_type", None), properties,
+                                  max_bytes=self.limits.max_input_bytes)
+            request = Request(request_id, decoded, None, received, npz=npz)
         except InputError as exc:
-            request = Request(request_id, None, ErrorInfo.from_exception(exc), received)
+            request = Request(request_id, None, ErrorInfo.from_exception(exc), received, npz=npz)
         except Exception as exc:  # the message was acknowledged to edgeHub: it must still get an answer
             log.warning("decoding input %s failed unexpectedly (%s)", request_id, type(exc).__name__)
             request = Request(request_id, None, ErrorInfo("RUNNER_BAD_INPUT", f"undecodable input "
                                                           f"({type(exc).__name__})"), received)
-        rows = request.decoded.tensor.shape[0] if request.decoded is not None else 1
-        self.batcher.add(request, rows, received)
+        self.batcher.add(request, request.rows, received)
         self._arrived.set()
+
+    def submit(self, request_id: str, decoded: DecodedInput) -> asyncio.Future[Reply]:
+        """Queue an Open Inference Protocol request with the messages (same batching, limits, stats
+        and results options); the future gets its answer."""
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        if self._stopping:
+            future.set_result(Reply(None, None, ErrorInfo("RUNNER_STOPPING", "the runner is stopping")))
+            return future
+        request = Request(request_id, decoded, None, self.clock(), reply=future)
+        self.batcher.add(request, request.rows, request.received)
+        self._arrived.set()
+        return future
+
+    def serving(self) -> tuple[Loaded[Any], Signature] | None:
+        """The serving model and its signature (for the OIP's metadata and checks)."""
+        model = self.slot.active
+        if model is None:
+            return None
+        return model, self.signature(model)
+
+    def signature(self, model: Loaded[Any]) -> Signature:
+        sig = self._signatures.get(id(model.handle))
+        if sig is None:
+            if len(self._signatures) > 16:
+                self._signatures.clear()
+            sig = self._signatures[id(model.handle)] = from_handle(model.handle)
+        return sig
 
     def _on_package_notification(self, message: Any) -> None:
         try:
@@ -167,18 +227,6 @@ class RunnerService:
             return
         if self.spec is not None and event.package == self.spec.name:
             self.request_selection()
-
-    def _features(self) -> int | None:
-        model = self.slot.active
-        if model is None:
-            return None
-        handle = model.handle
-        try:
-            shape = handle.inputs[0].shape
-            last = shape[-1]
-            return last if isinstance(last, int) and last > 0 else None
-        except (AttributeError, IndexError, TypeError):
-            return None
 
     # -- batches -------------------------------------------------------------------------------------
     async def batch_loop(self) -> None:
@@ -214,140 +262,152 @@ class RunnerService:
             for pending in batch:
                 if pending.item.request_id not in answered:
                     answered.add(pending.item.request_id)
-                    await self._send_result(self._error_result(pending.item, error, None))
+                    await self._deliver(pending.item, self._error_result(pending.item, error, None), None)
 
     async def serve(self, batch: list[Pending[Request]], answered: set[str] | None = None) -> None:
         requests = [p.item for p in batch]
-        answers: dict[str, InferenceResult] = {}
+        answers: dict[str, tuple[InferenceResult, Answer | None]] = {}
         for request in requests:
             if request.error is not None:
-                answers[request.request_id] = self._error_result(request, request.error, None)
+                answers[request.request_id] = (self._error_result(request, request.error, None), None)
         valid = [r for r in requests if r.decoded is not None]
         if valid:
             lease = self.slot.acquire()
             if lease is None:
                 error = ErrorInfo("RUNNER_NO_MODEL", "no model version is serving yet")
                 for request in valid:
-                    answers[request.request_id] = self._error_result(request, error, None)
+                    answers[request.request_id] = (self._error_result(request, error, None), None)
             else:
                 try:
-                    # inputs of different widths (a model with a dynamic feature dimension) cannot be
-                    # stacked: one TEE call per width, in arrival order
-                    for group in _by_width(valid):  # (a fresh list each: _infer may shorten it)
-                        answers.update(await self._infer(lease, group, batch_size=len(valid)))
+                    signature = self.signature(lease)
+                    ref = ModelRef(lease.name, lease.version)
+                    bound: list[tuple[Request, dict[str, np.ndarray]]] = []
+                    for request in valid:
+                        assert request.decoded is not None
+                        try:
+                            bound.append((request, bind(request.decoded.tensors, signature, self.limits)))
+                        except InputError as exc:
+                            answers[request.request_id] = (self._error_result(
+                                request, ErrorInfo.from_exception(exc), ref), None)
+                    # requests that cannot be stacked (other shapes, a model without a dynamic batch
+                    # dimension) are separate TEE calls, in arrival order
+                    for group in plan.groups(bound, signature.batchable):
+                        answers.update(await self._infer(lease, signature, group, batch_size=len(valid)))
                 finally:
                     retired = self.slot.release(lease)
                     await self._unload(retired)
         self.stats.batches += 1
         for request in requests:  # in arrival order
-            await self._send_result(answers[request.request_id])
+            result, answer = answers[request.request_id]
+            await self._deliver(request, result, answer)
             if answered is not None:
                 answered.add(request.request_id)
 
-    async def _infer(self, model: Loaded[Any], requests: list[Request], *,
-                     batch_size: int) -> dict[str, InferenceResult]:
-        handle = model.handle
-        input_name = handle.inputs[0].name if getattr(handle, "inputs", None) else "input"
+    async def _infer(self, model: Loaded[Any], signature: Signature,
+                     group: list[tuple[Request, Mapping[str, np.ndarray]]], *,
+                     batch_size: int) -> dict[str, tuple[InferenceResult, Answer | None]]:
+        """One TEE call for ``group`` (stacked), split first where its outputs would not fit."""
         ref = ModelRef(model.name, model.version)
-        results: dict[str, InferenceResult] = {}
-        tensors: list[np.ndarray] = []
-        for request in list(requests):
-            assert request.decoded is not None
-            try:
-                tensors.append(_as_model_dtype(request.decoded.tensor, handle))
-            except InputError as exc:
-                results[request.request_id] = self._error_result(request, ErrorInfo.from_exception(exc), ref)
-                requests.remove(request)
-        if not requests:
-            return results
-        stacked = np.concatenate(tensors, axis=0)
+        rows = [plan.rows_of(feeds, signature.batchable) for _, feeds in group]
+        key = (id(model.handle), plan.group_key(group[0][1]))
+        static_bytes, largest = plan.static_row_bytes(signature)
+        row_bytes = self._row_bytes.get(key, static_bytes)
+        limit = self.limits.max_output_bytes
+        if len(group) > 1:
+            parts = plan.chunks(rows, row_bytes, limit, self._max_rows.get(key))
+            if len(parts) > 1:
+                self.split_batches += 1
+                results: dict[str, tuple[InferenceResult, Answer | None]] = {}
+                for part in parts:
+                    results.update(await self._infer(model, signature, [group[i] for i in part],
+                                                     batch_size=batch_size))
+                return results
+        elif static_bytes is not None and rows[0] * static_bytes > limit:
+            return self._fail(group, ref, ErrorInfo(TENSOR_TOO_LARGE, (
+                f"output {str(largest)[:60]!r}: this input's outputs would be {rows[0] * static_bytes} bytes, above "
+                f"the runner's limit of {limit} (limits.maxOutputBytes); send fewer rows")))
+        stacked = plan.stack([feeds for _, feeds in group])
         try:
-            outputs = await asyncio.to_thread(self.tee.infer, handle, {input_name: stacked})
+            outputs = await asyncio.to_thread(self.tee.infer, model.handle, stacked)
         except EdbError as exc:
-            error = ErrorInfo.from_exception(exc)
+            if exc.code in _OUTPUT_TOO_LARGE and len(group) > 1:  # split in halves and try again
+                self.split_batches += 1
+                if len(self._max_rows) > 256:
+                    self._max_rows.clear()
+                self._max_rows[key] = min(self._max_rows.get(key, sum(rows)), max(1, sum(rows) // 2))
+                half = len(group) // 2
+                first = await self._infer(model, signature, group[:half], batch_size=batch_size)
+                return first | await self._infer(model, signature, group[half:], batch_size=batch_size)
+            if exc.code in _OUTPUT_TOO_LARGE:
+                names = ", ".join(repr(o.name[:40]) for o in signature.outputs[:4])
+                error = ErrorInfo(TENSOR_TOO_LARGE, f"output(s) {names}: this input's outputs do not fit the TEE's "
+                                                    f"answer ({exc.code}); send fewer rows or a smaller input")
+            else:
+                error = ErrorInfo.from_exception(exc)
             if exc.code in ("TEE_HANDLE_STALE", "TEE_UNKNOWN_HANDLE"):
                 self.request_selection()
-            return results | {r.request_id: self._error_result(r, error, ref) for r in requests}
+            return self._fail(group, ref, error)
         except Exception as exc:  # a transport bug or a broken reply: these inputs fail, the runner goes on
             log.warning("inference failed unexpectedly (%s)", type(exc).__name__)
-            error = ErrorInfo("RUNNER_INFER_FAILED", f"inference failed ({type(exc).__name__})")
-            return results | {r.request_id: self._error_result(r, error, ref) for r in requests}
+            return self._fail(group, ref, ErrorInfo("RUNNER_INFER_FAILED", f"inference failed ({type(exc).__name__})"))
         try:
-            answers = split_answers(outputs, [t.shape[0] for t in tensors])
+            parts_out = split_arrays(outputs, rows)
         except RowMismatch:  # (never for a single input: its outputs are not split)
             # the outputs do not have one row per input row (a model that aggregates its batch):
             # answer each input from its own call
-            for request in requests:
-                results.update(await self._infer(model, [request], batch_size=batch_size))
+            results = {}
+            for item in group:
+                results.update(await self._infer(model, signature, [item], batch_size=batch_size))
             return results
         except OutputError as exc:
-            error = ErrorInfo.from_exception(exc)
-            return results | {r.request_id: self._error_result(r, error, ref) for r in requests}
+            return self._fail(group, ref, ErrorInfo.from_exception(exc))
+        total_rows = sum(rows)
+        self._learn(key, sum(int(getattr(a, "nbytes", 0)) for a in outputs.values()) / max(1, total_rows))
         done = self.clock()
-        for request, answer in zip(requests, answers, strict=True):
+        results = {}
+        for (request, _), arrays in zip(group, parts_out, strict=True):
+            answer = Answer(arrays=arrays) if request.reply is not None else present(arrays)
             if isinstance(answer, ErrorInfo):
-                results[request.request_id] = self._error_result(request, answer, ref)
-                continue
-            results[request.request_id] = self._answer_result(request, answer, ref, done, batch_size)
+                results[request.request_id] = (self._error_result(request, answer, ref), None)
+            else:
+                results[request.request_id] = (self._answer_result(request, answer, ref, done, batch_size), answer)
         return results
+
+    def _learn(self, key: tuple[int, plan.Key], row_bytes: float) -> None:
+        if len(self._row_bytes) > 256:
+            self._row_bytes.clear()
+        self._row_bytes[key] = max(row_bytes, self._row_bytes.get(key, 0.0))
+
+    def _fail(self, group: list[tuple[Request, Mapping[str, np.ndarray]]], ref: ModelRef,
+              error: ErrorInfo) -> dict[str, tuple[InferenceResult, Answer | None]]:
+        return {r.request_id: (self._error_result(r, error, ref), None) for r, _ in group}
 
     def _answer_result(self, request: Request, answer: Answer, ref: ModelRef, done: float,
                        batch_size: int) -> InferenceResult:
         latency_ms = (done - request.received) * 1000
         self.stats.record(latency_ms)
-        return InferenceResult(request.request_id, ref, answer.predictions, answer.scores,
+        base = InferenceResult(request.request_id, ref, None,
                                expected=request.decoded.label if request.decoded is not None else None,
-                               latency_ms=latency_ms, batch_size=batch_size, outputs=answer.outputs)
+                               latency_ms=latency_ms, batch_size=batch_size)
+        return result_of(base, answer) if request.reply is None else \
+            InferenceResult(request.request_id, ref, None, expected=base.expected, latency_ms=latency_ms,
+                            batch_size=batch_size, tensors=answer.tensors)
 
     def _error_result(self, request: Request, error: ErrorInfo, ref: ModelRef | None) -> InferenceResult:
         latency_ms = (self.clock() - request.received) * 1000
         self.stats.record(latency_ms, ok=False)
         return InferenceResult(request.request_id, ref, None, error=error, latency_ms=latency_ms)
 
-    def _encode_result(self, result: InferenceResult) -> tuple[bytes, bool]:
-        """The result's body and whether it is a successful answer; an answer that cannot be sent as
-        it is becomes an error answer."""
-        try:
-            body = encode_json(result.to_json())
-            if len(body) <= RESULT_BODY_LIMIT:
-                return body, result.error is None
-            raise MessageError("too large")
-        except MessageError:
-            error = ErrorInfo("RUNNER_RESULT_TOO_LARGE", "the model's answer to this input exceeds the 256 KB "
-                                                         "message limit")
-        except (ValueError, TypeError) as exc:
-            error = ErrorInfo("RUNNER_OUTPUT_INVALID", f"the model's answer has no JSON form ({type(exc).__name__})")
-        self.stats.errors += 1  # counted once as an answer already; now it is an error answer
-        return encode_json(InferenceResult(result.request_id, result.model, None, error=error,
-                                           latency_ms=result.latency_ms, batch_size=result.batch_size).to_json()), False
-
-    async def _send_result(self, result: InferenceResult) -> None:
-        from azure.iot.device import Message
-
-        body, ok = self._encode_result(result)
-        message = Message(body, message_id=str(uuid.uuid4()),  # type: ignore[no-untyped-call]
-                          content_encoding=CONTENT_ENCODING_UTF8, content_type=CONTENT_TYPE_JSON)
-        message.correlation_id = result.request_id
-        message.custom_properties = application_properties(
-            MessageType.RESULT, modelVersion=result.model.version if result.model else "",
-            ok="true" if ok else "false")
-        while True:
-            try:
-                await self.client.send_message_to_output(message, endpoints.OUTPUT_RESULTS)
-                return
-            except ValueError as exc:  # the SDK refused the message itself (its size): retrying cannot help
-                if not ok:
-                    log.error("the SDK refused an error answer (%s); input %s unanswered", exc, result.request_id)
-                    return
-                log.warning("the SDK refused the answer to %s (%s); answering with an error", result.request_id, exc)
-                self.stats.errors += 1
-                await self._send_result(InferenceResult(
-                    result.request_id, result.model, None, latency_ms=result.latency_ms, batch_size=result.batch_size,
-                    error=ErrorInfo("RUNNER_RESULT_TOO_LARGE", "the SDK refused the answer's size")))
-                return
-            except Exception as exc:  # never drop an answer: wait for edgeHub
-                log.warning("sending a result failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(1.0)
+    async def _deliver(self, request: Request, result: InferenceResult, answer: Answer | None) -> None:
+        """The answer to its caller: an OIP request's future, and a result message for every request
+        (the reporter's metrics; a sampled copy upstream)."""
+        if request.reply is not None and not request.reply.done():
+            request.reply.set_result(Reply(result.model, answer if result.error is None else None, result.error))
+            answer = None  # the caller has the tensors; the result message carries shapes and dtypes
+        before = self.sender.errors_after_answer
+        await self.sender.send(result, answer, npz=request.npz,
+                               upstream=self.result_settings.upstream(request.request_id))
+        self.stats.errors += self.sender.errors_after_answer - before
 
     async def _emit(self, event: ModuleEvent) -> None:
         from azure.iot.device import Message
@@ -415,14 +475,28 @@ class RunnerService:
                 log.warning("loading %s %s failed: %s", spec.name, available, error.code)
                 return
             loaded = Loaded(handle, spec.name, str(handle.version))
+            metadata = await self._metadata(handle)
             previous = self.slot.active
             await self._unload(self.slot.swap(loaded))
+            self.model_metadata = metadata
+            self.metadata = model_info(handle, metadata)
             duration_ms = (self.clock() - started) * 1000
             self._set_report(ModelReport(spec.name, loaded.version, ModelState.SERVING, iso_utc()))
             await self._emit(ModuleEvent(EventKind.MODEL_LOADED, SOURCE, spec.name, loaded.version,
                                          state=ModelState.SERVING.value, duration_ms=round(duration_ms, 1)))
             log.info("serving %s %s (was %s) after a %.0f ms load", spec.name, loaded.version,
                      previous.version if previous else None, duration_ms)
+
+    async def _metadata(self, handle: Any) -> Any:
+        """The model's metadata from the TEE (None if this TEE has no such command or refuses)."""
+        get = getattr(self.tee, "model_metadata", None)
+        if get is None:
+            return None
+        try:
+            return await asyncio.to_thread(get, handle)
+        except EdbError as exc:
+            log.warning("model metadata unavailable: %s", exc.code)
+            return None
 
     async def _unload(self, handles: list[Any]) -> None:
         for handle in handles:
@@ -442,7 +516,11 @@ class RunnerService:
             "model": self.report.to_twin(),
             "batching": self.batching.to_twin(),
             "desiredError": self.desired_error.to_json() if self.desired_error else None,
-            "stats": {**self.stats.summary(), "duplicates": self.duplicates, "failedBatches": self.failed_batches},
+            "limits": self.limits.to_twin(),
+            "results": self.result_settings.to_twin(),
+            "modelInfo": self.metadata,
+            "stats": {**self.stats.summary(), "duplicates": self.duplicates, "failedBatches": self.failed_batches,
+                      "splitBatches": self.split_batches},
         }
 
     async def report_loop(self) -> None:
@@ -534,36 +612,4 @@ class RunnerService:
 
     async def _answer_all(self, pending: list[Pending[Request]], error: ErrorInfo) -> None:
         for item in pending:
-            await self._send_result(self._error_result(item.item, error, None))
-
-
-def _by_width(requests: list[Request]) -> list[list[Request]]:
-    """Requests grouped by the shape of a row (arrival order kept within and between groups)."""
-    groups: dict[tuple[int, ...], list[Request]] = {}
-    for request in requests:
-        assert request.decoded is not None
-        groups.setdefault(tuple(request.decoded.tensor.shape[1:]), []).append(request)
-    return list(groups.values())
-
-
-_FLOAT_INPUTS = frozenset({"float16", "float32", "float64"})
-_INT_INPUTS = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
-
-
-def _as_model_dtype(tensor: np.ndarray, handle: Any) -> np.ndarray:
-    """The decoded float32 rows in the dtype of the model's first input (a model exported with
-    doubles or integers takes them as they are); integers only from whole numbers."""
-    try:
-        dtype = str(handle.inputs[0].dtype)
-    except (AttributeError, IndexError, TypeError):
-        return tensor
-    if dtype in _FLOAT_INPUTS and dtype != "float32":
-        return tensor.astype(dtype)
-    if dtype in _INT_INPUTS:
-        if not np.all(np.mod(tensor, 1) == 0):
-            raise InputError(f"the model takes {dtype} inputs; these are not whole numbers")
-        info = np.iinfo(dtype)
-        if tensor.size and (tensor.min() < info.min or tensor.max() > info.max):
-            raise InputError(f"the model takes {dtype} inputs; these are out of its range")
-        return tensor.astype(dtype)
-    return tensor
+            await self._deliver(item.item, self._error_result(item.item, error, None), None)

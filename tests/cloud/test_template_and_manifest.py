@@ -83,7 +83,7 @@ def test_every_output_and_input_of_every_module_is_routed(manifest: dict[str, An
         for input_name in endpoints.inputs:
             assert any(r.sink_module == module_id and r.sink_input == input_name for r in parsed), input_name
     upstream = {r.source_output for r in parsed if r.sink == "$upstream"}
-    assert upstream == {"alerts", "telemetry"}
+    assert upstream == {"alerts", "telemetry", "resultsUpstream"}  # results: a sampled copy (twin results)
 
 
 def test_initial_desired_properties(manifest: dict[str, Any]) -> None:

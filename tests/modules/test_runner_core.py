@@ -3,15 +3,10 @@ version selection, input decoding."""
 
 from __future__ import annotations
 
-import io
-import json
-
-import numpy as np
 import pytest
 
 from edb.schemas import ModelSpec
 from inference_runner.batching import Batcher, RecentIds
-from inference_runner.decoding import InputError, decode_input
 from inference_runner.model_slot import Loaded, ModelSlot
 from inference_runner.selection import decide
 from inference_runner.stats import LatencyStats
@@ -92,48 +87,6 @@ def test_version_selection() -> None:
     assert not decide(spec, ("digits", "2.0.0"), "2.0.0").load
     assert decide(spec, ("digits", "2.0.0"), "2.1.0").load
     assert decide(ModelSpec("other"), ("digits", "2.0.0"), "1").load
-
-
-def test_decode_json_rows_and_single_row() -> None:
-    d = decode_input(json.dumps({"input": [[0, 1], [2, 3]], "label": 4}).encode(), "application/json")
-    assert d.tensor.shape == (2, 2) and d.tensor.dtype == np.float32 and d.label == 4
-    d = decode_input(b'{"input": [1, 2, 3]}', None, features=3)
-    assert d.tensor.shape == (1, 3) and d.label is None
-
-
-def test_decode_npy_tensor() -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.arange(128, dtype=np.float64).reshape(2, 64))
-    d = decode_input(buf.getvalue(), "application/x-npy", features=64)
-    assert d.tensor.shape == (2, 64) and d.tensor.dtype == np.float32
-
-
-@pytest.mark.parametrize(
-    ("data", "content_type", "code"),
-    [
-        (b"not json", "application/json", "RUNNER_BAD_INPUT"),
-        (b'{"input": []}', "application/json", "RUNNER_BAD_INPUT"),
-        (b'{"input": [[1, 2], [3]]}', "application/json", "RUNNER_BAD_INPUT"),
-        (b'{"input": [["a"]]}', "application/json", "RUNNER_BAD_INPUT"),
-        (b'{"input": [1e400]}', "application/json", "RUNNER_BAD_INPUT"),
-        (json.dumps({"input": [[0] * 3] * 300}).encode(), "application/json", "RUNNER_BAD_INPUT"),
-        (b'{"input": [1, 2]}', "text/plain", "RUNNER_UNSUPPORTED_CONTENT_TYPE"),
-        (b"\x93NUMPY garbage", "application/x-npy", "RUNNER_BAD_INPUT"),
-    ],
-)
-def test_bad_inputs_raise_typed_errors(data: bytes, content_type: str, code: str) -> None:
-    with pytest.raises(InputError) as info:
-        decode_input(data, content_type)
-    assert info.value.code == code
-
-
-def test_decode_refuses_wrong_feature_count_and_pickled_npy() -> None:
-    with pytest.raises(InputError):
-        decode_input(b'{"input": [1, 2]}', "application/json", features=64)
-    buf = io.BytesIO()
-    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InputError):
-        decode_input(buf.getvalue(), "application/x-npy")
 
 
 def test_latency_stats() -> None:

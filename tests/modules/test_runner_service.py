@@ -218,22 +218,35 @@ async def test_tee_errors_and_unexpected_exceptions_answer_every_input() -> None
     assert client.results()["c"]["error"]["code"] == "TEE_INPUT_INVALID"
 
 
-async def test_outputs_without_a_json_form_and_oversized_answers_are_error_answers() -> None:
+async def test_outputs_without_a_json_form_are_error_answers_and_large_outputs_are_summarised() -> None:
     service, client, _ = make(lambda x: {"z": np.ones(len(x), dtype=np.complex64)}, handle(outputs=("z",)))
     await serve_all(service, [frame("a", [[1, 0, 0, 0]])])
     assert client.results()["a"]["error"]["code"] == "RUNNER_OUTPUT_INVALID"
-    service, client, _ = make(lambda x: {"big": np.ones((len(x), 70_000), dtype=np.float32)}, handle(outputs=("big",)))
+    # an output too large to list is summarised, never dropped: shape, dtype, min/max/mean, top values
+    big = np.zeros((1, 70_000), dtype=np.float32)
+    big[0, 12_345] = 7.5
+    service, client, _ = make(lambda x: {"big": big, "small": x[:, :2]}, handle(outputs=("big", "small")))
     await serve_all(service, [frame("b", [[1, 0, 0, 0]])])
     result = client.results()["b"]
-    assert result["error"]["code"] == "RUNNER_RESULT_TOO_LARGE" and client.sent[0].properties["ok"] == "false"
-    assert service.stats.errors == 1
+    assert result["error"] is None and client.sent[0].properties["ok"] == "true"
+    assert result["outputs"] == {"small": [[1.0, 0.0]]}
+    summary = result["summaries"]["big"]
+    assert summary["shape"] == [1, 70_000] and summary["dtype"] == "float32" and summary["max"] == 7.5
+    assert summary["top"][0] == [12_345, 7.5] and summary["min"] == 0.0
+    assert result["tensors"] == {"big": {"shape": [1, 70_000], "dtype": "float32"},
+                                 "small": {"shape": [1, 2], "dtype": "float32"}}
 
 
-async def test_answers_just_under_256_kb_leave_room_for_properties_and_sdk_refusals_are_answered() -> None:
-    # a body that fits 256 KB alone but not with its properties (the SDK's check): an error answer
-    service, client, _ = make(lambda x: {"v": np.ones((len(x), 64_800), dtype=np.float32)}, handle(outputs=("v",)))
+async def test_answers_over_the_message_limit_are_summarised_to_fit_and_sdk_refusals_are_answered() -> None:
+    # three listable outputs that together pass 256 KB: the largest are summarised until the answer fits
+    rng = np.random.default_rng(1)
+    values = {f"v{i}": rng.random((1, 8000 + i), dtype=np.float64) for i in range(3)}
+    service, client, _ = make(lambda x: values, handle(outputs=tuple(values)))
     await asyncio.wait_for(serve_all(service, [frame("a", [[1, 0, 0, 0]])]), 5)
-    assert client.results()["a"]["error"]["code"] == "RUNNER_RESULT_TOO_LARGE"
+    result = client.results()["a"]
+    assert result["error"] is None
+    assert set(result["summaries"]) >= {"v2"} and set(result["outputs"]) | set(result["summaries"]) == set(values)
+    assert len(json.dumps(result)) < 256 * 1024 - 4096
     # whatever the SDK refuses as a ValueError is answered with an error instead of being retried forever
     service, client, _ = make(lambda x: {"v": np.ones((len(x), 400), dtype=np.float32)}, handle(outputs=("v",)))
     client.sdk_limit = 1500
@@ -257,7 +270,7 @@ async def test_model_input_dtype_is_honoured() -> None:
     assert seen == [np.dtype("float64"), np.dtype("int64")]
     assert client.results()["a"]["outputs"] == {"variable": [[1.5]]}
     assert client2.results()["b"]["outputs"] == {"variable": [[2]]}
-    assert client2.results()["c"]["error"]["code"] == "RUNNER_BAD_INPUT"
+    assert client2.results()["c"]["error"]["code"] == "RUNNER_INPUT_MISMATCH"
 
 
 async def test_binary_input_label_property_and_undecodable_inputs_are_answered() -> None:

@@ -74,6 +74,9 @@ def local_env_values(ctx: StackContext) -> dict[str, str]:
         "EDB_TEE_SOCKET_NAME": ctx.tee_socket.name,
         "EDB_TEE_SOCKET": str(ctx.tee_socket),
         "EDB_PACKAGE_DROP_DIR": str(ctx.package_drop_dir),
+        # the inference runner's Open Inference Protocol endpoint, on the stack's own 127.x address
+        "EDB_OIP_LISTEN": f"{ctx.address}:{ctx.settings.ports['oip']}",
+        "EDB_OIP_URL": f"http://{ctx.address}:{ctx.settings.ports['oip']}",
         # LEGACY v1 key flow (edb local up --legacy-v1): where the WrapKey function key is
         **({"EDB_LEGACY_WRAP_KEY_FILE": str(ctx.legacy_function_key_file)} if ctx.settings.legacy_v1 else {}),
     }

@@ -20,7 +20,8 @@ DEFAULT_DEVICE_ID = "edge-device-1"
 DEFAULT_HUB_NAME = "edb-local-hub.azure-devices.local"
 # The device SDK hard-codes 8883 (MQTT) and 443 (HTTPS gateway); the rest are conventional.
 DEFAULT_PORTS = {"mqtt": 8883, "https": 443, "keyvault": 8443, "keyrelease": 7071, "azurite": 10000,
-                 "azurite_table": 10002}
+                 "azurite_table": 10002,
+                 "oip": 8000}  # the inference runner's Open Inference Protocol endpoint (a module's, not the stack's)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,12 @@ def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _opt_dict(value: object) -> dict[str, dict[str, Any]] | None:
+    if not isinstance(value, Mapping):
+        return None
+    return {str(k): dict(v) for k, v in value.items() if isinstance(v, Mapping)}
+
+
 def _opt_int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -199,8 +205,17 @@ class InferenceResult:
     error: ErrorInfo | None = None
     at: str = field(default_factory=iso_utc)
     outputs: dict[str, list[Any]] | None = None
+    #: every output's {shape, dtype} (per input), for any model
+    tensors: dict[str, dict[str, Any]] | None = None
+    #: outputs too large to list, summarised (shape, dtype, min/max/mean/std, top values)
+    summaries: dict[str, dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.tensors is not None:
+            extra["tensors"] = self.tensors
+        if self.summaries is not None:
+            extra["summaries"] = self.summaries
         return {
             "messageType": MessageType.RESULT.value,
             "requestId": self.request_id,
@@ -213,6 +228,7 @@ class InferenceResult:
             "batchSize": self.batch_size,
             "error": self.error.to_json() if self.error else None,
             "at": self.at,
+            **extra,
         }
 
     @classmethod
@@ -240,6 +256,8 @@ class InferenceResult:
             batch_size=_opt_int(body.get("batchSize")) or 1,
             error=ErrorInfo.from_json(body.get("error")),
             at=_opt_str(body.get("at")) or iso_utc(),
+            tensors=_opt_dict(body.get("tensors")),
+            summaries=_opt_dict(body.get("summaries")),
         )
 
 

@@ -54,6 +54,7 @@ from edb.tee.types import (
     InstallSummary,
     InstallTicket,
     ModelHandle,
+    ModelMetadata,
 )
 
 Array = npt.NDArray[Any]
@@ -395,6 +396,12 @@ class TeeClient:
         bounds = np.cumsum(rows)[:-1]
         split = {k: np.split(v, bounds, axis=0) for k, v in out.items()}
         return [{k: split[k][i] for k in split} for i in range(len(batch))]
+
+    def model_metadata(self, handle: ModelHandle) -> ModelMetadata:
+        """The loaded model's producer, opsets and ``metadata_props`` (bounded; see
+        :class:`edb.tee.types.ModelMetadata`)."""
+        out = self._invoke(RUNNER_TA, RunnerCmd.MODEL_METADATA, [Value(self._current_id(handle))])
+        return ModelMetadata.from_json(_json(out))
 
     def unload(self, handle: ModelHandle) -> None:
         hid = self._current_id(handle)

@@ -41,6 +41,7 @@ class RunnerCmd(IntEnum):
     INFER = 2  # (Value(handle), Tensor | ShmTensor...) -> Tensor | ShmTensor...
     UNLOAD = 3  # (Value(handle)) -> ()
     ATTACH_REGION = 4  # (Fd memfd, Value(threshold)) -> Value(size): this connection's shared-memory region
+    MODEL_METADATA = 5  # (Value(handle)) -> Blob(json ModelMetadata): producer, opsets, metadata_props
 
 
 #: LOAD_MODEL flags

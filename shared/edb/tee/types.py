@@ -230,3 +230,62 @@ class ModelHandle:
         return cls(_int(d, "handle", what), _str(d, "name", what, 64), _str(d, "version", what, 128),
                    tuple(TensorSpec.from_json(i) for i in ins), tuple(TensorSpec.from_json(o) for o in outs),
                    _str(d, "packageId", what, 256), d["prepacked"])
+
+
+#: bounds of :class:`ModelMetadata` (metadata is not secret, but a model must not flood the runner)
+MAX_METADATA_ENTRIES = 256
+MAX_METADATA_KEY = 256
+MAX_METADATA_VALUE = 256 * 1024  # characters of one value (an OCR recognizer's dictionary: ~13 KB)
+MAX_METADATA_TOTAL = 1024 * 1024  # characters of all values
+MAX_METADATA_TEXT = 4096  # producer, domain, description...
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a loaded model says about itself (ModelProto's top-level fields): producer, opsets,
+    ``metadata_props`` (ONNX Runtime's ``custom_metadata_map``). Values over the bounds above are
+    left out and their keys listed in ``truncated``, never cut silently."""
+
+    name: str
+    version: str
+    ir_version: int
+    producer_name: str
+    producer_version: str
+    domain: str
+    model_version: int
+    description: str
+    graph_name: str
+    opsets: dict[str, int]  # domain ("" = ai.onnx) -> version
+    custom: dict[str, str]
+    truncated: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "irVersion": self.ir_version,
+                "producerName": self.producer_name, "producerVersion": self.producer_version,
+                "domain": self.domain, "modelVersion": self.model_version, "description": self.description,
+                "graphName": self.graph_name, "opsets": dict(self.opsets), "custom": dict(self.custom),
+                "truncated": list(self.truncated)}
+
+    @classmethod
+    def from_json(cls, data: object) -> ModelMetadata:
+        what = "model metadata"
+        d = _obj(data, {"name", "version", "irVersion", "producerName", "producerVersion", "domain", "modelVersion",
+                        "description", "graphName", "opsets", "custom", "truncated"}, what)
+        opsets, custom, truncated = d["opsets"], d["custom"], d["truncated"]
+        if not isinstance(opsets, dict) or len(opsets) > MAX_METADATA_ENTRIES or not all(
+                isinstance(k, str) and len(k) <= MAX_METADATA_KEY and isinstance(v, int) and not isinstance(v, bool)
+                for k, v in opsets.items()):
+            raise _bad(what)
+        if not isinstance(custom, dict) or len(custom) > MAX_METADATA_ENTRIES or not all(
+                isinstance(k, str) and len(k) <= MAX_METADATA_KEY and isinstance(v, str)
+                and len(v) <= MAX_METADATA_VALUE for k, v in custom.items()) \
+                or sum(len(v) for v in custom.values()) > MAX_METADATA_TOTAL:
+            raise _bad(what)
+        if not isinstance(truncated, list) or len(truncated) > MAX_METADATA_ENTRIES or not all(
+                isinstance(k, str) and len(k) <= MAX_METADATA_KEY for k in truncated):
+            raise _bad(what)
+        text = MAX_METADATA_TEXT
+        return cls(_str(d, "name", what, 64), _str(d, "version", what, 128), _int(d, "irVersion", what),
+                   _str(d, "producerName", what, text), _str(d, "producerVersion", what, text),
+                   _str(d, "domain", what, text), _int(d, "modelVersion", what), _str(d, "description", what, text),
+                   _str(d, "graphName", what, text), dict(opsets), dict(custom), tuple(truncated))

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from edb import onnx_layout
 from edb.errors import TeeError
 from edb.tee.commands import LOAD_IN_PLACE, LOAD_PREPACK, RunnerCmd
-from edb.tee.errors import BAD_PARAMETERS, SHM_BOUNDS, SHM_NOT_ATTACHED
+from edb.tee.errors import BAD_PARAMETERS, SHM_BOUNDS, SHM_NOT_ATTACHED, UNKNOWN_HANDLE
 from edb.tee.protocol import Fd, Param, ShmTensor, Tensor, Text, Value
 from edb.tee.shm import inputs_end, open_region
+from edb_tee.model_metadata import read as read_metadata
 from edb_tee.tas.base import Call, Handler, json_blob
 
 
@@ -75,6 +77,26 @@ def attach_region(c: Call) -> list[Param]:
     return [Value(region.size)]
 
 
+def model_metadata(c: Call) -> list[Param]:
+    """The loaded model's producer, opsets and metadata_props (bounded), for the handle's owner."""
+    (handle,) = c.expect(Value)
+    model = c.core.models._get(handle.a, c.peer.pid)  # the same owner check as infer
+    with model.lock:  # held like an inference, so an unload waits before the buffer goes away
+        if model.active < 0:
+            raise TeeError("model was unloaded", code=UNKNOWN_HANDLE)
+        model.active += 1
+    try:
+        graph = onnx_layout.parse(model.buffer.view()).graph
+        meta = read_metadata(graph, model.name, model.version)
+        del graph
+    finally:
+        with model.lock:
+            model.active -= 1
+            if model.closing and not model.active:
+                model.cond.notify_all()
+    return json_blob(meta.to_json())
+
+
 def unload(c: Call) -> list[Param]:
     (handle,) = c.expect(Value)
     c.core.models.unload(handle.a, c.peer.pid)
@@ -86,4 +108,5 @@ COMMANDS: dict[int, Handler] = {
     RunnerCmd.INFER: infer,
     RunnerCmd.UNLOAD: unload,
     RunnerCmd.ATTACH_REGION: attach_region,
+    RunnerCmd.MODEL_METADATA: model_metadata,
 }
