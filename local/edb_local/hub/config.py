@@ -31,6 +31,13 @@ class HubConfig:
     inflight_window: int = 64              # unacknowledged QoS 1 input deliveries per module
     connect_timeout_secs: float = 10.0     # time a new TCP/TLS connection has to send CONNECT
     upstream_keep: int = 100_000           # upstream log rows kept for the monitor
+    amqp_port: int = 5671                  # Event Hub-compatible endpoint and service AMQP (C2D)
+    eventhub_partitions: int = 4           # IoT Hub's default partition count
+    consumer_groups: tuple[str, ...] = ("$Default",)
+    c2d_queue_limit: int = 50              # IoT Hub: at most 50 cloud-to-device messages queued per device
+    c2d_default_ttl_secs: float = 3600.0   # IoT Hub's default C2D time to live (1 hour)
+    c2d_max_ttl_secs: float = 48 * 3600.0
+    c2d_max_message_bytes: int = 64 * 1024  # IoT Hub's C2D message size limit
 
     def __post_init__(self) -> None:
         try:
@@ -57,6 +64,21 @@ class HubConfig:
     def device_host_names(self) -> frozenset[str]:
         """Host names a device or module SAS token and MQTT username may name."""
         return frozenset({self.hub_name, self.address})
+
+    @property
+    def eventhub_name(self) -> str:
+        """The Event Hub-compatible name of the built-in endpoint (IoT Hub uses the hub's name)."""
+        return self.hub_name.split(".")[0]
+
+    @property
+    def eventhub_connection_string(self) -> str:
+        """What `EventHubConsumerClient.from_connection_string` takes (the `service` policy, as the
+        portal's built-in endpoint page shows it)."""
+        from edb_local.hub.amqp.auth import SERVICE_POLICY, service_policy_key
+
+        endpoint = self.address if self.amqp_port == 5671 else f"{self.address}:{self.amqp_port}"
+        return (f"Endpoint=sb://{endpoint}/;SharedAccessKeyName={SERVICE_POLICY};"
+                f"SharedAccessKey={service_policy_key(self.owner_key)};EntityPath={self.eventhub_name}")
 
     @property
     def service_connection_string(self) -> str:
