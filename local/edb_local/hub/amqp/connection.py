@@ -141,6 +141,8 @@ class AmqpConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def _send(self, channel: int, performative: Any, kind: bytes = codec.AMQP_FRAME) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s -> [%d] %r", self.peer, channel, performative)
         self._write(codec.frame_bytes(channel, performative, kind))
 
     def _fail(self, code: str, detail: str) -> None:
@@ -224,6 +226,8 @@ class AmqpConnection(asyncio.Protocol):
 
     def _on_frame(self, frame: codec.Frame) -> None:
         code, fields, channel = frame.code, frame.fields, frame.channel
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s <- [%d] 0x%x %r", self.peer, channel, code or 0, fields)
         if self.phase == "open":
             if code != codec.OPEN:
                 raise HubError("expected open", code=amqp_errors.AMQP_MALFORMED)
@@ -376,9 +380,10 @@ class AmqpConnection(asyncio.Protocol):
         if field_at(fields, 9):           # aborted
             return
         state: Any = Accepted()
+        answer: Message | None = None
         try:
             message = codec.decode_message(body)
-            self._on_message(session, link, message)
+            answer = self._on_message(link, message)
         except HubError as exc:
             self.endpoint.core.refuse(exc.code, self.peer, f"{link.node}: {exc.message}")
             state = Rejected(error=AMQPError(condition=amqp_errors.condition_of(exc.code).encode(),
@@ -386,6 +391,11 @@ class AmqpConnection(asyncio.Protocol):
         if not settled and delivery_id is not None:
             self._send(session.channel, DispositionFrame(role=True, first=delivery_id, last=delivery_id,
                                                          settled=True, state=state, batchable=None))
+        # the reply goes after the disposition, as the service orders them: uamqp-c frees the
+        # pending request when the reply arrives and reads it again when the request settles
+        sender = session.node_sender(link.node) if answer is not None else None
+        if answer is not None and sender is not None:
+            self.send_message(session, sender, codec.message_bytes(answer))
 
     def _on_detach(self, session: Session, fields: list[Any]) -> None:
         link = session.links.pop(field_at(fields, 0), None)
@@ -414,18 +424,15 @@ class AmqpConnection(asyncio.Protocol):
 
     # -- messages to nodes -------------------------------------------------------------------
 
-    def _on_message(self, session: Session, link: Link, message: Message) -> None:
+    def _on_message(self, link: Link, message: Message) -> Message | None:
+        """Act on a complete message from the client; returns the reply for request nodes."""
         if link.node == "devicebound":
             self.endpoint.send_c2d(message)
-            return
+            return None
         props = request_properties(message)
         if link.node == "$cbs":
-            answer = self._put_token(message, props)
-        else:
-            answer = self.endpoint.management(self, message, props)
-        sender = session.node_sender(link.node)
-        if sender is not None:
-            self.send_message(session, sender, codec.message_bytes(answer))
+            return self._put_token(message, props)
+        return self.endpoint.management(self, message, props)
 
     def _put_token(self, message: Message, props: dict[str, Any]) -> Message:
         if props.get("operation") != "put-token":
