@@ -72,13 +72,7 @@ class HubConfig:
 
     @property
     def eventhub_connection_string(self) -> str:
-        """What `EventHubConsumerClient.from_connection_string` takes (the `service` policy, as the
-        portal's built-in endpoint page shows it)."""
-        from edb_local.hub.amqp.auth import SERVICE_POLICY, service_policy_key
-
-        endpoint = self.address if self.amqp_port == 5671 else f"{self.address}:{self.amqp_port}"
-        return (f"Endpoint=sb://{endpoint}/;SharedAccessKeyName={SERVICE_POLICY};"
-                f"SharedAccessKey={service_policy_key(self.owner_key)};EntityPath={self.eventhub_name}")
+        return eventhub_connection_string(self.address, self.hub_name, self.owner_key, self.amqp_port)
 
     @property
     def service_connection_string(self) -> str:
@@ -92,6 +86,16 @@ class HubConfig:
 
     def device_connection_string(self, device_id: str, key: str) -> str:
         return f"HostName={self.hub_name};DeviceId={device_id};SharedAccessKey={key};GatewayHostName={self.address}"
+
+
+def eventhub_connection_string(address: str, hub_name: str, owner_key: str, amqp_port: int = 5671) -> str:
+    """What `EventHubConsumerClient.from_connection_string` takes: the built-in endpoint with the
+    `service` policy, as the portal's "Built-in endpoints" page shows it."""
+    from edb_local.hub.amqp.auth import SERVICE_POLICY, service_policy_key
+
+    endpoint = address if amqp_port == 5671 else f"{address}:{amqp_port}"
+    return (f"Endpoint=sb://{endpoint}/;SharedAccessKeyName={SERVICE_POLICY};"
+            f"SharedAccessKey={service_policy_key(owner_key)};EntityPath={hub_name.split('.')[0]}")
 
 
 def load_or_create_owner_key(path: Path) -> str:
