@@ -46,7 +46,8 @@ def _environment_points_at(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> Non
 def _state_dir(tmp_path: Path, hub: HubThread, ca: Path | None) -> Path:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
-    lines = [f'EDB_IOTHUB_CONNECTION_STRING="{hub.config.service_connection_string}"']
+    lines = [f'EDB_IOTHUB_CONNECTION_STRING="{hub.config.service_connection_string}"',
+             f'EDB_EVENTHUB_CONNECTION_STRING="{hub.config.eventhub_connection_string}"']
     if ca is not None:
         lines.append(f"EDB_CA_CERT={ca}")
     (state / "local.env").write_text("\n".join(lines) + "\n")

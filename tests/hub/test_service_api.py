@@ -221,6 +221,7 @@ def test_monitor_and_twin_cli(hub: HubThread, registry: IoTHubRegistryManager, s
     state = tmp_path / "state"
     state.mkdir()
     (state / "local.env").write_text(f'EDB_IOTHUB_CONNECTION_STRING="{hub.config.service_connection_string}"\n'
+                                     f'EDB_EVENTHUB_CONNECTION_STRING="{hub.config.eventhub_connection_string}"\n'
                                      f"EDB_CA_CERT={stack_ca.ca_path}\n")
     monkeypatch.delenv("EDB_IOTHUB_CONNECTION_STRING", raising=False)
     monkeypatch.delenv("EDB_CA_CERT", raising=False)

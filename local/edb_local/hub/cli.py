@@ -1,20 +1,23 @@
-"""`edb monitor` (the local `az iot hub monitor-events`) and `edb twin show DEVICE MODULE`.
+"""`edb monitor` (an Event Hubs consumer, like `az iot hub monitor-events`) and `edb twin show DEVICE MODULE`.
 
-Both find the hub through `--connection-string`, else `EDB_IOTHUB_CONNECTION_STRING`, else
-`<state dir>/local.env`; the CA through `--ca-cert`, `EDB_CA_CERT`, or the same file.
+`edb monitor` reads the built-in endpoint through `--eventhub-connection-string`, else
+`EDB_EVENTHUB_CONNECTION_STRING`, else `<state dir>/local.env`; `edb twin show` finds the hub
+through `--connection-string`, else `EDB_IOTHUB_CONNECTION_STRING`, else the same file. The CA:
+`--ca-cert`, `EDB_CA_CERT`, or the same file (none: the system's public roots, as on Azure).
 """
 
 from __future__ import annotations
 
 import json
-import time
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edb_local.hub.client import ServiceClient
-from edb_local.hub.monitor_format import event_matches
+from edb_local.hub.client import ServiceClient, read_env_file
+from edb_local.hub.eventhub_monitor import parse_enqueued_time, resolve_monitor_settings, run_monitor
+from edb_local.hub.monitor_format import event_matches, eventhub_event
 
 _COMMON = [
     click.option("--connection-string", "-c", default=None, help="IoT Hub service connection string."),
@@ -46,38 +49,45 @@ def _emit(event: dict[str, Any], as_json: bool) -> None:
 
 @click.command("monitor")
 @_common
+@click.option("--eventhub-connection-string", "-e", default=None,
+              help="Event Hub-compatible connection string of the hub's built-in endpoint "
+                   "(default: EDB_EVENTHUB_CONNECTION_STRING, then local.env).")
+@click.option("--consumer-group", "-g", default="$Default", show_default=True, help="Consumer group to read with.")
 @click.option("--device", "-d", "device_id", default=None, help="Only events from this device.")
 @click.option("--module", "-m", "module_id", default=None, help="Only events from this module.")
 @click.option("--property", "-p", "properties", multiple=True, metavar="KEY=VALUE",
               help="Only events with this application property (repeatable).")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
-@click.option("--since", type=int, default=None, help="Start after this sequence number.")
+@click.option("--since", type=int, default=None, help="Start after this sequence number (in every partition).")
+@click.option("--enqueued-time", default=None, metavar="ISO|-SECONDS",
+              help="Start with events enqueued at or after this time (ISO 8601, or -300 for 5 minutes ago).")
 @click.option("--tail", type=int, default=None, help="Start with the last N stored events.")
 @click.option("--timeout", type=float, default=None, help="With --follow: stop after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One compact JSON event per line (for scripts).")
-def monitor(connection_string: str | None, ca_cert: str | None, state_dir: Path, device_id: str | None,
+def monitor(connection_string: str | None, ca_cert: str | None, state_dir: Path,
+            eventhub_connection_string: str | None, consumer_group: str, device_id: str | None,
             module_id: str | None, properties: tuple[str, ...], follow: bool, since: int | None,
-            tail: int | None, timeout: float | None, as_json: bool) -> None:
-    """Print upstream messages the way `az iot hub monitor-events --properties all` does."""
+            enqueued_time: str | None, tail: int | None, timeout: float | None, as_json: bool) -> None:
+    """Print device-to-cloud events the way `az iot hub monitor-events --properties all` does,
+    read from the hub's Event Hub-compatible endpoint (works against Azure IoT Hub too)."""
     wanted = _property_filter(properties)
-    client = ServiceClient.from_environment(connection_string, ca_cert, state_dir)
-    cursor = since or 0
-    if since is None and tail is not None:
-        cursor = max(0, client.messages(since=0, limit=1).last - tail)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            return
-        wait = 0.0 if not follow else min(20.0, remaining if remaining is not None else 20.0)
-        page = client.messages(since=cursor, limit=500, wait=wait)
-        cursor = page.next
-        for event in page.events:
-            event.pop("seq", None)
-            if event_matches(event, device=device_id, module=module_id, properties=wanted):
-                _emit(event, as_json)
-        if not page.events and not follow:
-            return
+    settings = resolve_monitor_settings(eventhub_connection_string, ca_cert, environ=dict(os.environ),
+                                        env_file=read_env_file(state_dir / "local.env"))
+    start: Any = "-1"
+    inclusive = False
+    if since is not None:
+        start = since
+    elif enqueued_time is not None:
+        start, inclusive = parse_enqueued_time(enqueued_time), True
+
+    def emit(data: Any) -> None:
+        body = data.body if isinstance(data.body, bytes) else b"".join(data.body)
+        event = eventhub_event(data.system_properties, data.properties, body)
+        if event_matches(event, device=device_id, module=module_id, properties=wanted):
+            _emit(event, as_json)
+
+    run_monitor(settings, consumer_group=consumer_group, start=start, inclusive=inclusive, tail=tail,
+                follow=follow, timeout=timeout, emit=emit)
 
 
 @click.group("twin")

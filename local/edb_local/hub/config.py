@@ -31,6 +31,13 @@ class HubConfig:
     inflight_window: int = 64              # unacknowledged QoS 1 input deliveries per module
     connect_timeout_secs: float = 10.0     # time a new TCP/TLS connection has to send CONNECT
     upstream_keep: int = 100_000           # upstream log rows kept for the monitor
+    amqp_port: int = 5671                  # Event Hub-compatible endpoint and service AMQP (C2D)
+    eventhub_partitions: int = 4           # IoT Hub's default partition count
+    consumer_groups: tuple[str, ...] = ("$Default",)
+    c2d_queue_limit: int = 50              # IoT Hub: at most 50 cloud-to-device messages queued per device
+    c2d_default_ttl_secs: float = 3600.0   # IoT Hub's default C2D time to live (1 hour)
+    c2d_max_ttl_secs: float = 48 * 3600.0
+    c2d_max_message_bytes: int = 64 * 1024  # IoT Hub's C2D message size limit
 
     def __post_init__(self) -> None:
         try:
@@ -59,6 +66,15 @@ class HubConfig:
         return frozenset({self.hub_name, self.address})
 
     @property
+    def eventhub_name(self) -> str:
+        """The Event Hub-compatible name of the built-in endpoint (IoT Hub uses the hub's name)."""
+        return self.hub_name.split(".")[0]
+
+    @property
+    def eventhub_connection_string(self) -> str:
+        return eventhub_connection_string(self.address, self.hub_name, self.owner_key, self.amqp_port)
+
+    @property
     def service_connection_string(self) -> str:
         return (f"HostName={self.service_host};SharedAccessKeyName={OWNER_POLICY};"
                 f"SharedAccessKey={self.owner_key}")
@@ -70,6 +86,16 @@ class HubConfig:
 
     def device_connection_string(self, device_id: str, key: str) -> str:
         return f"HostName={self.hub_name};DeviceId={device_id};SharedAccessKey={key};GatewayHostName={self.address}"
+
+
+def eventhub_connection_string(address: str, hub_name: str, owner_key: str, amqp_port: int = 5671) -> str:
+    """What `EventHubConsumerClient.from_connection_string` takes: the built-in endpoint with the
+    `service` policy, as the portal's "Built-in endpoints" page shows it."""
+    from edb_local.hub.amqp.auth import SERVICE_POLICY, service_policy_key
+
+    endpoint = address if amqp_port == 5671 else f"{address}:{amqp_port}"
+    return (f"Endpoint=sb://{endpoint}/;SharedAccessKeyName={SERVICE_POLICY};"
+            f"SharedAccessKey={service_policy_key(owner_key)};EntityPath={hub_name.split('.')[0]}")
 
 
 def load_or_create_owner_key(path: Path) -> str:

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +40,7 @@ from edb_local.hub.topics import (
     check_username,
     classify_publish,
     desired_patch_topic,
+    encode_c2d_topic,
     encode_input_topic,
     identity_from_client_id,
     method_request_topic,
@@ -110,13 +112,16 @@ class HubCore:
         self._pending_methods: dict[tuple[Identity, str], asyncio.Future[tuple[int, Any]]] = {}
         self._online_waiters: dict[Identity, list[asyncio.Future[None]]] = {}
         self._upstream_waiters: list[asyncio.Future[None]] = []
+        self.upstream_listeners: list[Callable[[], None]] = []   # the AMQP endpoint's receivers
+        self._wake_scheduled = False
         self._rids = itertools.count(1)
         self.counters = {"telemetry_in": 0, "upstream": 0, "inputs_queued": 0, "inputs_acked": 0}
         for identity, twin in self.state.twins.items():
             if identity.module_id == "$edgeHub":
                 self._load_routes(identity.device_id, twin, report=False)
         for row in store.pending():
-            self._queue(Identity(row.device_id, row.module_id)).push(QueuedMessage(
+            # C2D messages are stored with module_id "" (the pending table's module column is NOT NULL)
+            self._queue(Identity(row.device_id, row.module_id or None)).push(QueuedMessage(
                 row.priority, row.seq, row.input, row.expires, row.body, row.props))
 
     # -- diagnostics -------------------------------------------------------------------------
@@ -419,12 +424,15 @@ class HubCore:
         queue = self.queues.get(identity)
         if session is None or queue is None or not queue.heap:
             return
-        qos = session.subscriptions.get(f"{identity.topic_base}/inputs/#")
+        suffix = "inputs/#" if identity.module_id is not None else "messages/devicebound/#"
+        qos = session.subscriptions.get(f"{identity.topic_base}/{suffix}")
         if qos is None:
             return
         queue.pump(session, self.store, window=self.config.inflight_window, qos=qos)
 
     def input_topic(self, identity: Identity, message: QueuedMessage) -> str:
+        if identity.module_id is None:
+            return encode_c2d_topic(identity, message.props.get("system", {}), message.props.get("application", {}))
         return encode_input_topic(identity, message.input, message.props.get("system", {}),
                                   message.props.get("application", {}))
 
@@ -436,10 +444,14 @@ class HubCore:
     def _upstream(self, sender: Identity, message: HubMessage, now: float) -> None:
         self.store.add_upstream(sender.device_id, sender.module_id, message.body, message.to_record(), now)
         self.counters["upstream"] += 1
-        if self._upstream_waiters:
+        if (self._upstream_waiters or self.upstream_listeners) and not self._wake_scheduled:
+            self._wake_scheduled = True
             self.store.after_commit(self._wake_upstream)
 
     def _wake_upstream(self) -> None:
+        self._wake_scheduled = False
+        for listener in self.upstream_listeners:
+            listener()
         waiters, self._upstream_waiters = self._upstream_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -463,6 +475,34 @@ class HubCore:
             if waiter in self._upstream_waiters:
                 self._upstream_waiters.remove(waiter)
         return self.store.upstream_since(since, limit)
+
+    # -- cloud-to-device messages -----------------------------------------------------------
+
+    def enqueue_c2d(self, device_id: str, body: bytes, system: dict[str, str], application: dict[str, str | None],
+                    *, expires: float | None) -> None:
+        """Queue a C2D message for a device (stored; delivered over MQTT as QoS 1 on
+        `devices/<id>/messages/devicebound/<properties>` while the device is subscribed; a PUBACK
+        completes it). Refused: unknown device, a full queue (IoT Hub's limit: 50), already expired,
+        too large."""
+        identity = Identity(device_id)
+        if self.state.identities.get(identity) is None:
+            raise HubError("no such device", code=errors.C2D_UNKNOWN_DEVICE)
+        if len(body) > self.config.c2d_max_message_bytes:
+            raise HubError(f"{len(body)}-byte C2D message above the limit", code=errors.C2D_BAD_MESSAGE)
+        now = time.time()
+        ttl = self.config.c2d_default_ttl_secs if expires is None else expires - now
+        if ttl <= 0:
+            raise HubError("C2D message already expired", code=errors.C2D_BAD_MESSAGE)
+        queue = self._queue(identity)
+        if len(queue) >= self.config.c2d_queue_limit:
+            raise HubError(f"device {device_id} has {len(queue)} C2D messages queued",
+                           code=errors.C2D_QUEUE_FULL)
+        deadline = now + min(ttl, self.config.c2d_max_ttl_secs)
+        props = {"system": system, "application": application}
+        seq = self.store.add_pending(device_id, "", "$c2d", 0, deadline, body, props)
+        queue.push(QueuedMessage(0, seq, "$c2d", deadline, body, props))
+        self.counters["c2d_queued"] = self.counters.get("c2d_queued", 0) + 1
+        self.pump(identity)
 
     # -- direct methods ----------------------------------------------------------------------
 

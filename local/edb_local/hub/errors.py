@@ -55,6 +55,9 @@ DEVICE_NOT_ONLINE = "HUB_DEVICE_NOT_ONLINE"
 METHOD_TIMEOUT = "HUB_METHOD_TIMEOUT"
 MESSAGE_TOO_LARGE = "HUB_MESSAGE_TOO_LARGE"
 QUEUE_FULL = "HUB_QUEUE_FULL"
+C2D_QUEUE_FULL = "HUB_C2D_QUEUE_FULL"            # the device already has `c2d_queue_limit` messages queued
+C2D_UNKNOWN_DEVICE = "HUB_C2D_UNKNOWN_DEVICE"    # a C2D message for no registered device
+C2D_BAD_MESSAGE = "HUB_C2D_BAD_MESSAGE"          # no `to`, already expired, too large
 
 # Configuration of the hub process itself (and of its service-side clients)
 CONFIG_INVALID = "HUB_CONFIG_INVALID"

@@ -73,3 +73,60 @@ def event_matches(event: dict[str, Any], *, device: str | None = None, module: s
         return False
     application = body.get("properties", {}).get("application", {})
     return all(application.get(key) == value for key, value in (properties or {}).items())
+
+
+# -- events read from an Event Hub-compatible endpoint (Azure IoT Hub or the stand-in) -----------
+
+_AMQP_SYSTEM_NAMES = {
+    "message-id": "message_id",
+    "correlation-id": "correlation_id",
+    "user-id": "user_id",
+    "content-type": "content_type",
+    "content-encoding": "content_encoding",
+    "absolute-expiry-time": "absolute_expiry_time",
+    "iothub-interface-name": "dt-interface-id",
+}
+_TIMESTAMPS = {"iothub-enqueuedtime", "x-opt-enqueued-time", "absolute_expiry_time"}
+_EDB_ONLY = {"x-opt-offset", "x-opt-sequence-number", "x-opt-enqueued-time", "x-opt-partition-key",
+             "iothub-connection-auth-method", "iothub-connection-auth-generation-id"}
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(bytes(value)).decode()
+    return value
+
+
+def _iso_ms(value: Any) -> str:
+    return dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def eventhub_event(system_properties: dict[Any, Any], properties: dict[Any, Any] | None, body: bytes) -> dict[str, Any]:
+    """An EventData (its `system_properties`, `properties` and body bytes) in the shape of
+    :func:`upstream_event`, so `edb monitor` prints the same thing from either source."""
+    system: dict[str, Any] = {}
+    for raw_key, raw_value in system_properties.items():
+        key = str(_text(raw_key))
+        if key in _EDB_ONLY:
+            continue
+        name = _AMQP_SYSTEM_NAMES.get(key, key)
+        value = _text(raw_value)
+        if name in _TIMESTAMPS and isinstance(value, int | float):
+            value = _iso_ms(value)
+        system[name] = value
+    application = {str(_text(k)): _text(v) for k, v in (properties or {}).items()}
+    if "iothub-message-schema" in application and system.get("iothub-message-source") != "Telemetry":
+        system["iothub-message-schema"] = application["iothub-message-schema"]
+    payload, is_b64 = decode_payload(body)
+    if is_b64:
+        system["edb-payload-encoding"] = "base64"
+    event: dict[str, Any] = {"origin": system.get("iothub-connection-device-id", "")}
+    if system.get("iothub-connection-module-id"):
+        event["module"] = system["iothub-connection-module-id"]
+    event.update({"interface": system.get("dt-dataschema", ""), "component": system.get("dt-subject", ""),
+                  "payload": payload, "properties": {"system": system, "application": application}})
+    return {"event": event}

@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from edb_local.hub import errors
+from edb_local.hub.amqp.connection import AmqpConnection
+from edb_local.hub.amqp.endpoint import AmqpEndpoint
 from edb_local.hub.config import HubConfig
 from edb_local.hub.core import HubCore
 from edb_local.hub.errors import HubError
@@ -52,6 +54,8 @@ class HubServer:
         self.store: Store | None = None
         self._core: HubCore | None = None
         self._mqtt: asyncio.Server | None = None
+        self._amqp: asyncio.Server | None = None
+        self.amqp: AmqpEndpoint | None = None
         self._https: web.AppRunner | None = None
         self._connections: set[MqttConnection] = set()
         self._housekeeping: asyncio.Task[None] | None = None
@@ -73,6 +77,10 @@ class HubServer:
             self._mqtt = await loop.create_server(
                 lambda: MqttConnection(core, self._connections), host=self.config.address,
                 port=self.config.mqtt_port, ssl=context, reuse_address=True, backlog=256)
+            endpoint = self.amqp = AmqpEndpoint(core)
+            self._amqp = await loop.create_server(
+                lambda: AmqpConnection(endpoint), host=self.config.address, port=self.config.amqp_port,
+                ssl=context, reuse_address=True, backlog=256)
             runner = web.AppRunner(ServiceApi(core).app(), access_log=None, handle_signals=False,
                                    shutdown_timeout=1.0)
             await runner.setup()
@@ -84,8 +92,8 @@ class HubServer:
             await self.stop()
             raise HubError(f"cannot listen on {self.config.address}: {exc}", code=errors.CONFIG_INVALID) from exc
         self._housekeeping = asyncio.create_task(self._housekeep())
-        log.info("hub %s listening on %s (mqtts %d, https %d)", self.config.hub_name, self.config.address,
-                 self.config.mqtt_port, self.config.https_port)
+        log.info("hub %s listening on %s (mqtts %d, https %d, amqps %d)", self.config.hub_name, self.config.address,
+                 self.config.mqtt_port, self.config.https_port, self.config.amqp_port)
 
     async def _housekeep(self) -> None:
         while True:
@@ -104,6 +112,13 @@ class HubServer:
             self._housekeeping = None
         if self._mqtt is not None:
             self._mqtt.close()
+        if self._amqp is not None:
+            self._amqp.close()
+            for amqp_connection in list(self.amqp.connections if self.amqp else ()):
+                amqp_connection.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._amqp.wait_closed(), 2.0)
+            self._amqp = None
         for connection in list(self._connections):
             connection.close()
         if self._core is not None:

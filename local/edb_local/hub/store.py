@@ -222,6 +222,19 @@ class Store:
             (since, limit))
         return [UpstreamRow(r[0], r[1], r[2], r[3], bytes(r[4]), json.loads(r[5])) for r in rows]
 
+    def upstream_seq_before(self, enqueued: float, *, inclusive: bool = False) -> int:
+        """The last sequence number enqueued at or before ``enqueued`` (before it when ``inclusive``:
+        a reader starting after the result then sees messages enqueued at that instant too)."""
+        op = "<" if inclusive else "<="
+        row = self._db.execute(f"SELECT MAX(seq) FROM upstream WHERE enqueued {op} ?", (enqueued,)).fetchone()  # noqa: S608
+        return int(row[0] or 0)
+
+    def upstream_by_device(self) -> list[tuple[str, int, int, float]]:
+        """(device id, first seq, last seq, last enqueued) per device: partition properties."""
+        rows = self._db.execute(
+            "SELECT device_id, MIN(seq), MAX(seq), MAX(enqueued) FROM upstream GROUP BY device_id")
+        return [(r[0], int(r[1]), int(r[2]), float(r[3])) for r in rows]
+
     def upstream_last_seq(self) -> int:
         row = self._db.execute("SELECT MAX(seq) FROM upstream").fetchone()
         return int(row[0] or 0)

@@ -147,6 +147,24 @@ def encode_input_topic(identity: Identity, input_name: str, system: dict[str, st
     return f"{identity.topic_base}/inputs/{_q(input_name)}/{'&'.join(pairs)}"
 
 
+_SYSTEM_TO_C2D_BAG = (
+    ("messageId", "$.mid"),
+    ("to", "$.to"),
+    ("correlationId", "$.cid"),
+    ("userId", "$.uid"),
+    ("contentType", "$.ct"),
+    ("contentEncoding", "$.ce"),
+)
+
+
+def encode_c2d_topic(identity: Identity, system: dict[str, str], application: dict[str, str | None]) -> str:
+    """`devices/<id>/messages/devicebound/<property bag>`, as IoT Hub publishes a C2D message."""
+    pairs = [f"{_q(key)}={_q(system[name])}" for name, key in _SYSTEM_TO_C2D_BAG if system.get(name) is not None]
+    for key, app_value in application.items():
+        pairs.append(_q(key) if app_value is None else f"{_q(key)}={_q(app_value)}")
+    return f"{identity.topic_base}/messages/devicebound/{'&'.join(pairs)}"
+
+
 # ---------------------------------------------------------------------------------------------
 # what a client publishes
 

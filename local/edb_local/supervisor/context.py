@@ -47,6 +47,13 @@ class StackContext:
         return f"HostName={host};SharedAccessKeyName=iothubowner;SharedAccessKey={self.owner_key()}"
 
     @property
+    def eventhub_connection_string(self) -> str:
+        """The hub's Event Hub-compatible endpoint (AMQP on address:5671), `service` policy."""
+        from edb_local.hub.config import eventhub_connection_string
+
+        return eventhub_connection_string(self.address, self.settings.hub_name, self.owner_key())
+
+    @property
     def service_connection_string_file(self) -> Path:
         return self.paths.component_dir("agent").resolve() / "service-connection-string"
 

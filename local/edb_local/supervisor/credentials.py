@@ -60,6 +60,7 @@ def local_env_values(ctx: StackContext) -> dict[str, str]:
         "EDB_DEVICE_ID": ctx.device_id,
         "EDB_CA_CERT": str(ctx.ca),
         "EDB_IOTHUB_CONNECTION_STRING": ctx.service_connection_string,
+        "EDB_EVENTHUB_CONNECTION_STRING": ctx.eventhub_connection_string,
         "EDB_IOTHUB_HOSTNAME": ctx.settings.hub_name,
         "EDB_IOTHUB_GATEWAY": ctx.address,
         "EDB_KEYVAULT_URL": ctx.keyvault_url,
