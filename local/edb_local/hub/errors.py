@@ -55,6 +55,7 @@ DEVICE_NOT_ONLINE = "HUB_DEVICE_NOT_ONLINE"
 METHOD_TIMEOUT = "HUB_METHOD_TIMEOUT"
 MESSAGE_TOO_LARGE = "HUB_MESSAGE_TOO_LARGE"
 QUEUE_FULL = "HUB_QUEUE_FULL"
+NOT_IMPLEMENTED = "HUB_NOT_IMPLEMENTED"          # an IoT Hub API the stand-in does not offer (501)
 
 # Configuration of the hub process itself (and of its service-side clients)
 CONFIG_INVALID = "HUB_CONFIG_INVALID"

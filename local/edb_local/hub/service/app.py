@@ -20,6 +20,7 @@ from edb_local.hub.core import HubCore
 from edb_local.hub.deployments import parse_target_condition
 from edb_local.hub.errors import HubError
 from edb_local.hub.monitor_format import upstream_event
+from edb_local.hub.service import bulk
 from edb_local.hub.topics import Identity
 
 log = logging.getLogger("edb_local.hub.service")
@@ -32,6 +33,7 @@ _STATUS = {
     errors.CONFLICT: (409, "DeviceAlreadyExists"),
     errors.PRECONDITION_FAILED: (412, "PreconditionFailed"),
     errors.METHOD_TIMEOUT: (504, "GatewayTimeout"),
+    errors.NOT_IMPLEMENTED: (501, "NotImplemented"),
 }
 _MAX_BODY = 1024 * 1024
 #: Who is calling: None for the service (an `iothubowner` token), else the module calling through edgeHub.
@@ -72,8 +74,12 @@ def _top(request: web.Request, default: int = 1000) -> int:
 
 
 def _timeout(value: Any, default: int) -> float:
+    """A method timeout in seconds: a number, or a string holding a whole number (the Azure CLI
+    sends ``"responseTimeoutInSeconds": "30"``; IoT Hub accepts it)."""
     if value is None:
         return float(default)
+    if isinstance(value, str) and value.strip().isdigit():
+        return float(int(value.strip()))
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise HubError("timeouts must be numbers of seconds", code=errors.BAD_REQUEST)
     return float(value)
@@ -90,6 +96,7 @@ class ServiceApi:
         r.add_get("/edb/health", self.health)
         r.add_get("/edb/messages", self.messages)
         r.add_get("/devices", self.list_devices)
+        r.add_post("/devices", self.bulk_devices)
         r.add_post("/devices/query", self.query)
         r.add_get("/devices/{id}", self.get_device)
         r.add_put("/devices/{id}", self.put_device)
@@ -131,6 +138,11 @@ class ServiceApi:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/edb/health":
             return await handler(request)
+        if request.match_info.http_exception is not None:
+            # an IoT Hub API the stand-in lacks: say so before authentication, so that nobody goes
+            # hunting for a credential problem (docs/iothub-standin.md lists what is supported)
+            raise HubError(f"{request.method} {request.path[:200]} is not implemented by the hub stand-in",
+                           code=errors.NOT_IMPLEMENTED)
         authorization = request.headers.get("Authorization")
         edge_module = request.headers.get("x-ms-edge-moduleId")
         if edge_module is not None and request.method == "POST" and request.path.endswith("/methods"):
@@ -167,6 +179,20 @@ class ServiceApi:
         devices = self.state.devices()[:_top(request)]
         return web.json_response([self.state.identity_json(d.identity) for d in devices])
 
+    async def bulk_devices(self, request: web.Request) -> web.Response:
+        result = bulk.apply_bulk(self.state, bulk.parse_entries(await _json_body(request)))
+        if result.created:
+            self.state.reconcile_deployments(result.created)
+        for device_id in result.deleted:
+            self._forget_device(device_id)
+        return web.json_response(result.to_json(), status=200 if not result.errors else 400)
+
+    def _forget_device(self, device_id: str) -> None:
+        """A deleted device: close its (and its modules') connections, drop what was queued for it."""
+        for session_identity in [i for i in self.core.sessions if i.device_id == device_id]:
+            self.core.sessions[session_identity].close()
+        self.core.store.delete_pending_for(device_id)
+
     async def get_device(self, request: web.Request) -> web.Response:
         return _etag_response(self.state.identity_json(Identity(request.match_info["id"])))
 
@@ -181,9 +207,7 @@ class ServiceApi:
     async def delete_device(self, request: web.Request) -> web.Response:
         identity = Identity(request.match_info["id"])
         self.state.delete_identity(identity, request.headers.get("If-Match"))
-        for session_identity in [i for i in self.core.sessions if i.device_id == identity.device_id]:
-            self.core.sessions[session_identity].close()
-        self.core.store.delete_pending_for(identity.device_id)
+        self._forget_device(identity.device_id)
         return web.Response(status=204)
 
     async def list_modules(self, request: web.Request) -> web.Response:
