@@ -30,6 +30,7 @@ from edb_local.hub.config import HubConfig
 from edb_local.hub.core import HubCore
 from edb_local.hub.errors import HubError
 from edb_local.hub.mqtt.connection import MqttConnection
+from edb_local.hub.mqtt.websocket import WebSocketEndpoint
 from edb_local.hub.service.app import ServiceApi
 from edb_local.hub.store import Store
 
@@ -73,8 +74,9 @@ class HubServer:
             self._mqtt = await loop.create_server(
                 lambda: MqttConnection(core, self._connections), host=self.config.address,
                 port=self.config.mqtt_port, ssl=context, reuse_address=True, backlog=256)
-            runner = web.AppRunner(ServiceApi(core).app(), access_log=None, handle_signals=False,
-                                   shutdown_timeout=1.0)
+            app = ServiceApi(core).app()
+            WebSocketEndpoint(core, self._connections).add_route(app)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
             await runner.setup()
             self._https = runner
             site = web.TCPSite(runner, host=self.config.address, port=self.config.https_port, ssl_context=context,

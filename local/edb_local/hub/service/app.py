@@ -36,6 +36,7 @@ _STATUS = {
     errors.NOT_IMPLEMENTED: (501, "NotImplemented"),
 }
 _MAX_BODY = 1024 * 1024
+_UNAUTHENTICATED = ("/edb/health", "/$iothub/websocket")
 #: Who is calling: None for the service (an `iothubowner` token), else the module calling through edgeHub.
 CALLER: web.RequestKey[Identity | None] = web.RequestKey("caller", Identity | None)  # type: ignore[arg-type]
 
@@ -136,8 +137,8 @@ class ServiceApi:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/edb/health":
-            return await handler(request)
+        if request.path in _UNAUTHENTICATED:
+            return await handler(request)   # (WebSocket clients authenticate in their own protocol)
         if request.match_info.http_exception is not None:
             # an IoT Hub API the stand-in lacks: say so before authentication, so that nobody goes
             # hunting for a credential problem (docs/iothub-standin.md lists what is supported)
