@@ -7,7 +7,7 @@ import binascii
 import ipaddress
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edb_local.hub import errors
@@ -31,6 +31,11 @@ class HubConfig:
     inflight_window: int = 64              # unacknowledged QoS 1 input deliveries per module
     connect_timeout_secs: float = 10.0     # time a new TCP/TLS connection has to send CONNECT
     upstream_keep: int = 100_000           # upstream log rows kept for the monitor
+    #: file upload: the storage account (Azurite locally; "" = file upload not configured, 501), the
+    #: container devices upload into, and the CA to trust when the hub creates that container
+    file_upload_connection_string: str = field(default="", repr=False)
+    file_upload_container: str = "fileupload"
+    file_upload_ca: Path | None = None
 
     def __post_init__(self) -> None:
         try:

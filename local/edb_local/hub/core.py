@@ -182,15 +182,25 @@ class HubCore:
         identity = identity_from_client_id(edge_module)
         if identity.module_id is None:
             raise HubError("x-ms-edge-moduleId must be device/module", code=errors.AUTH_BAD_CLIENT_ID)
+        self.authenticate_identity_request(authorization, identity)
+        return identity
+
+    def authenticate_identity_request(self, authorization: str | None, identity: Identity) -> None:
+        """An HTTPS request a device or module makes with its own SAS token (file upload, methods
+        through the gateway): the token must be that identity's, signed with its key, not expired."""
+        if not authorization:
+            raise HubError("no Authorization header", code=errors.AUTH_MISSING)
         token = parse_token(authorization)
         if token.key_name is not None:
-            raise HubError("module requests take module tokens", code=errors.AUTH_BAD_TOKEN)
+            raise HubError("device and module requests take their own tokens", code=errors.AUTH_BAD_TOKEN)
         record = self.state.identities.get(identity)
         if record is None:
             raise HubError("unknown identity", code=errors.AUTH_UNKNOWN_IDENTITY)
+        device = self.state.identities.get(Identity(identity.device_id))
+        if device is None or device.status != "enabled":
+            raise HubError("device is disabled", code=errors.AUTH_DISABLED_IDENTITY)
         verify_token(token, expected_resources=[identity.sas_resource(h) for h in self.config.device_host_names],
                      keys=record.keys)
-        return identity
 
     def authorize_method_call(self, caller: Identity | None, target: Identity) -> None:
         """The service (``caller`` None, an `iothubowner` token) may invoke any direct method; a

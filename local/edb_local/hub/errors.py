@@ -56,6 +56,7 @@ DEVICE_NOT_ONLINE = "HUB_DEVICE_NOT_ONLINE"
 METHOD_TIMEOUT = "HUB_METHOD_TIMEOUT"
 MESSAGE_TOO_LARGE = "HUB_MESSAGE_TOO_LARGE"
 QUEUE_FULL = "HUB_QUEUE_FULL"
+FILE_UPLOAD_THROTTLED = "HUB_FILE_UPLOAD_THROTTLED"  # more than 10 outstanding uploads of one device (429)
 NOT_IMPLEMENTED = "HUB_NOT_IMPLEMENTED"          # an IoT Hub API the stand-in does not offer (501)
 
 # Configuration of the hub process itself (and of its service-side clients)

@@ -55,6 +55,7 @@ class HubServer:
         self._mqtt: asyncio.Server | None = None
         self._https: web.AppRunner | None = None
         self._connections: set[MqttConnection] = set()
+        self.service: ServiceApi | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -74,7 +75,8 @@ class HubServer:
             self._mqtt = await loop.create_server(
                 lambda: MqttConnection(core, self._connections), host=self.config.address,
                 port=self.config.mqtt_port, ssl=context, reuse_address=True, backlog=256)
-            app = ServiceApi(core).app()
+            self.service = ServiceApi(core)
+            app = self.service.app()
             WebSocketEndpoint(core, self._connections).add_route(app)
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
             await runner.setup()

@@ -19,6 +19,7 @@ from edb_local.hub import errors
 from edb_local.hub.core import HubCore
 from edb_local.hub.deployments import parse_target_condition
 from edb_local.hub.errors import HubError
+from edb_local.hub.fileupload import FileUploads, StorageAccount
 from edb_local.hub.monitor_format import upstream_event
 from edb_local.hub.service import bulk
 from edb_local.hub.topics import Identity
@@ -34,9 +35,13 @@ _STATUS = {
     errors.PRECONDITION_FAILED: (412, "PreconditionFailed"),
     errors.METHOD_TIMEOUT: (504, "GatewayTimeout"),
     errors.NOT_IMPLEMENTED: (501, "NotImplemented"),
+    errors.FILE_UPLOAD_THROTTLED: (429, "ThrottlingException"),
+    errors.UNREACHABLE: (503, "ServiceUnavailable"),
 }
 _MAX_BODY = 1024 * 1024
 _UNAUTHENTICATED = ("/edb/health", "/$iothub/websocket")
+#: routes a device calls with its own SAS token (file upload)
+_DEVICE_ROUTES = ("file-upload-start", "file-upload-complete")
 #: Who is calling: None for the service (an `iothubowner` token), else the module calling through edgeHub.
 CALLER: web.RequestKey[Identity | None] = web.RequestKey("caller", Identity | None)  # type: ignore[arg-type]
 
@@ -90,6 +95,10 @@ class ServiceApi:
     def __init__(self, core: HubCore) -> None:
         self.core = core
         self.state = core.state
+        config = core.config
+        self.uploads = FileUploads(StorageAccount.from_connection_string(config.file_upload_connection_string),
+                                   config.file_upload_container, ca_path=config.file_upload_ca) \
+            if config.file_upload_connection_string else None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=_MAX_BODY)
@@ -107,6 +116,8 @@ class ServiceApi:
         r.add_put("/devices/{id}/modules/{mid}", self.put_module)
         r.add_delete("/devices/{id}/modules/{mid}", self.delete_module)
         r.add_post("/devices/{id}/applyConfigurationContent", self.apply_content)
+        r.add_post("/devices/{id}/files", self.file_upload_start, name=_DEVICE_ROUTES[0])
+        r.add_post("/devices/{id}/files/notifications", self.file_upload_complete, name=_DEVICE_ROUTES[1])
         r.add_get("/twins/{id}", self.get_twin)
         r.add_patch("/twins/{id}", self.patch_twin)
         r.add_put("/twins/{id}", self.put_twin)
@@ -146,7 +157,11 @@ class ServiceApi:
                            code=errors.NOT_IMPLEMENTED)
         authorization = request.headers.get("Authorization")
         edge_module = request.headers.get("x-ms-edge-moduleId")
-        if edge_module is not None and request.method == "POST" and request.path.endswith("/methods"):
+        if request.match_info.route.name in _DEVICE_ROUTES:
+            device = Identity(request.match_info["id"])
+            self.core.authenticate_identity_request(authorization, device)
+            request[CALLER] = device
+        elif edge_module is not None and request.method == "POST" and request.path.endswith("/methods"):
             request[CALLER] = self.core.authenticate_module_request(authorization, edge_module)
         else:
             self.core.authenticate_service(authorization)
@@ -173,6 +188,30 @@ class ServiceApi:
         events = [{"seq": row.seq, **upstream_event(row)} for row in rows]
         return web.json_response({"messages": events, "next": rows[-1].seq if rows else since,
                                   "last": self.core.store.upstream_last_seq()})
+
+    # -- file upload (a device with its own token) -------------------------------------------
+
+    def _uploads(self) -> FileUploads:
+        if self.uploads is None:
+            raise HubError("file upload needs a storage account; this hub has none configured",
+                           code=errors.NOT_IMPLEMENTED)
+        return self.uploads
+
+    async def file_upload_start(self, request: web.Request) -> web.Response:
+        uploads = self._uploads()
+        body = await _json_body(request)
+        info = uploads.start(request.match_info["id"], body.get("blobName") if isinstance(body, dict) else None)
+        try:
+            await uploads.ensure_container()
+        except Exception as exc:  # storage down or untrusted: the device must not get a useless URI
+            uploads.pending.pop(info["correlationId"], None)
+            raise HubError(f"the file upload storage account is unreachable ({type(exc).__name__})",
+                           code=errors.UNREACHABLE) from None
+        return web.json_response(info)
+
+    async def file_upload_complete(self, request: web.Request) -> web.Response:
+        self._uploads().complete(request.match_info["id"], await _json_body(request))
+        return web.Response(status=204)
 
     # -- identities --------------------------------------------------------------------------
 
