@@ -249,18 +249,24 @@ def releases_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--reset-packages", is_flag=True, help="Do not carry the currently desired packages over.")
 @click.option("--dry-run", is_flag=True, help="Expand and validate only; write config/deployment.<platform>.json.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="One device: wait until its edge agent reports the deployment applied (or refused).")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for the device.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @handles_errors
 def deploy_cmd(ctx: click.Context, device: str | None, target_condition: str | None, priority: int,
                deployment_id: str, platform: str, template: Path | None, reset_packages: bool, dry_run: bool,
-               as_json: bool) -> None:
-    """Expand deployment.template.json like iotedgedev and deploy the module suite."""
+               wait: bool, timeout: float, as_json: bool) -> None:
+    """Expand deployment.template.json like iotedgedev and deploy the module suite. To one device it
+    succeeds only once the device's $edgeAgent reports the deployment applied (lastDesiredStatus 200)."""
     from edb_cloud.deploy import (
         default_template,
         deploy_to_device,
         deploy_to_fleet,
+        deployed_version,
         render_manifest,
+        wait_for_deployment,
         write_manifest,
     )
 
@@ -269,6 +275,7 @@ def deploy_cmd(ctx: click.Context, device: str | None, target_condition: str | N
     path = write_manifest(config, manifest, platform)
     modules = sorted(manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"])
     target = "dry run"
+    result: dict[str, Any] = {}
     if not dry_run:
         hub = _hub(config)
         if target_condition:
@@ -278,10 +285,17 @@ def deploy_cmd(ctx: click.Context, device: str | None, target_condition: str | N
             device_id = _device(config, device)
             deploy_to_device(hub, device_id, manifest, keep_packages=not reset_packages)
             target = f"device {device_id}"
+            if wait:
+                version = deployed_version(hub, device_id)
+                if not as_json:
+                    click.echo(f"deployment manifest {path} -> {target}: waiting for $edgeAgent (version {version})")
+                verdict = wait_for_deployment(hub, device_id, version, timeout_s=timeout)
+                result = {"applied": {"version": verdict.reported_version, "code": verdict.code}}
     if as_json:
-        emit_json({"ok": True, "manifest": str(path), "modules": modules, "target": target})
+        emit_json({"ok": True, "manifest": str(path), "modules": modules, "target": target, **result})
     else:
-        click.echo(f"deployment manifest {path} ({', '.join(modules)}) -> {target}")
+        click.echo(f"deployment manifest {path} ({', '.join(modules)}) -> {target}"
+                   + (f": applied (version {result['applied']['version']})" if result else ""))
 
 
 def _wait_and_print(config: CloudConfig, device_id: str, release: Any, timeout: float, as_json: bool,

@@ -279,11 +279,21 @@ class Demo:
         return f"{len(self.s.releases)} packages behind read-only HTTPS SAS URLs (fetched back, SHA-256 match)"
 
     def deploy(self) -> str:
-        from edb_cloud.deploy import default_template, deploy_to_device, render_manifest, write_manifest
+        from edb_cloud.deploy import (
+            default_template,
+            deploy_to_device,
+            deployed_version,
+            render_manifest,
+            wait_for_deployment,
+            write_manifest,
+        )
 
         manifest = render_manifest(self.s.config, default_template(), "amd64")
         path = write_manifest(self.s.config, manifest, "amd64")
         deploy_to_device(self.s.hub, self.s.device_id, manifest)
+        # a refusal (CLOUD_DEPLOY_REFUSED, with the agent's code) ends the demo here, not after 60 s
+        wait_for_deployment(self.s.hub, self.s.device_id, deployed_version(self.s.hub, self.s.device_id),
+                            timeout_s=60)
 
         def all_running() -> bool:
             reported = self._twin("$edgeAgent").reported

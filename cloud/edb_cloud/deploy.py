@@ -1,5 +1,11 @@
 """``edb cloud deploy``: the expanded deployment manifest to one device or to a fleet.
 
+To one device it then waits until the device's edge agent has applied it: ``$edgeAgent`` reports
+``lastDesiredVersion`` >= the deployment's desired ``$version`` with ``lastDesiredStatus.code`` 200.
+Any other code is the device refusing it (``CLOUD_DEPLOY_REFUSED`` with the device's code and
+description, e.g. 400 for a module image the agent cannot run); no answer in time is
+``CLOUD_DEPLOY_TIMEOUT``. IoT Hub accepting the manifest says nothing about the device.
+
 One device: ``applyConfigurationContent`` (what ``az iot edge set-modules`` does). A fleet: an
 automatic deployment (``targetCondition`` over device twin tags, ``priority``). Because a
 manifest's desired properties *replace* the module twins' desired properties, a redeploy to one
@@ -10,6 +16,9 @@ redeploying the module suite must not uninstall models by accident.
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +28,56 @@ from edb_cloud.manifest import project_endpoints, require_valid
 from edb_cloud.template import expand_template_file
 
 INSTALLER = "package_installer"
+AGENT = "$edgeAgent"
+
+
+@dataclass(frozen=True)
+class DeviceVerdict:
+    """What the device's edge agent says about a deployment: ``applied``, ``refused`` or ``pending``."""
+
+    state: str
+    code: int | None = None
+    description: str = ""
+    reported_version: int | None = None
+
+
+def deployment_verdict(desired_version: int, reported: Mapping[str, Any]) -> DeviceVerdict:
+    """Judge ``$edgeAgent``'s reported properties against the desired ``$version`` we deployed (pure).
+    A report about an older desired version is pending: the agent has not seen ours yet."""
+    last = reported.get("lastDesiredVersion")
+    status = reported.get("lastDesiredStatus")
+    if isinstance(last, bool) or not isinstance(last, int) or last < desired_version or not isinstance(status, Mapping):
+        return DeviceVerdict("pending", reported_version=last if isinstance(last, int) else None)
+    code = status.get("code")
+    description = str(status.get("description") or "")[:500]
+    if code == 200:
+        return DeviceVerdict("applied", 200, description, last)
+    if isinstance(code, int) and not isinstance(code, bool):
+        return DeviceVerdict("refused", code, description, last)
+    return DeviceVerdict("pending", reported_version=last)
+
+
+def wait_for_deployment(hub: HubService, device_id: str, desired_version: int, *, timeout_s: float,
+                        poll_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+                        clock: Callable[[], float] = time.monotonic) -> DeviceVerdict:
+    """Poll ``$edgeAgent`` until the device applied or refused ``desired_version``; raises
+    CLOUD_DEPLOY_REFUSED or CLOUD_DEPLOY_TIMEOUT."""
+    deadline = clock() + timeout_s
+    while True:
+        verdict = deployment_verdict(desired_version, hub.module_twin(device_id, AGENT).reported)
+        if verdict.state == "applied":
+            return verdict
+        if verdict.state == "refused":
+            raise CloudError(f"device {device_id} refused deployment version {verdict.reported_version}: "
+                             f"{verdict.code} {verdict.description}".rstrip(), code="CLOUD_DEPLOY_REFUSED",
+                             device_code=verdict.code, device_description=verdict.description)
+        if clock() >= deadline:
+            seen = ("no report" if verdict.reported_version is None
+                    else f"last report for version {verdict.reported_version}")
+            raise CloudError(f"device {device_id} did not report deployment version {desired_version} within "
+                             f"{timeout_s:g} s ({seen}; is its edge agent running and connected?)",
+                             code="CLOUD_DEPLOY_TIMEOUT")
+        sleep(poll_s)
 
 
 def default_template() -> Path:
@@ -56,6 +115,14 @@ def deploy_to_device(hub: HubService, device_id: str, manifest: dict[str, Any], 
         manifest = with_current_packages(manifest, current)
     hub.apply_deployment(device_id, manifest["modulesContent"])
     return manifest
+
+
+def deployed_version(hub: HubService, device_id: str) -> int:
+    """The desired ``$version`` of ``$edgeAgent`` right after a deployment: what the device must report."""
+    version = hub.module_twin(device_id, AGENT).desired.get("$version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CloudError(f"{AGENT} twin of {device_id} has no desired $version", code="CLOUD_IOTHUB_FAILED")
+    return version
 
 
 def deploy_to_fleet(hub: HubService, deployment_id: str, manifest: dict[str, Any], *, target_condition: str,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edb.schemas import PackageState, ReportedPackage
-from edb_cloud.iothub import HubService
+from edb_cloud.iothub import CloudError, HubService, ModuleTwin
 from edb_cloud.releases import Release
 
 INSTALLER = "package_installer"
@@ -28,10 +28,45 @@ def installer_patch(release: Release) -> dict[str, Any]:
     return {"packages": {release.name: release.desired().to_twin()}}
 
 
+def missing_module_error(device_id: str, module_id: str, agent: ModuleTwin | None) -> CloudError:
+    """Why a module twin of an existing device is missing, from its ``$edgeAgent`` twin (pure): the
+    module identity appears only once the device's edge agent applied a deployment that has it."""
+    if agent is None:
+        return CloudError(f"device {device_id} not found (or not an IoT Edge device)", code="CLOUD_NOT_FOUND")
+    status = agent.reported.get("lastDesiredStatus") or {}
+    code = status.get("code") if isinstance(status, dict) else None
+    if isinstance(code, int) and code != 200:
+        return CloudError(
+            f"{module_id} is not running on {device_id}: its edge agent refused the last deployment (version "
+            f"{agent.reported.get('lastDesiredVersion')}: {code} {str(status.get('description', ''))[:300]}); "
+            "fix it and run `edb cloud deploy` again", code="CLOUD_DEPLOYMENT_NOT_APPLIED")
+    modules = (agent.desired.get("modules") or {}) if isinstance(agent.desired.get("modules"), dict) else {}
+    if module_id not in modules:
+        return CloudError(f"{module_id} is not in the deployment of {device_id}: run `edb cloud deploy` first",
+                          code="CLOUD_MODULE_NOT_DEPLOYED")
+    return CloudError(f"{module_id} on {device_id} has not been created by its edge agent yet (is the agent "
+                      "running and connected?)", code="CLOUD_DEPLOYMENT_NOT_APPLIED")
+
+
+def _patch_module(hub: HubService, device_id: str, module_id: str, patch: dict[str, Any]) -> None:
+    try:
+        hub.patch_module_desired(device_id, module_id, patch)
+    except CloudError as exc:
+        if exc.code != "CLOUD_NOT_FOUND":
+            raise
+        try:
+            agent: ModuleTwin | None = hub.module_twin(device_id, "$edgeAgent")
+        except CloudError as inner:
+            if inner.code != "CLOUD_NOT_FOUND":
+                raise
+            agent = None
+        raise missing_module_error(device_id, module_id, agent) from None
+
+
 def rollout_to_device(hub: HubService, device_id: str, release: Release, *, min_version: str | None = None) -> None:
-    hub.patch_module_desired(device_id, INSTALLER, installer_patch(release))
+    _patch_module(hub, device_id, INSTALLER, installer_patch(release))
     if min_version is not None:
-        hub.patch_module_desired(device_id, RUNNER, {"model": {"name": release.name, "minVersion": min_version}})
+        _patch_module(hub, device_id, RUNNER, {"model": {"name": release.name, "minVersion": min_version}})
 
 
 def ring_deployment_id(name: str, ring: str) -> str:

@@ -169,3 +169,17 @@ def test_cli_rollout_uses_the_release_registry_and_reports_json_errors(hub: HubT
     out = runner.invoke(cloud, [*args, "rollback", "digits", "--no-wait", "--json"], env=dict(config.env))
     assert out.exit_code == 0, out.output
     assert service.module_twin("dev-a", "package_installer").desired["packages"]["digits"]["version"] == "1.0.0"
+
+
+def test_cli_deploy_fails_unless_the_device_reports_it_applied(hub: HubThread, config: CloudConfig) -> None:
+    """No edge agent answers for dev-a: `deploy` does not print ok (CLOUD_DEPLOY_TIMEOUT); `--no-wait`
+    only hands the manifest to IoT Hub. The agent's side (applied, refused) is tests/agent/test_deploy_waits.py."""
+    edge_device(HubService(config.iothub_connection_string), hub, "dev-a")
+    runner = CliRunner()
+    args = ["--state-dir", str(config.state_dir), "deploy", "--json"]
+    out = runner.invoke(cloud, [*args, "--timeout", "0"], env=dict(config.env))
+    assert out.exit_code == 2, out.output
+    error = json.loads(out.output)["error"]
+    assert error["code"] == "CLOUD_DEPLOY_TIMEOUT" and "dev-a" in error["message"]
+    out = runner.invoke(cloud, [*args, "--no-wait"], env=dict(config.env))
+    assert out.exit_code == 0 and json.loads(out.output)["ok"] is True and "applied" not in json.loads(out.output)

@@ -1,5 +1,6 @@
 """`python -m edb_local.hub --state-dir DIR --address IP --hub-name NAME --cert PEM --key PEM
---owner-key-file FILE [--mqtt-port 8883] [--https-port 443]`
+--owner-key-file FILE [--mqtt-port 8883] [--https-port 443] [--file-upload-connection-string-file FILE
+--file-upload-ca PEM]`
 
 Serves until SIGTERM/SIGINT. Prints one JSON line to stdout once listening:
 `{"ready": true, "address": ..., "hubName": ..., "serviceConnectionString": ...}`.
@@ -32,8 +33,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="base64 key of the iothubowner policy; created (0600) if missing")
     parser.add_argument("--mqtt-port", type=int, default=8883)
     parser.add_argument("--https-port", type=int, default=443)
+    parser.add_argument("--file-upload-connection-string-file", type=Path, default=None,
+                        help="file (0600) holding the storage account connection string for file upload")
+    parser.add_argument("--file-upload-ca", type=Path, default=None,
+                        help="CA bundle to trust for that storage account (the stack CA for Azurite)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
+
+
+def _read_secret(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise HubError(f"cannot read {path}: {exc.strerror}", code="HUB_CONFIG_INVALID") from None
 
 
 async def _serve(config: HubConfig) -> None:
@@ -60,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         config = HubConfig(state_dir=args.state_dir, address=args.address, hub_name=args.hub_name,
                            cert_path=args.cert, key_path=args.key,
                            owner_key=load_or_create_owner_key(args.owner_key_file),
-                           mqtt_port=args.mqtt_port, https_port=args.https_port)
+                           mqtt_port=args.mqtt_port, https_port=args.https_port,
+                           file_upload_connection_string=_read_secret(args.file_upload_connection_string_file),
+                           file_upload_ca=args.file_upload_ca)
         asyncio.run(_serve(config))
     except HubError as exc:
         print(json.dumps({"ready": False, "error": exc.to_dict()}), flush=True)

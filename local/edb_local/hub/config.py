@@ -7,7 +7,7 @@ import binascii
 import ipaddress
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edb_local.hub import errors
@@ -38,6 +38,11 @@ class HubConfig:
     c2d_default_ttl_secs: float = 3600.0   # IoT Hub's default C2D time to live (1 hour)
     c2d_max_ttl_secs: float = 48 * 3600.0
     c2d_max_message_bytes: int = 64 * 1024  # IoT Hub's C2D message size limit
+    #: file upload: the storage account (Azurite locally; "" = file upload not configured, 501), the
+    #: container devices upload into, and the CA to trust when the hub creates that container
+    file_upload_connection_string: str = field(default="", repr=False)
+    file_upload_container: str = "fileupload"
+    file_upload_ca: Path | None = None
 
     def __post_init__(self) -> None:
         try:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edb_local.hub import errors
+from edb_local.hub import errors, twin_events
 from edb_local.hub.config import OWNER_POLICY, HubConfig
 from edb_local.hub.delivery import InputQueue, QueuedMessage
 from edb_local.hub.errors import HubError
@@ -104,6 +104,7 @@ class HubCore:
         self.state = HubState(store)
         self.state.on_desired = self._on_desired
         self.state.connection_info = self._connection_info
+        self.state.on_twin_change = self._service_twin_change
         self.sessions: dict[Identity, ClientSession] = {}
         self._conn_times: dict[Identity, tuple[float, float]] = {}
         self.route_tables: dict[str, RouteTable] = {}
@@ -186,15 +187,25 @@ class HubCore:
         identity = identity_from_client_id(edge_module)
         if identity.module_id is None:
             raise HubError("x-ms-edge-moduleId must be device/module", code=errors.AUTH_BAD_CLIENT_ID)
+        self.authenticate_identity_request(authorization, identity)
+        return identity
+
+    def authenticate_identity_request(self, authorization: str | None, identity: Identity) -> None:
+        """An HTTPS request a device or module makes with its own SAS token (file upload, methods
+        through the gateway): the token must be that identity's, signed with its key, not expired."""
+        if not authorization:
+            raise HubError("no Authorization header", code=errors.AUTH_MISSING)
         token = parse_token(authorization)
         if token.key_name is not None:
-            raise HubError("module requests take module tokens", code=errors.AUTH_BAD_TOKEN)
+            raise HubError("device and module requests take their own tokens", code=errors.AUTH_BAD_TOKEN)
         record = self.state.identities.get(identity)
         if record is None:
             raise HubError("unknown identity", code=errors.AUTH_UNKNOWN_IDENTITY)
+        device = self.state.identities.get(Identity(identity.device_id))
+        if device is None or device.status != "enabled":
+            raise HubError("device is disabled", code=errors.AUTH_DISABLED_IDENTITY)
         verify_token(token, expected_resources=[identity.sas_resource(h) for h in self.config.device_host_names],
                      keys=record.keys)
-        return identity
 
     def authorize_method_call(self, caller: Identity | None, target: Identity) -> None:
         """The service (``caller`` None, an `iothubowner` token) may invoke any direct method; a
@@ -333,7 +344,8 @@ class HubCore:
             self._respond(session, twin_response_topic(400, rid), b"")
             return
         self._respond(session, twin_response_topic(204, rid, twin.reported_version), b"")
-        self._twin_change_notification(identity, twin, patch)
+        self._twin_change_notification(identity, twin_events.change_body(twin, reported=patch),
+                                       twin_events.UPDATE, reported=True)
 
     def _on_desired(self, identity: Identity, twin: Twin, patch: dict[str, Any]) -> None:
         if identity.module_id == "$edgeHub":
@@ -395,22 +407,28 @@ class HubCore:
         self.counters["inputs_queued"] += 1
         self.pump(target)
 
-    def _twin_change_notification(self, identity: Identity, twin: Twin, patch: dict[str, Any]) -> None:
-        table = self.route_tables.get(identity.device_id)
-        if identity.module_id is None or table is None:
-            return
-        body = json.dumps({"version": twin.version,
-                           "properties": {"reported": {**patch, "$version": twin.reported_version}}}).encode()
+    def _service_twin_change(self, identity: Identity, twin: Twin, tags: dict[str, Any] | None,
+                             desired: dict[str, Any] | None, replaced: bool) -> None:
+        body = twin_events.change_body(twin, tags=tags, desired=desired)
+        self._twin_change_notification(identity, body, twin_events.REPLACE if replaced else twin_events.UPDATE,
+                                       reported=False)
+
+    def _twin_change_notification(self, identity: Identity, body: dict[str, Any], op_type: str, *,
+                                  reported: bool) -> None:
+        """IoT Hub emits a `twinChangeEvents` message for every twin change; with no custom route it
+        reaches the built-in endpoint (`$upstream` here). An edge module's reported changes are
+        edgeHub's: they go through the device's `/twinChangeNotifications` routes instead."""
         now = time.time()
-        message = HubMessage(body, {
-            "contentType": "application/json", "contentEncoding": "utf-8",
-            "connectionDeviceId": identity.device_id, "connectionModuleId": identity.module_id,
-            "enqueuedTime": _iso(now), "messageSchema": "twinChangeNotification",
-        }, {"hubName": self.config.hub_name, "deviceId": identity.device_id, "moduleId": identity.module_id,
-            "opType": "updateTwin", "iothub-message-schema": "twinChangeNotification",
-            "operationTimestamp": _iso(now)})
-        for delivery in route_twin_change(table, message):
-            self._deliver(identity.device_id, delivery, message, now)
+        message = twin_events.twin_change_message(self.config.hub_name, identity, body, op_type, _iso(now))
+        device = self.state.identities.get(Identity(identity.device_id))
+        if identity.module_id is not None and device is not None and device.iot_edge:
+            table = self.route_tables.get(identity.device_id)
+            if not reported or table is None:
+                return
+            for delivery in route_twin_change(table, message):
+                self._deliver(identity.device_id, delivery, message, now)
+            return
+        self._upstream(identity, message, now)
 
     def _queue(self, identity: Identity) -> InputQueue:
         queue = self.queues.get(identity)

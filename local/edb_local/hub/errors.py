@@ -23,6 +23,7 @@ MQTT_UNEXPECTED_PACKET = "HUB_MQTT_UNEXPECTED_PACKET"
 MQTT_KEEPALIVE_TIMEOUT = "HUB_MQTT_KEEPALIVE_TIMEOUT"
 MQTT_SESSION_TAKEN_OVER = "HUB_MQTT_SESSION_TAKEN_OVER"  # a newer connection of the same identity
 MQTT_SLOW_CONSUMER = "HUB_MQTT_SLOW_CONSUMER"    # a client that does not read what it asked for
+WS_UPGRADE_REFUSED = "HUB_WS_UPGRADE_REFUSED"    # /$iothub/websocket without a usable upgrade (400)
 INTERNAL = "HUB_INTERNAL"                        # a bug; costs the one connection
 
 # Authentication and authorization
@@ -58,6 +59,8 @@ QUEUE_FULL = "HUB_QUEUE_FULL"
 C2D_QUEUE_FULL = "HUB_C2D_QUEUE_FULL"            # the device already has `c2d_queue_limit` messages queued
 C2D_UNKNOWN_DEVICE = "HUB_C2D_UNKNOWN_DEVICE"    # a C2D message for no registered device
 C2D_BAD_MESSAGE = "HUB_C2D_BAD_MESSAGE"          # no `to`, already expired, too large
+FILE_UPLOAD_THROTTLED = "HUB_FILE_UPLOAD_THROTTLED"  # more than 10 outstanding uploads of one device (429)
+NOT_IMPLEMENTED = "HUB_NOT_IMPLEMENTED"          # an IoT Hub API the stand-in does not offer (501)
 
 # Configuration of the hub process itself (and of its service-side clients)
 CONFIG_INVALID = "HUB_CONFIG_INVALID"

@@ -27,6 +27,7 @@ _SYSTEM_NAMES = {
     "connectionModuleId": "iothub-connection-module-id",
     "enqueuedTime": "iothub-enqueuedtime",
     "messageSchema": "iothub-message-schema",
+    "messageSource": "iothub-message-source",
 }
 
 
@@ -50,7 +51,7 @@ def upstream_event(row: UpstreamRow) -> dict[str, Any]:
         system[_SYSTEM_NAMES.get(name, name)] = value
     system.setdefault("iothub-enqueuedtime",
                       dt.datetime.fromtimestamp(row.enqueued, dt.UTC).isoformat().replace("+00:00", "Z"))
-    system["iothub-message-source"] = (
+    system["iothub-message-source"] = source_system.get("messageSource") or (
         "twinChangeEvents" if source_system.get("messageSchema") == "twinChangeNotification" else "Telemetry")
     payload, is_b64 = decode_payload(row.body)
     if is_b64:

@@ -32,6 +32,7 @@ from edb_local.hub.config import HubConfig
 from edb_local.hub.core import HubCore
 from edb_local.hub.errors import HubError
 from edb_local.hub.mqtt.connection import MqttConnection
+from edb_local.hub.mqtt.websocket import WebSocketEndpoint
 from edb_local.hub.service.app import ServiceApi
 from edb_local.hub.store import Store
 
@@ -58,6 +59,7 @@ class HubServer:
         self.amqp: AmqpEndpoint | None = None
         self._https: web.AppRunner | None = None
         self._connections: set[MqttConnection] = set()
+        self.service: ServiceApi | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -81,8 +83,10 @@ class HubServer:
             self._amqp = await loop.create_server(
                 lambda: AmqpConnection(endpoint), host=self.config.address, port=self.config.amqp_port,
                 ssl=context, reuse_address=True, backlog=256)
-            runner = web.AppRunner(ServiceApi(core).app(), access_log=None, handle_signals=False,
-                                   shutdown_timeout=1.0)
+            self.service = ServiceApi(core)
+            app = self.service.app()
+            WebSocketEndpoint(core, self._connections).add_route(app)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
             await runner.setup()
             self._https = runner
             site = web.TCPSite(runner, host=self.config.address, port=self.config.https_port, ssl_context=context,

@@ -22,6 +22,9 @@ from edb_local.hub.twinquery import parse_twin_query, run_twin_query
 
 DesiredListener = Callable[[Identity, Twin, dict[str, Any]], None]
 ConnectionInfo = Callable[[Identity], tuple[bool, str, str]]  # connected, state updated, last activity
+#: A service-side twin change: identity, the new twin, the changed tags (or None), the desired patch
+#: (or None), and whether the whole twin was replaced (PUT) rather than patched.
+TwinChangeListener = Callable[[Identity, Twin, dict[str, Any] | None, dict[str, Any] | None, bool], None]
 
 
 def _not_found(what: str) -> HubError:
@@ -42,6 +45,7 @@ class HubState:
         self.device_configurations: dict[str, dict[str, Any]] = {}  # device -> {"applied": [...], "targeted": [...]}
         self.on_desired: DesiredListener = lambda identity, twin, patch: None
         self.connection_info: ConnectionInfo = lambda identity: (False, now_iso(), now_iso())
+        self.on_twin_change: TwinChangeListener = lambda identity, twin, tags, desired, replaced: None
         for device_id, module_id, record in store.identities():
             self.identities[Identity(device_id, module_id)] = IdentityRecord.from_record(record)
         for device_id, module_id, record in store.twins():
@@ -197,8 +201,13 @@ class HubState:
             if tags is not None:
                 twin = twins.patch_tags(twin, tags)
             change = twins.apply_desired_patch(twin, props.get("desired") or {})
-        tags_changed = change.twin.tags != self.twin(identity).tags
+        before = self.twin(identity)
+        tags_changed = change.twin.tags != before.tags
         self._desired_changed(identity, change)
+        if tags_changed or change.patch is not None:
+            desired = {k: v for k, v in change.patch.items() if k != "$version"} if change.patch else None
+            self.on_twin_change(identity, change.twin, twins.diff(before.tags, change.twin.tags) if tags_changed
+                                else None, desired, replace)
         if tags_changed and identity.module_id is None:
             self.reconcile_deployments([identity.device_id])
         return change.twin

@@ -61,7 +61,8 @@ def _hub_command(ctx: StackContext) -> list[str]:
     creds = ctx.server_credentials("hub")
     return [ctx.python, "-m", "edb_local.hub", "--state-dir", str(ctx.paths.component_dir("hub").resolve()),
             "--address", ctx.address, "--hub-name", ctx.settings.hub_name, "--cert", str(creds.cert_path),
-            "--key", str(creds.key_path), "--owner-key-file", str(ctx.owner_key_file)]
+            "--key", str(creds.key_path), "--owner-key-file", str(ctx.owner_key_file),
+            "--file-upload-connection-string-file", str(ctx.hub_file_upload_file), "--file-upload-ca", str(ctx.ca)]
 
 
 def _hub_health(ctx: StackContext) -> Health:

@@ -96,6 +96,11 @@ class StackContext:
         return self.paths.component_dir("keyrelease").resolve() / "legacy-function-key"
 
     @property
+    def hub_file_upload_file(self) -> Path:
+        """The storage connection string the hub hands file-upload SAS URIs from (0600)."""
+        return self.paths.component_dir("hub").resolve() / "file-upload-connection-string"
+
+    @property
     def blob_connection_string(self) -> str:
         return blob_connection_string(self.address, self.settings.ports["azurite"])
 

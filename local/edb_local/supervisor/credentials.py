@@ -43,6 +43,7 @@ def ensure_credentials(ctx: StackContext) -> None:
     if not ctx.owner_key_file.exists():
         _write_secret(ctx.owner_key_file, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
     _write_secret(ctx.service_connection_string_file, ctx.service_connection_string + "\n")
+    _write_secret(ctx.hub_file_upload_file, ctx.blob_connection_string + "\n")
     ctx.package_drop_dir.mkdir(parents=True, exist_ok=True)
     if ctx.settings.legacy_v1 and not ctx.legacy_function_key_file.exists():
         _write_secret(ctx.legacy_function_key_file, secrets.token_urlsafe(32) + "\n")

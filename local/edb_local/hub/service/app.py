@@ -19,7 +19,9 @@ from edb_local.hub import errors
 from edb_local.hub.core import HubCore
 from edb_local.hub.deployments import parse_target_condition
 from edb_local.hub.errors import HubError
+from edb_local.hub.fileupload import FileUploads, StorageAccount
 from edb_local.hub.monitor_format import upstream_event
+from edb_local.hub.service import bulk
 from edb_local.hub.topics import Identity
 
 log = logging.getLogger("edb_local.hub.service")
@@ -32,8 +34,14 @@ _STATUS = {
     errors.CONFLICT: (409, "DeviceAlreadyExists"),
     errors.PRECONDITION_FAILED: (412, "PreconditionFailed"),
     errors.METHOD_TIMEOUT: (504, "GatewayTimeout"),
+    errors.NOT_IMPLEMENTED: (501, "NotImplemented"),
+    errors.FILE_UPLOAD_THROTTLED: (429, "ThrottlingException"),
+    errors.UNREACHABLE: (503, "ServiceUnavailable"),
 }
 _MAX_BODY = 1024 * 1024
+_UNAUTHENTICATED = ("/edb/health", "/$iothub/websocket")
+#: routes a device calls with its own SAS token (file upload)
+_DEVICE_ROUTES = ("file-upload-start", "file-upload-complete")
 #: Who is calling: None for the service (an `iothubowner` token), else the module calling through edgeHub.
 CALLER: web.RequestKey[Identity | None] = web.RequestKey("caller", Identity | None)  # type: ignore[arg-type]
 
@@ -78,8 +86,12 @@ def _top(request: web.Request, default: int = 1000) -> int:
 
 
 def _timeout(value: Any, default: int) -> float:
+    """A method timeout in seconds: a number, or a string holding a whole number (the Azure CLI
+    sends ``"responseTimeoutInSeconds": "30"``; IoT Hub accepts it)."""
     if value is None:
         return float(default)
+    if isinstance(value, str) and value.strip().isdigit():
+        return float(int(value.strip()))
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise HubError("timeouts must be numbers of seconds", code=errors.BAD_REQUEST)
     return float(value)
@@ -89,6 +101,10 @@ class ServiceApi:
     def __init__(self, core: HubCore) -> None:
         self.core = core
         self.state = core.state
+        config = core.config
+        self.uploads = FileUploads(StorageAccount.from_connection_string(config.file_upload_connection_string),
+                                   config.file_upload_container, ca_path=config.file_upload_ca) \
+            if config.file_upload_connection_string else None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=_MAX_BODY)
@@ -96,6 +112,7 @@ class ServiceApi:
         r.add_get("/edb/health", self.health)
         r.add_get("/edb/messages", self.messages)
         r.add_get("/devices", self.list_devices)
+        r.add_post("/devices", self.bulk_devices)
         r.add_post("/devices/query", self.query)
         r.add_get("/devices/{id}", self.get_device)
         r.add_put("/devices/{id}", self.put_device)
@@ -105,6 +122,8 @@ class ServiceApi:
         r.add_put("/devices/{id}/modules/{mid}", self.put_module)
         r.add_delete("/devices/{id}/modules/{mid}", self.delete_module)
         r.add_post("/devices/{id}/applyConfigurationContent", self.apply_content)
+        r.add_post("/devices/{id}/files", self.file_upload_start, name=_DEVICE_ROUTES[0])
+        r.add_post("/devices/{id}/files/notifications", self.file_upload_complete, name=_DEVICE_ROUTES[1])
         r.add_get("/twins/{id}", self.get_twin)
         r.add_patch("/twins/{id}", self.patch_twin)
         r.add_put("/twins/{id}", self.put_twin)
@@ -135,11 +154,20 @@ class ServiceApi:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/edb/health":
-            return await handler(request)
+        if request.path in _UNAUTHENTICATED:
+            return await handler(request)   # (WebSocket clients authenticate in their own protocol)
+        if request.match_info.http_exception is not None:
+            # an IoT Hub API the stand-in lacks: say so before authentication, so that nobody goes
+            # hunting for a credential problem (docs/iothub-standin.md lists what is supported)
+            raise HubError(f"{request.method} {request.path[:200]} is not implemented by the hub stand-in",
+                           code=errors.NOT_IMPLEMENTED)
         authorization = request.headers.get("Authorization")
         edge_module = request.headers.get("x-ms-edge-moduleId")
-        if edge_module is not None and request.method == "POST" and request.path.endswith("/methods"):
+        if request.match_info.route.name in _DEVICE_ROUTES:
+            device = Identity(request.match_info["id"])
+            self.core.authenticate_identity_request(authorization, device)
+            request[CALLER] = device
+        elif edge_module is not None and request.method == "POST" and request.path.endswith("/methods"):
             request[CALLER] = self.core.authenticate_module_request(authorization, edge_module)
         else:
             self.core.authenticate_service(authorization)
@@ -167,11 +195,49 @@ class ServiceApi:
         return web.json_response({"messages": events, "next": rows[-1].seq if rows else since,
                                   "last": self.core.store.upstream_last_seq()})
 
+    # -- file upload (a device with its own token) -------------------------------------------
+
+    def _uploads(self) -> FileUploads:
+        if self.uploads is None:
+            raise HubError("file upload needs a storage account; this hub has none configured",
+                           code=errors.NOT_IMPLEMENTED)
+        return self.uploads
+
+    async def file_upload_start(self, request: web.Request) -> web.Response:
+        uploads = self._uploads()
+        body = await _json_body(request)
+        info = uploads.start(request.match_info["id"], body.get("blobName") if isinstance(body, dict) else None)
+        try:
+            await uploads.ensure_container()
+        except Exception as exc:  # storage down or untrusted: the device must not get a useless URI
+            uploads.pending.pop(info["correlationId"], None)
+            raise HubError(f"the file upload storage account is unreachable ({type(exc).__name__})",
+                           code=errors.UNREACHABLE) from None
+        return web.json_response(info)
+
+    async def file_upload_complete(self, request: web.Request) -> web.Response:
+        self._uploads().complete(request.match_info["id"], await _json_body(request))
+        return web.Response(status=204)
+
     # -- identities --------------------------------------------------------------------------
 
     async def list_devices(self, request: web.Request) -> web.Response:
         devices = self.state.devices()[:_top(request)]
         return web.json_response([self.state.identity_json(d.identity) for d in devices])
+
+    async def bulk_devices(self, request: web.Request) -> web.Response:
+        result = bulk.apply_bulk(self.state, bulk.parse_entries(await _json_body(request)))
+        if result.created:
+            self.state.reconcile_deployments(result.created)
+        for device_id in result.deleted:
+            self._forget_device(device_id)
+        return web.json_response(result.to_json(), status=200 if not result.errors else 400)
+
+    def _forget_device(self, device_id: str) -> None:
+        """A deleted device: close its (and its modules') connections, drop what was queued for it."""
+        for session_identity in [i for i in self.core.sessions if i.device_id == device_id]:
+            self.core.sessions[session_identity].close()
+        self.core.store.delete_pending_for(device_id)
 
     async def get_device(self, request: web.Request) -> web.Response:
         return _etag_response(self.state.identity_json(Identity(request.match_info["id"])))
@@ -187,9 +253,7 @@ class ServiceApi:
     async def delete_device(self, request: web.Request) -> web.Response:
         identity = Identity(request.match_info["id"])
         self.state.delete_identity(identity, request.headers.get("If-Match"))
-        for session_identity in [i for i in self.core.sessions if i.device_id == identity.device_id]:
-            self.core.sessions[session_identity].close()
-        self.core.store.delete_pending_for(identity.device_id)
+        self._forget_device(identity.device_id)
         return web.Response(status=204)
 
     async def list_modules(self, request: web.Request) -> web.Response:
