@@ -26,6 +26,7 @@ from edb_cloud.iothub import HubService
 from edb_cloud.releases import Release
 from edb_cloud.rollout import INSTALLER, deployment_views, rollout_metrics, rollout_to_device, rollout_to_ring
 from edb_local.hub import HubThread
+from edb_local.stack_ca import StackCA
 
 MODULES = ("package_installer", "inference_runner")
 
@@ -112,26 +113,59 @@ def test_base_with_carried_packages_then_layers_keep_every_package(
     assert packages(service, "c-1")["digits"]["version"] == "3.0.0"
 
 
-def test_rollout_deployment_carries_custom_metrics_readable_with_the_service_sdk(
-        hub: HubThread, config: CloudConfig) -> None:  # noqa: F811
-    from azure.iot.hub import IoTHubConfigurationManager
+async def test_rollout_deployment_metrics_as_iot_hub_fills_them(hub: HubThread, config: CloudConfig,  # noqa: F811
+                                                                 stack_ca: StackCA) -> None:
+    """systemMetrics (queries + results) and the rollout's custom metrics, read with the service SDK,
+    follow what the devices' $edgeAgent, installer and runner report."""
+    from azure.iot.device.aio import IoTHubModuleClient
+    from azure.iot.hub import IoTHubConfigurationManager, IoTHubRegistryManager
 
     from edb.iothub_ca import pin_ca
 
     service = HubService(config.iothub_connection_string)
-    edge_device(service, hub, "m-1", {"ring": "canary"}, MODULES)
+    for device in ("m-1", "m-2"):
+        edge_device(service, hub, device, {"ring": "canary"}, MODULES)
+    edge_device(service, hub, "m-out", {"ring": "prod"}, MODULES)
     manifest = render_manifest(config, default_template(), "amd64")
-    deploy_to_fleet(service, "edb-base", manifest, target_condition="tags.ring='canary'", priority=10)
+    deploy_to_fleet(service, "edb-base", manifest, target_condition="tags.ring='canary' OR tags.ring='prod'",
+                    priority=10)
     deployment_id = rollout_to_ring(service, "canary", release("digits", "2.0.0"))
     configs = pin_ca(IoTHubConfigurationManager.from_connection_string(config.iothub_connection_string),
                      config.ca_cert)
     deployment = configs.get_configuration(deployment_id)
     assert deployment.metrics.queries == rollout_metrics(release("digits", "2.0.0"))
     assert deployment.metrics.results == {"installed": 0, "failed": 0, "serving": 0, "servingOther": 0}
-    system = deployment.system_metrics
-    assert set(system.queries) == {"targetedCount", "appliedCount", "reportedSuccessfulCount",
-                                   "reportedFailedCount"}
-    assert system.results["targetedCount"] == 1 and system.results["appliedCount"] == 1
+    assert deployment.system_metrics.queries["appliedCount"] == (
+        "select deviceId from devices.modules where moduleId = '$edgeAgent' "  # noqa: S608
+        f"and configurations.[[{deployment_id}]].status = 'Applied'")
+    assert deployment.system_metrics.results == {"targetedCount": 2, "appliedCount": 2,
+                                                 "reportedSuccessfulCount": 0, "reportedFailedCount": 0}
+
+    registry = IoTHubRegistryManager.from_connection_string(config.iothub_connection_string)
+    agent_version = service.module_twin("m-1", "$edgeAgent").desired["$version"]
+    reports = [("m-1", "$edgeAgent", {"lastDesiredVersion": agent_version, "lastDesiredStatus": {"code": 200}}),
+               ("m-2", "$edgeAgent", {"lastDesiredVersion": service.module_twin("m-2", "$edgeAgent").desired[
+                   "$version"], "lastDesiredStatus": {"code": 500}}),
+               ("m-1", INSTALLER, {"packages": {"digits": {"state": "installed", "version": "2.0.0"}}}),
+               ("m-2", INSTALLER, {"packages": {"digits": {"state": "failed", "version": "2.0.0"}}}),
+               ("m-1", "inference_runner", {"model": {"name": "digits", "version": "2.0.0", "state": "serving"}}),
+               ("m-2", "inference_runner", {"model": {"name": "digits", "version": "1.0.0", "state": "serving"}})]
+    for device, module, reported in reports:
+        keys = registry.get_module(device, module).authentication.symmetric_key
+        client = IoTHubModuleClient.create_from_connection_string(
+            hub.config.module_connection_string(device, module, keys.primary_key),
+            server_verification_cert=stack_ca.ca_pem)
+        try:
+            await client.connect()
+            await client.patch_twin_reported_properties(reported)
+        finally:
+            await client.shutdown()
+    deployment = configs.get_configuration(deployment_id)
+    assert deployment.system_metrics.results == {"targetedCount": 2, "appliedCount": 2,
+                                                 "reportedSuccessfulCount": 1, "reportedFailedCount": 1}
+    assert deployment.metrics.results == {"installed": 1, "failed": 1, "serving": 1, "servingOther": 1}
+    base = configs.get_configuration("edb-base")
+    assert base.system_metrics.results["targetedCount"] == 3 and base.system_metrics.results["appliedCount"] == 3
 
 
 # -- the pure model ----------------------------------------------------------------------------
