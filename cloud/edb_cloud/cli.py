@@ -291,7 +291,16 @@ def _wait_and_print(config: CloudConfig, device_id: str, release: Any, timeout: 
             "reported": reported.to_twin() if reported else None, "serving": outcome.serving}
 
 
-@cloud.command(name="rollout")
+from edb_cloud.progressive_cli import RolloutGroup  # noqa: E402 - the group class for the decorator below
+
+
+@cloud.group(name="rollout", cls=RolloutGroup)
+def rollout_group() -> None:
+    """Roll NAME out: `rollout NAME --version V (--device D | --ring R | --plan PLAN)`; a progressive
+    rollout's `status`, `pause`, `resume`, `abort` NAME."""
+
+
+@rollout_group.command(name="start")
 @click.argument("name")
 @click.option("--version", default=None, help="A published version (default: the newest).")
 @click.option("--device", default=None, help="One device: module twin patch. Default $EDB_DEVICE_ID.")
@@ -317,7 +326,8 @@ def rollout_cmd(ctx: click.Context, name: str, version: str | None, device: str 
     if plan_file is not None:
         from edb_cloud.progressive_cli import start_plan
 
-        start_plan(ctx, config, _hub(config), _registry(config), release, plan_file, wait=wait, as_json=as_json)
+        start_plan(ctx, config, _hub(config), _registry(config), release, plan_file, wait=wait, as_json=as_json,
+                   allow_remove=allow_remove, timeout=None)
         return
     _rollout(ctx, config, release, device, ring, priority, min_version, wait, timeout, as_json,
              rollout_to_device, rollout_to_ring, allow_remove)
@@ -352,6 +362,15 @@ def _rollout(ctx: click.Context, config: CloudConfig, release: Any, device: str 
                 ctx.exit(1)
     if as_json:
         emit_json({"ok": True, **result})
+
+
+def _register_progressive() -> None:
+    from edb_cloud.progressive_cli import register
+
+    register(rollout_group, _config, _hub, _registry)
+
+
+_register_progressive()
 
 
 @cloud.command(name="rollback")
