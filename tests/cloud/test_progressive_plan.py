@@ -80,7 +80,7 @@ def test_percentages_are_cumulative_and_the_order_is_stable_per_rollout() -> Non
     devices = [f"d{n:03d}" for n in range(200)]
     phases = assign_phases(plan, "r1", devices, {})
     assert [len(p) for p in phases] == [10, 50, 140]
-    assert sorted(sum(phases, [])) == devices  # every device once
+    assert sorted(d for p in phases for d in p) == devices  # every device once
     assert phases == assign_phases(plan, "r1", list(reversed(devices)), {})
     assert phases[0] != assign_phases(plan, "r2", devices, {})[0]  # another rollout, another canary
     small = assign_phases(plan, "r1", devices[:10], {})  # 5% of 10 rounds up to one device
