@@ -248,6 +248,9 @@ def releases_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.option("--platform", default="amd64", show_default=True)
 @click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--reset-packages", is_flag=True, help="Do not carry the currently desired packages over.")
+@click.option("--carry-packages", is_flag=True,
+              help="Fleet: put into the base the package pointers every targeted device desires alike.")
+@click.option("--allow-remove", is_flag=True, help="Fleet: allow a base that removes packages from devices.")
 @click.option("--dry-run", is_flag=True, help="Expand and validate only; write config/deployment.<platform>.json.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="One device: wait until its edge agent reports the deployment applied (or refused).")
@@ -256,8 +259,8 @@ def releases_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @handles_errors
 def deploy_cmd(ctx: click.Context, device: str | None, target_condition: str | None, priority: int,
-               deployment_id: str, platform: str, template: Path | None, reset_packages: bool, dry_run: bool,
-               wait: bool, timeout: float, as_json: bool) -> None:
+               deployment_id: str, platform: str, template: Path | None, reset_packages: bool, carry_packages: bool,
+               allow_remove: bool, dry_run: bool, wait: bool, timeout: float, as_json: bool) -> None:
     """Expand deployment.template.json like iotedgedev and deploy the module suite. To one device it
     succeeds only once the device's $edgeAgent reports the deployment applied (lastDesiredStatus 200)."""
     from edb_cloud.deploy import (
@@ -279,7 +282,8 @@ def deploy_cmd(ctx: click.Context, device: str | None, target_condition: str | N
     if not dry_run:
         hub = _hub(config)
         if target_condition:
-            deploy_to_fleet(hub, deployment_id, manifest, target_condition=target_condition, priority=priority)
+            deploy_to_fleet(hub, deployment_id, manifest, target_condition=target_condition, priority=priority,
+                            carry_packages=carry_packages, allow_remove=allow_remove)
             target = f"deployment {deployment_id} ({target_condition}, priority {priority})"
         else:
             device_id = _device(config, device)
@@ -312,37 +316,56 @@ def _wait_and_print(config: CloudConfig, device_id: str, release: Any, timeout: 
             "reported": reported.to_twin() if reported else None, "serving": outcome.serving}
 
 
-@cloud.command(name="rollout")
+from edb_cloud.progressive_cli import RolloutGroup  # noqa: E402 - the group class for the decorator below
+
+
+@cloud.group(name="rollout", cls=RolloutGroup)
+def rollout_group() -> None:
+    """Roll NAME out: `rollout NAME --version V (--device D | --ring R | --plan PLAN)`; a progressive
+    rollout's `status`, `pause`, `resume`, `abort` NAME."""
+
+
+@rollout_group.command(name="start")
 @click.argument("name")
 @click.option("--version", default=None, help="A published version (default: the newest).")
 @click.option("--device", default=None, help="One device: module twin patch. Default $EDB_DEVICE_ID.")
 @click.option("--ring", default=None, help="Devices tagged ring=<ring>: a layered deployment.")
 @click.option("--priority", type=int, default=20, show_default=True, help="Layered deployment priority (--ring).")
 @click.option("--min-version", default=None, help="Also set the runner's model.minVersion.")
+@click.option("--allow-remove", is_flag=True, help="Allow a ring rollout that removes packages from devices.")
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A progressive rollout plan (phases and gates): see docs/orchestrator.md.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the device to report (one device).")
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @handles_errors
 def rollout_cmd(ctx: click.Context, name: str, version: str | None, device: str | None, ring: str | None,
-                priority: int, min_version: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+                priority: int, min_version: str | None, allow_remove: bool, plan_file: Path | None, wait: bool,
+                timeout: float, as_json: bool) -> None:
     """Point devices at a published version of NAME (only a pointer goes into the twin)."""
     from edb_cloud.rollout import rollout_to_device, rollout_to_ring
 
     config = _config(ctx)
     release = _registry(config).find(name, version)
+    if plan_file is not None:
+        from edb_cloud.progressive_cli import start_plan
+
+        start_plan(ctx, config, _hub(config), _registry(config), release, plan_file, wait=wait, as_json=as_json,
+                   allow_remove=allow_remove, timeout=None)
+        return
     _rollout(ctx, config, release, device, ring, priority, min_version, wait, timeout, as_json,
-             rollout_to_device, rollout_to_ring)
+             rollout_to_device, rollout_to_ring, allow_remove)
 
 
 def _rollout(ctx: click.Context, config: CloudConfig, release: Any, device: str | None, ring: str | None,
              priority: int, min_version: str | None, wait: bool, timeout: float, as_json: bool,
-             to_device: Callable[..., None], to_ring: Callable[..., str]) -> None:
+             to_device: Callable[..., None], to_ring: Callable[..., str], allow_remove: bool = False) -> None:
     hub = _hub(config)
     result: dict[str, Any] = {"name": release.name, "version": release.version,
                               "securityVersion": release.security_version}
     if ring:
-        result["deployment"] = to_ring(hub, ring, release, priority=priority)
+        result["deployment"] = to_ring(hub, ring, release, priority=priority, allow_remove=allow_remove)
         if not as_json:
             click.echo(f"{release.name} {release.version} -> ring {ring} (layered deployment {result['deployment']})")
     else:
@@ -366,19 +389,29 @@ def _rollout(ctx: click.Context, config: CloudConfig, release: Any, device: str 
         emit_json({"ok": True, **result})
 
 
+def _register_progressive() -> None:
+    from edb_cloud.progressive_cli import register
+
+    register(rollout_group, _config, _hub, _registry)
+
+
+_register_progressive()
+
+
 @cloud.command(name="rollback")
 @click.argument("name")
 @click.option("--to-version", default=None, help="Default: the release before the one currently desired.")
 @click.option("--device", default=None)
 @click.option("--ring", default=None)
 @click.option("--priority", type=int, default=20, show_default=True)
+@click.option("--allow-remove", is_flag=True, help="Allow a ring rollback that removes packages from devices.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @handles_errors
 def rollback_cmd(ctx: click.Context, name: str, to_version: str | None, device: str | None, ring: str | None,
-                 priority: int, wait: bool, timeout: float, as_json: bool) -> None:
+                 priority: int, allow_remove: bool, wait: bool, timeout: float, as_json: bool) -> None:
     """Point devices back at an older published version. Devices refuse a version whose security
     version is below their rollback floor (TEE_ROLLBACK): to undo a bad model, republish the good
     one with a new version and the current security version, then roll that out."""
@@ -396,7 +429,7 @@ def rollback_cmd(ctx: click.Context, name: str, to_version: str | None, device: 
     else:
         release = registry.find(name, to_version)
     _rollout(ctx, config, release, device, ring, priority, None, wait, timeout, as_json, rollout_to_device,
-             rollout_to_ring)
+             rollout_to_ring, allow_remove)
 
 
 @cloud.command(name="status")

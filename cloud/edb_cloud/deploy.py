@@ -126,9 +126,25 @@ def deployed_version(hub: HubService, device_id: str) -> int:
 
 
 def deploy_to_fleet(hub: HubService, deployment_id: str, manifest: dict[str, Any], *, target_condition: str,
-                    priority: int) -> None:
+                    priority: int, carry_packages: bool = False, allow_remove: bool = False) -> dict[str, Any]:
+    """A base automatic deployment. It replaces the per-device content of every device it targets, so
+    it is refused when a device would lose a package (CLOUD_ROLLOUT_WOULD_REMOVE) unless removals are
+    allowed; ``carry_packages`` puts into the base the pointers every targeted device desires alike."""
+    from edb_cloud.composition import DeploymentView, check_removals, common_packages
+    from edb_cloud.rollout import deployment_views, device_packages
+
+    current = [d for d in deployment_views(hub) if d.id != deployment_id]
+    devices = device_packages(hub)
+    targets = frozenset(hub.edge_devices(target_condition))
+    if carry_packages:
+        carried = common_packages(d for d in devices if d.device_id in targets)
+        if carried:
+            manifest = with_current_packages(manifest, {"packages": carried})
+    base = DeploymentView(deployment_id, priority, "~", False, manifest["modulesContent"], targets)
+    check_removals(devices, [*current, base], allow_remove=allow_remove)
     hub.put_deployment(deployment_id, manifest["modulesContent"], target_condition=target_condition,
                        priority=priority, labels={"app": "edb", "kind": "base"})
+    return manifest
 
 
 def write_manifest(config: CloudConfig, manifest: dict[str, Any], platform: str) -> Path:

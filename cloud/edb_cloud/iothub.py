@@ -80,14 +80,16 @@ class HubService:
                    lambda: self._configurations.apply_configuration_on_edge_device(device_id, content))
 
     def put_deployment(self, deployment_id: str, modules_content: Mapping[str, Any], *, target_condition: str,
-                       priority: int, labels: Mapping[str, str] | None = None) -> None:
-        """Create (or replace) an automatic or layered deployment."""
-        from azure.iot.hub.models import Configuration, ConfigurationContent
+                       priority: int, labels: Mapping[str, str] | None = None,
+                       metrics: Mapping[str, str] | None = None) -> None:
+        """Create (or replace) an automatic or layered deployment (``metrics``: custom metric queries)."""
+        from azure.iot.hub.models import Configuration, ConfigurationContent, ConfigurationMetrics
 
         configuration = Configuration(
             id=deployment_id, schema_version="1.0", labels=dict(labels or {}),
             content=ConfigurationContent(modules_content=dict(modules_content)),
             target_condition=target_condition, priority=priority,
+            metrics=ConfigurationMetrics(queries=dict(metrics)) if metrics else None,
         )
         try:
             self._configurations.get_configuration(deployment_id)
@@ -127,16 +129,68 @@ class HubService:
                             lambda: self._registry.invoke_device_module_method(device_id, module_id, request))
         return int(result.status), result.payload
 
-    def edge_devices(self, condition: str | None = None) -> list[str]:
-        """Device ids of IoT Edge devices, optionally filtered by a twin query condition."""
+    def query(self, text: str) -> list[Any]:
+        """Every item of a twin query, following continuation tokens."""
         from azure.iot.hub.models import QuerySpecification
 
-        where = "capabilities.iotEdge = true" + (f" AND ({condition})" if condition else "")
-        spec = QuerySpecification(query=f"SELECT * FROM devices WHERE {where}")  # noqa: S608 - the operator's query
-        result = self._call("query devices", lambda: self._registry.query_iot_hub(spec, None, 1000))
+        spec = QuerySpecification(query=text)
+        items: list[Any] = []
+        token: str | None = None
+        while True:
+            result = self._call("query", lambda t=token: self._registry.query_iot_hub(spec, t, 1000))  # type: ignore[misc]
+            items.extend(result.items or [])
+            token = result.continuation_token
+            if not token:
+                return items
+
+    def edge_devices(self, condition: str | None = None) -> list[str]:
+        """Device ids of IoT Edge devices, optionally filtered by a twin query condition ("*": all)."""
+        if condition is not None and condition.strip() == "":
+            return []  # IoT Hub: an empty target condition targets no device
+        where = "capabilities.iotEdge = true"
+        if condition and condition.strip() != "*":
+            where += f" AND ({condition})"
         ids = []
-        for item in result.items or []:
+        for item in self.query(f"SELECT * FROM devices WHERE {where}"):  # noqa: S608 - the operator's query
             device_id = item.get("deviceId") if isinstance(item, Mapping) else getattr(item, "device_id", None)
             if isinstance(device_id, str):
                 ids.append(device_id)
         return sorted(set(ids))
+
+    def module_twins(self, module_id: str) -> list[ModuleTwin]:
+        """Every twin of one module id across the hub (one paged query, not one GET per device)."""
+        quoted = module_id.replace("'", "''")
+        twins = []
+        for item in self.query(f"SELECT * FROM devices.modules WHERE moduleId = '{quoted}'"):  # noqa: S608
+            if isinstance(item, Mapping):
+                props = item.get("properties") or {}
+                twins.append(ModuleTwin(str(item.get("deviceId")), module_id, dict(props.get("desired") or {}),
+                                        dict(props.get("reported") or {}), item.get("connectionState")))
+            else:
+                props = item.properties
+                twins.append(ModuleTwin(item.device_id, module_id, dict(props.desired or {}) if props else {},
+                                        dict(props.reported or {}) if props else {},
+                                        getattr(item, "connection_state", None)))
+        return twins
+
+    def deployments(self) -> list[Any]:
+        """Every configuration (azure.iot.hub.models.Configuration), edge deployments and others."""
+        return list(self._call("list configurations", lambda: self._configurations.get_configurations(1000)) or [])
+
+    def get_deployment(self, deployment_id: str) -> Any:
+        return self._call("get configuration", lambda: self._configurations.get_configuration(deployment_id))
+
+    def update_deployment_labels(self, deployment_id: str, labels: Mapping[str, str],
+                                 metrics: Mapping[str, str] | None = None) -> None:
+        """Labels and metric queries are the parts of a configuration IoT Hub lets change."""
+        from azure.iot.hub.models import ConfigurationMetrics
+
+        configuration = self.get_deployment(deployment_id)
+        configuration.labels = dict(labels)
+        if metrics is not None:
+            configuration.metrics = ConfigurationMetrics(queries=dict(metrics))
+        self._call("update configuration",
+                   lambda: self._configurations.update_configuration(configuration, configuration.etag))
+
+    def delete_deployment(self, deployment_id: str) -> None:
+        self._call("delete configuration", lambda: self._configurations.delete_configuration(deployment_id))

@@ -106,10 +106,21 @@ def record_failure(
     backoff: Backoff,
     rng: random.Random | None = None,
     security_version: int | None = None,
+    retry_after: float | None = None,
 ) -> Failure:
-    """The failure state after one more failed attempt (attempts count per identity)."""
+    """The failure state after one more failed attempt (attempts count per identity).
+
+    ``retry_after``: the server's Retry-After (the key release service's 429/503). The device waits
+    at least that long, plus up to half of it again at random, so a herd told "1 s" does not come
+    back within the same instant (and never sooner than its own backoff)."""
     attempts = previous.attempts + 1 if previous is not None and previous.identity == identity else 1
-    retry_at = now + backoff.delay(attempts, rng) if retryable else None
+    retry_at = None
+    if retryable:
+        delay = backoff.delay(attempts, rng)
+        if retry_after is not None and retry_after > 0:
+            source = rng or random.SystemRandom()
+            delay = max(delay, min(retry_after, 3600.0) * (1.0 + 0.5 * source.random()))
+        retry_at = now + delay
     return Failure(identity, error, retryable, attempts, retry_at, security_version)
 
 

@@ -256,8 +256,10 @@ class InstallerService:
         retryable = is_retryable(exc)
         previous = self.failures.get(name)
         svn = self.reported[name].security_version if name in self.reported else None
+        retry_after = getattr(exc, "retry_after", None)  # the key release service's Retry-After, if any
         failure = record_failure(previous, package.identity, error, retryable=retryable, now=self.clock(),
-                                 backoff=self.backoff, security_version=svn)
+                                 backoff=self.backoff, security_version=svn,
+                                 retry_after=float(retry_after) if isinstance(retry_after, int | float) else None)
         self.failures[name] = failure
         installed = self.installed.get(name)
         self._report(name, ReportedPackage(PackageState.FAILED, package.version, svn, package.sha256, error,

@@ -84,7 +84,7 @@ def test_fleet_deployment_and_ring_rollout_follow_tags(hub: HubThread, config: C
     assert service.edge_devices() == ["canary-1", "prod-1"]
 
     deployment = rollout_to_ring(service, "canary", release("2.0.0"))
-    assert deployment == "edb-rollout-digits-canary"
+    assert deployment == "edb-rollout-digits-canary-v2-0-0"
     canary = service.module_twin("canary-1", "package_installer").desired
     assert canary["packages"]["digits"] == release("2.0.0").desired().to_twin()
     assert "digits" not in (service.module_twin("prod-1", "package_installer").desired.get("packages") or {})

@@ -82,7 +82,7 @@ def test_deployment_selection_and_layers() -> None:
     other = _config("other", BASE, "tags.env = 'dev'", 9, "2026-01-03")
     layer = _config("layer", {"$edgeAgent": {"properties.desired.modules.b": {"version": "2"}},
                               "$edgeHub": {"properties.desired.routes.b": "FROM /messages/modules/b/* INTO $upstream"},
-                              "b": {"properties.desired": {"z": True}}}, "tags.site = 'x'", 0, "2026-01-04")
+                              "b": {"properties.desired": {"z": True}}}, "tags.site = 'x'", 6, "2026-01-04")
     plan = plan_device(device, [low, high, other, layer])
     assert plan is not None
     assert plan.applied == ("high", "layer")
@@ -94,6 +94,30 @@ def test_deployment_selection_and_layers() -> None:
     tie = _config("tie", BASE, "*", 5, "2026-02-01")   # same priority, created later: wins
     assert plan_device(device, [high, tie]).applied == ("tie",)  # type: ignore[union-attr]
     assert plan_device({"deviceId": "d2", "tags": {}}, [low, high]) is None
+
+
+def test_layers_apply_only_on_an_applied_base_they_outrank() -> None:
+    """az iot edge deployment create: "Any edge device targeted by a layered deployment first needs a
+    base deployment applied to it. Any layered deployment targeting a device must have a higher
+    priority than the base deployment for that device." """
+    device = {"deviceId": "d1", "tags": {"ring": "canary"}, "capabilities": {"iotEdge": True}}
+    layer = _config("layer", {"$edgeAgent": {},
+                              "installer": {"properties.desired.packages.digits": {"version": "2"}}},
+                    "tags.ring = 'canary'", 20, "2026-01-04")
+    alone = plan_device(device, [layer])
+    assert alone is not None and alone.applied == () and alone.targeted == ("layer",)
+    assert alone.modules_desired == {}  # nothing to write: the twins keep what they have
+    base = _config("base", {**BASE, "installer": {"properties.desired": {"packages": {"other": {"version": "1"}}}}},
+                   "*", 10, "2026-01-01")
+    plan = plan_device(device, [base, layer])
+    assert plan is not None and plan.applied == ("base", "layer")
+    assert plan.modules_desired["installer"] == {"packages": {"other": {"version": "1"}, "digits": {"version": "2"}}}
+    outranked = _config("low-layer", {"$edgeAgent": {},
+                                      "installer": {"properties.desired.packages.x": {"version": "9"}}},
+                        "*", 10, "2026-01-05")
+    plan = plan_device(device, [base, layer, outranked])
+    assert plan is not None and plan.applied == ("base", "layer") and "low-layer" in plan.targeted
+    assert "x" not in plan.modules_desired["installer"]["packages"]
 
 
 def test_dotted_keys_create_intermediate_objects() -> None:

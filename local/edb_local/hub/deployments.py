@@ -9,6 +9,12 @@
   applied on top in ascending priority: each key ``properties.desired.a.b`` sets that path in the
   module's desired properties (``properties.desired.modules.X``, ``properties.desired.routes.r``);
   a whole ``properties.desired`` of a user module replaces that module's desired properties.
+- A layer applies only on top of an applied base and only with a higher priority than that base
+  ("Any edge device targeted by a layered deployment first needs a base deployment applied to it.
+  Any layered deployment targeting a device must have a higher priority than the base deployment
+  for that device": the ``az iot edge deployment create`` reference). A layer that cannot apply is
+  *Targeted*, not *Applied*, and a device with layers but no base keeps its desired properties as
+  they are (before this rule the layer alone replaced them: the silent uninstall of issue 12).
 - Desired properties from a deployment replace the module twin's desired properties.
 """
 
@@ -36,6 +42,9 @@ def validate_modules_content(modules_content: Any, *, require_base: bool = False
     if not isinstance(modules_content, dict) or not modules_content:
         raise _invalid("modulesContent must be a non-empty object")
     for module_id, content in modules_content.items():
+        # a layered deployment must carry an $edgeAgent object, which may be empty (how-to-deploy-cli-at-scale)
+        if module_id == "$edgeAgent" and content == {}:
+            continue
         if not isinstance(content, dict) or not content:
             raise _invalid(f"modulesContent.{module_id} must be a non-empty object")
         for key, value in content.items():
@@ -129,11 +138,15 @@ def plan_device(device_twin: dict[str, Any], configurations: list[dict[str, Any]
     layers = sorted((c for c in targeted if is_layered(c["content"]["modulesContent"])), key=_sort_key)
     applied: list[dict[str, Any]] = []
     desired: dict[str, dict[str, Any]] = {}
-    if bases:
-        base = max(bases, key=_sort_key)
-        applied.append(base)
-        apply_modules_content(desired, base["content"]["modulesContent"])
+    if not bases:  # layers need an applied base: nothing applies, the twins stay as they are
+        return DevicePlan(applied=(), targeted=tuple(c["id"] for c in targeted), modules_desired={})
+    base = max(bases, key=_sort_key)
+    applied.append(base)
+    apply_modules_content(desired, base["content"]["modulesContent"])
+    base_priority = int(base.get("priority") or 0)
     for layer in layers:
+        if int(layer.get("priority") or 0) <= base_priority:
+            continue  # a layer must outrank the device's base to apply
         applied.append(layer)
         apply_modules_content(desired, layer["content"]["modulesContent"])
     return DevicePlan(applied=tuple(c["id"] for c in applied), targeted=tuple(c["id"] for c in targeted),

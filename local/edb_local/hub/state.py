@@ -285,35 +285,32 @@ class HubState:
         return self.configuration_json(config_id), existing is None
 
     def configuration_json(self, config_id: str) -> dict[str, Any]:
+        """The configuration with its metrics evaluated now: ``systemMetrics`` (IoT Hub's four queries
+        for edge deployments) and the custom ``metrics``; each result is the number of rows its query
+        returns, the same query ``az iot edge deployment show-metric`` runs."""
         config = self.configurations.get(config_id)
         if config is None:
             raise _not_found("configuration")
         doc = copy.deepcopy(config)
-        doc["systemMetrics"] = self._system_metrics(config)
-        results = {}
-        for name, text in (config.get("metrics") or {}).get("queries", {}).items():
-            _kind, items = self.query(_expand_metric(text, config_id))
-            results[name] = len(items)
-        doc["metrics"] = {"queries": config.get("metrics", {}).get("queries", {}), "results": results}
+        snapshot: dict[str, list[dict[str, Any]]] = {}  # one twin snapshot for every query of this read
+        queries = system_metric_queries(config) if deployments.is_edge_configuration(config) else {}
+        doc["systemMetrics"] = {"queries": queries,
+                                "results": {name: self._count(text, snapshot) for name, text in queries.items()}}
+        custom = (config.get("metrics") or {}).get("queries", {})
+        doc["metrics"] = {"queries": custom,
+                          "results": {name: self._count(_expand_metric(text, config_id), snapshot)
+                                      for name, text in custom.items()}}
         return doc
 
-    def _system_metrics(self, config: dict[str, Any]) -> dict[str, Any]:
-        cid = config["id"]
-        targeted = applied = success = failed = 0
-        for device_id, doc in self.device_configurations.items():
-            if cid in doc.get("targeted", []):
-                targeted += 1
-            if cid in doc.get("applied", []):
-                applied += 1
-                agent = self.twins.get(Identity(device_id, "$edgeAgent"))
-                if agent is not None and agent.reported.get("lastDesiredVersion") == agent.desired_version:
-                    code = (agent.reported.get("lastDesiredStatus") or {}).get("code")
-                    if code == 200:
-                        success += 1
-                    elif code is not None:
-                        failed += 1
-        return {"queries": {}, "results": {"targetedCount": targeted, "appliedCount": applied,
-                                           "reportedSuccessfulCount": success, "reportedFailedCount": failed}}
+    def _count(self, text: str, snapshot: dict[str, list[dict[str, Any]]]) -> int:
+        query = parse_twin_query(text)
+        if query.source not in snapshot:
+            snapshot[query.source] = (self.module_twins_json() if query.source == "devices.modules"
+                                      else self.device_twins_json())
+        rows = snapshot[query.source]
+        _kind, items = (run_twin_query(query, [], rows) if query.source == "devices.modules"
+                        else run_twin_query(query, rows, []))
+        return len(items)
 
     def delete_configuration(self, config_id: str, if_match: str | None) -> None:
         config = self.configurations.get(config_id)
@@ -357,8 +354,9 @@ class HubState:
                 continue
             doc = {"applied": list(plan.applied), "targeted": list(plan.targeted), "updated": time.time()}
             # a configuration's content is immutable in IoT Hub, so the same applied list means
-            # the same desired properties: re-applying would only undo later manual twin edits
-            if before is None or before.get("applied") != doc["applied"]:
+            # the same desired properties: re-applying would only undo later manual twin edits.
+            # Nothing applied (layers without a base): the twins stay as they are.
+            if plan.applied and (before is None or before.get("applied") != doc["applied"]):
                 self.set_desired_all(record.device_id, plan.modules_desired)  # first: a refusal records nothing
             self.device_configurations[record.device_id] = doc
             self.store.put_deployment(record.device_id, doc)
@@ -371,6 +369,24 @@ def _check_modules_desired(modules_content: dict[str, Any]) -> None:
     deployments.apply_modules_content(desired, modules_content)
     for module_id, module_desired in desired.items():
         twins.replace_desired(Twin(device_id="-", module_id=module_id), module_desired)
+
+
+def system_metric_queries(config: dict[str, Any]) -> dict[str, str]:
+    """IoT Hub's system metric queries of an edge deployment (as the service stores them; the same
+    texts the azure-iot CLI's state export sample and IoT Edge's own deployment tests use)."""
+    cid = config["id"]
+    condition = str(config.get("targetCondition") or "").strip()
+    targeted = "select deviceId from devices where capabilities.iotEdge = true"
+    if condition == "":
+        targeted += " and false"  # an empty condition targets no device
+    elif condition != "*":
+        targeted += f" and ({condition})"
+    applied = ("select deviceId from devices.modules where moduleId = '$edgeAgent' "  # noqa: S608 - a checked id
+               f"and configurations.[[{cid}]].status = 'Applied'")
+    same_version = " and properties.desired.$version = properties.reported.lastDesiredVersion"
+    return {"targetedCount": targeted, "appliedCount": applied,
+            "reportedSuccessfulCount": applied + same_version + " and properties.reported.lastDesiredStatus.code = 200",
+            "reportedFailedCount": applied + same_version + " and properties.reported.lastDesiredStatus.code != 200"}
 
 
 def _expand_metric(text: Any, config_id: str) -> str:

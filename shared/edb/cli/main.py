@@ -29,6 +29,7 @@ _GROUPS: dict[str, tuple[str, str]] = {
     "twin": ("edb_local.hub.cli", "Show module twins."),
     "cloud": ("edb_cloud.cli", "Orchestrator: train, build, publish, deploy, roll out, status."),
     "demo": ("edb_cloud.demo", "Run the whole blueprint end to end on the local stack."),
+    "fleet": ("edb_local.fleet.cli", "Simulate many edge devices on this machine (start, status, down)."),
 }
 
 
