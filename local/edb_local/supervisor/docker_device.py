@@ -4,8 +4,9 @@ On a device the TEE's state is made once, at the factory, before any module runs
 one-shot container of the ``tee_service`` image (the same code that will serve), run as root (the
 factory station), with no network, a read-only root and:
 
-- the stack's TEE state volume (``edb-<stack>-edb-tee-state``, the manifest's ``edb-tee-state``)
-  mounted as the device directory ``/factory/devices/<id>``;
+- the stack's TEE state volume (``edb-<stack>-edb-tee-state``, the manifest's ``edb-tee-state``,
+  which the TEE container mounts at ``/var/lib/edb-tee``) as ``/factory/devices``: the device
+  directory is ``<volume>/<device id>`` (the TEE derives its keys' context from that name);
 - the manufacturer CA (made on the host: the factory's, never on the device) read-only at
   ``/factory/manufacturer``; the publisher root read-only;
 - the allow-list of the images' uids: installer 10001, runner 10003, admin 0, socket group 10001;
@@ -101,7 +102,7 @@ def provision_device_in_container(ctx: StackContext) -> str:
     image = module_image(ctx, "tee_service")
     api.create_volume(volume, labels={LABEL_STACK: stack, LABEL_DEVICE: ctx.device_id})
     host_config = api.create_host_config(
-        binds=[f"{volume}:{FACTORY}/devices/{ctx.device_id}", f"{root / 'manufacturer'}:{FACTORY}/manufacturer:ro",
+        binds=[f"{volume}:{FACTORY}/devices", f"{root / 'manufacturer'}:{FACTORY}/manufacturer:ro",
                f"{publisher_root}:{FACTORY}/publisher-root.pem:ro"],
         network_mode="none", read_only=True, security_opt=["no-new-privileges"],
         tmpfs={"/tmp": "size=16m"},  # noqa: S108 - the container's own tmpfs
@@ -144,3 +145,13 @@ def remove_stack_objects(state_dir: Path, *, volumes: bool) -> dict[str, int]:
     if volumes:
         result["volumes"] = remove_stack_volumes(client.api, stack)
     return result
+
+
+def stack_containers(state_dir: Path) -> list[str]:
+    """Names of this stack's containers still there (none after `edb local down`)."""
+    try:
+        client = docker.from_env(timeout=60)
+        found = client.api.containers(all=True, filters={"label": f"{LABEL_STACK}={stack_id(state_dir)}"})
+    except docker.errors.DockerException as exc:
+        return [f"(Docker Engine unreachable: {type(exc).__name__})"]
+    return [str((c.get("Names") or ["?"])[0]).lstrip("/") for c in found]
