@@ -70,9 +70,10 @@ def _edb(*args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]
                           timeout=timeout, check=False)
 
 
-def _edb_local(command: str, state_dir: Path, timeout: float) -> tuple[subprocess.CompletedProcess[str], Any]:
+def _edb_local(command: str, state_dir: Path, timeout: float,
+               extra: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess[str], Any]:
     """``edb local <command> --json`` and the status object it prints on its last line."""
-    out = _edb("local", command, "--state-dir", str(state_dir), "--json", timeout=timeout)
+    out = _edb("local", command, "--state-dir", str(state_dir), *extra, "--json", timeout=timeout)
     try:
         return out, json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -92,8 +93,10 @@ def _wait(what: str, check: Callable[[], Any], timeout: float, poll: float = 0.5
 
 
 class Demo:
-    def __init__(self, state_dir: Path, *, keep_running: bool, echo: Callable[[str], None]) -> None:
+    def __init__(self, state_dir: Path, *, keep_running: bool, echo: Callable[[str], None],
+                 runtime: str = "process") -> None:
         self.state_dir = state_dir
+        self.runtime = runtime  # "docker": every module (and the TEE) in a container of this tree's images
         self.keep_running = keep_running
         self.echo = echo
         self.results: list[StepResult] = []
@@ -130,6 +133,12 @@ class Demo:
             ("tampered package refused, v2 keeps serving", self.tampered),
             ("rollback to v1's security version refused", self.rollback),
         ]
+        if self.runtime == "docker":
+            # The TEE is the tee_service container the agent runs (no host TEE service): deploy the
+            # module suite first, then read the device's identity from the running TEE. Same steps.
+            deploy = next(s for s in steps if s[1] == self.deploy)
+            steps.remove(deploy)
+            steps.insert(2, deploy)
         ok = True
         for name, fn in steps:
             if not self.step(name, fn):
@@ -171,7 +180,7 @@ class Demo:
         from edb.pki.devpki import init_publisher_pki
 
         if self.state_dir.exists():
-            _edb("local", "down", "--state-dir", str(self.state_dir), "--json", timeout=120)
+            _edb("local", "down", "--state-dir", str(self.state_dir), "--volumes", "--json", timeout=120)
             shutil.rmtree(self.state_dir)
         self.state_dir.mkdir(parents=True)
         # Before the stack starts, so provisioning pins this publisher root in the device's TEE.
@@ -179,7 +188,8 @@ class Demo:
         return f"state in {self.state_dir}; publisher root {pki.root_cert}"
 
     def stack_up(self) -> str:
-        out, doc = _edb_local("up", self.state_dir, timeout=240)
+        out, doc = _edb_local("up", self.state_dir, timeout=240,
+                              extra=("--runtime", self.runtime) if self.runtime != "process" else ())
         bad = [c["name"] for c in doc.get("components", []) if c.get("state") != "running"]
         if out.returncode != 0 or not doc.get("ok") or bad:
             raise StepFailed(f"components not running: {bad or doc}")
@@ -425,8 +435,12 @@ class Demo:
         running = [c["name"] for c in doc.get("components", []) if c.get("state") not in ("stopped", "not installed")]
         leftovers = [p.name for p in (self.state_dir / "run").glob("*.pid")] if (self.state_dir / "run").exists() \
             else []
+        if self.runtime == "docker":
+            from edb_local.supervisor.docker_device import stack_containers
+
+            leftovers += stack_containers(self.state_dir)
         if running or leftovers:
-            raise StepFailed(f"still running: {running}, pid files: {leftovers}")
+            raise StepFailed(f"still running: {running}, pid files or containers: {leftovers}")
         return "every component and module stopped; state kept in " + str(self.state_dir)
 
     # -- output ------------------------------------------------------------------------------------
@@ -458,13 +472,16 @@ class Demo:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".edb/demo"),
               show_default=True, help="Fresh state directory for the demo's own stack (wiped first).")
 @click.option("--keep-running", is_flag=True, help="Leave the stack running at the end (to explore it).")
-def demo(state_dir: Path, keep_running: bool) -> None:
+@click.option("--runtime", type=click.Choice(["process", "docker"]), default="process", show_default=True,
+              help="docker: every module and the TEE in containers of the images `edb images build` made "
+                   "(make demo-containers)")
+def demo(state_dir: Path, keep_running: bool, runtime: str) -> None:
     """Run the whole blueprint end to end on the local stack; exit 0 only if every step is verified."""
     from rich.console import Console
 
     console = Console(width=max(Console().width, 120))
     started = time.monotonic()
-    runner = Demo(state_dir, keep_running=keep_running, echo=console.print)
+    runner = Demo(state_dir, keep_running=keep_running, echo=console.print, runtime=runtime)
     ok = runner.run()
     console.print(runner.summary())
     total = time.monotonic() - started

@@ -52,10 +52,14 @@ def local() -> None:
 @click.option("--timeout", type=float, default=90.0, show_default=True, help="seconds to wait for health")
 @click.option("--legacy-v1", is_flag=True, help="first run only: enable the LEGACY v1 key flow (weaker) on the "
               "device's TEE and the key release service's WrapKey/ProvisionKey routes")
+@click.option("--runtime", type=click.Choice(["process", "docker"]), default=None,
+              help="first run only: modules (and the TEE) as local processes (default) or as containers of "
+                   "the images `edb images build` made, through the Docker Engine API (docs/containers.md)")
 @_JSON
-def up(state_dir: Path, device_id: str | None, timeout: float, legacy_v1: bool, as_json: bool) -> None:
+def up(state_dir: Path, device_id: str | None, timeout: float, legacy_v1: bool, runtime: str | None,
+       as_json: bool) -> None:
     """Generate credentials (first run), start every component, wait until healthy, write local.env."""
-    stack = Stack(state_dir, device_id, legacy_v1=legacy_v1)
+    stack = Stack(state_dir, device_id, legacy_v1=legacy_v1, runtime=runtime)
     console = Console(stderr=True)
 
     def progress(status: ComponentStatus) -> None:
@@ -71,10 +75,12 @@ def up(state_dir: Path, device_id: str | None, timeout: float, legacy_v1: bool, 
 
 @local.command()
 @_STATE_DIR
+@click.option("--volumes", is_flag=True, help="Docker runtime: also remove the stack's volumes (the device's "
+              "TEE state, package cache, reporter store): the next `up` provisions a new device")
 @_JSON
-def down(state_dir: Path, as_json: bool) -> None:
+def down(state_dir: Path, volumes: bool, as_json: bool) -> None:
     """Stop every component (agent and its modules first); state is kept for the next `up`."""
-    _emit("edb local stack: down", Stack(state_dir).down(), as_json, state_dir)
+    _emit("edb local stack: down", Stack(state_dir).down(volumes=volumes), as_json, state_dir)
 
 
 @local.command()

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from edb_local.agent.config import AgentConfig
+from edb_local.agent.containers import stack_id
 from edb_local.agent.module_map import ModuleMap
 from edb_local.agent.reconcile import BackoffPolicy
 from edb_local.agent.runtime import EdgeAgent
@@ -33,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host-service", action="append", default=[], metavar="NAME=SOCKET",
                    help="a host-provided device service and its Unix socket (e.g. tee=/path/tee.sock)")
     p.add_argument("--module-map", type=Path, help="extra image -> entry point map (JSON)")
+    p.add_argument("--runtime", choices=("process", "docker"), default="process",
+                   help="modules as local processes, or as containers through the Docker Engine API")
+    p.add_argument("--stack-id", default="", help="Docker runtime: label/prefix of this stack's containers")
     p.add_argument("--backoff-base", type=float, default=1.0)
     p.add_argument("--backoff-max", type=float, default=60.0)
     p.add_argument("--stop-timeout", type=float, default=10.0)
@@ -64,6 +68,8 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
         resync_interval_s=args.resync_interval,
         reconnect_after_s=args.reconnect_after,
         module_map=ModuleMap.from_file(module_map_path),
+        runtime=args.runtime,
+        stack=args.stack_id or stack_id(args.state_dir),
     )
 
 

@@ -36,6 +36,10 @@ class AgentConfig:
     reconnect_after_s: float = 30.0
     python: str = sys.executable
     module_map: ModuleMap = field(default_factory=ModuleMap)
+    #: "process" (modules as local processes) or "docker" (containers through the Docker Engine API)
+    runtime: str = "process"
+    #: the Docker runtime's label and name prefix for this stack's containers and volumes
+    stack: str = ""
 
     @property
     def agent_dir(self) -> Path:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from edb_local.agent.errors import ImageNotMappedError
 
-EntryKind = Literal["python-module", "python-script", "host"]
+EntryKind = Literal["python-module", "python-script", "host", "container"]
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class ModuleRecord:
     last_exit: dt.datetime | None = None
     last_restart: dt.datetime | None = None
     description: str = ""
+    container_id: str | None = None  # the Docker runtime's container (edb_local.agent.docker_runner)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def observation(self) -> ModuleObservation:

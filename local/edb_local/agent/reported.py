@@ -73,13 +73,14 @@ def agent_reported(
     agent_started: dt.datetime,
     agent_version: str,
     hub_connected: bool,
+    runtime_type: str = "process",
 ) -> dict[str, Any]:
     return {
         "schemaVersion": "1.1",
         "version": {"version": agent_version, "build": "edb-local", "commit": ""},
         "lastDesiredVersion": last_desired_version,
         "lastDesiredStatus": {"code": desired_status.code, "description": desired_status.description},
-        "runtime": {"type": "process", "platform": {"os": "linux"}},
+        "runtime": {"type": runtime_type, "platform": {"os": "linux"}},
         "systemModules": {
             "edgeAgent": {"runtimeStatus": "running", "lastStartTimeUtc": utc_iso(agent_started)},
             # The hub stand-in plays edgeHub; the agent reaches it through the same gateway.

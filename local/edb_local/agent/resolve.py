@@ -28,11 +28,14 @@ class ResolvedModule:
         return self.entry.host_provided
 
 
-def resolve_deployment(deployment: Deployment, module_map: ModuleMap) -> dict[str, ResolvedModule]:
+def resolve_deployment(deployment: Deployment, module_map: ModuleMap, *,
+                       containers: bool = False) -> dict[str, ResolvedModule]:
+    """``containers``: the Docker runtime runs every module's image itself (no entry point, nothing
+    host-provided); createOptions are still checked here so a bad one rejects the deployment alike."""
     return {
         module_id: ResolvedModule(
             spec=spec,
-            entry=module_map.resolve(spec.image),
+            entry=EntryPoint("container", spec.image) if containers else module_map.resolve(spec.image),
             options=parse_create_options(module_id, spec.create_options),
         )
         for module_id, spec in deployment.modules.items()

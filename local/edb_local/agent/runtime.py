@@ -27,12 +27,14 @@ from azure.iot.device.aio import IoTHubModuleClient
 from edb import __version__
 from edb.errors import EdbError
 from edb_local.agent.config import AGENT_MODULE_ID, AgentConfig
+from edb_local.agent.containers import container_request, numeric_user
 from edb_local.agent.deployment import Deployment, ModuleSpec, desired_version_of, parse_deployment
+from edb_local.agent.docker_runner import ContainerRunner
 from edb_local.agent.environment import EdgeModuleIdentity, module_environment
 from edb_local.agent.errors import DeploymentError
 from edb_local.agent.identities import IdentityRegistry
 from edb_local.agent.processes import ModuleRecord, ProcessRunner
-from edb_local.agent.reconcile import ForgetModule, StartModule, StopModule, plan, runtime_status
+from edb_local.agent.reconcile import ForgetModule, StartModule, StopModule, StopReason, plan, runtime_status
 from edb_local.agent.reported import (
     DesiredStatus,
     ModuleReport,
@@ -72,6 +74,10 @@ class EdgeAgent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.runner = ProcessRunner(config.module_log_dir, config.run_dir, config.work_root, self.wake,
                                     config.stop_timeout_s)
+        self.containers: ContainerRunner | None = None
+        if config.runtime == "docker":
+            self.containers = ContainerRunner(config.stack, config.module_log_dir, self._wake_threadsafe,
+                                              config.stop_timeout_s)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -131,7 +137,7 @@ class EdgeAgent:
         decision = plan(desired, observed, time.monotonic(), self.config.backoff, host)
         for action in decision.actions:
             if isinstance(action, StopModule):
-                await self.runner.stop(self.records[action.module_id], action.reason)
+                await self._stop(self.records[action.module_id], action.reason)
             elif isinstance(action, ForgetModule):
                 await self._forget(action.module_id)
             elif isinstance(action, StartModule):
@@ -221,7 +227,8 @@ class EdgeAgent:
         self.last_desired_version = version
         try:
             deployment = parse_deployment(desired)
-            resolved = resolve_deployment(deployment, self.config.module_map)
+            resolved = resolve_deployment(deployment, self.config.module_map,
+                                          containers=self.containers is not None)
         except DeploymentError as exc:
             # Fail closed on the new deployment, keep the previous one running (edgeAgent does).
             self.desired_status = DesiredStatus(exc.status_code, f"{exc.code}: {exc.message}")
@@ -248,9 +255,14 @@ class EdgeAgent:
             record.restart_count = 0
         record.spec = spec
         try:
+            owner = None
+            if self.containers is not None:  # the container's uid gets its workload socket
+                user = await asyncio.to_thread(self.containers.container_user, spec.image,
+                                               spec.create_options.get("User"))
+                owner = numeric_user(user)
             credential = await self.identities.ensure_module(spec.module_id)
             self.signer.set_credential(credential)
-            workload_uri = await self.workload.add_module(spec.module_id)
+            workload_uri = await self.workload.add_module(spec.module_id, owner)
         except (EdbError, OSError) as exc:
             record.running = False
             record.exit_code = None
@@ -265,6 +277,9 @@ class EdgeAgent:
             module_id=spec.module_id, gateway_hostname=self.config.gateway_hostname,
             generation_id=credential.generation_id, workload_uri=workload_uri,
         )
+        if self.containers is not None:
+            await self._start_container(record, identity)
+            return
         env = module_environment(
             agent_env=os.environ, host_defaults=self.config.host_defaults, options=resolved.options,
             manifest_env=spec.env_dict, identity=identity, volume_root=str(self.config.volume_root),
@@ -275,7 +290,34 @@ class EdgeAgent:
         argv = [*resolved.entry.argv(self.config.python), *resolved.options.args]
         await self.runner.start(record, argv, env, resolved.options.health_check)
 
+    async def _start_container(self, record: ModuleRecord, identity: EdgeModuleIdentity) -> None:
+        assert self.containers is not None
+        spec = record.spec
+        try:
+            request = container_request(
+                module_id=spec.module_id, image=spec.image, fingerprint=spec.fingerprint,
+                create_options=spec.create_options, manifest_env=spec.env_dict,
+                host_defaults=self.config.host_defaults, identity=identity, stack=self.config.stack,
+                workload_socket=self.workload.socket_path(spec.module_id), ca_file=self.config.ca_path)
+        except DeploymentError as exc:  # this module's options only: the others still run
+            record.running, record.exit_code, record.stop_reason = False, None, None
+            record.exited_at = time.monotonic()
+            record.last_exit = dt.datetime.now(dt.UTC)
+            record.description = f"cannot start: {exc.code}: {exc.message}"
+            log.error("module %s cannot start: %s", spec.module_id, exc)
+            return
+        await self.containers.start(record, request)
+
+    async def _stop(self, record: ModuleRecord, reason: StopReason) -> None:
+        if self.containers is not None:
+            await self.containers.stop(record, reason)
+        else:
+            await self.runner.stop(record, reason)
+
     async def _forget(self, module_id: str) -> None:
+        record = self.records.get(module_id)
+        if record is not None and self.containers is not None:
+            await self.containers.remove(record)
         self.records.pop(module_id, None)
         self.signer.remove(module_id)
         await self.workload.remove_module(module_id)
@@ -305,7 +347,7 @@ class EdgeAgent:
         return agent_reported(
             desired_status=self.desired_status, last_desired_version=self.last_desired_version,
             modules=modules, agent_started=self.started, agent_version=__version__,
-            hub_connected=self._connected,
+            hub_connected=self._connected, runtime_type=self.config.runtime,
         )
 
     def _host_service_report(self, spec: ModuleSpec, service: str) -> ModuleReport:
@@ -379,7 +421,15 @@ class EdgeAgent:
 
     def _sweep_orphans(self) -> None:
         """Module processes of a previous agent that died without stopping them: a process cannot
-        be adopted (only its parent can wait for it), so stop them and start afresh."""
+        be adopted (only its parent can wait for it), so stop them and start afresh. Containers of
+        this stack left by a previous agent are removed alike (their workload sockets are gone)."""
+        if self.containers is not None:
+            try:
+                swept = self.containers.sweep()
+                if swept:
+                    log.warning("removed %d container(s) of a previous agent", swept)
+            except Exception as exc:  # an engine that is not there yet: the starts will say so
+                log.warning("cannot sweep old containers: %s", _describe(exc))
         for pid_file in sorted(self.config.run_dir.glob("module.*.pid")):
             record = read_pid_file(pid_file)
             if record is not None and is_alive(record):
@@ -399,11 +449,15 @@ class EdgeAgent:
                          reverse=True)
         for record in ordered:
             if record.running:
-                await self.runner.stop(record, "stopped")
+                await self._stop(record, "stopped")
+            if self.containers is not None:  # `edb local down` leaves no container behind
+                await self.containers.remove(record)
         if self._connected:
             await self._report()
         await self._drop_client()
         await self.workload.close()
+        if self.containers is not None:
+            self.containers.close()
 
 
 def _unix_socket_accepts(path: Path) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edb_local.azurite import azurite_command, azurite_table_command
@@ -276,3 +276,45 @@ COMPONENTS: tuple[Component, ...] = (
 )
 
 BY_NAME = {c.name: c for c in COMPONENTS}
+
+
+# -- the Docker runtime (edb local up --runtime docker) ---------------------------------------------
+# The TEE is the tee_service container the agent runs (startupOrder 0), so there is no host TEE
+# process: the factory's CA is made on the host before the key release service starts, and the
+# device is provisioned in a one-shot container of the TEE image before the agent starts.
+
+def _docker_keyrelease_prepare(ctx: StackContext) -> None:
+    from edb_tee.manufacturer import ManufacturerCA
+
+    ManufacturerCA.load_or_create(ctx.paths.root.resolve() / "manufacturer")
+    _keyrelease_prepare(ctx)
+
+
+def _docker_agent_prepare(ctx: StackContext) -> None:
+    from edb_local.supervisor.docker_device import prepare_tee_socket_dir, provision_device_in_container
+
+    prepare_tee_socket_dir(ctx)
+    provision_device_in_container(ctx)
+    _agent_prepare(ctx)
+
+
+def _docker_agent_command(ctx: StackContext) -> list[str]:
+    from edb_local.agent.containers import stack_id
+
+    argv = _agent_command(ctx)
+    at = argv.index("--host-service")
+    del argv[at:at + 2]
+    return [*argv, "--runtime", "docker", "--stack-id", stack_id(ctx.paths.root)]
+
+
+DOCKER_COMPONENTS: tuple[Component, ...] = tuple(
+    replace(c, depends_on=("keyvault", "tables"), requires=("keyvault",), prepare=_docker_keyrelease_prepare)
+    if c.name == "keyrelease" else
+    replace(c, depends_on=("hub",), prepare=_docker_agent_prepare, command=_docker_agent_command)
+    if c.name == "agent" else c
+    for c in COMPONENTS if c.name != "tee"
+)
+
+
+def components_for(runtime: str) -> tuple[Component, ...]:
+    return DOCKER_COMPONENTS if runtime == "docker" else COMPONENTS

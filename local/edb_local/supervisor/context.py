@@ -63,7 +63,10 @@ class StackContext:
 
     @property
     def tee_socket(self) -> Path:
-        """Where `edb tee serve --device-dir` listens by default (edb_tee.paths.DeviceLayout)."""
+        """Where `edb tee serve --device-dir` listens by default (edb_tee.paths.DeviceLayout); with
+        the Docker runtime, where the TEE container makes it (run/tee, bound at /run/edb-tee)."""
+        if self.settings.runtime == "docker":
+            return self.paths.run.resolve() / "tee" / "tee.sock"
         try:
             from edb_tee.paths import DeviceLayout
         except ImportError:

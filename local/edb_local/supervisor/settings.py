@@ -33,6 +33,10 @@ class StackSettings:
     #: LEGACY v1 key flow (weaker): device provisioned with --allow-legacy-v1, the key release
     #: service's WrapKey/ProvisionKey routes on. Chosen at the first `up --legacy-v1`, never changed.
     legacy_v1: bool = False
+    #: where the edge agent runs modules: "process" or "docker" (containers through the Docker Engine
+    #: API, the TEE included). Chosen at the first `up --runtime`, never changed: the device's TEE
+    #: state lives in .edb/devices for one and in a Docker volume for the other.
+    runtime: str = "process"
 
     def url(self, port_name: str) -> str:
         return f"https://{self.address}:{self.ports[port_name]}"
@@ -86,14 +90,19 @@ class StackPaths:
         os.chmod(self.root, 0o700)  # keys and the owner connection string live here
 
 
-def load_or_create_settings(paths: StackPaths, device_id: str | None, legacy_v1: bool = False) -> StackSettings:
+def load_or_create_settings(paths: StackPaths, device_id: str | None, legacy_v1: bool = False,
+                            runtime: str | None = None) -> StackSettings:
     """``legacy_v1``: this `up` asks for the legacy v1 key flow (only a new stack can start with it:
     the device's TEE measurement depends on it)."""
     if paths.settings.exists():
         doc = json.loads(paths.settings.read_text())
         settings = StackSettings(address=doc["address"], device_id=doc["device_id"], hub_name=doc["hub_name"],
                                  ports={**DEFAULT_PORTS, **doc.get("ports", {})},
-                                 legacy_v1=bool(doc.get("legacy_v1", False)))
+                                 legacy_v1=bool(doc.get("legacy_v1", False)),
+                                 runtime=str(doc.get("runtime", "process")))
+        if runtime is not None and runtime != settings.runtime:
+            raise SupervisorError(f"{paths.root} was set up with the {settings.runtime} runtime; use another "
+                                  f"--state-dir for --runtime {runtime}", code=STATE_MISMATCH)
         if device_id is not None and device_id != settings.device_id:
             raise SupervisorError(
                 f"{paths.root} holds device {settings.device_id!r}; use another --state-dir for {device_id!r}",
@@ -104,7 +113,8 @@ def load_or_create_settings(paths: StackPaths, device_id: str | None, legacy_v1:
                                   code=STATE_MISMATCH)
         return settings
     address = free_loopback_address(tuple(DEFAULT_PORTS.values()))
-    settings = StackSettings(address=address, device_id=device_id or DEFAULT_DEVICE_ID, legacy_v1=legacy_v1)
+    settings = StackSettings(address=address, device_id=device_id or DEFAULT_DEVICE_ID, legacy_v1=legacy_v1,
+                             runtime=runtime or "process")
     paths.ensure()
     tmp = paths.settings.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(settings), indent=2) + "\n")

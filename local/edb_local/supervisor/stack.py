@@ -9,6 +9,7 @@ modules itself), then sweeps any module process the agent left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edb.errors import EdbError
-from edb_local.supervisor.components import COMPONENTS, Component
+from edb_local.supervisor.components import COMPONENTS, Component, components_for
 from edb_local.supervisor.context import StackContext
 from edb_local.supervisor.credentials import ensure_credentials
 from edb_local.supervisor.launcher import running_record, spawn_detached, stop_process_group
@@ -53,17 +54,30 @@ def _log_tail(path: Path, lines: int = 5) -> str:
 
 class Stack:
     def __init__(self, state_dir: Path, device_id: str | None = None,
-                 components: tuple[Component, ...] = COMPONENTS, *, legacy_v1: bool = False) -> None:
+                 components: tuple[Component, ...] | None = None, *, legacy_v1: bool = False,
+                 runtime: str | None = None) -> None:
         self.paths = StackPaths(Path(state_dir))
         self.device_id = device_id
-        self.components = components
+        self._components = components
         self.legacy_v1 = legacy_v1
+        self.runtime = runtime
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        """The given table, or the one for this stack's runtime (known once its settings exist)."""
+        if self._components is not None:
+            return self._components
+        runtime = self.runtime
+        if runtime is None and self.paths.settings.exists():
+            runtime = str(json.loads(self.paths.settings.read_text()).get("runtime", "process"))
+        return components_for(runtime or "process")
 
     def context(self, *, create: bool) -> StackContext | None:
         if not create and not self.paths.settings.exists():
             return None
         self.paths.ensure()
-        return StackContext(self.paths, load_or_create_settings(self.paths, self.device_id, self.legacy_v1))
+        return StackContext(self.paths, load_or_create_settings(self.paths, self.device_id, self.legacy_v1,
+                                                                self.runtime))
 
     # -- up ---------------------------------------------------------------------------------------
 
@@ -148,7 +162,7 @@ class Stack:
 
     # -- down / status ----------------------------------------------------------------------------
 
-    def down(self) -> list[ComponentStatus]:
+    def down(self, *, volumes: bool = False) -> list[ComponentStatus]:
         results: list[ComponentStatus] = []
         for component in reversed(self.components):
             pid_file = self.paths.pid_file(component.name)
@@ -156,6 +170,14 @@ class Stack:
             results.append(ComponentStatus(component.name, STOPPED, "stopped" if was_running else "was not running"))
         for pid_file in sorted(self.paths.run.glob("module.*.pid")):  # modules the agent left behind
             stop_process_group(pid_file, 10.0)
+        if self.paths.settings.exists() and (volumes or self.components is not COMPONENTS):
+            from edb_local.supervisor.docker_device import remove_stack_objects
+
+            # containers the agent left behind (it removes its own), and --volumes: the device's state
+            removed = remove_stack_objects(self.paths.root, volumes=volumes)
+            if removed:
+                results.append(ComponentStatus("containers", STOPPED, ", ".join(
+                    f"{count} {kind} removed" for kind, count in removed.items())))
         return list(reversed(results))
 
     def status(self) -> list[ComponentStatus]:

@@ -25,6 +25,7 @@ from edb_local.workload.signer import WorkloadSigner
 log = logging.getLogger(__name__)
 
 _CALLER = web.AppKey("caller", str)
+_ALLOWED = web.AppKey("allowed_uids", frozenset)
 _MAX_BODY = 16 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,6 +42,7 @@ class WorkloadServer:
         self.socket_dir = socket_dir
         self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset({os.getuid()})
         self._runners: dict[str, web.AppRunner] = {}
+        self._owners: dict[str, int | None] = {}
 
     def socket_path(self, module_id: str) -> Path:
         return self.socket_dir / f"{module_id}.sock"
@@ -48,25 +50,34 @@ class WorkloadServer:
     def workload_uri(self, module_id: str) -> str:
         return f"unix://{self.socket_path(module_id)}"
 
-    async def add_module(self, module_id: str) -> str:
-        """Serve ``module_id``'s socket (idempotent); returns its ``IOTEDGE_WORKLOADURI``."""
+    async def add_module(self, module_id: str, owner_uid: int | None = None) -> str:
+        """Serve ``module_id``'s socket (idempotent); returns its ``IOTEDGE_WORKLOADURI``.
+        ``owner_uid``: a module container's uid, which gets the socket (0600) and may use it too
+        (the socket file alone is bound into that container)."""
+        if module_id in self._runners and self._owners.get(module_id) != owner_uid:
+            await self.remove_module(module_id)
         if module_id not in self._runners:
             prepare_socket_dir(self.socket_dir)
             path = self.socket_path(module_id)
             path.unlink(missing_ok=True)
             app = web.Application(client_max_size=_MAX_BODY, middlewares=[self._peer_check])
             app[_CALLER] = module_id
+            app[_ALLOWED] = self.allowed_uids | ({owner_uid} if owner_uid is not None else set())
             app.router.add_get("/trust-bundle", self._trust_bundle)
             app.router.add_post("/modules/{module}/genid/{genid}/sign", self._sign)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             await web.UnixSite(runner, str(path)).start()
             os.chmod(path, 0o600)
+            if owner_uid is not None and owner_uid != os.getuid():
+                os.chown(path, owner_uid, -1)
             self._runners[module_id] = runner
+            self._owners[module_id] = owner_uid
         return self.workload_uri(module_id)
 
     async def remove_module(self, module_id: str) -> None:
         runner = self._runners.pop(module_id, None)
+        self._owners.pop(module_id, None)
         if runner is not None:
             await runner.cleanup()
         self.socket_path(module_id).unlink(missing_ok=True)
@@ -82,7 +93,7 @@ class WorkloadServer:
         try:
             _require_api_version(request)
             uid = _peer_uid(request)
-            if uid not in self.allowed_uids:
+            if uid not in request.app[_ALLOWED]:
                 raise WorkloadError(f"uid {uid} may not use the workload API", code=PEER_REFUSED)
             return await handler(request)
         except WorkloadError as exc:

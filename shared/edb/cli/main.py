@@ -25,6 +25,7 @@ _GROUPS: dict[str, tuple[str, str]] = {
     "keyvault": ("edb_cloud.keyvault_cli", "KEK and signing keys in Azure Key Vault; release policy."),
     "keyrelease": ("key_release_service.cli", "Run the key release service locally."),
     "local": ("edb_local.cli", "Start, stop and inspect the local stack of Azure stand-ins."),
+    "images": ("edb_local.images.cli", "Build the module images (amd64, arm64) without a registry."),
     "monitor": ("edb_local.hub.cli", "Print upstream messages, like `az iot hub monitor-events`."),
     "twin": ("edb_local.hub.cli", "Show module twins."),
     "cloud": ("edb_cloud.cli", "Orchestrator: train, build, publish, deploy, roll out, status."),

@@ -1,0 +1,1 @@
+"""Module images: the build plan (pure), the builder (Docker Engine API) and ``edb images``."""
