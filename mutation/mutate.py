@@ -37,7 +37,8 @@ PACKAGES = {
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "package": (
         ["edb/cpk/policy.py", "edb/cpk/signed.py", "edb/keys/low_s.py"],
-        ["tests/package/test_package_security_pins.py", "tests/package/test_low_s.py", "tests/package/test_hostile.py"],
+        ["tests/package/test_package_security_pins.py", "tests/package/test_low_s.py", "tests/package/test_hostile.py",
+         "tests/package/test_signed_manifest_json.py"],
     ),
     "pki": (
         ["edb/pki/chain.py"],
@@ -54,11 +55,11 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "tee-access": (
         ["edb_tee/access.py"],
-        ["tests/tee/test_roles_config.py"],
+        ["tests/tee/test_access_decisions.py", "tests/tee/test_roles_config.py"],
     ),
     "hub-auth": (
         ["edb_local/hub/sas.py"],
-        ["tests/hub/test_sas_topics.py"],
+        ["tests/hub/test_sas_decisions.py", "tests/hub/test_sas_topics.py"],
     ),
 }
 
