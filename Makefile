@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all setup test demo lint typecheck bench clean distclean
+.PHONY: all setup test demo lint typecheck bench clean distclean fuzz mutate
 
 all: test
 
@@ -33,6 +33,18 @@ test: setup
 demo: setup
 	$(BIN)/edb demo
 
+# Long randomised fuzzing of the TEE wire protocol, the installer's desired-property parser and the
+# key release request parser (`make test` runs the same tests briefly, derandomized).
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	EDB_FUZZ=1 EDB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -n 0 -q tests/fuzz
+
+# Mutation testing (mutmut) of the security-critical modules with the tests that pin them; slow,
+# not part of CI. `make mutate MUTATE_GROUPS="package installer"` runs a subset (mutation/mutate.py).
+MUTATE_GROUPS ?=
+mutate: $(STAMP)
+	$(BIN)/python mutation/mutate.py $(MUTATE_GROUPS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -41,7 +53,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/.out
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/.out .mutate
 
 distclean: clean
 	rm -rf $(VENV) node_modules .edb

@@ -3,6 +3,7 @@ if its check is removed or weakened. Real files, real symlinks and a real HTTPS 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import ssl
@@ -87,8 +88,11 @@ async def chunked_server(stack_ca: StackCA, loopback_address: str, tmp_path: Pat
 
     async def handle(request: web.Request) -> web.StreamResponse:
         server.ranges.append(request.headers.get("Range"))
-        data = server.files[request.match_info["path"]]
+        path = request.match_info["path"]
+        data = server.files[path]
         response = web.StreamResponse(status=200)
+        if server.behaviours.get(path) == "gzip":
+            response.headers["Content-Encoding"] = "gzip"
         response.enable_chunked_encoding()
         await response.prepare(request)
         for i in range(0, len(data), 32 * 1024):
@@ -150,3 +154,64 @@ async def test_cached_file_is_hashed_again_before_use(package_server: PackageSer
     fetched = await fetch(pkg, resolve_source(pkg.url, ()), settings)  # the next attempt downloads afresh
     with fetched:
         assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
+
+
+async def test_content_encoding_is_never_decoded(chunked_server: PackageServer, tmp_path: Path) -> None:
+    """The package is the bytes on the server: a Content-Encoding: gzip answer is stored as sent,
+    not inflated (a small response must not become a large file, and the hash is over what was sent)."""
+    packed = gzip.compress(bytes(4 * 1024 * 1024))  # 4 MiB of zeros in a few KiB
+    chunked_server.files["z.cpk"] = packed
+    chunked_server.behaviours["z.cpk"] = "gzip"
+    pkg = desired(chunked_server.url("z.cpk"), data=packed)
+    settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=chunked_server.ca_path,
+                                read_timeout_s=5)
+    fetched = await fetch(pkg, resolve_source(pkg.url, ()), settings)
+    with fetched:
+        assert os.fstat(fetched.fd).st_size == len(packed) and os.pread(fetched.fd, len(packed) + 1, 0) == packed
+
+
+@pytest.mark.parametrize(("hops", "ok"), [(3, True), (4, False)])
+async def test_redirect_limit(package_server: PackageServer, tmp_path: Path, hops: int, ok: bool) -> None:
+    package_server.files[f"r{hops}.cpk"] = DATA
+    for i in range(hops):
+        package_server.behaviours[f"r{i}.cpk"] = f"redirect:{package_server.url(f'r{i + 1}.cpk')}"
+    pkg = desired(package_server.url("r0.cpk"))
+    settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=package_server.ca_path,
+                                read_timeout_s=5)
+    if ok:
+        with await fetch(pkg, resolve_source(pkg.url, ()), settings) as fetched:
+            assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
+    else:
+        with pytest.raises(InstallError) as exc:
+            await fetch(pkg, resolve_source(pkg.url, ()), settings)
+        assert code(exc) == "INSTALL_REDIRECT_REFUSED"
+    assert len(package_server.ranges) == min(hops, 3) + 1
+
+
+async def test_resume_from_a_part_file_longer_than_one_read(package_server: PackageServer, tmp_path: Path) -> None:
+    """The kept part is counted in full (several reads of the cache file), so the Range is right."""
+    big = os.urandom(3 * 1024 * 1024 + 5)
+    package_server.files["b.cpk"] = big
+    pkg = desired(package_server.url("b.cpk"), data=big)
+    settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=package_server.ca_path,
+                                read_timeout_s=5)
+    _, part = cache_paths(settings.cache_dir, pkg)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(big[:2 * 1024 * 1024 + 3])  # more than one 1 MiB read
+    with await fetch(pkg, resolve_source(pkg.url, ()), settings) as fetched:
+        assert os.pread(fetched.fd, pkg.size + 1, 0) == big
+    assert package_server.ranges == [f"bytes={2 * 1024 * 1024 + 3}-"]
+
+
+async def test_a_complete_part_file_is_verified_without_a_request(package_server: PackageServer,
+                                                                  tmp_path: Path) -> None:
+    package_server.files["c.cpk"] = DATA
+    pkg = desired(package_server.url("c.cpk"))
+    settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=package_server.ca_path,
+                                read_timeout_s=5)
+    final, part = cache_paths(settings.cache_dir, pkg)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(DATA)
+    with await fetch(pkg, resolve_source(pkg.url, ()), settings) as fetched:
+        assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
+    assert package_server.ranges == [] and final.exists() and not part.exists()

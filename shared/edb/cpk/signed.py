@@ -126,6 +126,8 @@ def _b64(value: Any, max_bytes: int, what: str) -> bytes:
         raise package_error(MANIFEST_INVALID, f"signed manifest {what} is not base64") from exc
     if not out:
         raise package_error(MANIFEST_INVALID, f"signed manifest {what} is empty")
+    if len(out) > max_bytes:  # the length check above has slack for padding: bound the bytes themselves
+        raise package_error(TOO_LARGE, f"signed manifest {what} exceeds {max_bytes} bytes")
     return out
 
 
