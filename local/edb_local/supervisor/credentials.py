@@ -74,6 +74,8 @@ def local_env_values(ctx: StackContext) -> dict[str, str]:
         "EDB_TEE_SOCKET_NAME": ctx.tee_socket.name,
         "EDB_TEE_SOCKET": str(ctx.tee_socket),
         "EDB_PACKAGE_DROP_DIR": str(ctx.package_drop_dir),
+        # the installer's allow-list of package hosts: this stack's Azurite (blob) address
+        "EDB_PACKAGE_HOSTS": f"{ctx.address}:{ctx.settings.ports['azurite']}",
         # LEGACY v1 key flow (edb local up --legacy-v1): where the WrapKey function key is
         **({"EDB_LEGACY_WRAP_KEY_FILE": str(ctx.legacy_function_key_file)} if ctx.settings.legacy_v1 else {}),
     }
