@@ -94,12 +94,13 @@ class E2EStack:
         from edb.schemas.common import iso_utc
         from edb_cloud.blob import publish_blob
         from edb_cloud.packaging import build_package
-        from edb_cloud.publisher import ensure_release_policy
+        from edb_cloud.publisher import ensure_release_policy, release_pins
 
         path = self.state_dir / "cloud" / "packages" / f"{NAME}-{version}.cpk"
         build_package(self.config, model, path, package_id=NAME, version=version, security_version=svn,
                       devices=[DEVICE], device_classes=[])
-        ensure_release_policy(self.config, NAME, devices=[DEVICE], device_classes=[])
+        ensure_release_policy(self.config, NAME, devices=[DEVICE], device_classes=[], min_security_version=svn,
+                              pins=release_pins(self.config))  # the local TEE's measurement
         up = publish_blob(path, name=NAME, version=version, connection_string=self.config.blob_connection_string,
                           container=self.config.blob_container, connection_verify=self.config.connection_verify())
         release = Release(NAME, NAME, version, svn, up.url, up.sha256, up.size, up.blob, iso_utc())
