@@ -223,7 +223,7 @@ def main() -> int:
     from edb_cloud.deploy import default_template, deploy_to_device, render_manifest
     from edb_cloud.iothub import HubService
     from edb_cloud.packaging import build_package
-    from edb_cloud.publisher import ensure_release_policy, init_publisher
+    from edb_cloud.publisher import ensure_release_policy, init_publisher, release_pins
     from edb_cloud.releases import Release
     from edb_cloud.rollout import rollout_to_device
 
@@ -240,7 +240,8 @@ def main() -> int:
         config = CloudConfig.load(state, environ=environ)
         hub = HubService(config.iothub_connection_string, config.ca_cert)
         init_publisher(config)
-        ensure_release_policy(config, NAME, devices=[DEVICE], device_classes=[])
+        ensure_release_policy(config, NAME, devices=[DEVICE], device_classes=[], min_security_version=1,
+                              pins=release_pins(config))  # the local TEE's measurement and svn
         manifest = render_manifest(config, default_template(), "amd64")
         if args.no_traffic:  # in the manifest: a deployment replaces the modules' desired properties
             manifest["modulesContent"]["simulated_sensor"]["properties.desired"]["enabled"] = False

@@ -110,20 +110,34 @@ def train_demo(ctx: click.Context, variant: str, out: Path | None, as_json: bool
 @click.option("--skip-preflight", is_flag=True,
               help="Do not load MODEL the way the TEE will before encrypting it (by default a model the TEE "
                    "would refuse is refused here: CPK_MODEL_UNSUPPORTED with the cause).")
+@click.option("--measurement", "measurements", multiple=True,
+              help="TEE measurement the new release policy allows (64 hex, `edb tee measurement`; repeatable). "
+                   "Default: the running local TEE's.")
+@click.option("--min-tee-svn", type=click.IntRange(min=0), default=None,
+              help="Minimum TEE security version of the new policy (default: the local TEE's, or 1).")
+@click.option("--min-security-version", type=click.IntRange(min=0), default=None,
+              help="Minimum package security version of the new policy (default: this package's own).")
+@click.option("--allow-any-measurement", is_flag=True,
+              help="The new policy accepts ANY TEE measurement (weaker; development only; prints a warning).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @handles_errors
 def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security_version: int | None,
               package_format: str, devices: tuple[str, ...], device_classes: tuple[str, ...], layout: str,
-              expires_days: float, out: Path | None, no_policy: bool, skip_preflight: bool, as_json: bool) -> None:
+              expires_days: float, out: Path | None, no_policy: bool, skip_preflight: bool,
+              measurements: tuple[str, ...], min_tee_svn: int | None, min_security_version: int | None,
+              allow_any_measurement: bool, as_json: bool) -> None:
     """Encrypt and sign MODEL into a confidential package (KEK and signing key from Key Vault).
 
     First MODEL is loaded exactly as the TEE will load it (its own code and session options); a model
-    the TEE would refuse is refused with CPK_MODEL_UNSUPPORTED and the cause (--skip-preflight: not)."""
+    the TEE would refuse is refused with CPK_MODEL_UNSUPPORTED and the cause (--skip-preflight: not).
+    Unless --no-policy, a key release policy is created for the package if it has none: pinned to
+    the --measurement values (or the running local TEE's measurement and security version), the
+    target devices/classes, and the package's own security version as the minimum."""
     from edb.schemas.packages import check_package_name
     from edb_cloud.packaging import build_package
     from edb_cloud.progress import transfer
-    from edb_cloud.publisher import ensure_release_policy
+    from edb_cloud.publisher import ANY_MEASUREMENT_WARNING, ensure_release_policy, release_pins
 
     config = _config(ctx)
     check_package_name(name)
@@ -135,6 +149,11 @@ def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security
     targets = list(devices) or ([config.device_id] if config.device_id and not device_classes else [])
     if not targets and not device_classes:
         raise ConfigError("name a target with --device or --device-class", code="CONFIG_MISSING")
+    pins = None
+    if not no_policy and config.get("EDB_KEYVAULT_URL"):  # before any work: no measurement, no build
+        pins = release_pins(config, measurements, min_tee_svn=min_tee_svn, allow_any_measurement=allow_any_measurement)
+        if pins.measurements is None:
+            click.echo(ANY_MEASUREMENT_WARNING, err=True)
     path = out or config.cloud_dir / "packages" / f"{name}-{version}.cpk"
     with transfer("encrypting", model.stat().st_size, not as_json) as update:
         done = [0]
@@ -146,8 +165,11 @@ def build_cmd(ctx: click.Context, model: Path, name: str, version: str, security
         built = build_package(config, model, path, package_id=name, version=version, security_version=security_version,
                               devices=targets, device_classes=list(device_classes), expires_days=expires_days,
                               layout=layout, progress=advance, preflight=not skip_preflight)
-    policy = "skipped" if no_policy else ensure_release_policy(config, name, devices=targets,
-                                                                 device_classes=list(device_classes))
+    policy = "skipped" if no_policy else "skipped (no Key Vault configured)"
+    if pins is not None:
+        policy = ensure_release_policy(config, name, devices=targets, device_classes=list(device_classes),
+                                       min_security_version=built.security_version if min_security_version is None
+                                       else min_security_version, pins=pins)
     if as_json:
         emit_json({"ok": True, "path": str(built.path), "packageId": built.package_id, "version": built.version,
                    "securityVersion": built.security_version, "bytes": built.file_size, "kid": built.kid,

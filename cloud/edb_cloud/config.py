@@ -20,11 +20,23 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from edb.errors import ConfigError
 from edb_cloud.template import load_env
 
 DEFAULT_STATE_DIR = Path(".edb")
+
+
+def blob_host(connection_string: str) -> str:
+    """``host`` or ``host:port`` of a storage connection string's blob endpoint ("" if none):
+    ``BlobEndpoint=...`` when given (Azurite, custom domains), else ``<account>.blob.<suffix>``."""
+    fields = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
+    endpoint = fields.get("BlobEndpoint")
+    if endpoint:
+        return urlsplit(endpoint).netloc.lower()
+    account, suffix = fields.get("AccountName"), fields.get("EndpointSuffix", "core.windows.net")
+    return f"{account}.blob.{suffix}".lower() if account else ""
 DEFAULTS_ENV = Path(__file__).with_name("defaults.env")
 
 
@@ -84,5 +96,11 @@ class CloudConfig:
 
     def template_env(self) -> dict[str, str]:
         """Variables for deployment.template.json (``edb local up`` writes the local stack's own
-        ``EDB_TEE_SOCKET_DIR``, ``EDB_TEE_SOCKET_NAME`` and ``EDB_PACKAGE_DROP_DIR``)."""
-        return dict(self.env)
+        ``EDB_TEE_SOCKET_DIR``, ``EDB_TEE_SOCKET_NAME``, ``EDB_PACKAGE_DROP_DIR`` and
+        ``EDB_PACKAGE_HOSTS``). ``EDB_PACKAGE_HOSTS`` (the installer's allow-list of package hosts)
+        defaults to the blob endpoint packages are published to; with no storage configured it is
+        empty, and the installer then refuses every https source (fail closed)."""
+        env = dict(self.env)
+        if not env.get("EDB_PACKAGE_HOSTS"):
+            env["EDB_PACKAGE_HOSTS"] = blob_host(env.get("EDB_BLOB_CONNECTION_STRING") or "")
+        return env

@@ -244,7 +244,7 @@ class Demo:
         from edb.cpk import open_package, verify_package
         from edb.pki.certs import load_pem_certificates_file
         from edb_cloud.packaging import build_package
-        from edb_cloud.publisher import ensure_release_policy, pki_dir
+        from edb_cloud.publisher import ReleasePins, ensure_release_policy, pki_dir
 
         roots = load_pem_certificates_file(pki_dir(self.s.config) / "root.pem")
         details = []
@@ -259,10 +259,11 @@ class Demo:
             details.append(f"{version} svn {svn} {built.file_size} B")
         # Pin what the device attested to: this device, its TEE measurement and security version, and the
         # package's first security version (so a revoked lower version can never be released again).
-        measurements = [self.s.tee_measurement] if self.s.tee_measurement else None
+        if not self.s.tee_measurement:  # the device step reads it from the TEE: never fall back to "any"
+            raise StepFailed("no TEE measurement to pin in the release policy")
+        pins = ReleasePins((self.s.tee_measurement,), self.s.tee_svn)
         policy = ensure_release_policy(self.s.config, NAME, devices=[self.s.device_id], device_classes=[],
-                                       measurements=measurements, min_tee_svn=self.s.tee_svn,
-                                       min_security_version=1)
+                                       min_security_version=1, pins=pins)
         return "; ".join(details) + f"; signatures verify; release policy {policy}"
 
     def publish(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from edb.keys.base import KekProvider, Signer
 from edb_cloud.config import CloudConfig
 
 KEK_NAME = "edb-kek"
+_MEASUREMENT = re.compile(r"^[0-9a-fA-F]{64}$")
 SIGNER_NAME = "edb-publisher-signer"
 
 
@@ -146,11 +148,57 @@ def providers(config: CloudConfig, record: PublisherRecord) -> tuple[KekProvider
             KeyVaultSigner(record.signer_key, load_pem_certificates_file(record.signer_chain), credential, **kwargs))
 
 
+@dataclass(frozen=True)
+class ReleasePins:
+    """What a new release policy pins about the TEE: its measurements (None only when any was
+    explicitly allowed: ``--allow-any-measurement``) and its minimum security version."""
+
+    measurements: tuple[str, ...] | None
+    min_tee_svn: int
+
+    def describe(self) -> str:
+        pinned = ("ANY TEE measurement" if self.measurements is None
+                  else f"{len(self.measurements)} pinned TEE measurement(s)")
+        return f"{pinned}, min TEE svn {self.min_tee_svn}"
+
+
+ANY_MEASUREMENT_WARNING = ("WARNING: --allow-any-measurement: the release policy accepts ANY TEE measurement, so any "
+                           "TEE code and configuration that holds a certified device key gets the model key. Use it "
+                           "for development only; pin measurements with `edb keyvault policy set ... --measurement`.")
+
+
+def release_pins(config: CloudConfig, measurements: tuple[str, ...] = (), *, min_tee_svn: int | None = None,
+                 allow_any_measurement: bool = False) -> ReleasePins:
+    """The pins of a new policy: the measurements given; or, with none given, the running local
+    TEE's own measurement and security version (``EDB_TEE_SOCKET``, as the local stack sets it);
+    any measurement only when explicitly allowed. Fails closed: no measurement, no policy."""
+    if allow_any_measurement:
+        if measurements:
+            raise ConfigError("--measurement and --allow-any-measurement exclude each other", code="CONFIG_INVALID")
+        return ReleasePins(None, 1 if min_tee_svn is None else min_tee_svn)
+    if measurements:
+        bad = [m for m in measurements if not _MEASUREMENT.fullmatch(m)]
+        if bad:
+            raise ConfigError(f"--measurement takes 64 hex digits (`edb tee measurement`), not {bad[0][:70]!r}",
+                              code="CONFIG_INVALID")
+        return ReleasePins(tuple(m.lower() for m in measurements), 1 if min_tee_svn is None else min_tee_svn)
+    socket = config.get("EDB_TEE_SOCKET")
+    if socket is None:
+        raise ConfigError("a release policy pins the TEE measurement: give --measurement HEX (`edb tee measurement` "
+                          "on the device; repeatable), run with the local stack up, or pass --allow-any-measurement "
+                          "(development only)", code="CONFIG_MISSING")
+    from edb.tee.client import TeeClient
+
+    with TeeClient(socket, reconnect_s=0) as tee:
+        info = tee.device_info()  # TEE_UNAVAILABLE when the local TEE is not running: say so, pin nothing
+    return ReleasePins((info.measurement,), info.tee_svn if min_tee_svn is None else min_tee_svn)
+
+
 def ensure_release_policy(config: CloudConfig, package_id: str, *, devices: list[str], device_classes: list[str],
-                          min_security_version: int = 0, measurements: list[str] | None = None,
-                          min_tee_svn: int = 0) -> str:
+                          min_security_version: int, pins: ReleasePins) -> str:
     """Create the key release policy for ``package_id`` if none exists; returns what was done.
-    ``measurements=None`` allows any TEE measurement (explicit "any" in the policy document)."""
+    ``min_security_version`` is the package's own by default (callers pass it), so nothing older
+    than the first published version is ever released; ``pins`` from :func:`release_pins`."""
     if not config.get("EDB_KEYVAULT_URL"):
         return "skipped (no Key Vault configured)"
     from edb_cloud.keyvault.policies import get_policy, put_policy
@@ -160,7 +208,6 @@ def ensure_release_policy(config: CloudConfig, package_id: str, *, devices: list
     if get_policy(client, package_id) is not None:
         return "kept (already set; change it with `edb keyvault policy ...`)"
     put_policy(client, build_policy(package_id, devices=devices, device_classes=device_classes,
-                                    measurements=measurements, min_security_version=min_security_version,
-                                    min_tee_svn=min_tee_svn))
-    pinned = "any TEE measurement" if measurements is None else f"{len(measurements)} pinned TEE measurement(s)"
-    return f"created ({pinned})"
+                                    measurements=pins.measurements, min_security_version=min_security_version,
+                                    min_tee_svn=pins.min_tee_svn))
+    return f"created ({pins.describe()}, min package security version {min_security_version})"

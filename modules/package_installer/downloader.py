@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import logging
 import os
 import ssl
 import stat
@@ -34,7 +35,9 @@ from edb.errors import InstallError
 from edb.schemas import DesiredPackage
 from package_installer.errors import DownloadError
 from package_installer.pace import TransferPace
-from package_installer.sources import FileSource, HttpsSource, Source, is_inside, same_origin
+from package_installer.sources import FileSource, HttpsSource, PackageHosts, Source, is_inside, same_origin
+
+log = logging.getLogger("package_installer.downloader")
 
 CHUNK = 1 << 20
 MAX_REDIRECTS = 3
@@ -51,6 +54,7 @@ class DownloadSettings:
     deadline_s: float = 3600.0  # the whole download, redirects and resume included
     min_rate_bps: float = 16384.0  # bytes per second, judged over each rate window
     rate_window_s: float = 30.0
+    allowed_hosts: PackageHosts = field(default_factory=PackageHosts)  # empty: no HTTPS source at all (fail closed)
 
 
 @dataclass
@@ -205,9 +209,12 @@ async def _download_to(part: Path, package: DesiredPackage, source: HttpsSource,
         partial.restart()  # hostile or wrong: nothing of it is worth resuming
         raise
     except (aiohttp.ClientError, OSError) as exc:
-        raise DownloadError(f"download failed: {type(exc).__name__}", code="INSTALL_DOWNLOAD_FAILED") from None
+        log.warning("download of %s failed after %d bytes: %s", package.name, partial.have,  # the detail stays here
+                    type(exc).__name__)
+        raise DownloadError("download failed", code="INSTALL_DOWNLOAD_FAILED") from None
     if partial.have != package.size:
-        raise DownloadError(f"server closed after {partial.have} of {package.size} bytes", code="INSTALL_INCOMPLETE")
+        log.warning("download of %s: the server closed after %d of %d bytes", package.name, partial.have, package.size)
+        raise DownloadError("the server closed before the declared size arrived", code="INSTALL_INCOMPLETE")
     if partial.digest.hexdigest() != package.sha256:
         partial.restart()
         if resumed:  # perhaps the kept part was damaged (a crash, a changed blob): once more from zero
@@ -227,16 +234,21 @@ async def _get(session: aiohttp.ClientSession, source: HttpsSource, partial: _Pa
             if response.status == 416 and partial.have:
                 partial.restart()  # our partial file does not fit what the server has
                 raise DownloadError("range not satisfiable; restarting the download", code="INSTALL_INCOMPLETE")
+            # Status codes and sizes are the remote's answers: they go to the module log only, so a
+            # reported error tells a twin reader nothing about what the device can reach.
             if response.status >= 500 or response.status in (408, 429):
-                raise DownloadError(f"server answered {response.status}", code="INSTALL_DOWNLOAD_FAILED")
+                log.warning("download of %s: the server answered %d", package.name, response.status)
+                raise DownloadError("the package server failed", code="INSTALL_DOWNLOAD_FAILED")
             if response.status not in (200, 206):
-                raise InstallError(f"server answered {response.status}", code="INSTALL_HTTP_STATUS")
+                log.warning("download of %s: the server answered %d", package.name, response.status)
+                raise InstallError("the package server refused the download", code="INSTALL_HTTP_STATUS")
             if response.status == 200 and partial.have:
                 partial.restart()  # the server ignored our Range: start from zero
             declared = response.content_length
             if declared is not None and partial.have + declared > package.size:
-                raise InstallError(f"server offers {partial.have + declared} bytes, the twin declares "
-                                   f"{package.size}", code="INSTALL_TOO_LARGE")
+                log.warning("download of %s: the server offers %d bytes, the twin declares %d", package.name,
+                            partial.have + declared, package.size)
+                raise InstallError("the server offers more than the declared size", code="INSTALL_TOO_LARGE")
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if partial.have else os.O_TRUNC)
             with os.fdopen(os.open(partial.path, flags, 0o600), "ab" if partial.have else "wb") as fh:
                 async for chunk in response.content.iter_chunked(CHUNK):

@@ -27,6 +27,7 @@ NON_RETRYABLE_CODES = frozenset(
         "INSTALL_INVALID_URL",
         "INSTALL_URL_SCHEME",
         "INSTALL_PATH_OUTSIDE",  # a file: URL outside the allowed directories
+        "INSTALL_HOST_NOT_ALLOWED",  # an https URL whose host is not in EDB_PACKAGE_HOSTS
         "INSTALL_TOO_LARGE",  # declared or received size above a limit or above the declared size
         "INSTALL_SIZE_MISMATCH",  # the file is not the declared size
         "INSTALL_HASH_MISMATCH",  # the downloaded bytes are not the declared sha256

@@ -31,6 +31,10 @@ async def run(settings: InstallerSettings, legacy: Any = None) -> None:
             retry=RetryPolicy(max_attempts=settings.key_release_attempts, deadline_s=60.0),
         )
         download = settings.download()
+        if settings.allowed_hosts.any_host:
+            log.warning("EDB_PACKAGE_HOSTS=*: packages may come from ANY https host a twin names")
+        elif not settings.allowed_hosts.entries:
+            log.warning("EDB_PACKAGE_HOSTS is empty: https package sources are refused (INSTALL_HOST_NOT_ALLOWED)")
         module = ModuleRuntime.from_edge_environment()
         service = InstallerService(module.client, InstallDeps(tee, key_release, download, legacy), settings,
                                    tee_list=tee.list_installed, tee_uninstall=tee.uninstall)

@@ -46,7 +46,7 @@ class InstallDeps:
 
 async def run_install(package: DesiredPackage, deps: InstallDeps, on_state: OnState) -> Any:
     """Returns the TEE's install summary. Raises an EdbError (or a transport error) on failure."""
-    source = resolve_source(package.url, deps.download.allowed_dirs)
+    source = resolve_source(package.url, deps.download.allowed_dirs, deps.download.allowed_hosts)
     await on_state(PackageState.DOWNLOADING, None)
     fetched = await fetch(package, source, deps.download)
     ticket: Any = None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edb.errors import ConfigError
 from edb.schemas.packages import DEFAULT_MAX_PACKAGE_SIZE
 from package_installer.downloader import DownloadSettings
+from package_installer.sources import PackageHosts
 
 MAX_PARALLEL = 4
 
@@ -28,6 +29,7 @@ class InstallerSettings:
     key_release_url: str
     cache_dir: Path
     allowed_dirs: tuple[Path, ...] = ()
+    allowed_hosts: PackageHosts = field(default_factory=PackageHosts)  # EDB_PACKAGE_HOSTS; empty: no HTTPS
     ca_file: Path | None = None  # None: the system trust store
     max_package_bytes: int = DEFAULT_MAX_PACKAGE_SIZE
     #: installs at once: one package stuck on a slow source never holds back the others. At most
@@ -49,7 +51,7 @@ class InstallerSettings:
         return DownloadSettings(cache_dir=self.cache_dir, allowed_dirs=self.allowed_dirs, ca_file=self.ca_file,
                                 connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.read_timeout_s,
                                 deadline_s=self.download_deadline_s, min_rate_bps=self.download_min_rate_bps,
-                                rate_window_s=self.download_rate_window_s)
+                                rate_window_s=self.download_rate_window_s, allowed_hosts=self.allowed_hosts)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> InstallerSettings:
@@ -76,6 +78,7 @@ class InstallerSettings:
             key_release_url=key_release_url,
             cache_dir=Path(env.get("EDB_PACKAGE_CACHE") or "/var/lib/edb/packages"),
             allowed_dirs=dirs,
+            allowed_hosts=PackageHosts.parse(env.get("EDB_PACKAGE_HOSTS", "")),
             ca_file=Path(ca) if ca else None,
             max_package_bytes=int(number("EDB_MAX_PACKAGE_BYTES", DEFAULT_MAX_PACKAGE_SIZE)),
             max_parallel=min(MAX_PARALLEL, max(1, int(number("EDB_INSTALL_PARALLEL", 3)))),

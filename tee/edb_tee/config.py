@@ -42,11 +42,17 @@ class MeasuredConfig:
     install_ttl_s: int = 900
     #: models up to this many bytes are prepacked by default (speed); larger ones load in place (memory)
     prepack_max_bytes: int = 64 * 1024 * 1024
+    #: a frame must arrive whole this many seconds after its first byte; a reply the peer does not
+    #: read for this long drops the connection (edb_tee.server)
+    frame_deadline_s: int = 10
+    #: bytes of frames being received across all connections (edb_tee.quotas.frame_memory_quota)
+    max_pending_frame_bytes: int = 256 * 1024 * 1024
 
     def to_json(self) -> dict[str, Any]:
         return {"teeSvn": self.tee_svn, "legacyV1": self.legacy_v1, "maxModelBytes": self.max_model_bytes,
                 "maxFrameBytes": self.max_frame_bytes, "maxConnections": self.max_connections,
-                "installTtlSeconds": self.install_ttl_s, "prepackMaxBytes": self.prepack_max_bytes}
+                "installTtlSeconds": self.install_ttl_s, "prepackMaxBytes": self.prepack_max_bytes,
+                "frameDeadlineSeconds": self.frame_deadline_s, "maxPendingFrameBytes": self.max_pending_frame_bytes}
 
     @classmethod
     def from_json(cls, d: object) -> MeasuredConfig:
@@ -54,6 +60,10 @@ class MeasuredConfig:
         if isinstance(d, dict) and "prepackMaxBytes" not in d:  # devices provisioned before it existed
             d = {**d, "prepackMaxBytes": cls.prepack_max_bytes}
         keys.add("prepackMaxBytes")
+        later = {"frameDeadlineSeconds": cls.frame_deadline_s, "maxPendingFrameBytes": cls.max_pending_frame_bytes}
+        if isinstance(d, dict):  # devices provisioned before these existed get the defaults
+            d = {**later, **d}
+        keys |= set(later)
         if not isinstance(d, dict) or set(d) != keys:
             raise _bad(f"measured section must have exactly {sorted(keys)}")
         ints = [d[k] for k in keys - {"legacyV1"}]
@@ -62,8 +72,10 @@ class MeasuredConfig:
             raise _bad("measured values have the wrong types")
         if not 4096 <= d["maxFrameBytes"] <= 1 << 30 or d["maxConnections"] < 1:
             raise _bad("frame or connection limit out of range")
+        if d["frameDeadlineSeconds"] < 1 or d["maxPendingFrameBytes"] < 2 * d["maxFrameBytes"]:
+            raise _bad("frame deadline below 1 s, or pending frame memory below two frames")
         return cls(d["teeSvn"], d["legacyV1"], d["maxModelBytes"], d["maxFrameBytes"], d["maxConnections"],
-                   d["installTtlSeconds"], d["prepackMaxBytes"])
+                   d["installTtlSeconds"], d["prepackMaxBytes"], d["frameDeadlineSeconds"], d["maxPendingFrameBytes"])
 
 
 @dataclass(frozen=True)

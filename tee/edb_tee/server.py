@@ -8,6 +8,15 @@ with ``TEE_PROTOCOL`` / ``TEE_FRAME_TOO_LARGE`` and the connection is closed (th
 trusted to be in sync afterwards). Errors travel as ``(code, message)``; messages never carry
 secrets, and unexpected exceptions become ``TEE_INTERNAL`` with details only in the log.
 
+Quotas (:mod:`edb_tee.quotas`, decided at accept from SO_PEERCRED): connections per process and
+per role, with a reserve kept for the installer and admin roles, so runner-role processes holding
+every connection they may cannot stop an install. A frame must arrive whole within
+``frameDeadlineSeconds`` of its first byte (``TEE_FRAME_TIMEOUT``), and the declared lengths of
+frames still arriving are held against ``maxPendingFrameBytes`` with the same reserves
+(``TEE_BUSY``); a reply the peer does not read within the same deadline drops the connection
+(``SO_SNDTIMEO``). A connection over a quota is answered ``TEE_BUSY`` after its hello, by at most
+:data:`MAX_REFUSING` threads at a time (beyond that it is closed unanswered).
+
 Per connection the loop keeps a :class:`~edb.tee.protocol.LayoutCache` (a request whose metadata
 bytes repeat an earlier one is not parsed again) and an :class:`~edb_tee.lane.InferLane` (a
 repeated runner ``infer`` goes straight to the model manager): the per-call path of a runner.
@@ -19,9 +28,9 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 import threading
 import uuid
-from collections import Counter
 from pathlib import Path
 
 from edb.errors import EdbError, TeeError
@@ -54,11 +63,36 @@ from edb.tee.transport import (
 from edb_tee.access import may_open, roles_of
 from edb_tee.core import TeeCore
 from edb_tee.lane import InferLane
+from edb_tee.quotas import Grant, Quota, connection_quota, frame_memory_quota
 from edb_tee.tas import REGISTRY, Call, Connection, TrustedApp
 
 log = logging.getLogger("edb_tee.server")
 HANDSHAKE_TIMEOUT_S = 5.0
 HELLO_LIMITS = Limits(max_frame=1024)  # read before the peer is known to be allowed: keep it tiny
+MAX_REFUSING = 8  # threads answering over-quota connections at once (each lives <= the handshake timeout)
+
+
+class PendingFrames:
+    """The frame-memory quota of one connection's peer, as the transport asks for it
+    (:class:`edb.tee.transport.PartialFrames`): hold a frame's declared length until it has arrived."""
+
+    __slots__ = ("_grant", "_lock", "_quota", "deadline_s", "pid", "roles")
+
+    def __init__(self, quota: Quota, lock: threading.Lock, pid: int, roles: frozenset[str], deadline_s: float) -> None:
+        self._quota, self._lock = quota, lock
+        self.pid, self.roles, self.deadline_s = pid, roles, deadline_s
+        self._grant: Grant | None = None
+
+    def hold(self, nbytes: int) -> bool:
+        with self._lock:
+            self._grant = self._quota.take(self.pid, self.roles, nbytes)
+        return self._grant is not None
+
+    def release(self, nbytes: int) -> None:
+        grant, self._grant = self._grant, None
+        if grant is not None:
+            with self._lock:
+                self._quota.give(grant)
 
 
 class TeeServer:
@@ -67,10 +101,12 @@ class TeeServer:
         self.socket_path = socket_path
         measured = core.state.config.measured
         self.limits = Limits(max_frame=measured.max_frame_bytes)
-        self.max_connections = measured.max_connections
+        self.frame_deadline_s = float(measured.frame_deadline_s)
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
-        self._per_pid: Counter[int] = Counter()
+        self.connections = connection_quota(measured.max_connections)
+        self.frame_memory = frame_memory_quota(measured.max_pending_frame_bytes)
+        self._refusing = 0
         self._listener: socket.socket | None = None
         self._stopping = False
 
@@ -118,7 +154,7 @@ class TeeServer:
                 if self._stopping:
                     break
                 raise
-            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True, name="tee-conn").start()
+            self._admit(conn)
 
     def shutdown(self) -> None:
         self._stopping = True
@@ -136,15 +172,55 @@ class TeeServer:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _serve_connection(self, conn: socket.socket) -> None:
-        peer = peer_credentials(conn)
-        widen_send_buffer(conn)
-        with self._lock:
-            busy = len(self._conns) >= self.max_connections
-            self._conns.add(conn)
-            self._per_pid[peer.pid] += 1
+    def _admit(self, conn: socket.socket) -> None:
+        """Decide at accept, from the kernel's credentials: a connection within its quotas gets a
+        thread that serves it; one over them (or from a process with no role) a short-lived thread
+        that answers its hello with the refusal, while there are fewer than MAX_REFUSING of those."""
         try:
-            self._run(conn, peer, busy)
+            peer = peer_credentials(conn)
+        except OSError:
+            conn.close()
+            return
+        roles = roles_of(peer, self.core.state.config.access)
+        with self._lock:
+            grant = self.connections.take(peer.pid, roles) if roles else None
+            if grant is not None:
+                self._conns.add(conn)
+            elif self._refusing < MAX_REFUSING:
+                self._refusing += 1
+            else:
+                conn.close()  # a flood of connections: not even a refusal costs more than this
+                return
+        if grant is None:
+            threading.Thread(target=self._refuse_connection, args=(conn, peer, roles), daemon=True,
+                             name="tee-refuse").start()
+            return
+        threading.Thread(target=self._serve_connection, args=(conn, peer, roles, grant), daemon=True,
+                         name="tee-conn").start()
+
+    def _refuse_connection(self, conn: socket.socket, peer: PeerCredentials, roles: frozenset[str]) -> None:
+        try:
+            hello = self._hello(conn)
+            if hello is None:
+                return
+            if not roles:
+                log.warning("refused pid %d uid %d gid %d: not on the allow-list", peer.pid, peer.uid, peer.gid)
+                self._refuse(conn, hello, E.ACCESS_DENIED, "this process is not allowed to use the TEE")
+            else:
+                log.warning("refused pid %d uid %d: over its connection quota", peer.pid, peer.uid)
+                self._refuse(conn, hello, E.BUSY, "too many connections (this process's or its role's quota)")
+        except (PeerClosed, OSError):
+            pass
+        finally:
+            conn.close()
+            with self._lock:
+                self._refusing -= 1
+
+    def _serve_connection(self, conn: socket.socket, peer: PeerCredentials, roles: frozenset[str],
+                          grant: Grant) -> None:
+        widen_send_buffer(conn)
+        try:
+            self._run(conn, peer, roles)
         except (PeerClosed, OSError):
             pass
         except Exception:  # never let one connection take the service down
@@ -152,10 +228,8 @@ class TeeServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
-                self._per_pid[peer.pid] -= 1
-                last = self._per_pid[peer.pid] <= 0
-                if last:
-                    del self._per_pid[peer.pid]
+                self.connections.give(grant)
+                last = self.connections.held_by(peer.pid) == 0
             conn.close()
             if last:
                 self.core.release_owner(peer.pid)
@@ -164,35 +238,37 @@ class TeeServer:
         with contextlib.suppress(OSError, EdbError):
             send_frame(conn, encode(error_message(request, code, message), self.limits))
 
-    def _run(self, conn: socket.socket, peer: PeerCredentials, busy: bool) -> None:
-        access = self.core.state.config.access
-        roles = roles_of(peer, access)
+    def _hello(self, conn: socket.socket) -> Message | None:
+        """The peer's hello within the handshake timeout, or None (answered with the error)."""
         conn.settimeout(HANDSHAKE_TIMEOUT_S)
-        hello_fallback = Message(MsgType.REQUEST, Op.HELLO)
         try:
             hello_body, _ = recv_frame(conn, HELLO_LIMITS)
             hello = decode(hello_body, limits=HELLO_LIMITS)
-            version = negotiate(hello)
+            negotiate(hello)
         except TeeError as exc:
-            self._refuse(conn, hello_fallback, exc.code, exc.message)
+            self._refuse(conn, Message(MsgType.REQUEST, Op.HELLO), exc.code, exc.message)
+            return None
+        return hello
+
+    def _run(self, conn: socket.socket, peer: PeerCredentials, roles: frozenset[str]) -> None:
+        hello = self._hello(conn)
+        if hello is None:
             return
-        if not roles:
-            log.warning("refused pid %d uid %d gid %d: not on the allow-list", peer.pid, peer.uid, peer.gid)
-            self._refuse(conn, hello, E.ACCESS_DENIED, "this process is not allowed to use the TEE")
-            return
-        if busy:
-            self._refuse(conn, hello, E.BUSY, "too many connections")
-            return
+        version = negotiate(hello)
         reply = Message(MsgType.RESPONSE, Op.HELLO, hello.request_id, params=[Value(version, self.limits.max_frame)])
         send_frame(conn, encode(reply, self.limits))
-        conn.settimeout(None)
+        conn.settimeout(None)  # idle between requests as long as the client likes; frames have deadlines
+        whole, frac = divmod(self.frame_deadline_s, 1.0)  # a reply unread this long drops the connection
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(whole), int(frac * 1e6)))
+        pending = PendingFrames(self.frame_memory, self._lock, peer.pid, roles, self.frame_deadline_s)
         state = Connection()  # its shared-memory region, if the client attaches one
         try:
-            self._loop(conn, peer, roles, state)
+            self._loop(conn, peer, roles, state, pending)
         finally:
             state.close()  # close the region: a client that disappears frees it
 
-    def _loop(self, conn: socket.socket, peer: PeerCredentials, roles: frozenset[str], state: Connection) -> None:
+    def _loop(self, conn: socket.socket, peer: PeerCredentials, roles: frozenset[str], state: Connection,
+              pending: PendingFrames) -> None:
         sessions: dict[int, TrustedApp] = {}
         next_session = 1
         limits, core = self.limits, self.core
@@ -202,7 +278,7 @@ class TeeServer:
         while True:
             fds: list[int] = []
             try:
-                body, fds = recv_request(conn, limits, hint, max_fds=limits.max_fds)
+                body, fds = recv_request(conn, limits, hint, max_fds=limits.max_fds, partial=pending)
                 hint = len(body)
                 if lane is not None and not fds:
                     fast = lane.serve(body)

@@ -94,12 +94,13 @@ class E2EStack:
         from edb.schemas.common import iso_utc
         from edb_cloud.blob import publish_blob
         from edb_cloud.packaging import build_package
-        from edb_cloud.publisher import ensure_release_policy
+        from edb_cloud.publisher import ensure_release_policy, release_pins
 
         path = self.state_dir / "cloud" / "packages" / f"{NAME}-{version}.cpk"
         build_package(self.config, model, path, package_id=NAME, version=version, security_version=svn,
                       devices=[DEVICE], device_classes=[])
-        ensure_release_policy(self.config, NAME, devices=[DEVICE], device_classes=[])
+        ensure_release_policy(self.config, NAME, devices=[DEVICE], device_classes=[], min_security_version=svn,
+                              pins=release_pins(self.config))  # the local TEE's measurement
         up = publish_blob(path, name=NAME, version=version, connection_string=self.config.blob_connection_string,
                           container=self.config.blob_container, connection_verify=self.config.connection_verify())
         release = Release(NAME, NAME, version, svn, up.url, up.sha256, up.size, up.blob, iso_utc())
@@ -112,8 +113,10 @@ class E2EStack:
         manifest = render_manifest(self.config, default_template(), "amd64")
         modules = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
         env = modules[INSTALLER].setdefault("env", {})
+        # the stack's Azurite (from the template) and the address of the suite's own file servers
+        hosts = f"{env['EDB_PACKAGE_HOSTS']['value']},{FILE_SERVER_ADDRESS}"
         for key, value in {"EDB_BACKOFF_BASE_S": "0.5", "EDB_BACKOFF_CAP_S": "2", "EDB_RESYNC_INTERVAL_S": "10",
-                           **(installer_env or {})}.items():
+                           "EDB_PACKAGE_HOSTS": hosts, **(installer_env or {})}.items():
             env[key] = {"value": value}
         manifest["modulesContent"]["telemetry_reporter"]["properties.desired"]["metricsIntervalSeconds"] = 1
         manifest["modulesContent"]["simulated_sensor"]["properties.desired"]["intervalMs"] = 100
@@ -198,6 +201,9 @@ def _zombie(pid: int) -> bool:
 
 # -- a small HTTPS file server for hostile and slow sources --------------------------------------------
 
+#: Where the file servers listen (any port): on the installer's list of package hosts (EDB_PACKAGE_HOSTS).
+FILE_SERVER_ADDRESS = free_loopback_address()
+
 @dataclass
 class FileServer:
     base_url: str
@@ -213,8 +219,8 @@ class FileServer:
 
 @contextlib.contextmanager
 def file_server(ca: StackCA, work_dir: Path, *, bytes_per_second: int | None = None) -> Iterator[FileServer]:
-    """HTTPS with a stack-CA certificate on a fresh loopback address; Range support; optional throttle."""
-    address = free_loopback_address()
+    """HTTPS with a stack-CA certificate on the suite's file-server address; Range support; optional throttle."""
+    address = FILE_SERVER_ADDRESS
     port = free_port(address)
     state = FileServer(f"https://{address}:{port}", {}, {}, [], bytes_per_second)
 

@@ -31,6 +31,8 @@ def test_hostile_twins_are_refused_with_codes_and_nothing_crashes(e2e: E2EStack,
             "plainhttp": {"version": "1", "url": "http://example.com/x.cpk", "sha256": SHA, "size": 10},
             "traversal": {"version": "1", "url": f"file://{drop}/../pki/root.key", "sha256": SHA, "size": 10},
             "redirect": {"version": "1", "url": server.url("moved.cpk"), "sha256": SHA, "size": 10},
+            # a twin writer probing the device's network: not on the list of package hosts
+            "probe": {"version": "1", "url": "https://127.9.8.7:22/x.cpk", "sha256": SHA, "size": 10},
             "mismatch": {"version": "2.0.0", "url": v2.url, "sha256": SHA, "size": v2.size},
         }
         expected = {
@@ -42,6 +44,7 @@ def test_hostile_twins_are_refused_with_codes_and_nothing_crashes(e2e: E2EStack,
             "plainhttp": "INSTALL_URL_SCHEME",
             "traversal": "INSTALL_PATH_OUTSIDE",
             "redirect": "INSTALL_REDIRECT_REFUSED",
+            "probe": "INSTALL_HOST_NOT_ALLOWED",
             "mismatch": "INSTALL_HASH_MISMATCH",
         }
         e2e.hub.patch_module_desired(DEVICE, INSTALLER, {"packages": hostile})

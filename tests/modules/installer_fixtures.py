@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from package_installer.sources import PackageHosts
 
 
 @dataclass
@@ -16,6 +19,11 @@ class PackageServer:
     #: "trickle:<seconds>:<bytes>" (that many bytes at a time, pausing in between)
     behaviours: dict[str, str] = field(default_factory=dict)
     ranges: list[str | None] = field(default_factory=list)
+
+    @property
+    def hosts(self) -> PackageHosts:
+        """An allow-list of this server alone (its address and port)."""
+        return PackageHosts.parse(urlsplit(self.base_url).netloc)
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path}"

@@ -28,7 +28,7 @@ from package_installer.pace import TransferPace
 from package_installer.pipeline import InstallDeps
 from package_installer.service import InstallerService
 from package_installer.settings import InstallerSettings
-from package_installer.sources import resolve_source
+from package_installer.sources import PackageHosts, resolve_source
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,11 +41,12 @@ def desired(url: str, data: bytes = DATA, name: str = "digits") -> DesiredPackag
 
 def settings(tmp_path: Path, server: PackageServer | None = None, **kw: Any) -> DownloadSettings:
     return DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=kw.pop("allowed", ()),
-                            ca_file=server.ca_path if server else None, read_timeout_s=5, **kw)
+                            ca_file=server.ca_path if server else None, read_timeout_s=5,
+                            allowed_hosts=server.hosts if server else PackageHosts(), **kw)
 
 
 async def get(pkg: DesiredPackage, st: DownloadSettings) -> bytes:
-    fetched = await fetch(pkg, resolve_source(pkg.url, st.allowed_dirs), st)
+    fetched = await fetch(pkg, resolve_source(pkg.url, st.allowed_dirs, st.allowed_hosts), st)
     with fetched:
         return os.pread(fetched.fd, pkg.size + 1, 0)
 
@@ -201,6 +202,7 @@ async def test_a_stuck_package_does_not_hold_back_another(package_server: Packag
     tee = FakeTee()
     base = InstallerSettings(tee_socket=tmp_path / "tee.sock", key_release_url="https://kr.invalid",
                              cache_dir=tmp_path / "cache", ca_file=package_server.ca_path,
+                             allowed_hosts=package_server.hosts,
                              download_min_rate_bps=1000, download_rate_window_s=3.0, read_timeout_s=5)
     assert base.max_parallel == 3  # the default: a few installs at once
     service = InstallerService(client, InstallDeps(tee, Release(), base.download()), base,

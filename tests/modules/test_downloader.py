@@ -12,7 +12,7 @@ from installer_fixtures import PackageServer
 from edb.errors import InstallError
 from edb.schemas import DesiredPackage
 from package_installer.downloader import DownloadSettings, cache_paths, fetch
-from package_installer.sources import resolve_source
+from package_installer.sources import PackageHosts, resolve_source
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -24,12 +24,14 @@ def desired(url: str, data: bytes = DATA, sha: str | None = None, size: int | No
 
 
 def settings(tmp_path: Path, server: PackageServer | None = None, allowed: tuple[Path, ...] = ()) -> DownloadSettings:
+    # the server's host:port is the allow-list (without a server, any host: not what those tests are about)
     return DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=allowed,
-                            ca_file=server.ca_path if server else None, read_timeout_s=5)
+                            ca_file=server.ca_path if server else None, read_timeout_s=5,
+                            allowed_hosts=server.hosts if server else PackageHosts(any_host=True))
 
 
 async def get(pkg: DesiredPackage, st: DownloadSettings) -> bytes:
-    fetched = await fetch(pkg, resolve_source(pkg.url, st.allowed_dirs), st)
+    fetched = await fetch(pkg, resolve_source(pkg.url, st.allowed_dirs, st.allowed_hosts), st)
     with fetched:
         return os.pread(fetched.fd, pkg.size + 1, 0)
 

@@ -33,7 +33,7 @@ from edb.schemas import (
 from edb.schemas.common import MAX_ERROR_MESSAGE, clip_message
 from edb.schemas.packages import check_url
 from package_installer.errors import InstallError
-from package_installer.sources import FileSource, HttpsSource, resolve_source, same_origin
+from package_installer.sources import FileSource, HttpsSource, PackageHosts, resolve_source, same_origin
 
 SHA = "0f" * 32
 GOOD = {"version": "1.0.0", "url": "https://acct.blob.core.windows.net/c/d.cpk?sv=x&sig=y", "sha256": SHA,
@@ -183,11 +183,12 @@ def test_check_url_accepts_sas_urls() -> None:
 
 
 def test_resolve_source_https_and_allowed_file(tmp_path: Path) -> None:
-    assert resolve_source("https://Host:8443/x", ()) == HttpsSource("https://Host:8443/x", "host", 8443)
+    assert resolve_source("https://Host:8443/x", (), PackageHosts.parse("host:8443")) == HttpsSource(
+        "https://Host:8443/x", "host", 8443)
     store = tmp_path / "store"
     store.mkdir()
     (store / "a.cpk").write_bytes(b"x")
-    assert resolve_source(f"file://{store}/a.cpk", (store,)) == FileSource(store / "a.cpk")
+    assert resolve_source(f"file://{store}/a.cpk", (store,), PackageHosts()) == FileSource(store / "a.cpk")
 
 
 @pytest.mark.parametrize("suffix", ["/../secret.cpk", "/%2e%2e/secret.cpk", "/link.cpk", ""])
@@ -197,13 +198,13 @@ def test_file_urls_outside_the_allowed_directory_are_refused(tmp_path: Path, suf
     (tmp_path / "secret.cpk").write_bytes(b"x")
     (store / "link.cpk").symlink_to(tmp_path / "secret.cpk")
     with pytest.raises(InstallError) as info:
-        resolve_source(f"file://{store}{suffix}", (store,))
+        resolve_source(f"file://{store}{suffix}", (store,), PackageHosts())
     assert info.value.code == "INSTALL_PATH_OUTSIDE"
 
 
 def test_file_urls_refused_when_no_directory_is_allowed(tmp_path: Path) -> None:
     with pytest.raises(InstallError) as info:
-        resolve_source(f"file://{tmp_path}/x.cpk", ())
+        resolve_source(f"file://{tmp_path}/x.cpk", (), PackageHosts())
     assert info.value.code == "INSTALL_PATH_OUTSIDE"
 
 

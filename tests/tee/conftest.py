@@ -64,11 +64,12 @@ def make_package(tmp_path: Path, publisher: Publisher) -> PackageFactory:
 @pytest.fixture
 def make_device(tmp_path: Path, publisher: Publisher) -> DeviceFactory:
     def make(device_id: str = DEVICE, *, access: AccessConfig | None = None, legacy: bool = False,
-             state_dir: Path | None = None, roots: list[x509.Certificate] | None = None) -> Device:
+             state_dir: Path | None = None, roots: list[x509.Certificate] | None = None,
+             measured: MeasuredConfig | None = None) -> Device:
         state = state_dir or tmp_path / "state"
         result = provision(state, device_id, device_class=DEVICE_CLASS,
                            publisher_roots=publisher.roots if roots is None else roots,
-                           measured=MeasuredConfig(legacy_v1=legacy), access=access)
+                           measured=measured or MeasuredConfig(legacy_v1=legacy), access=access)
         ca = x509.load_pem_x509_certificate(result.manufacturer_ca.read_bytes())
         return Device(state, result.layout, ca)
 

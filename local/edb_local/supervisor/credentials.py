@@ -79,6 +79,8 @@ def local_env_values(ctx: StackContext) -> dict[str, str]:
         # the inference runner's Open Inference Protocol endpoint, on the stack's own 127.x address
         "EDB_OIP_LISTEN": f"{ctx.address}:{ctx.settings.ports['oip']}",
         "EDB_OIP_URL": f"http://{ctx.address}:{ctx.settings.ports['oip']}",
+        # the installer's allow-list of package hosts: this stack's Azurite (blob) address
+        "EDB_PACKAGE_HOSTS": f"{ctx.address}:{ctx.settings.ports['azurite']}",
         # LEGACY v1 key flow (edb local up --legacy-v1): where the WrapKey function key is
         **({"EDB_LEGACY_WRAP_KEY_FILE": str(ctx.legacy_function_key_file)} if ctx.settings.legacy_v1 else {}),
     }

@@ -11,14 +11,16 @@ import contextlib
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from edb.errors import TeeError
-from edb.tee.errors import CONNECTION_LOST, PROTOCOL
+from edb.tee.errors import BUSY, CONNECTION_LOST, FRAME_TIMEOUT, PROTOCOL
 from edb.tee.protocol import FRAME_LENGTH, Limits, check_frame_length
 
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
@@ -111,6 +113,37 @@ def _recv_exact(sock: socket.socket, view: memoryview) -> None:
         view = view[n:]
 
 
+class PartialFrames(Protocol):
+    """The service's bounds on frames that have started to arrive (:mod:`edb_tee.server`): the
+    rest of a frame must arrive within ``deadline_s`` of its first byte, and a frame's declared
+    length is held against a memory budget while it arrives."""
+
+    deadline_s: float
+
+    def hold(self, nbytes: int) -> bool: ...
+    def release(self, nbytes: int) -> None: ...
+
+
+def _recv_by(sock: socket.socket, view: memoryview, deadline: float) -> None:
+    """:func:`_recv_exact` finished by ``deadline`` (monotonic), however slowly the bytes trickle:
+    each read waits at most for what is left of the deadline. The socket is blocking again after."""
+    try:
+        while len(view):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TeeError("a frame did not arrive whole within its deadline", code=FRAME_TIMEOUT)
+            sock.settimeout(left)
+            try:
+                n = sock.recv_into(view)
+            except TimeoutError:
+                raise TeeError("a frame did not arrive whole within its deadline", code=FRAME_TIMEOUT) from None
+            if n == 0:
+                raise TeeError("connection closed in the middle of a frame", code=CONNECTION_LOST)
+            view = view[n:]
+    finally:
+        sock.settimeout(None)
+
+
 def recv_frame(sock: socket.socket, limits: Limits, *, max_fds: int = 0) -> tuple[bytearray, list[int]]:
     """One frame body and the descriptors that came with it.
 
@@ -157,14 +190,20 @@ MAX_READ_HINT = 64 * 1024
 _CMSG_SPACE: dict[int, int] = {}
 
 
-def read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int) -> tuple[memoryview, list[int]]:
+def read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int,
+               partial: PartialFrames | None = None) -> tuple[memoryview, list[int]]:
     """Read one frame whose sender waits for our answer before sending another.
 
     The first read asks for the length prefix and up to ``hint`` body bytes at once (callers pass
     the size of the previous frame), saving a system call per round trip. Because the peer sends
     nothing more until answered, bytes beyond the frame are a protocol error, and descriptors that
     arrive belong to this frame. The length is checked against ``limits.max_frame`` before the body
-    is allocated; descriptors received with a refused frame are closed here."""
+    is allocated; descriptors received with a refused frame are closed here.
+
+    With ``partial`` (the service), a frame that does not arrive in the first read must arrive
+    whole within ``partial.deadline_s`` of it (``TEE_FRAME_TIMEOUT``), and its declared length is
+    held against ``partial`` until it has (``TEE_BUSY`` when the budget is spent). The first read
+    itself waits as long as it takes: an idle connection between requests is normal."""
     if hint > MAX_READ_HINT:
         hint = MAX_READ_HINT
     # not zero-filled (numpy, not bytearray): only bytes received into it are ever exposed
@@ -186,10 +225,15 @@ def read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int) -> 
                 raise TeeError("too many file descriptors with one frame", code=PROTOCOL)
         else:
             got = sock.recv_into(view[_PREFIX_AT:])
+        deadline = 0.0
         if got < FRAME_LENGTH.size:
             if got == 0:
                 raise PeerClosed()
-            _recv_exact(sock, view[_PREFIX_AT + got:_BODY_AT])
+            if partial is None:
+                _recv_exact(sock, view[_PREFIX_AT + got:_BODY_AT])
+            else:
+                deadline = time.monotonic() + partial.deadline_s
+                _recv_by(sock, view[_PREFIX_AT + got:_BODY_AT], deadline)
             got = FRAME_LENGTH.size
         (length,) = FRAME_LENGTH.unpack_from(view, _PREFIX_AT)
         check_frame_length(length, limits)
@@ -197,16 +241,32 @@ def read_frame(sock: socket.socket, limits: Limits, hint: int, max_fds: int) -> 
         if missing:
             if missing < 0:
                 raise TeeError("bytes beyond the frame: one request at a time per connection", code=PROTOCOL)
-            if length > hint:  # grow: keep what arrived, read the rest in place
-                bigger = np.empty(_BODY_AT + length, np.uint8)
-                bigger[:_PREFIX_AT + got] = buf[:_PREFIX_AT + got]
-                view = bigger.data
-            _recv_exact(sock, view[_PREFIX_AT + got:_BODY_AT + length])
+            if partial is None:
+                view = _grow(buf, view, length, hint, got)
+                _recv_exact(sock, view[_PREFIX_AT + got:_BODY_AT + length])
+            else:  # the service: held against the budget and a deadline until the last byte is in
+                if not partial.hold(length):
+                    raise TeeError("the TEE holds as many unfinished frames as it allows; retry", code=BUSY)
+                try:
+                    deadline = deadline or time.monotonic() + partial.deadline_s
+                    view = _grow(buf, view, length, hint, got)
+                    _recv_by(sock, view[_PREFIX_AT + got:_BODY_AT + length], deadline)
+                finally:
+                    partial.release(length)
         return view[_BODY_AT:_BODY_AT + length], fds
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
+
+
+def _grow(buf: np.ndarray, view: memoryview, length: int, hint: int, got: int) -> memoryview:
+    """A buffer for the whole frame, keeping what arrived (the first read's buffer if it fits)."""
+    if length <= hint:
+        return view
+    bigger = np.empty(_BODY_AT + length, np.uint8)
+    bigger[:_PREFIX_AT + got] = buf[:_PREFIX_AT + got]
+    return bigger.data
 
 
 def recv_reply(sock: socket.socket, limits: Limits, hint: int) -> memoryview:
@@ -215,9 +275,10 @@ def recv_reply(sock: socket.socket, limits: Limits, hint: int) -> memoryview:
     return read_frame(sock, limits, hint, 0)[0]
 
 
-def recv_request(sock: socket.socket, limits: Limits, hint: int, *, max_fds: int = 0) -> tuple[memoryview, list[int]]:
+def recv_request(sock: socket.socket, limits: Limits, hint: int, *, max_fds: int = 0,
+                 partial: PartialFrames | None = None) -> tuple[memoryview, list[int]]:
     """The service's read of a client's next request and the descriptors that came with it. A
     client sends one request at a time: bytes of a further frame that arrive with this one's read
     make it a protocol error (descriptors are never attributed to the wrong frame: a read that
     reaches into the next frame is refused, its descriptors closed)."""
-    return read_frame(sock, limits, hint, max_fds)
+    return read_frame(sock, limits, hint, max_fds, partial)
