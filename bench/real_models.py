@@ -20,7 +20,7 @@ this run:
   blocks per side of about ``--block-s`` seconds each; ``p50_ratio`` = tee / ort;
 - ``identical``: every request's every output equal to plain ONNX Runtime's (value, dtype, shape).
 
-``load_paths``: for a Conv model (NCHWc) and an MLP, each in a fresh process: plain
+``load_paths``: for the corpus's NCHWc Conv, a 28 MB Conv stack and an MLP, each in a fresh process: plain
 ``InferenceSession(path)``, the TEE's in-place load and its copied load alone (``modes``), with load
 time and peak RSS over the model size (the figures docs/tee.md quotes).
 
@@ -217,9 +217,31 @@ def mlp_bytes(mb: int) -> bytes:
     return model.SerializeToString()
 
 
+def conv_stack_bytes(layers: int = 12, channels: int = 256) -> bytes:
+    """A plain 3x3 Conv+Relu stack (about 28 MB at the defaults): weights the NCHWc transformer reorders."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        inits += [numpy_helper.from_array((rng.standard_normal((channels, channels, 3, 3)) * 0.01).astype(np.float32),
+                                          f"W{i}"),
+                  numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), f"B{i}")]
+        nodes += [helper.make_node("Conv", [prev, f"W{i}", f"B{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    graph = helper.make_graph(nodes, "convs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 16, 16])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def load_paths(work: Path, mlp_mb: int) -> list[dict[str, Any]]:
     rows = []
-    for name, data in (("conv-nchwc", conv_nchwc()), (f"mlp-{mlp_mb}MB", mlp_bytes(mlp_mb))):
+    for name, data in (("conv-nchwc", conv_nchwc()), ("conv-stack-28MB", conv_stack_bytes()),
+                       (f"mlp-{mlp_mb}MB", mlp_bytes(mlp_mb))):
         from edb import onnx_layout
 
         path, layout = work / f"paths-{name}.onnx", work / f"paths-{name}.layout"
