@@ -4,7 +4,10 @@ A model is held as the EDB aligned layout (:mod:`edb.onnx_layout`) in one :class
 The session is created from the (small) graph bytes; every external initializer is registered with
 ``SessionOptions.add_initializer`` as an ``OrtValue`` viewing the buffer, and prepacking is off, so
 ONNX Runtime computes on the TEE's buffer directly (measured: peak RSS about 1.07x the model on top
-of the process baseline, versus about 3x for ``InferenceSession(bytes)``). With ``prepack=True``
+of the process baseline, versus about 3x for ``InferenceSession(bytes)``). A model whose graph
+optimisers must read weights while the session is created (x86 NCHWc Conv reordering, fusions) is
+created again with the weights handed over by ``add_external_initializers``, which ONNX Runtime
+copies (in memory, never through a file): see :func:`create_session`. With ``prepack=True``
 ONNX Runtime additionally keeps prepacked copies of MatMul/Conv weights: faster for batched inputs,
 about twice the memory.
 
