@@ -12,7 +12,8 @@ this run:
   ``edb_tee.models.create_session``);
 - ``peak_over_model``: the TEE process's peak RSS (VmHWM) over install + both loads, minus its RSS
   before the install, divided by the model's size (meaningless for models of a few KB: the
-  session's own overhead dominates; ``peak_mb`` says how much);
+  session's own overhead dominates; ``peak_mb`` says how much); ``rss_after_load_mb``: its RSS once
+  loaded, minus the same baseline;
 - ``tee_p50_ms``/``tee_p95_ms`` against ``ort_p50_ms``/``ort_p95_ms``: the model's first request
   through ``TeeClient.infer`` against ``InferenceSession(path, session_options(prepack=...))`` in
   this process with the options the TEE used, in alternating *blocks* (both thread pools spin on 2
@@ -22,7 +23,8 @@ this run:
 
 ``load_paths``: for the corpus's NCHWc Conv, a 28 MB Conv stack and an MLP, each in a fresh process: plain
 ``InferenceSession(path)``, the TEE's in-place load and its copied load alone (``modes``), with load
-time and peak RSS over the model size (the figures docs/tee.md quotes).
+time, peak RSS and RSS once loaded over the model size (the copied way gives the TEE's buffer back
+after creating the session, as the TEE does; the figures docs/tee.md quotes).
 
 Targets (issue 10): 100% bit-identical; p50 ratio <= 1.10 where the in-process p50 >= 5 ms.
 Usage: ``.venv/bin/python bench/real_models.py [--models a,b] [--blocks 6] [--block-s 0.25]``.
@@ -123,6 +125,7 @@ def measure_model(model: CorpusModel, device: Any, work: Path, args: argparse.Na
         handle = tee.load_model(model.name)
         load_s = time.perf_counter() - t0
         peak_kb = rss_kb(proc.pid, "VmHWM") - before
+        after_kb = rss_kb(proc.pid, "VmRSS") - before
         weights = next(m["weights"] for m in tee.status()["models"]["loaded"] if m["name"] == model.name)
         session = ort.InferenceSession(str(path), session_options(prepack=handle.prepacked),
                                        providers=["CPUExecutionProvider"])
@@ -151,6 +154,7 @@ def measure_model(model: CorpusModel, device: Any, work: Path, args: argparse.Na
         return {"model": model.name, "real": model.real, "bytes": len(data), "weights": weights,
                 "prepacked": handle.prepacked, "install_s": round(install_s, 3), "load_s": round(load_s, 3),
                 "peak_mb": round(peak_kb / 1024, 1), "peak_over_model": round(peak_kb * 1024 / len(data), 2),
+                "rss_after_load_mb": round(after_kb / 1024, 1),
                 "identical": same, "calls_per_block": calls,
                 "ort_p50_ms": round(ort_p50, 3), "ort_p95_ms": round(percentile(ort_t, 95) * 1000, 3),
                 "tee_p50_ms": round(tee_p50, 3), "tee_p95_ms": round(percentile(tee_t, 95) * 1000, 3),
@@ -189,10 +193,14 @@ try:
         t0 = time.perf_counter()
         empty = Path(tempfile.mkdtemp()) / "ort-empty"
         empty.mkdir()
-        s, _, _ = create_session(buf, prepack=False, empty_dir=empty,
-                                 modes=(IN_PLACE,) if mode == "in-place" else (COPIED,))
+        s, values, _ = create_session(buf, prepack=False, empty_dir=empty,
+                                      modes=(IN_PLACE,) if mode == "in-place" else (COPIED,))
+        if mode == "copied":  # what the TEE does once the session exists (edb_tee.models.release_copied)
+            values.clear()
+            buf.release()
     print(json.dumps({"mode": mode, "load_s": round(time.perf_counter() - t0, 3),
-                      "peak_over_model": round((rss("VmHWM") - before) / size, 2)}))
+                      "peak_over_model": round((rss("VmHWM") - before) / size, 2),
+                      "after_over_model": round((rss("VmRSS") - before) / size, 2)}))
 except Exception as exc:
     print(json.dumps({"mode": mode, "refused": type(exc).__name__ + ": " + str(exc)[-120:]}))
 """

@@ -238,6 +238,17 @@ def tensor_outputs(name: str, version: str, outputs: list[Any]) -> list[str]:
     return crossing
 
 
+def release_copied(model: LoadedModel) -> None:
+    """A session made with copied weights (:data:`COPIED`) computes on ONNX Runtime's own copies:
+    overwrite the TEE's decrypted buffer and give its pages back (about one model size), keeping the
+    mapping until close. Called once the buffer has served its last purpose (sealing, at install).
+    Never for :data:`IN_PLACE` sessions, which compute on the buffer itself. That ONNX Runtime holds
+    copies is checked by tests/models: every copied corpus model answers bit-identically after it."""
+    if model.weights == COPIED:
+        model.ortvalues.clear()
+        model.buffer.release()
+
+
 @dataclass
 class _Handle:
     model: LoadedModel
@@ -276,7 +287,8 @@ class ModelManager:
                            crossing, frozenset(i.name for i in inputs), required, weights=weights)
 
     def keep_warm(self, model: LoadedModel) -> None:
-        """An install just validated this model: keep its session for the next ``load``."""
+        """An install just validated (and sealed) this model: keep its session for the next ``load``."""
+        release_copied(model)
         with self._lock:
             old = self._warm.pop(model.name, None)
             self._warm[model.name] = model
@@ -303,6 +315,7 @@ class ModelManager:
                     model = self._models[key] = self._warm.pop(name)
         if model is None:
             model = self.make(name, version, package_id, unseal(), prepack=prepack)
+            release_copied(model)
             with self._lock:
                 existing = self._models.get(key)
                 if existing is None:
@@ -386,7 +399,8 @@ class ModelManager:
         with self._lock:
             return {
                 "loaded": [{"name": m.name, "version": m.version, "prepacked": m.prepack, "handles": m.refs,
-                            "bytes": m.buffer.size, "locked": m.buffer.locked, "weights": m.weights}
+                            "bytes": m.buffer.size, "locked": m.buffer.locked, "weights": m.weights,
+                            "released": m.buffer.released}
                            for m in self._models.values()],
                 "warm": [{"name": m.name, "version": m.version, "bytes": m.buffer.size} for m in self._warm.values()],
             }
