@@ -66,10 +66,6 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, "unknown"), shape)
 
 
-def _short(exc: BaseException, limit: int = 300) -> str:
-    return str(exc).strip().splitlines()[0][:limit] if str(exc).strip() else type(exc).__name__
-
-
 def model_cause(exc: BaseException, limit: int = MODEL_CAUSE_CHARS) -> str:
     """Why ONNX Runtime refused a model, whole but bounded: the exception type and its message on one
     line; a longer one keeps its head (what failed) and its tail (ONNX Runtime nests the root cause
@@ -355,9 +351,9 @@ class ModelManager:
                 # no graph capture) are done above or cannot apply: call the binding directly
                 results = model.run(names, feeds, None)
             except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as exc:
-                raise TeeError(f"ONNX Runtime refused the inputs: {_short(exc)}", code=E.INPUT_INVALID) from exc
+                raise TeeError(f"ONNX Runtime refused the inputs: {model_cause(exc)}", code=E.INPUT_INVALID) from exc
             except Exception as exc:
-                raise TeeError(f"inference failed: {_short(exc)}", code=E.INFER_FAILED) from exc
+                raise TeeError(f"inference failed: {model_cause(exc)}", code=E.INFER_FAILED) from exc
             return dict(zip(names, results, strict=True))
         finally:
             with model.lock:
