@@ -84,13 +84,26 @@ class SecureBuffer:
                 self.mm.madvise(flag)
         self.address = buffer_address(self.mm)
         self.locked = _mlock(self.address, self.capacity)
+        self.released = False
 
     def view(self) -> memoryview:
         return memoryview(self.mm)[: self.size]
 
     def wipe(self) -> None:
-        if not self.mm.closed:
+        if not self.mm.closed and not self.released:
             ctypes.memset(self.address, 0, self.capacity)
+
+    def release(self) -> None:
+        """Overwrite and give the pages back while views may still exist (they then read zeros): for
+        a buffer whose contents someone else now holds a copy of. :meth:`close` unmaps it later."""
+        if self.mm.closed or self.released:
+            return
+        self.wipe()
+        if self.locked:
+            _libc.munlock(ctypes.c_void_p(self.address), ctypes.c_size_t(self.capacity))
+            self.locked = False
+        self.mm.madvise(mmap.MADV_DONTNEED)  # private anonymous: the pages are freed, reads see zeros
+        self.released = True
 
     def close(self) -> None:
         """Overwrite, unlock and unmap. If numpy views still reference the mapping it cannot be

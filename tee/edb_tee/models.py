@@ -4,7 +4,10 @@ A model is held as the EDB aligned layout (:mod:`edb.onnx_layout`) in one :class
 The session is created from the (small) graph bytes; every external initializer is registered with
 ``SessionOptions.add_initializer`` as an ``OrtValue`` viewing the buffer, and prepacking is off, so
 ONNX Runtime computes on the TEE's buffer directly (measured: peak RSS about 1.07x the model on top
-of the process baseline, versus about 3x for ``InferenceSession(bytes)``). With ``prepack=True``
+of the process baseline, versus about 3x for ``InferenceSession(bytes)``). A model whose graph
+optimisers must read weights while the session is created (x86 NCHWc Conv reordering, fusions) is
+created again with the weights handed over by ``add_external_initializers``, which ONNX Runtime
+copies (in memory, never through a file): see :func:`create_session`. With ``prepack=True``
 ONNX Runtime additionally keeps prepacked copies of MatMul/Conv weights: faster for batched inputs,
 about twice the memory.
 
@@ -61,10 +64,6 @@ _ORT_TYPES = {
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, (int, str)) or d is None else str(d) for d in (arg.shape or ()))
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, "unknown"), shape)
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    return str(exc).strip().splitlines()[0][:limit] if str(exc).strip() else type(exc).__name__
 
 
 def model_cause(exc: BaseException, limit: int = MODEL_CAUSE_CHARS) -> str:
@@ -235,6 +234,17 @@ def tensor_outputs(name: str, version: str, outputs: list[Any]) -> list[str]:
     return crossing
 
 
+def release_copied(model: LoadedModel) -> None:
+    """A session made with copied weights (:data:`COPIED`) computes on ONNX Runtime's own copies:
+    overwrite the TEE's decrypted buffer and give its pages back (about one model size), keeping the
+    mapping until close. Called once the buffer has served its last purpose (sealing, at install).
+    Never for :data:`IN_PLACE` sessions, which compute on the buffer itself. That ONNX Runtime holds
+    copies is checked by tests/models: every copied corpus model answers bit-identically after it."""
+    if model.weights == COPIED:
+        model.ortvalues.clear()
+        model.buffer.release()
+
+
 @dataclass
 class _Handle:
     model: LoadedModel
@@ -273,7 +283,8 @@ class ModelManager:
                            crossing, frozenset(i.name for i in inputs), required, weights=weights)
 
     def keep_warm(self, model: LoadedModel) -> None:
-        """An install just validated this model: keep its session for the next ``load``."""
+        """An install just validated (and sealed) this model: keep its session for the next ``load``."""
+        release_copied(model)
         with self._lock:
             old = self._warm.pop(model.name, None)
             self._warm[model.name] = model
@@ -300,6 +311,7 @@ class ModelManager:
                     model = self._models[key] = self._warm.pop(name)
         if model is None:
             model = self.make(name, version, package_id, unseal(), prepack=prepack)
+            release_copied(model)
             with self._lock:
                 existing = self._models.get(key)
                 if existing is None:
@@ -339,9 +351,9 @@ class ModelManager:
                 # no graph capture) are done above or cannot apply: call the binding directly
                 results = model.run(names, feeds, None)
             except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as exc:
-                raise TeeError(f"ONNX Runtime refused the inputs: {_short(exc)}", code=E.INPUT_INVALID) from exc
+                raise TeeError(f"ONNX Runtime refused the inputs: {model_cause(exc)}", code=E.INPUT_INVALID) from exc
             except Exception as exc:
-                raise TeeError(f"inference failed: {_short(exc)}", code=E.INFER_FAILED) from exc
+                raise TeeError(f"inference failed: {model_cause(exc)}", code=E.INFER_FAILED) from exc
             return dict(zip(names, results, strict=True))
         finally:
             with model.lock:
@@ -383,7 +395,8 @@ class ModelManager:
         with self._lock:
             return {
                 "loaded": [{"name": m.name, "version": m.version, "prepacked": m.prepack, "handles": m.refs,
-                            "bytes": m.buffer.size, "locked": m.buffer.locked, "weights": m.weights}
+                            "bytes": m.buffer.size, "locked": m.buffer.locked, "weights": m.weights,
+                            "released": m.buffer.released}
                            for m in self._models.values()],
                 "warm": [{"name": m.name, "version": m.version, "bytes": m.buffer.size} for m in self._warm.values()],
             }

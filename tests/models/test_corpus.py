@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from corpus import CORPUS, SERVED, CorpusModel
-from tee_helpers import Device, Package, Publisher, install
+from tee_helpers import Device, Package, Publisher, TeeProcess, install
 
 from edb import onnx_layout
 from edb.cpk import PackageIdentity, Target, build
@@ -105,7 +105,10 @@ def test_served_model_answers_exactly_as_plain_onnxruntime(
             got = corpus_client.infer(handle, feeds)
             assert same(got, crossing, reference.run(crossing, feeds)) == [], name
         loaded = [m for m in corpus_client.status()["models"]["loaded"] if m["name"] == name]
-        assert [m["weights"] for m in loaded] == [COPIED if name in NEED_COPY else IN_PLACE]
+        # copied weights: the TEE's own decrypted buffer was overwritten and given back before these
+        # answers, so they came from ONNX Runtime's copies
+        assert [(m["weights"], m["released"]) for m in loaded] == \
+            [(COPIED, True) if name in NEED_COPY else (IN_PLACE, False)]
     finally:
         corpus_client.unload(handle)
 
@@ -180,3 +183,30 @@ def test_preflight_decides_as_the_tee_did(installed: dict[str, tuple[Path, objec
                 continue
         assert not isinstance(outcome, Exception), (name, outcome)
         assert report.weights == (COPIED if name in NEED_COPY else IN_PLACE), name
+
+
+def test_copied_weights_never_reach_a_file_or_a_descriptor(
+        installed: dict[str, tuple[Path, object]], corpus_client: TeeClient, corpus_tee: TeeProcess,
+        corpus_device: Device) -> None:
+    """With models loaded both ways (in place and copied), no file under the device directory or the
+    temp directory, and nothing behind any descriptor the TEE holds (files, memfds), contains a
+    64-byte window of a copied model's weights."""
+    from test_memory_scan import PlaintextIndex, scan_files
+
+    handles = [corpus_client.load_model(n) for n in ("conv-nchwc", "magika", "ocr-cls")]
+    try:
+        for name in ("conv-nchwc", "magika"):
+            index = PlaintextIndex(installed[name][0].read_bytes()[-262_144:])  # the weights' tail
+            assert scan_files([corpus_device.state_dir], index) == []
+            assert [p for p in corpus_device.state_dir.rglob("*") if p.is_file() and "ort-empty" in str(p)] == []
+            for fd in Path(f"/proc/{corpus_tee.pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue  # closed meanwhile
+                if target.startswith("/") or target.startswith("/memfd:"):
+                    with open(fd, "rb") as f:
+                        assert index.find(f.read()) is None, target
+    finally:
+        for h in handles:
+            corpus_client.unload(h)
