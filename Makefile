@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all setup test demo lint typecheck bench clean distclean
+.PHONY: all setup test demo demo-vision lint typecheck bench clean distclean
 
 all: test
 
@@ -32,6 +32,10 @@ test: setup
 
 demo: setup
 	$(BIN)/edb demo
+
+# A pretrained vision model (from the rapidocr wheel) served to a camera module over the Open Inference Protocol.
+demo-vision: setup
+	$(BIN)/edb demo-vision
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

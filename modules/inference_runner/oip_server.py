@@ -158,7 +158,7 @@ class OipServer:
         body = await request.read()  # bounded by client_max_size (413)
         header, binary = oip.split_body(body, request.headers.get("Inference-Header-Content-Length"))
         parsed = oip.parse_infer(header, binary, signature, self.service.limits)
-        future = self.service.submit(f"oip-{uuid.uuid4()}", DecodedInput(parsed.tensors))
+        future = self.service.submit(f"oip-{uuid.uuid4()}", DecodedInput(parsed.tensors, parsed.expected))
         reply = await asyncio.shield(future)  # a disconnecting caller does not cancel the batch's answer
         if reply.error is not None or reply.answer is None:
             error = reply.error or ErrorInfo("RUNNER_INTERNAL", "no answer")

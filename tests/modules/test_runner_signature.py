@@ -171,6 +171,17 @@ def test_model_info_is_bounded_for_the_twin() -> None:
                          {"character": "x" * 20_000, **{f"k{i}": "v" for i in range(40)}}, ("huge",))
     info = model_info(handle, meta)
     assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": [-1, 3, -1, 320]}]
-    assert info["customMetadata"]["character"] == {"chars": 20_000, "preview": "x" * 48}
-    assert info["customMetadataOmitted"] == 41 - 32 + 1 and info["opsets"] == {"ai.onnx": 14}
+    assert info["customMetadata"][0] == {"key": "character", "chars": 20_000, "preview": "x" * 48}
+    assert info["customMetadataOmitted"] == 41 - 32 + 1 and info["opsets"] == [{"domain": "ai.onnx", "version": 14}]
     assert len(json.dumps(info)) < 8192
+
+    def keys(value: object) -> list[str]:  # every object key in the document, at any depth
+        if isinstance(value, dict):
+            return [*value, *(k for v in value.values() for k in keys(v))]
+        if isinstance(value, list):
+            return [k for v in value for k in keys(v)]
+        return []
+
+    # nothing the model chose becomes a twin key: IoT Hub refuses '.', '$', spaces in keys
+    hostile = ModelMetadata("m", "1", 8, "p", "", "", 0, "", "g", {"com.micro$oft x": 1}, {"a.b $c": "v"})
+    assert all(k.isidentifier() for k in keys(model_info(handle, hostile)))

@@ -29,6 +29,7 @@ _GROUPS: dict[str, tuple[str, str]] = {
     "twin": ("edb_local.hub.cli", "Show module twins."),
     "cloud": ("edb_cloud.cli", "Orchestrator: train, build, publish, deploy, roll out, status."),
     "demo": ("edb_cloud.demo", "Run the whole blueprint end to end on the local stack."),
+    "demo-vision": ("edb_cloud.demo_vision", "A pretrained vision model served to a camera module over the OIP."),
 }
 
 
