@@ -401,12 +401,18 @@ class RunnerService:
     async def _deliver(self, request: Request, result: InferenceResult, answer: Answer | None) -> None:
         """The answer to its caller: an OIP request's future, and a result message for every request
         (the reporter's metrics; a sampled copy upstream)."""
-        if request.reply is not None and not request.reply.done():
-            request.reply.set_result(Reply(result.model, answer if result.error is None else None, result.error))
+        upstream = self.result_settings.upstream(request.request_id)
+        full: tuple[InferenceResult, Answer | None] | None = None
+        if request.reply is not None:
+            if not request.reply.done():
+                request.reply.set_result(Reply(result.model, answer if result.error is None else None,
+                                               result.error))
+            if upstream and answer is not None and result.error is None:  # upstream gets the values too
+                shown = present(answer.arrays)
+                full = (result_of(result, shown), shown) if isinstance(shown, Answer) else None
             answer = None  # the caller has the tensors; the result message carries shapes and dtypes
         before = self.sender.errors_after_answer
-        await self.sender.send(result, answer, npz=request.npz,
-                               upstream=self.result_settings.upstream(request.request_id))
+        await self.sender.send(result, answer, npz=request.npz, upstream=upstream, upstream_result=full)
         self.stats.errors += self.sender.errors_after_answer - before
 
     async def _emit(self, event: ModuleEvent) -> None:

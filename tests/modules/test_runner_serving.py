@@ -142,4 +142,14 @@ async def test_oip_requests_join_the_message_batches_and_get_arrays() -> None:
     assert results["oip-1"]["tensors"]["map"]["shape"] == [2, 1, 4, 4] and results["oip-1"]["outputs"] is None
     assert results["msg"]["outputs"]["map"] == [[[[0.5] * 4] * 4]]
     assert service.stats.count == 3 and service.stats.errors == 1
+    assert not [s for s in client.sent if s.output == "resultsUpstream"]  # upstreamFraction 0 by default
+    # sampled upstream, an OIP answer's values travel (listed, or summarised when large)
+    await service.on_desired_patch({"results": {"upstreamFraction": 1.0}})
+    future = service.submit("oip-3", DecodedInput({"x": np.ones((1, 3, 4, 4), np.float32),
+                                                   "k": np.zeros((1, 1), np.int64)}))
+    await service.serve_guarded(service.batcher.take())
+    assert future.result().error is None
+    upstream = [s.body for s in client.sent if s.output == "resultsUpstream"]
+    assert len(upstream) == 1 and upstream[0]["outputs"]["map"] == [[[[0.5] * 4] * 4]]
+    assert client.results()["oip-3"]["outputs"] is None  # the reporter's copy: shapes and dtypes only
     assert json.dumps(service.reported_patch())  # the reported properties stay JSON
