@@ -5,7 +5,8 @@ the input's size dominates, so the figure is the endpoint's cost). Inputs: a 1 M
 (1 x 3 x 256 x 341 float32 = 1.05 MB) and a 10 MB one (1 x 3 x 1024 x 853 = 10.5 MB).
 
 Endpoint: the TEE service as a child process (the model installed as a signed, encrypted package),
-the runner's ``RunnerService`` + ``OipServer`` in this process on a 127.x address (batching window
+the runner's ``RunnerService`` + ``OipServer`` as another child process on a 127.x address, as on a
+device (batching window
 0 ms: a lone request is served at once; the default 10 ms window would add up to 10 ms), the
 ``TeeClient`` with its shared-memory region (tensors of 256 KiB and more), and as the client
 ``requests`` (keep-alive session) sending the binary tensor data extension and asking for binary
@@ -30,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,45 +58,43 @@ class NullModuleClient:
         pass
 
 
-def serve_in_thread(socket: Path) -> tuple[str, threading.Thread, threading.Event]:
-    """The runner (RunnerService + OipServer) on its own event loop thread; its URL, loop, stop."""
+def serve(socket: Path) -> None:
+    """The runner (RunnerService + OipServer) as its own process, as on a device: prints its URL,
+    serves until stdin closes."""
     from edb.tee import TeeClient
     from inference_runner.oip_server import OipServer
     from inference_runner.service import RunnerService
 
-    ready = threading.Event()
-    stop = threading.Event()
-    box: dict[str, Any] = {}
+    async def main() -> None:
+        tee = TeeClient(socket)
+        service = RunnerService(NullModuleClient(), tee)
+        await service.load_twin()
+        await service.select()
+        assert service.slot.active is not None, service.report
+        loop_task = asyncio.create_task(service.batch_loop())
+        server = OipServer(service, max_body_bytes=64 * 1024 * 1024)
+        host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        port = await server.start(host, 0)
+        print(f"http://{host}:{port}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
+        await server.stop()
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        await service._unload(service.slot.swap(None))
+        tee.close()
 
-    def run() -> None:
-        async def main() -> None:
-            tee = TeeClient(socket)
-            service = RunnerService(NullModuleClient(), tee)
-            await service.load_twin()
-            await service.select()
-            assert service.slot.active is not None, service.report
-            loop_task = asyncio.create_task(service.batch_loop())
-            server = OipServer(service, max_body_bytes=64 * 1024 * 1024)
-            host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
-            port = await server.start(host, 0)
-            box["url"] = f"http://{host}:{port}"
-            box["loop"] = asyncio.get_running_loop()
-            ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-            await server.stop()
-            loop_task.cancel()
-            await asyncio.gather(loop_task, return_exceptions=True)
-            await service._unload(service.slot.swap(None))
-            tee.close()
+    asyncio.run(main())
 
-        asyncio.run(main())
 
-    thread = threading.Thread(target=run, name="runner", daemon=True)
-    thread.start()
-    if not ready.wait(60):
+def start_runner(socket: Path) -> tuple[str, subprocess.Popen[str]]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(socket)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        proc.kill()
         raise RuntimeError("the runner did not start")
-    return box["url"], thread, stop
+    return url, proc
 
 
 def oip_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -117,7 +115,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=300, help="requests per size (and baseline calls)")
     parser.add_argument("--blocks", type=int, default=15, help="alternating baseline/endpoint blocks per size")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the runner child process
     args = parser.parse_args()
+    if args.serve is not None:
+        serve(args.serve)
+        return
 
     import onnxruntime as ort
     import requests
@@ -130,8 +132,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="oip_endpoint-", dir=OUT))
     proc: subprocess.Popen[bytes] | None = None
-    stop: threading.Event | None = None
-    thread: threading.Thread | None = None
+    runner: subprocess.Popen[str] | None = None
     results: dict[str, dict[str, float]] = {}
     model = image_head()
     try:
@@ -139,7 +140,7 @@ def main() -> None:
         proc = start_tee(device.info.layout.root, device.info.layout.socket, work / "tee.log")
         with TeeClient(device.info.layout.socket) as installer:
             build_and_install(installer, device, "image", model, work)
-        url, thread, stop = serve_in_thread(device.info.layout.socket)
+        url, runner = start_runner(device.info.layout.socket)
         session = ort.InferenceSession(model, session_options(prepack=True), providers=["CPUExecutionProvider"])
         http = requests.Session()
         for label, (h, w) in SIZES.items():
@@ -184,9 +185,9 @@ def main() -> None:
             print(label, json.dumps(results[label]), file=sys.stderr)
         http.close()
     finally:
-        if stop is not None and thread is not None:
-            stop.set()
-            thread.join(10)  # the runner unloads and closes its TEE client before the TEE stops
+        if runner is not None and runner.stdin is not None:
+            runner.stdin.close()  # the runner unloads and closes its TEE client before the TEE stops
+            runner.wait(30)
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
