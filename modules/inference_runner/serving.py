@@ -29,6 +29,9 @@ from inference_runner.stats import LatencyStats
 log = logging.getLogger("inference_runner")
 #: TEE refusals that mean the call's outputs did not fit a frame or the region: split and retry
 _OUTPUT_TOO_LARGE = frozenset({"TEE_FRAME_TOO_LARGE", "TEE_SHM_TOO_LARGE"})
+#: inputs of this many bytes in one call can be what a frame refusal is about (the TEE's frame is
+#: 64 MiB and the client's shared-memory region 32 MiB by default)
+_INPUT_FRAME_BYTES = 32 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Reply:
@@ -117,7 +120,12 @@ class InferenceMixin:
                 half = len(group) // 2
                 first = await self._infer(model, signature, group[:half], batch_size=batch_size)
                 return first | await self._infer(model, signature, group[half:], batch_size=batch_size)
-            if exc.code in _OUTPUT_TOO_LARGE:
+            sent = sum(int(a.nbytes) for a in stacked.values())
+            if exc.code in _OUTPUT_TOO_LARGE and sent >= _INPUT_FRAME_BYTES:  # the request itself did not fit
+                name = max(stacked, key=lambda n: int(stacked[n].nbytes))
+                error = ErrorInfo(TENSOR_TOO_LARGE, f"input {name[:60]!r}: {sent} bytes of inputs do not fit the "
+                                                    f"TEE's request ({exc.code}); lower limits.maxInputBytes")
+            elif exc.code in _OUTPUT_TOO_LARGE:
                 names = ", ".join(repr(o.name[:40]) for o in signature.outputs[:4])
                 error = ErrorInfo(TENSOR_TOO_LARGE, f"output(s) {names}: this input's outputs do not fit the TEE's "
                                                     f"answer ({exc.code}); send fewer rows or a smaller input")

@@ -153,3 +153,17 @@ async def test_oip_requests_join_the_message_batches_and_get_arrays() -> None:
     assert len(upstream) == 1 and upstream[0]["outputs"]["map"] == [[[[0.5] * 4] * 4]]
     assert client.results()["oip-3"]["outputs"] is None  # the reporter's copy: shapes and dtypes only
     assert json.dumps(service.reported_patch())  # the reported properties stay JSON
+
+
+async def test_a_request_too_large_for_the_tee_is_refused_naming_the_input() -> None:
+    def refuse(feeds: Feeds) -> dict[str, np.ndarray]:
+        raise TeeError("message of 40000000 bytes exceeds the frame limit", code="TEE_FRAME_TOO_LARGE")
+
+    tee = ScriptedTee(refuse)
+    service, client = setup(tee, image_handle())
+    service.limits = type(service.limits)(max_input_bytes=64 * 1024 * 1024, max_elements=64 * 1024 * 1024)
+    big = {"x": np.ones((1, 3, 2048, 1400), np.float32), "k": np.zeros((1, 1), np.int64)}  # 34 MB
+    future = service.submit("big", DecodedInput(big))
+    await service.serve_guarded(service.batcher.take())
+    error = future.result().error
+    assert error is not None and error.code == "RUNNER_TENSOR_TOO_LARGE" and error.message.startswith("input 'x'")
