@@ -54,8 +54,14 @@ async def run(tee_socket: str, oip: tuple[tuple[str, int] | None, int, int]) -> 
         async with module.connected() as stop:
             log.info("connected; TEE at %s", tee_socket)
             if address is not None:
-                port = await server.start(*address)
-                log.info("Open Inference Protocol endpoint on %s:%d", address[0], port)
+                try:
+                    port = await server.start(*address)
+                    log.info("Open Inference Protocol endpoint on %s:%d", address[0], port)
+                    service.oip_status = {"listening": True, "address": f"{address[0]}:{port}"}
+                except OSError as exc:  # messages keep being served; the twin says why the endpoint is not
+                    log.error("the Open Inference Protocol endpoint cannot listen on %s:%d: %s", *address, exc)
+                    service.oip_status = {"listening": False, "address": f"{address[0]}:{address[1]}",
+                                          "error": {"code": "RUNNER_OIP_LISTEN_FAILED", "message": str(exc)[:200]}}
             try:
                 await service.run(stop)
             finally:

@@ -92,6 +92,7 @@ class RunnerService(InferenceMixin):
         self._signatures: dict[int, Signature] = {}  # by id() of a loaded handle
         self.metadata: dict[str, Any] | None = None  # the serving model's metadata, bounded (model_info)
         self.model_metadata: Any = None  # edb.tee.types.ModelMetadata of the serving model
+        self.oip_status: dict[str, Any] = {"listening": False}  # set by main when EDB_OIP_LISTEN is set
         self.split_batches = 0
         self.batcher: Batcher[Request] = Batcher(self.batching.max_batch, self.batching.max_latency_ms / 1000)
         self.slot: ModelSlot[Any] = ModelSlot()
@@ -391,6 +392,7 @@ class RunnerService(InferenceMixin):
             "limits": self.limits.to_twin(),
             "results": self.result_settings.to_twin(),
             "modelInfo": self.metadata,
+            "oip": self.oip_status,
             "stats": {**self.stats.summary(), "duplicates": self.duplicates, "failedBatches": self.failed_batches,
                       "splitBatches": self.split_batches},
         }
