@@ -41,6 +41,7 @@ from _models import image_head
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / ".out"
 GAP_S = 0.02
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SIZES = {"1mb": (256, 341), "10mb": (1024, 853)}
 
 
@@ -95,6 +96,11 @@ def start_runner(socket: Path) -> tuple[str, subprocess.Popen[str]]:
         proc.kill()
         raise RuntimeError("the runner did not start")
     return url, proc
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
 def oip_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -164,6 +170,7 @@ def main() -> None:
                 session.run(None, {"image": x})
             base: list[float] = []
             through: list[float] = []
+            runner_cpu = tee_cpu = client_cpu = 0.0
             per = max(1, args.calls // args.blocks)
             for _ in range(args.blocks):
                 time.sleep(GAP_S)
@@ -172,15 +179,24 @@ def main() -> None:
                     session.run(None, {"image": x})
                     base.append((time.perf_counter_ns() - t0) / 1e6)
                 time.sleep(GAP_S)
+                r0, e0, c0 = process_cpu_s(runner.pid), process_cpu_s(proc.pid), time.thread_time()
                 for _ in range(per):
                     t0 = time.perf_counter_ns()
                     endpoint()
                     through.append((time.perf_counter_ns() - t0) / 1e6)
+                runner_cpu += process_cpu_s(runner.pid) - r0
+                tee_cpu += process_cpu_s(proc.pid) - e0
+                client_cpu += time.thread_time() - c0
             b50, b95 = (float(v) for v in np.percentile(base, [50, 95]))
             t50, t95 = (float(v) for v in np.percentile(through, [50, 95]))
             results[label] = {"input_bytes": x.nbytes, "base_ms_p50": round(b50, 3), "base_ms_p95": round(b95, 3),
                               "endpoint_ms_p50": round(t50, 3), "endpoint_ms_p95": round(t95, 3),
                               "added_ms_p50": round(t50 - b50, 3), "added_ms_p95": round(t95 - b95, 3),
+                              # CPU per request (less sensitive to other load than wall time): the
+                              # runner process, the TEE process (ORT included), the client thread
+                              "runner_cpu_ms_per_request": round(runner_cpu * 1000 / len(through), 3),
+                              "tee_cpu_ms_per_request": round(tee_cpu * 1000 / len(through), 3),
+                              "client_cpu_ms_per_request": round(client_cpu * 1000 / len(through), 3),
                               "requests": len(through)}
             print(label, json.dumps(results[label]), file=sys.stderr)
         http.close()
@@ -195,6 +211,7 @@ def main() -> None:
     summary = {
         "added_ms_p50_1mb": results["1mb"]["added_ms_p50"], "added_ms_p95_1mb": results["1mb"]["added_ms_p95"],
         "added_ms_p50_10mb": results["10mb"]["added_ms_p50"], "added_ms_p95_10mb": results["10mb"]["added_ms_p95"],
+        "runner_cpu_ms_per_request_1mb": results["1mb"]["runner_cpu_ms_per_request"],
         "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "targets": {"added_ms_p50_1mb": 2.0},
         "targets_met": {"added_ms_p50_1mb": results["1mb"]["added_ms_p50"] <= 2.0},
