@@ -117,6 +117,9 @@ class OipServer:
         name = request.match_info["name"]
         version = request.match_info.get("version")
         serving = self.service.serving()
+        spec = self.service.spec
+        if serving is None and spec is not None and spec.name == name:  # wanted, not loaded (yet)
+            raise OipError(f"model {name[:64]!r} is not serving yet", code=oip.NOT_READY, status=503)
         if serving is None or serving[0].name != name:
             raise OipError(f"model {name[:64]!r} is not served here", code=oip.UNKNOWN_MODEL, status=404)
         model, signature = serving

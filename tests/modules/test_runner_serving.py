@@ -167,3 +167,4 @@ async def test_a_request_too_large_for_the_tee_is_refused_naming_the_input() -> 
     await service.serve_guarded(service.batcher.take())
     error = future.result().error
     assert error is not None and error.code == "RUNNER_TENSOR_TOO_LARGE" and error.message.startswith("input 'x'")
+    assert client.results()["big"]["error"]["code"] == "RUNNER_TENSOR_TOO_LARGE"  # and its result message

@@ -193,6 +193,15 @@ async def test_every_lie_in_a_request_is_a_4xx_with_a_code_and_the_model_keeps_s
 
         async with http.post(base, data=chunked()) as response:
             assert response.status == 413 and (await response.json())["code"] == "RUNNER_OIP_TOO_LARGE"
+        # the twin's model while nothing serves: 503, not 404
+        serving, endpoint.service.slot.active = endpoint.service.slot.active, None
+        try:
+            async with http.post(base, data=body, headers=headers) as response:
+                assert response.status == 503 and (await response.json())["code"] == "RUNNER_OIP_NOT_READY"
+            async with http.get(f"http://{endpoint.url}/v2/health/ready") as response:
+                assert response.status == 503
+        finally:
+            endpoint.service.slot.active = serving
         # the model is untouched: a good request answers
         body, headers = binary_request(parts)
         async with http.post(base, data=body, headers=headers) as response:
