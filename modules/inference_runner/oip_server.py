@@ -56,6 +56,13 @@ class OipServer:
         self.refused_busy = 0
         self._runner: web.AppRunner | None = None
 
+    def _count_refusal(self, code: str) -> None:
+        """Refusals by code, in the runner's reported ``oip.refused`` (bounded: codes are ours)."""
+        refused = self.service.oip_status.setdefault("refused", {})
+        if code in refused or len(refused) < 32:
+            refused[code] = refused.get(code, 0) + 1
+        self.service.mark_report_dirty()
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._errors])
         app.router.add_get("/v2", self.server_metadata)
@@ -87,8 +94,10 @@ class OipServer:
         try:
             return await handler(request)  # type: ignore[no-any-return]
         except OipError as exc:
+            self._count_refusal(exc.code)
             return _json_error(exc.status, exc.code, exc.message)
         except web.HTTPRequestEntityTooLarge:
+            self._count_refusal(oip.TOO_LARGE)
             return _json_error(413, oip.TOO_LARGE, f"the body is above the limit of {self.max_body_bytes} bytes")
         except web.HTTPNotFound:
             return _json_error(404, "RUNNER_OIP_NOT_FOUND", f"no route {request.method} {request.path[:100]}")

@@ -379,6 +379,10 @@ class RunnerService(InferenceMixin):
                 log.warning("unload failed: %s", exc.code)
 
     # -- reporting -----------------------------------------------------------------------------------
+    def mark_report_dirty(self) -> None:
+        """Something reported changed (not urgent: sent with the next periodic report)."""
+        self._report_dirty = True
+
     def _set_report(self, report: ModelReport) -> None:
         self.report = report
         self._report_dirty = True

@@ -202,6 +202,8 @@ async def test_every_lie_in_a_request_is_a_4xx_with_a_code_and_the_model_keeps_s
                 assert response.status == 503
         finally:
             endpoint.service.slot.active = serving
+        refused = endpoint.service.reported_patch()["oip"]["refused"]
+        assert refused["RUNNER_OIP_BAD_REQUEST"] >= 8 and refused["RUNNER_OIP_TOO_LARGE"] == 2
         # the model is untouched: a good request answers
         body, headers = binary_request(parts)
         async with http.post(base, data=body, headers=headers) as response:
