@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 from test_runner_service import FakeClient, FakeMessage
 
 from edb.errors import TeeError
@@ -168,3 +169,22 @@ async def test_a_request_too_large_for_the_tee_is_refused_naming_the_input() -> 
     error = future.result().error
     assert error is not None and error.code == "RUNNER_TENSOR_TOO_LARGE" and error.message.startswith("input 'x'")
     assert client.results()["big"]["error"]["code"] == "RUNNER_TENSOR_TOO_LARGE"  # and its result message
+
+
+def test_oip_listen_settings_are_parsed_strictly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference_runner.main import oip_settings
+    from inference_runner.oip_server import parse_listen
+
+    assert parse_listen("127.1.2.3:8000") == ("127.1.2.3", 8000)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    for bad in ("8000", "host:", ":80", "host:http", "host:70000"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
+    monkeypatch.delenv("EDB_OIP_LISTEN", raising=False)
+    assert oip_settings()[0] is None  # unset: no endpoint
+    monkeypatch.setenv("EDB_OIP_LISTEN", "0.0.0.0:8000")
+    monkeypatch.setenv("EDB_OIP_MAX_CONCURRENCY", "0")
+    with pytest.raises(ValueError):
+        oip_settings()
+    monkeypatch.setenv("EDB_OIP_MAX_CONCURRENCY", "4")
+    assert oip_settings() == (("0.0.0.0", 8000), 64 * 1024 * 1024, 4)
