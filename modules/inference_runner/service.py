@@ -87,9 +87,11 @@ class RunnerService(InferenceMixin):
         self.limits = Limits()
         self.result_settings = ResultSettings()
         self.sender = ResultSender(client)
-        self._row_bytes: dict[tuple[int, plan.Key], float] = {}  # learned output bytes per row
-        self._max_rows: dict[tuple[int, plan.Key], int] = {}  # rows per call, after a TEE refusal
-        self._signatures: dict[int, Signature] = {}  # by id() of a loaded handle
+        # by (model name, version, input shapes): learned output bytes per row; rows per call after a
+        # TEE refusal
+        self._row_bytes: dict[tuple[str, str, plan.Key], float] = {}
+        self._max_rows: dict[tuple[str, str, plan.Key], int] = {}
+        self._signatures: dict[int, tuple[Any, Signature]] = {}  # by id() of a loaded handle (kept alive)
         self.metadata: dict[str, Any] | None = None  # the serving model's metadata, bounded (model_info)
         self.model_metadata: Any = None  # edb.tee.types.ModelMetadata of the serving model
         self.oip_status: dict[str, Any] = {"listening": False}  # set by main when EDB_OIP_LISTEN is set

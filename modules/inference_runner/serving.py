@@ -33,6 +33,7 @@ _OUTPUT_TOO_LARGE = frozenset({"TEE_FRAME_TOO_LARGE", "TEE_SHM_TOO_LARGE"})
 #: 64 MiB and the client's shared-memory region 32 MiB by default)
 _INPUT_FRAME_BYTES = 32 * 1024 * 1024
 
+
 @dataclass(frozen=True)
 class Reply:
     """What an Open Inference Protocol caller gets back for its request."""
@@ -63,9 +64,9 @@ class InferenceMixin:
     slot: ModelSlot[Any]
     stats: LatencyStats
     split_batches: int
-    _row_bytes: dict[tuple[int, plan.Key], float]
-    _max_rows: dict[tuple[int, plan.Key], int]
-    _signatures: dict[int, Signature]
+    _row_bytes: dict[tuple[str, str, plan.Key], float]
+    _max_rows: dict[tuple[str, str, plan.Key], int]
+    _signatures: dict[int, tuple[Any, Signature]]
 
     def request_selection(self) -> None:
         raise NotImplementedError
@@ -78,11 +79,13 @@ class InferenceMixin:
         return model, self.signature(model)
 
     def signature(self, model: Loaded[Any]) -> Signature:
-        sig = self._signatures.get(id(model.handle))
-        if sig is None:
-            if len(self._signatures) > 16:
-                self._signatures.clear()
-            sig = self._signatures[id(model.handle)] = from_handle(model.handle)
+        cached = self._signatures.get(id(model.handle))
+        if cached is not None and cached[0] is model.handle:  # (an id can be reused once a handle is gone)
+            return cached[1]
+        if len(self._signatures) > 16:
+            self._signatures.clear()
+        sig = from_handle(model.handle)
+        self._signatures[id(model.handle)] = (model.handle, sig)
         return sig
 
     async def _infer(self, model: Loaded[Any], signature: Signature,
@@ -91,7 +94,7 @@ class InferenceMixin:
         """One TEE call for ``group`` (stacked), split first where its outputs would not fit."""
         ref = ModelRef(model.name, model.version)
         rows = [plan.rows_of(feeds, signature.batchable) for _, feeds in group]
-        key = (id(model.handle), plan.group_key(group[0][1]))
+        key = (model.name, model.version, plan.group_key(group[0][1]))
         static_bytes, largest = plan.static_row_bytes(signature)
         row_bytes = self._row_bytes.get(key, static_bytes)
         limit = self.limits.max_output_bytes
@@ -160,7 +163,7 @@ class InferenceMixin:
                 results[request.request_id] = (self._answer_result(request, answer, ref, done, batch_size), answer)
         return results
 
-    def _learn(self, key: tuple[int, plan.Key], row_bytes: float) -> None:
+    def _learn(self, key: tuple[str, str, plan.Key], row_bytes: float) -> None:
         if len(self._row_bytes) > 256:
             self._row_bytes.clear()
         self._row_bytes[key] = max(row_bytes, self._row_bytes.get(key, 0.0))
