@@ -56,7 +56,7 @@ class OipServer:
         self.refused_busy = 0
         self._runner: web.AppRunner | None = None
 
-    def _count_refusal(self, code: str) -> None:
+    def count_refusal(self, code: str) -> None:
         """Refusals by code, in the runner's reported ``oip.refused`` (bounded: codes are ours)."""
         refused = self.service.oip_status.setdefault("refused", {})
         if code in refused or len(refused) < 32:
@@ -94,10 +94,10 @@ class OipServer:
         try:
             return await handler(request)  # type: ignore[no-any-return]
         except OipError as exc:
-            self._count_refusal(exc.code)
+            self.count_refusal(exc.code)
             return _json_error(exc.status, exc.code, exc.message)
         except web.HTTPRequestEntityTooLarge:
-            self._count_refusal(oip.TOO_LARGE)
+            self.count_refusal(oip.TOO_LARGE)
             return _json_error(413, oip.TOO_LARGE, f"the body is above the limit of {self.max_body_bytes} bytes")
         except web.HTTPNotFound:
             return _json_error(404, "RUNNER_OIP_NOT_FOUND", f"no route {request.method} {request.path[:100]}")
@@ -123,8 +123,10 @@ class OipServer:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     def _model(self, request: web.Request) -> tuple[Any, Any]:
-        name = request.match_info["name"]
-        version = request.match_info.get("version")
+        return self.model_for(request.match_info["name"], request.match_info.get("version"))
+
+    def model_for(self, name: str, version: str | None) -> tuple[Any, Any]:
+        """The serving model and its signature if ``name`` (and ``version``) is what serves."""
         serving = self.service.serving()
         spec = self.service.spec
         if serving is None and spec is not None and spec.name == name:  # wanted, not loaded (yet)
