@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all setup test demo lint typecheck bench clean distclean fuzz mutate
+.PHONY: all setup test demo demo-vision lint typecheck bench clean distclean fuzz mutate
 
 all: test
 
@@ -44,6 +44,10 @@ fuzz: $(STAMP)
 MUTATE_GROUPS ?=
 mutate: $(STAMP)
 	$(BIN)/python mutation/mutate.py $(MUTATE_GROUPS)
+
+# A pretrained vision model (from the rapidocr wheel) served to a camera module over the Open Inference Protocol.
+demo-vision: setup
+	$(BIN)/edb demo-vision
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

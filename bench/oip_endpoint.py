@@ -5,7 +5,8 @@ the input's size dominates, so the figure is the endpoint's cost). Inputs: a 1 M
 (1 x 3 x 256 x 341 float32 = 1.05 MB) and a 10 MB one (1 x 3 x 1024 x 853 = 10.5 MB).
 
 Endpoint: the TEE service as a child process (the model installed as a signed, encrypted package),
-the runner's ``RunnerService`` + ``OipServer`` in this process on a 127.x address (batching window
+the runner's ``RunnerService`` + ``OipServer`` as another child process on a 127.x address, as on a
+device (batching window
 0 ms: a lone request is served at once; the default 10 ms window would add up to 10 ms), the
 ``TeeClient`` with its shared-memory region (tensors of 256 KiB and more), and as the client
 ``requests`` (keep-alive session) sending the binary tensor data extension and asking for binary
@@ -30,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from _models import image_head
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / ".out"
 GAP_S = 0.02
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SIZES = {"1mb": (256, 341), "10mb": (1024, 853)}
 
 
@@ -58,45 +59,48 @@ class NullModuleClient:
         pass
 
 
-def serve_in_thread(socket: Path) -> tuple[str, threading.Thread, threading.Event]:
-    """The runner (RunnerService + OipServer) on its own event loop thread; its URL, loop, stop."""
+def serve(socket: Path) -> None:
+    """The runner (RunnerService + OipServer) as its own process, as on a device: prints its URL,
+    serves until stdin closes."""
     from edb.tee import TeeClient
     from inference_runner.oip_server import OipServer
     from inference_runner.service import RunnerService
 
-    ready = threading.Event()
-    stop = threading.Event()
-    box: dict[str, Any] = {}
+    async def main() -> None:
+        tee = TeeClient(socket)
+        service = RunnerService(NullModuleClient(), tee)
+        await service.load_twin()
+        await service.select()
+        assert service.slot.active is not None, service.report
+        loop_task = asyncio.create_task(service.batch_loop())
+        server = OipServer(service, max_body_bytes=64 * 1024 * 1024)
+        host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        port = await server.start(host, 0)
+        print(f"http://{host}:{port}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
+        await server.stop()
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        await service._unload(service.slot.swap(None))
+        tee.close()
 
-    def run() -> None:
-        async def main() -> None:
-            tee = TeeClient(socket)
-            service = RunnerService(NullModuleClient(), tee)
-            await service.load_twin()
-            await service.select()
-            assert service.slot.active is not None, service.report
-            loop_task = asyncio.create_task(service.batch_loop())
-            server = OipServer(service, max_body_bytes=64 * 1024 * 1024)
-            host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
-            port = await server.start(host, 0)
-            box["url"] = f"http://{host}:{port}"
-            box["loop"] = asyncio.get_running_loop()
-            ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-            await server.stop()
-            loop_task.cancel()
-            await asyncio.gather(loop_task, return_exceptions=True)
-            await service._unload(service.slot.swap(None))
-            tee.close()
+    asyncio.run(main())
 
-        asyncio.run(main())
 
-    thread = threading.Thread(target=run, name="runner", daemon=True)
-    thread.start()
-    if not ready.wait(60):
+def start_runner(socket: Path) -> tuple[str, subprocess.Popen[str]]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(socket)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        proc.kill()
         raise RuntimeError("the runner did not start")
-    return box["url"], thread, stop
+    return url, proc
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
 def oip_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -117,7 +121,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=300, help="requests per size (and baseline calls)")
     parser.add_argument("--blocks", type=int, default=15, help="alternating baseline/endpoint blocks per size")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the runner child process
     args = parser.parse_args()
+    if args.serve is not None:
+        serve(args.serve)
+        return
 
     import onnxruntime as ort
     import requests
@@ -130,8 +138,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="oip_endpoint-", dir=OUT))
     proc: subprocess.Popen[bytes] | None = None
-    stop: threading.Event | None = None
-    thread: threading.Thread | None = None
+    runner: subprocess.Popen[str] | None = None
     results: dict[str, dict[str, float]] = {}
     model = image_head()
     try:
@@ -139,7 +146,7 @@ def main() -> None:
         proc = start_tee(device.info.layout.root, device.info.layout.socket, work / "tee.log")
         with TeeClient(device.info.layout.socket) as installer:
             build_and_install(installer, device, "image", model, work)
-        url, thread, stop = serve_in_thread(device.info.layout.socket)
+        url, runner = start_runner(device.info.layout.socket)
         session = ort.InferenceSession(model, session_options(prepack=True), providers=["CPUExecutionProvider"])
         http = requests.Session()
         for label, (h, w) in SIZES.items():
@@ -163,6 +170,7 @@ def main() -> None:
                 session.run(None, {"image": x})
             base: list[float] = []
             through: list[float] = []
+            runner_cpu = tee_cpu = client_cpu = 0.0
             per = max(1, args.calls // args.blocks)
             for _ in range(args.blocks):
                 time.sleep(GAP_S)
@@ -171,22 +179,31 @@ def main() -> None:
                     session.run(None, {"image": x})
                     base.append((time.perf_counter_ns() - t0) / 1e6)
                 time.sleep(GAP_S)
+                r0, e0, c0 = process_cpu_s(runner.pid), process_cpu_s(proc.pid), time.thread_time()
                 for _ in range(per):
                     t0 = time.perf_counter_ns()
                     endpoint()
                     through.append((time.perf_counter_ns() - t0) / 1e6)
+                runner_cpu += process_cpu_s(runner.pid) - r0
+                tee_cpu += process_cpu_s(proc.pid) - e0
+                client_cpu += time.thread_time() - c0
             b50, b95 = (float(v) for v in np.percentile(base, [50, 95]))
             t50, t95 = (float(v) for v in np.percentile(through, [50, 95]))
             results[label] = {"input_bytes": x.nbytes, "base_ms_p50": round(b50, 3), "base_ms_p95": round(b95, 3),
                               "endpoint_ms_p50": round(t50, 3), "endpoint_ms_p95": round(t95, 3),
                               "added_ms_p50": round(t50 - b50, 3), "added_ms_p95": round(t95 - b95, 3),
+                              # CPU per request (less sensitive to other load than wall time): the
+                              # runner process, the TEE process (ORT included), the client thread
+                              "runner_cpu_ms_per_request": round(runner_cpu * 1000 / len(through), 3),
+                              "tee_cpu_ms_per_request": round(tee_cpu * 1000 / len(through), 3),
+                              "client_cpu_ms_per_request": round(client_cpu * 1000 / len(through), 3),
                               "requests": len(through)}
             print(label, json.dumps(results[label]), file=sys.stderr)
         http.close()
     finally:
-        if stop is not None and thread is not None:
-            stop.set()
-            thread.join(10)  # the runner unloads and closes its TEE client before the TEE stops
+        if runner is not None and runner.stdin is not None:
+            runner.stdin.close()  # the runner unloads and closes its TEE client before the TEE stops
+            runner.wait(30)
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -194,6 +211,7 @@ def main() -> None:
     summary = {
         "added_ms_p50_1mb": results["1mb"]["added_ms_p50"], "added_ms_p95_1mb": results["1mb"]["added_ms_p95"],
         "added_ms_p50_10mb": results["10mb"]["added_ms_p50"], "added_ms_p95_10mb": results["10mb"]["added_ms_p95"],
+        "runner_cpu_ms_per_request_1mb": results["1mb"]["runner_cpu_ms_per_request"],
         "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "targets": {"added_ms_p50_1mb": 2.0},
         "targets_met": {"added_ms_p50_1mb": results["1mb"]["added_ms_p50"] <= 2.0},

@@ -93,6 +93,10 @@ def _wait(what: str, check: Callable[[], Any], timeout: float, poll: float = 0.5
 
 
 class Demo:
+    #: the package name the demo rolls out, and the modules its deployment runs (demo_vision overrides)
+    name = NAME
+    modules: tuple[str, ...] = MODULES
+
     def __init__(self, state_dir: Path, *, keep_running: bool, echo: Callable[[str], None],
                  runtime: str = "process") -> None:
         self.state_dir = state_dir
@@ -278,20 +282,30 @@ class Demo:
         for version, path in self.s.packages.items():
             with open_package(path) as reader:
                 svn = int(reader.info().security_version or 0)
-            up = publish_blob(path, name=NAME, version=version, connection_string=self.s.config.blob_connection_string,
+            up = publish_blob(path, name=self.name, version=version,
+                              connection_string=self.s.config.blob_connection_string,
                               container=self.s.config.blob_container,
                               connection_verify=self.s.config.connection_verify())
             fetched = requests.get(up.url, verify=str(self.s.config.ca_cert), timeout=30)
             if fetched.status_code != 200 or hashlib.sha256(fetched.content).hexdigest() != up.sha256:
                 raise StepFailed(f"the SAS URL of {version} does not serve the uploaded bytes")
-            release = Release(NAME, NAME, version, svn, up.url, up.sha256, up.size, up.blob, iso_utc())
+            release = Release(self.name, self.name, version, svn, up.url, up.sha256, up.size, up.blob, iso_utc())
             registry.add(release)
             self.s.releases[version] = release
         return f"{len(self.s.releases)} packages behind read-only HTTPS SAS URLs (fetched back, SHA-256 match)"
 
+    def template(self) -> Path:
+        from edb_cloud.deploy import default_template
+
+        return default_template()
+
+    def after_deploy(self) -> None:
+        # Faster windows and frames for a short demo (ordinary module twin settings).
+        self.s.hub.patch_module_desired(self.s.device_id, "telemetry_reporter", {"metricsIntervalSeconds": 2})
+        self.s.hub.patch_module_desired(self.s.device_id, "simulated_sensor", {"intervalMs": 100})
+
     def deploy(self) -> str:
         from edb_cloud.deploy import (
-            default_template,
             deploy_to_device,
             deployed_version,
             render_manifest,
@@ -299,7 +313,7 @@ class Demo:
             write_manifest,
         )
 
-        manifest = render_manifest(self.s.config, default_template(), "amd64")
+        manifest = render_manifest(self.s.config, self.template(), "amd64")
         path = write_manifest(self.s.config, manifest, "amd64")
         deploy_to_device(self.s.hub, self.s.device_id, manifest)
         # a refusal (CLOUD_DEPLOY_REFUSED, with the agent's code) ends the demo here, not after 60 s
@@ -310,13 +324,11 @@ class Demo:
             reported = self._twin("$edgeAgent").reported
             modules = reported.get("modules") or {}
             return (reported.get("lastDesiredStatus") or {}).get("code") == 200 and all(
-                (modules.get(m) or {}).get("runtimeStatus") == "running" for m in MODULES)
+                (modules.get(m) or {}).get("runtimeStatus") == "running" for m in self.modules)
 
         _wait("every module running ($edgeAgent reported)", all_running, 60)
-        # Faster windows and frames for a short demo (ordinary module twin settings).
-        self.s.hub.patch_module_desired(self.s.device_id, "telemetry_reporter", {"metricsIntervalSeconds": 2})
-        self.s.hub.patch_module_desired(self.s.device_id, "simulated_sensor", {"intervalMs": 100})
-        return f"{path.name}: {', '.join(MODULES)} running (edge agent reports 200)"
+        self.after_deploy()
+        return f"{path.name}: {', '.join(self.modules)} running (edge agent reports 200)"
 
     def _rollout(self, version: str) -> tuple[float, Any]:
         from edb_cloud.rollout import rollout_to_device, wait_for_install

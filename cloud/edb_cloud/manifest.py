@@ -246,7 +246,8 @@ def project_endpoints() -> dict[str, Endpoints]:
     import importlib
 
     found: dict[str, Endpoints] = {}
-    for package in ("package_installer", "inference_runner", "telemetry_reporter", "simulated_sensor"):
+    for package in ("package_installer", "inference_runner", "telemetry_reporter", "simulated_sensor",
+                    "camera_sensor"):
         module = importlib.import_module(f"{package}.endpoints")
         found[package] = Endpoints(tuple(module.INPUTS), tuple(module.OUTPUTS))
     return found

@@ -92,7 +92,10 @@ class ResultSender:
         self.errors_after_answer = 0  # answers that became error answers while being sent
 
     async def send(self, result: InferenceResult, answer: Answer | None, *, npz: bool = False,
-                   upstream: bool = False) -> None:
+                   upstream: bool = False,
+                   upstream_result: tuple[InferenceResult, Answer | None] | None = None) -> None:
+        """``result`` on ``results``; with ``upstream``, also on ``resultsUpstream`` (as
+        ``upstream_result`` when given: an OIP answer's values, which its result message leaves out)."""
         from azure.iot.device import Message
 
         body, ok, _ = encode_result(result, answer)
@@ -105,7 +108,10 @@ class ResultSender:
                 body, content_type = packed, CONTENT_TYPE_NPZ
         await self._send(result, body, content_type, ok, endpoints.OUTPUT_RESULTS, Message)
         if upstream:
-            json_body = body if content_type == CONTENT_TYPE_JSON else encode_result(result, answer)[0]
+            if upstream_result is not None:
+                json_body, ok, _ = encode_result(*upstream_result)
+            else:
+                json_body = body if content_type == CONTENT_TYPE_JSON else encode_result(result, answer)[0]
             await self._send(result, json_body, CONTENT_TYPE_JSON, ok, endpoints.OUTPUT_RESULTS_UPSTREAM, Message)
 
     async def _send(self, result: InferenceResult, body: bytes, content_type: str, ok: bool, output: str,

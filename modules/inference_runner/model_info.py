@@ -1,7 +1,9 @@
 """The serving model's description for the runner's reported properties (pure, bounded).
 
 A twin holds at most 32 KB of reported properties in all, so this is the signature, the producer
-and opsets, and for each ``metadata_props`` entry its length and first characters; the whole
+and opsets, and for each ``metadata_props`` entry its length and first characters. Nothing the
+model chose becomes a twin key (IoT Hub refuses keys with ``.``, ``$`` or spaces, and one refused
+key would stop every later report): opsets and metadata entries are lists of objects. The whole
 metadata is on the model handle (``TeeClient.model_metadata``) and in the Open Inference
 Protocol's model metadata (``parameters``).
 """
@@ -25,10 +27,11 @@ def model_info(handle: Any, metadata: Any | None) -> dict[str, Any]:
     if metadata is not None:
         info["producer"] = f"{metadata.producer_name} {metadata.producer_version}".strip()[:128]
         info["irVersion"] = metadata.ir_version
-        info["opsets"] = {(k or "ai.onnx")[:64]: v for k, v in list(metadata.opsets.items())[:8]}
+        info["opsets"] = [{"domain": (k or "ai.onnx")[:64], "version": v}
+                          for k, v in list(metadata.opsets.items())[:8]]
         keys = sorted(metadata.custom)[:MAX_KEYS]
-        info["customMetadata"] = {k[:64]: {"chars": len(metadata.custom[k]), "preview": metadata.custom[k][:PREVIEW]}
-                                  for k in keys}
+        info["customMetadata"] = [{"key": k[:64], "chars": len(metadata.custom[k]),
+                                   "preview": metadata.custom[k][:PREVIEW]} for k in keys]
         if len(metadata.custom) > MAX_KEYS or metadata.truncated:
             info["customMetadataOmitted"] = len(metadata.custom) - len(keys) + len(metadata.truncated)
     return info

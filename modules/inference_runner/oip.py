@@ -61,6 +61,7 @@ class InferRequest:
     tensors: dict[str | None, np.ndarray]
     outputs: tuple[RequestedOutput, ...] | None  # None: every output, binary if ``binary_default``
     binary_default: bool
+    expected: int | None = None  # parameters.expected: the answer the caller expects (for accuracy metrics)
 
 
 def split_body(body: bytes | memoryview, header_length: str | None) -> tuple[Any, memoryview]:
@@ -120,7 +121,11 @@ def parse_infer(header: object, binary: memoryview, signature: Signature, limits
         offset += used
     if offset != len(binary):
         raise OipError(f"the binary data is {len(binary)} bytes but the inputs declare {offset}")
-    return InferRequest(rid, tensors, _outputs(header.get("outputs"), signature), binary_default)
+    expected = params.get("expected")
+    if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool) or
+                                 not 0 <= expected < 1_000_000):
+        raise OipError("parameters.expected must be a non-negative integer")
+    return InferRequest(rid, tensors, _outputs(header.get("outputs"), signature), binary_default, expected)
 
 
 def _input(item: object, binary: memoryview, offset: int, signature: Signature,

@@ -56,6 +56,13 @@ class OipServer:
         self.refused_busy = 0
         self._runner: web.AppRunner | None = None
 
+    def count_refusal(self, code: str) -> None:
+        """Refusals by code, in the runner's reported ``oip.refused`` (bounded: codes are ours)."""
+        refused = self.service.oip_status.setdefault("refused", {})
+        if code in refused or len(refused) < 32:
+            refused[code] = refused.get(code, 0) + 1
+        self.service.mark_report_dirty()
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._errors])
         app.router.add_get("/v2", self.server_metadata)
@@ -87,8 +94,10 @@ class OipServer:
         try:
             return await handler(request)  # type: ignore[no-any-return]
         except OipError as exc:
+            self.count_refusal(exc.code)
             return _json_error(exc.status, exc.code, exc.message)
         except web.HTTPRequestEntityTooLarge:
+            self.count_refusal(oip.TOO_LARGE)
             return _json_error(413, oip.TOO_LARGE, f"the body is above the limit of {self.max_body_bytes} bytes")
         except web.HTTPNotFound:
             return _json_error(404, "RUNNER_OIP_NOT_FOUND", f"no route {request.method} {request.path[:100]}")
@@ -114,9 +123,14 @@ class OipServer:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     def _model(self, request: web.Request) -> tuple[Any, Any]:
-        name = request.match_info["name"]
-        version = request.match_info.get("version")
+        return self.model_for(request.match_info["name"], request.match_info.get("version"))
+
+    def model_for(self, name: str, version: str | None) -> tuple[Any, Any]:
+        """The serving model and its signature if ``name`` (and ``version``) is what serves."""
         serving = self.service.serving()
+        spec = self.service.spec
+        if serving is None and spec is not None and spec.name == name:  # wanted, not loaded (yet)
+            raise OipError(f"model {name[:64]!r} is not serving yet", code=oip.NOT_READY, status=503)
         if serving is None or serving[0].name != name:
             raise OipError(f"model {name[:64]!r} is not served here", code=oip.UNKNOWN_MODEL, status=404)
         model, signature = serving
@@ -138,6 +152,12 @@ class OipServer:
 
     # -- inference ---------------------------------------------------------------------------------
 
+    async def _body(self, request: web.Request) -> bytes | bytearray:
+        length = request.content_length
+        if length is not None and not request.headers.get("Transfer-Encoding"):
+            return await _read_exactly(request, length)  # the length was checked against the limit
+        return await request.read()  # chunked: bounded by client_max_size (413)
+
     async def infer(self, request: web.Request) -> web.StreamResponse:
         if self.in_flight >= self.max_concurrency:
             self.refused_busy += 1
@@ -155,10 +175,10 @@ class OipServer:
 
     async def _infer(self, request: web.Request) -> web.StreamResponse:
         model, signature = self._model(request)
-        body = await request.read()  # bounded by client_max_size (413)
+        body = await self._body(request)
         header, binary = oip.split_body(body, request.headers.get("Inference-Header-Content-Length"))
         parsed = oip.parse_infer(header, binary, signature, self.service.limits)
-        future = self.service.submit(f"oip-{uuid.uuid4()}", DecodedInput(parsed.tensors))
+        future = self.service.submit(f"oip-{uuid.uuid4()}", DecodedInput(parsed.tensors, parsed.expected))
         reply = await asyncio.shield(future)  # a disconnecting caller does not cancel the batch's answer
         if reply.error is not None or reply.answer is None:
             error = reply.error or ErrorInfo("RUNNER_INTERNAL", "no answer")
@@ -176,6 +196,23 @@ class OipServer:
             await response.write(chunk)
         await response.write_eof()
         return response
+
+
+async def _read_exactly(request: web.Request, length: int) -> bytearray:
+    """The body of a request with a Content-Length, received straight into one buffer (one copy;
+    ``request.read()`` makes two). Fewer bytes than declared is a 400."""
+    buf = bytearray(length)
+    view = memoryview(buf)
+    pos = 0
+    while pos < length:
+        chunk = await request.content.readany()
+        if not chunk:
+            raise OipError(f"the body ended after {pos} of its {length} bytes")
+        if len(chunk) > length - pos:
+            raise OipError("the body is longer than its Content-Length")
+        view[pos:pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return buf
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -1,7 +1,8 @@
 """The runner's imperative shell: inputs in, batches through the TEE, results out, hot swaps.
 
 Decisions live in the pure helpers (:mod:`.batching`, :mod:`.model_slot`, :mod:`.selection`);
-this file wires them to the module client and the TEE client. Every input message gets exactly
+this file wires them to the module client and the TEE client (the inference half of a batch is
+:mod:`.serving`). Every input message gets exactly
 one result message (an answer, or an error result with a code), carrying the id of the message it
 answers and the model version that produced it.
 """
@@ -14,7 +15,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,10 +49,11 @@ from inference_runner.decode import CONTENT_TYPE_NPZ, DecodedInput, decode_body
 from inference_runner.delivery import RESULT_BODY_LIMIT, ResultSender, result_of
 from inference_runner.model_info import model_info
 from inference_runner.model_slot import Loaded, ModelSlot
-from inference_runner.outputs import Answer, OutputError, RowMismatch, present, split_arrays
+from inference_runner.outputs import Answer, present
 from inference_runner.selection import decide
+from inference_runner.serving import InferenceMixin, Reply, Request
 from inference_runner.settings import ResultSettings, parse_limits, parse_results
-from inference_runner.signature import TENSOR_TOO_LARGE, InputError, Limits, Signature, bind, from_handle
+from inference_runner.signature import InputError, Limits, Signature, bind
 from inference_runner.stats import LatencyStats
 
 log = logging.getLogger("inference_runner")
@@ -61,8 +62,6 @@ SOURCE = "inference_runner"
 BATCH_FAILED = "RUNNER_INTERNAL"
 #: A loop the runner needs stopped for good: reported, then the process exits non-zero.
 LOOP_FAILED = "RUNNER_LOOP_FAILED"
-#: TEE refusals that mean the call's outputs did not fit a frame or the region: split and retry
-_OUTPUT_TOO_LARGE = frozenset({"TEE_FRAME_TOO_LARGE", "TEE_SHM_TOO_LARGE"})
 __all__ = ["RESULT_BODY_LIMIT", "Reply", "Request", "RunnerFailed", "RunnerService"]
 
 
@@ -73,30 +72,7 @@ class RunnerFailed(EdbError):
     code = LOOP_FAILED
 
 
-@dataclass(frozen=True)
-class Reply:
-    """What an Open Inference Protocol caller gets back for its request."""
-
-    model: ModelRef | None
-    answer: Answer | None
-    error: ErrorInfo | None
-
-
-@dataclass(frozen=True)
-class Request:
-    request_id: str
-    decoded: DecodedInput | None
-    error: ErrorInfo | None
-    received: float
-    reply: asyncio.Future[Reply] | None = None  # an OIP request: its answer goes back to the HTTP caller
-    npz: bool = False  # the input asked for an .npz answer
-
-    @property
-    def rows(self) -> int:
-        return self.decoded.rows if self.decoded is not None else 1
-
-
-class RunnerService:
+class RunnerService(InferenceMixin):
     def __init__(self, client: Any, tee: Any, *, check_interval_s: float = 30.0,
                  report_interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
@@ -111,11 +87,14 @@ class RunnerService:
         self.limits = Limits()
         self.result_settings = ResultSettings()
         self.sender = ResultSender(client)
-        self._row_bytes: dict[tuple[int, plan.Key], float] = {}  # learned output bytes per row
-        self._max_rows: dict[tuple[int, plan.Key], int] = {}  # rows per call, after a TEE refusal
-        self._signatures: dict[int, Signature] = {}  # by id() of a loaded handle
+        # by (model name, version, input shapes): learned output bytes per row; rows per call after a
+        # TEE refusal
+        self._row_bytes: dict[tuple[str, str, plan.Key], float] = {}
+        self._max_rows: dict[tuple[str, str, plan.Key], int] = {}
+        self._signatures: dict[int, tuple[Any, Signature]] = {}  # by id() of a loaded handle (kept alive)
         self.metadata: dict[str, Any] | None = None  # the serving model's metadata, bounded (model_info)
         self.model_metadata: Any = None  # edb.tee.types.ModelMetadata of the serving model
+        self.oip_status: dict[str, Any] = {"listening": False}  # set by main when EDB_OIP_LISTEN is set
         self.split_batches = 0
         self.batcher: Batcher[Request] = Batcher(self.batching.max_batch, self.batching.max_latency_ms / 1000)
         self.slot: ModelSlot[Any] = ModelSlot()
@@ -205,21 +184,6 @@ class RunnerService:
         self._arrived.set()
         return future
 
-    def serving(self) -> tuple[Loaded[Any], Signature] | None:
-        """The serving model and its signature (for the OIP's metadata and checks)."""
-        model = self.slot.active
-        if model is None:
-            return None
-        return model, self.signature(model)
-
-    def signature(self, model: Loaded[Any]) -> Signature:
-        sig = self._signatures.get(id(model.handle))
-        if sig is None:
-            if len(self._signatures) > 16:
-                self._signatures.clear()
-            sig = self._signatures[id(model.handle)] = from_handle(model.handle)
-        return sig
-
     def _on_package_notification(self, message: Any) -> None:
         try:
             event = ModuleEvent.from_json(decode_json(message.data))
@@ -303,110 +267,21 @@ class RunnerService:
             if answered is not None:
                 answered.add(request.request_id)
 
-    async def _infer(self, model: Loaded[Any], signature: Signature,
-                     group: list[tuple[Request, Mapping[str, np.ndarray]]], *,
-                     batch_size: int) -> dict[str, tuple[InferenceResult, Answer | None]]:
-        """One TEE call for ``group`` (stacked), split first where its outputs would not fit."""
-        ref = ModelRef(model.name, model.version)
-        rows = [plan.rows_of(feeds, signature.batchable) for _, feeds in group]
-        key = (id(model.handle), plan.group_key(group[0][1]))
-        static_bytes, largest = plan.static_row_bytes(signature)
-        row_bytes = self._row_bytes.get(key, static_bytes)
-        limit = self.limits.max_output_bytes
-        if len(group) > 1:
-            parts = plan.chunks(rows, row_bytes, limit, self._max_rows.get(key))
-            if len(parts) > 1:
-                self.split_batches += 1
-                results: dict[str, tuple[InferenceResult, Answer | None]] = {}
-                for part in parts:
-                    results.update(await self._infer(model, signature, [group[i] for i in part],
-                                                     batch_size=batch_size))
-                return results
-        elif static_bytes is not None and rows[0] * static_bytes > limit:
-            return self._fail(group, ref, ErrorInfo(TENSOR_TOO_LARGE, (
-                f"output {str(largest)[:60]!r}: this input's outputs would be {rows[0] * static_bytes} bytes, above "
-                f"the runner's limit of {limit} (limits.maxOutputBytes); send fewer rows")))
-        stacked = plan.stack([feeds for _, feeds in group])
-        try:
-            outputs = await asyncio.to_thread(self.tee.infer, model.handle, stacked)
-        except EdbError as exc:
-            if exc.code in _OUTPUT_TOO_LARGE and len(group) > 1:  # split in halves and try again
-                self.split_batches += 1
-                if len(self._max_rows) > 256:
-                    self._max_rows.clear()
-                self._max_rows[key] = min(self._max_rows.get(key, sum(rows)), max(1, sum(rows) // 2))
-                half = len(group) // 2
-                first = await self._infer(model, signature, group[:half], batch_size=batch_size)
-                return first | await self._infer(model, signature, group[half:], batch_size=batch_size)
-            if exc.code in _OUTPUT_TOO_LARGE:
-                names = ", ".join(repr(o.name[:40]) for o in signature.outputs[:4])
-                error = ErrorInfo(TENSOR_TOO_LARGE, f"output(s) {names}: this input's outputs do not fit the TEE's "
-                                                    f"answer ({exc.code}); send fewer rows or a smaller input")
-            else:
-                error = ErrorInfo.from_exception(exc)
-            if exc.code in ("TEE_HANDLE_STALE", "TEE_UNKNOWN_HANDLE"):
-                self.request_selection()
-            return self._fail(group, ref, error)
-        except Exception as exc:  # a transport bug or a broken reply: these inputs fail, the runner goes on
-            log.warning("inference failed unexpectedly (%s)", type(exc).__name__)
-            return self._fail(group, ref, ErrorInfo("RUNNER_INFER_FAILED", f"inference failed ({type(exc).__name__})"))
-        try:
-            parts_out = split_arrays(outputs, rows)
-        except RowMismatch:  # (never for a single input: its outputs are not split)
-            # the outputs do not have one row per input row (a model that aggregates its batch):
-            # answer each input from its own call
-            results = {}
-            for item in group:
-                results.update(await self._infer(model, signature, [item], batch_size=batch_size))
-            return results
-        except OutputError as exc:
-            return self._fail(group, ref, ErrorInfo.from_exception(exc))
-        total_rows = sum(rows)
-        self._learn(key, sum(int(getattr(a, "nbytes", 0)) for a in outputs.values()) / max(1, total_rows))
-        done = self.clock()
-        results = {}
-        for (request, _), arrays in zip(group, parts_out, strict=True):
-            answer = Answer(arrays=arrays) if request.reply is not None else present(arrays)
-            if isinstance(answer, ErrorInfo):
-                results[request.request_id] = (self._error_result(request, answer, ref), None)
-            else:
-                results[request.request_id] = (self._answer_result(request, answer, ref, done, batch_size), answer)
-        return results
-
-    def _learn(self, key: tuple[int, plan.Key], row_bytes: float) -> None:
-        if len(self._row_bytes) > 256:
-            self._row_bytes.clear()
-        self._row_bytes[key] = max(row_bytes, self._row_bytes.get(key, 0.0))
-
-    def _fail(self, group: list[tuple[Request, Mapping[str, np.ndarray]]], ref: ModelRef,
-              error: ErrorInfo) -> dict[str, tuple[InferenceResult, Answer | None]]:
-        return {r.request_id: (self._error_result(r, error, ref), None) for r, _ in group}
-
-    def _answer_result(self, request: Request, answer: Answer, ref: ModelRef, done: float,
-                       batch_size: int) -> InferenceResult:
-        latency_ms = (done - request.received) * 1000
-        self.stats.record(latency_ms)
-        base = InferenceResult(request.request_id, ref, None,
-                               expected=request.decoded.label if request.decoded is not None else None,
-                               latency_ms=latency_ms, batch_size=batch_size)
-        return result_of(base, answer) if request.reply is None else \
-            InferenceResult(request.request_id, ref, None, expected=base.expected, latency_ms=latency_ms,
-                            batch_size=batch_size, tensors=answer.tensors)
-
-    def _error_result(self, request: Request, error: ErrorInfo, ref: ModelRef | None) -> InferenceResult:
-        latency_ms = (self.clock() - request.received) * 1000
-        self.stats.record(latency_ms, ok=False)
-        return InferenceResult(request.request_id, ref, None, error=error, latency_ms=latency_ms)
-
     async def _deliver(self, request: Request, result: InferenceResult, answer: Answer | None) -> None:
         """The answer to its caller: an OIP request's future, and a result message for every request
         (the reporter's metrics; a sampled copy upstream)."""
-        if request.reply is not None and not request.reply.done():
-            request.reply.set_result(Reply(result.model, answer if result.error is None else None, result.error))
+        upstream = self.result_settings.upstream(request.request_id)
+        full: tuple[InferenceResult, Answer | None] | None = None
+        if request.reply is not None:
+            if not request.reply.done():
+                request.reply.set_result(Reply(result.model, answer if result.error is None else None,
+                                               result.error))
+            if upstream and answer is not None and result.error is None:  # upstream gets the values too
+                shown = present(answer.arrays)
+                full = (result_of(result, shown), shown) if isinstance(shown, Answer) else None
             answer = None  # the caller has the tensors; the result message carries shapes and dtypes
         before = self.sender.errors_after_answer
-        await self.sender.send(result, answer, npz=request.npz,
-                               upstream=self.result_settings.upstream(request.request_id))
+        await self.sender.send(result, answer, npz=request.npz, upstream=upstream, upstream_result=full)
         self.stats.errors += self.sender.errors_after_answer - before
 
     async def _emit(self, event: ModuleEvent) -> None:
@@ -506,6 +381,10 @@ class RunnerService:
                 log.warning("unload failed: %s", exc.code)
 
     # -- reporting -----------------------------------------------------------------------------------
+    def mark_report_dirty(self) -> None:
+        """Something reported changed (not urgent: sent with the next periodic report)."""
+        self._report_dirty = True
+
     def _set_report(self, report: ModelReport) -> None:
         self.report = report
         self._report_dirty = True
@@ -519,6 +398,7 @@ class RunnerService:
             "limits": self.limits.to_twin(),
             "results": self.result_settings.to_twin(),
             "modelInfo": self.metadata,
+            "oip": self.oip_status,
             "stats": {**self.stats.summary(), "duplicates": self.duplicates, "failedBatches": self.failed_batches,
                       "splitBatches": self.split_batches},
         }

@@ -138,9 +138,15 @@ def conform(arr: np.ndarray, spec: TensorSig, limits: Limits) -> np.ndarray:
                          "(limits.maxElements)", code=TENSOR_TOO_LARGE)
     arr = _with_shape(arr, spec, label)
     out = _with_dtype(arr, spec, label)
-    if out.dtype.kind == "f" and not limits.allow_non_finite and not np.all(np.isfinite(out)):
+    if out.dtype.kind == "f" and not limits.allow_non_finite and out.size and not _finite(out):
         raise InputError(f"{label} contains NaN or infinity", code=INPUT_NOT_FINITE)
     return np.ascontiguousarray(out)
+
+
+def _finite(arr: np.ndarray) -> bool:
+    """No NaN or infinity: min and max propagate NaN and show an infinity, without the temporary
+    boolean array ``isfinite`` would allocate (an image input can be megabytes)."""
+    return bool(np.isfinite(arr.min()) and np.isfinite(arr.max()))
 
 
 def _with_shape(arr: np.ndarray, spec: TensorSig, label: str) -> np.ndarray:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 from test_runner_service import FakeClient, FakeMessage
 
 from edb.errors import TeeError
@@ -142,4 +143,48 @@ async def test_oip_requests_join_the_message_batches_and_get_arrays() -> None:
     assert results["oip-1"]["tensors"]["map"]["shape"] == [2, 1, 4, 4] and results["oip-1"]["outputs"] is None
     assert results["msg"]["outputs"]["map"] == [[[[0.5] * 4] * 4]]
     assert service.stats.count == 3 and service.stats.errors == 1
+    assert not [s for s in client.sent if s.output == "resultsUpstream"]  # upstreamFraction 0 by default
+    # sampled upstream, an OIP answer's values travel (listed, or summarised when large)
+    await service.on_desired_patch({"results": {"upstreamFraction": 1.0}})
+    future = service.submit("oip-3", DecodedInput({"x": np.ones((1, 3, 4, 4), np.float32),
+                                                   "k": np.zeros((1, 1), np.int64)}))
+    await service.serve_guarded(service.batcher.take())
+    assert future.result().error is None
+    upstream = [s.body for s in client.sent if s.output == "resultsUpstream"]
+    assert len(upstream) == 1 and upstream[0]["outputs"]["map"] == [[[[0.5] * 4] * 4]]
+    assert client.results()["oip-3"]["outputs"] is None  # the reporter's copy: shapes and dtypes only
     assert json.dumps(service.reported_patch())  # the reported properties stay JSON
+
+
+async def test_a_request_too_large_for_the_tee_is_refused_naming_the_input() -> None:
+    def refuse(feeds: Feeds) -> dict[str, np.ndarray]:
+        raise TeeError("message of 40000000 bytes exceeds the frame limit", code="TEE_FRAME_TOO_LARGE")
+
+    tee = ScriptedTee(refuse)
+    service, client = setup(tee, image_handle())
+    service.limits = type(service.limits)(max_input_bytes=64 * 1024 * 1024, max_elements=64 * 1024 * 1024)
+    big = {"x": np.ones((1, 3, 2048, 1400), np.float32), "k": np.zeros((1, 1), np.int64)}  # 34 MB
+    future = service.submit("big", DecodedInput(big))
+    await service.serve_guarded(service.batcher.take())
+    error = future.result().error
+    assert error is not None and error.code == "RUNNER_TENSOR_TOO_LARGE" and error.message.startswith("input 'x'")
+    assert client.results()["big"]["error"]["code"] == "RUNNER_TENSOR_TOO_LARGE"  # and its result message
+
+
+def test_oip_listen_settings_are_parsed_strictly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference_runner.main import oip_settings
+    from inference_runner.oip_server import parse_listen
+
+    assert parse_listen("127.1.2.3:8000") == ("127.1.2.3", 8000)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    for bad in ("8000", "host:", ":80", "host:http", "host:70000"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
+    monkeypatch.delenv("EDB_OIP_LISTEN", raising=False)
+    assert oip_settings()[0] is None  # unset: no endpoint
+    monkeypatch.setenv("EDB_OIP_LISTEN", "0.0.0.0:8000")
+    monkeypatch.setenv("EDB_OIP_MAX_CONCURRENCY", "0")
+    with pytest.raises(ValueError):
+        oip_settings()
+    monkeypatch.setenv("EDB_OIP_MAX_CONCURRENCY", "4")
+    assert oip_settings() == (("0.0.0.0", 8000), 64 * 1024 * 1024, 4)

@@ -171,6 +171,44 @@ def test_model_info_is_bounded_for_the_twin() -> None:
                          {"character": "x" * 20_000, **{f"k{i}": "v" for i in range(40)}}, ("huge",))
     info = model_info(handle, meta)
     assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": [-1, 3, -1, 320]}]
-    assert info["customMetadata"]["character"] == {"chars": 20_000, "preview": "x" * 48}
-    assert info["customMetadataOmitted"] == 41 - 32 + 1 and info["opsets"] == {"ai.onnx": 14}
+    assert info["customMetadata"][0] == {"key": "character", "chars": 20_000, "preview": "x" * 48}
+    assert info["customMetadataOmitted"] == 41 - 32 + 1 and info["opsets"] == [{"domain": "ai.onnx", "version": 14}]
     assert len(json.dumps(info)) < 8192
+
+    def keys(value: object) -> list[str]:  # every object key in the document, at any depth
+        if isinstance(value, dict):
+            return [*value, *(k for v in value.values() for k in keys(v))]
+        if isinstance(value, list):
+            return [k for v in value for k in keys(v)]
+        return []
+
+    # nothing the model chose becomes a twin key: IoT Hub refuses '.', '$', spaces in keys
+    hostile = ModelMetadata("m", "1", 8, "p", "", "", 0, "", "g", {"com.micro$oft x": 1}, {"a.b $c": "v"})
+    assert all(k.isidentifier() for k in keys(model_info(handle, hostile)))
+
+
+def test_metadata_records_from_the_tee_are_checked_and_read_from_the_proto() -> None:
+    from onnx import TensorProto, helper
+
+    from edb.errors import EdbError
+    from edb.tee.types import MAX_METADATA_TOTAL, ModelMetadata
+    from edb_tee.model_metadata import read
+
+    graph = helper.make_graph([helper.make_node("Identity", ["a"], ["b"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+                              producer_name="p", producer_version="9")
+    helper.set_model_props(model, {"k": "v", "big": "x" * (300 * 1024)})
+    meta = read(model.SerializeToString(), "m", "1.0.0")
+    assert meta.opsets == {"": 17, "ai.onnx.ml": 3} and meta.custom == {"k": "v"} and meta.truncated == ("big",)
+    assert ModelMetadata.from_json(meta.to_json()) == meta
+    with pytest.raises(EdbError):  # a truncated proto is refused, not half-read
+        read(model.SerializeToString()[:-3], "m", "1.0.0")
+    hostile = meta.to_json() | {"custom": {f"k{i}": "x" * 200_000 for i in range(6)}}
+    assert sum(len(v) for v in hostile["custom"].values()) > MAX_METADATA_TOTAL
+    for bad in (hostile, meta.to_json() | {"opsets": {"": True}}, meta.to_json() | {"extra": 1},
+                meta.to_json() | {"truncated": "big"}):
+        with pytest.raises(EdbError) as info:
+            ModelMetadata.from_json(bad)
+        assert info.value.code == "TEE_PROTOCOL"

@@ -186,6 +186,24 @@ async def test_every_lie_in_a_request_is_a_4xx_with_a_code_and_the_model_keeps_s
                 assert response.status == status and (await response.json())["code"] == "RUNNER_OIP_UNKNOWN_MODEL"
         async with http.get(f"http://{endpoint.url}/v2/models/vision/versions/2/ready") as response:
             assert response.status == 404
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit applies while reading
+            for _ in range(9):
+                yield b"x" * (1024 * 1024)
+
+        async with http.post(base, data=chunked()) as response:
+            assert response.status == 413 and (await response.json())["code"] == "RUNNER_OIP_TOO_LARGE"
+        # the twin's model while nothing serves: 503, not 404
+        serving, endpoint.service.slot.active = endpoint.service.slot.active, None
+        try:
+            async with http.post(base, data=body, headers=headers) as response:
+                assert response.status == 503 and (await response.json())["code"] == "RUNNER_OIP_NOT_READY"
+            async with http.get(f"http://{endpoint.url}/v2/health/ready") as response:
+                assert response.status == 503
+        finally:
+            endpoint.service.slot.active = serving
+        refused = endpoint.service.reported_patch()["oip"]["refused"]
+        assert refused["RUNNER_OIP_BAD_REQUEST"] >= 8 and refused["RUNNER_OIP_TOO_LARGE"] == 2
         # the model is untouched: a good request answers
         body, headers = binary_request(parts)
         async with http.post(base, data=body, headers=headers) as response:

@@ -123,8 +123,8 @@ async def test_metadata_is_on_the_handle_and_in_the_reported_properties(
     await service.load_twin()
     await service.select()
     info = service.reported_patch()["modelInfo"]
-    assert info["producer"] == "edb-tests 1.2" and info["opsets"] == {"ai.onnx": 13}
-    assert info["customMetadata"]["character"]["chars"] == 6000
+    assert info["producer"] == "edb-tests 1.2" and info["opsets"] == [{"domain": "ai.onnx", "version": 13}]
+    assert {m["key"]: m["chars"] for m in info["customMetadata"]} == {"character": 6000, "task": 6}
     assert [i["name"] for i in info["inputs"]] == ["image", "scale", "ids"]
     assert info["inputs"][0]["shape"] == [-1, 3, -1, -1]
     await service._unload(service.slot.swap(None))

@@ -56,6 +56,7 @@ BUILTIN_MODULES: dict[str, EntryPoint] = {
     "inference_runner": _module("inference_runner.main"),
     "telemetry_reporter": _module("telemetry_reporter.main"),
     "simulated_sensor": _module("simulated_sensor.main"),
+    "camera_sensor": _module("camera_sensor.main"),
     # The TEE service is a device-level service started by `edb local up` (the device's OS).
     "tee_service": EntryPoint("host", "tee"),
 }

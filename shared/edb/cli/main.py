@@ -31,6 +31,7 @@ _GROUPS: dict[str, tuple[str, str]] = {
     "cloud": ("edb_cloud.cli", "Orchestrator: train, build, publish, deploy, roll out, status."),
     "demo": ("edb_cloud.demo", "Run the whole blueprint end to end on the local stack."),
     "fleet": ("edb_local.fleet.cli", "Simulate many edge devices on this machine (start, status, down)."),
+    "demo-vision": ("edb_cloud.demo_vision", "A pretrained vision model served to a camera module over the OIP."),
 }
 
 

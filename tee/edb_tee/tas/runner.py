@@ -86,9 +86,11 @@ def model_metadata(c: Call) -> list[Param]:
             raise TeeError("model was unloaded", code=UNKNOWN_HANDLE)
         model.active += 1
     try:
-        graph = onnx_layout.parse(model.buffer.view()).graph
-        meta = read_metadata(graph, model.name, model.version)
-        del graph
+        view = model.buffer.view()
+        # the layout's graph section (no weights), or a plain ModelProto if a load path keeps one
+        proto = onnx_layout.parse(view).graph if onnx_layout.is_layout(view) else view
+        meta = read_metadata(proto, model.name, model.version)
+        del proto, view
     finally:
         with model.lock:
             model.active -= 1
