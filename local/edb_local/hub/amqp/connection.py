@@ -317,11 +317,13 @@ class AmqpConnection(asyncio.Protocol):
             initial_delivery_count=0 if client_receives else None, max_message_size=link.max_message,
             offered_capabilities=None, desired_capabilities=None, properties=None))
         if refusal is not None:
-            self.endpoint.core.refuse(refusal.code, self.peer,
-                                      f"attach {normalise(address)[:120]!r}: {refusal.message}")
+            info = refusal.info if isinstance(refusal, amqp_errors.LinkRedirect) else None
+            if info is None:
+                self.endpoint.core.refuse(refusal.code, self.peer,
+                                          f"attach {normalise(address)[:120]!r}: {refusal.message}")
             self._send(session.channel, DetachFrame(handle=handle, closed=True, error=AMQPError(
                 condition=amqp_errors.condition_of(refusal.code).encode(),
-                description=f"{refusal.code}: {refusal.message}"[:256])))
+                description=f"{refusal.code}: {refusal.message}"[:256], info=info)))
             return
         session.links[handle] = link
         if link.node == "events":

@@ -55,6 +55,15 @@ class AmqpEndpoint:
         if path == "$cbs":
             link.node = "$cbs"
             return
+        if path.startswith("messages/events"):
+            if not conn.authorised(f"{self.core.config.address}/messages/events", event_hub=False):
+                raise HubError("no accepted IoT Hub service token for messages/events",
+                               code=amqp_errors.AMQP_UNAUTHORIZED)
+            tail = path[len("messages/events"):].strip("/")
+            address = self.core.config.address
+            raise amqp_errors.LinkRedirect({
+                "hostname": address, "network-host": address, "port": self.core.config.amqp_port,
+                "address": f"amqps://{address}:{self.core.config.amqp_port}/{self.entity}/{tail}".rstrip("/")})
         if path == "$management" or path.endswith("/$management"):
             link.node = "$management"
             return
