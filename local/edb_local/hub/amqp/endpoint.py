@@ -149,7 +149,7 @@ class AmqpEndpoint:
                 link.cursor = row.seq
                 if partition_of(row.device_id, self.partitions) != link.partition:
                     continue
-                conn.send_message(session, link, codec.message_bytes(eventlog.event_message(row)))
+                conn.send_message(session, link, eventlog.event_bytes(row))
                 if link.credit <= 0 or conn.paused:
                     return
 
