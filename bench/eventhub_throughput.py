@@ -5,8 +5,9 @@ in flight each; one SDK client tops out near 650 msg/s, see docs/iothub-standin.
 the endpoint). The hub runs as its own process (`python -m edb_local.hub`).
 
 Readers, at the same time, of the same messages:
-- `eventhub_*`: one `azure.eventhub.EventHubConsumerClient` (sync, all partitions, from `@latest`)
-  with `receive_batch` and `socket_timeout=0.02`, as `edb monitor` reads now. (The SDK's sync
+- `eventhub_*`: one `azure.eventhub.EventHubConsumerClient` (sync by default, EDB_BENCH_CONSUMER=aio
+  for the aio client; all partitions, from `@latest`) with `receive_batch` and `socket_timeout`
+  (EDB_BENCH_SOCKET_TIMEOUT, default 0.005 s). (The SDK's sync
   `receive()` hands over one event per partition turn and waits `socket_timeout`, 0.2 s by default,
   on every idle partition in one thread: about 1.25 events/s per partition once a backlog stops
   growing, whatever the server does. `receive_batch` with a short socket timeout avoids it.)
@@ -52,7 +53,8 @@ from edb_local.stack_ca import StackCA
 N = int(os.environ.get("EDB_BENCH_MESSAGES", "4000"))
 LATENCY_SAMPLES = int(os.environ.get("EDB_BENCH_LATENCY_SAMPLES", "200"))
 CKPT = int(os.environ.get("EDB_BENCH_CHECKPOINT_MESSAGES", "1000"))
-SOCKET_TIMEOUT = float(os.environ.get("EDB_BENCH_SOCKET_TIMEOUT", "0.02"))
+CONSUMER = os.environ.get("EDB_BENCH_CONSUMER", "sync")     # sync | aio
+SOCKET_TIMEOUT = float(os.environ.get("EDB_BENCH_SOCKET_TIMEOUT", "0.005"))
 DEVICES = 4
 WINDOW = 64
 HUB_NAME = "edb-bench-eh.azure-devices.net"
@@ -136,7 +138,24 @@ def start_eventhub_reader(hub: Hub, ca: StackCA, arrivals: Arrivals, start: Any 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    threading.Thread(target=lambda: asyncio.run(run()), daemon=True).start()
+    def run_sync() -> None:
+        client = EventHubConsumerClient.from_connection_string(hub.config.eventhub_connection_string, "$Default",
+                                                               connection_verify=str(ca.ca_path),
+                                                               socket_timeout=SOCKET_TIMEOUT)
+
+        def on_events(_context: Any, events: list[Any]) -> None:
+            for event in events:
+                arrivals.add(b"".join(event.body) if not isinstance(event.body, bytes) else event.body)
+
+        worker = threading.Thread(target=client.receive_batch, daemon=True, kwargs={
+            "on_event_batch": on_events, "starting_position": start, "max_wait_time": None,
+            "max_batch_size": 300, "prefetch": 300})
+        worker.start()
+        stop.wait()
+        client.close()
+
+    target = run_sync if CONSUMER == "sync" else (lambda: asyncio.run(run()))
+    threading.Thread(target=target, daemon=True).start()
     return stop
 
 
@@ -335,7 +354,7 @@ async def main() -> None:
         await asyncio.to_thread(rest.wait_for, ["warm-up"], 60.0)
         lat_eh, lat_rest = await latency_phase(devices, [eventhub, rest])
         result: dict[str, Any] = {"messages": N, "devices": DEVICES, "latency_samples": LATENCY_SAMPLES,
-                                  "consumer": f"receive_batch, socket_timeout={SOCKET_TIMEOUT}",
+                                  "consumer": f"{CONSUMER} receive_batch, socket_timeout={SOCKET_TIMEOUT}",
                                   "eventhub_p50_ms": pct(lat_eh, 0.50), "eventhub_p95_ms": pct(lat_eh, 0.95),
                                   "baseline_rest_p50_ms": pct(lat_rest, 0.50),
                                   "baseline_rest_p95_ms": pct(lat_rest, 0.95)}
