@@ -311,8 +311,10 @@ class AmqpConnection(asyncio.Protocol):
                 refusal = exc
         self._send(session.channel, AttachFrame(
             name=name, handle=handle, role=not client_receives, send_settle_mode=field_at(fields, 3),
-            rcv_settle_mode=field_at(fields, 4), source=Source(address=source_address),
-            target=Target(address=target_address), unsettled=None, incomplete_unsettled=False,
+            rcv_settle_mode=field_at(fields, 4),
+            source=Source(address=source_address),  # type: ignore[call-arg]
+            target=Target(address=target_address),  # type: ignore[call-arg]
+            unsettled=None, incomplete_unsettled=False,
             initial_delivery_count=0 if client_receives else None, max_message_size=link.max_message,
             offered_capabilities=None, desired_capabilities=None, properties=None))
         if refusal is not None:

@@ -114,7 +114,7 @@ def event_message(row: UpstreamRow) -> Message:
     application: dict[str, Any] = row.props.get("application", {})
     enqueued_ms = int(row.enqueued * 1000)
     source = _SOURCES.get(system.get("messageSchema", ""), "Telemetry")
-    annotations: dict[str, Any] = {"iothub-connection-device-id": row.device_id}
+    annotations: dict[str | bytes, Any] = {"iothub-connection-device-id": row.device_id}
     if row.module_id:
         annotations["iothub-connection-module-id"] = row.module_id
     if source == "Telemetry":
