@@ -34,7 +34,8 @@ test: setup az
 # versions. azure-cli comes from PyPI; the azure-iot extension is NOT on PyPI (Azure publishes it
 # only as a wheel on its own storage and GitHub releases). Give its wheel with
 # AZ_IOT_EXTENSION=...; without it the CLI is installed and the az tests fail saying why.
-# AZ_CLI_VERSION is the newest CLI the extension's last uamqp-based release (0.25.0) loads with.
+# AZ_CLI_VERSION: a CLI the extension's last uamqp-based release (0.25.0) loads with; uamqp (which
+# that release's monitor-events would otherwise pip-install at run time) is installed here.
 AZ_VENV := .venv-az
 AZ_CLI_VERSION ?= 2.65.0
 AZ_IOT_EXTENSION ?=
@@ -43,7 +44,7 @@ AZ_STAMP := $(AZ_VENV)/.installed-$(AZ_CLI_VERSION)
 $(AZ_STAMP):
 	@test -x $(AZ_VENV)/bin/python || $(PYTHON) -m venv $(AZ_VENV)
 	$(AZ_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(AZ_VENV)/bin/python -m pip install --quiet azure-cli==$(AZ_CLI_VERSION)
+	$(AZ_VENV)/bin/python -m pip install --quiet azure-cli==$(AZ_CLI_VERSION) "uamqp>=1.2,<=1.6.8"
 	cp tests/az/edb_az_ca.py "$$($(AZ_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 	echo "import edb_az_ca" > "$$($(AZ_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/edb_az_ca.pth"
 	@touch $@
