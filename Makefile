@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all setup test demo demo-vision lint typecheck bench clean distclean fuzz mutate
+.PHONY: all setup test demo demo-vision lint typecheck bench clean distclean fuzz mutate az
 
 all: test
 
@@ -27,8 +27,36 @@ $(AZURITE): package.json package-lock.json
 
 setup: $(STAMP) $(AZURITE)
 
-test: setup
+test: setup az
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The Azure CLI for the az tests (tests/az), in its own venv: azure-cli pins its own dependency
+# versions. azure-cli comes from PyPI; the azure-iot extension is NOT on PyPI (Azure publishes it
+# only as a wheel on its own storage and GitHub releases). Give its wheel with
+# AZ_IOT_EXTENSION=...; without it the CLI is installed and the az tests fail saying why.
+# AZ_CLI_VERSION: a CLI the extension's last uamqp-based release (0.25.0) loads with; uamqp (which
+# that release's monitor-events would otherwise pip-install at run time) is installed here.
+AZ_VENV := .venv-az
+AZ_CLI_VERSION ?= 2.65.0
+AZ_IOT_EXTENSION ?=
+AZ_STAMP := $(AZ_VENV)/.installed-$(AZ_CLI_VERSION)
+
+$(AZ_STAMP):
+	@test -x $(AZ_VENV)/bin/python || $(PYTHON) -m venv $(AZ_VENV)
+	$(AZ_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AZ_VENV)/bin/python -m pip install --quiet azure-cli==$(AZ_CLI_VERSION) "uamqp>=1.2,<=1.6.8"
+	cp tests/az/edb_az_ca.py "$$($(AZ_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
+	echo "import edb_az_ca" > "$$($(AZ_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/edb_az_ca.pth"
+	@touch $@
+
+az: $(AZ_STAMP)
+	@if [ -n "$(AZ_IOT_EXTENSION)" ]; then \
+	  AZURE_EXTENSION_DIR=$(CURDIR)/$(AZ_VENV)/extensions AZURE_CONFIG_DIR=$(CURDIR)/$(AZ_VENV)/config \
+	    $(AZ_VENV)/bin/az extension add --source "$(AZ_IOT_EXTENSION)" --yes; \
+	elif [ ! -d $(AZ_VENV)/extensions/azure-iot ]; then \
+	  echo "make az: the azure-iot extension is not on PyPI; set AZ_IOT_EXTENSION=<azure_iot-*.whl>." >&2; \
+	  echo "make az: tests/az will FAIL until it is installed (see docs/iothub-standin.md, Azure CLI)." >&2; \
+	fi
 
 demo: setup
 	$(BIN)/edb demo
@@ -60,4 +88,4 @@ clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/.out .mutate
 
 distclean: clean
-	rm -rf $(VENV) node_modules .edb
+	rm -rf $(VENV) $(AZ_VENV) node_modules .edb

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import socket
 
-_PROBE_PORTS = (8883, 443, 8443)
+_PROBE_PORTS = (8883, 443, 8443, 5671)
 
 
 def address_is_free(address: str, ports: tuple[int, ...] = _PROBE_PORTS) -> bool:

@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import struct
 import time
+from typing import Any
 
 import pytest
 from azure.eventhub._pyamqp.utils import generate_sas_token
@@ -179,3 +180,26 @@ def test_monitor_settings_and_catch_up() -> None:
     assert parse_enqueued_time("2026-01-01T00:00:00Z") == t0
     assert parse_enqueued_time("-60") < dt.datetime.now(dt.UTC)
     assert code_of(lambda: parse_enqueued_time("yesterday")) == errors.CONFIG_INVALID
+
+
+@pytest.mark.parametrize("props", [
+    {"system": {"contentType": "application/json", "contentEncoding": "utf-8", "messageId": "m", "correlationId": "c",
+                "userId": "u", "expiryTimeUtc": "2030-01-01T00:00:00Z", "interfaceId": "dtmi:x;1",
+                "componentName": "thermo"}, "application": {"a": "b", "flag": None, "long": "x" * 300}},
+    {"system": {"messageSchema": "twinChangeNotification"}, "application": {"opType": "updateTwin"}},
+    {"system": {}, "application": {}},
+])
+def test_fast_event_encoding_decodes_like_pyamqps_own(props: dict[str, Any]) -> None:
+    from edb_local.hub.amqp import fastcodec
+    from edb_local.hub.amqp.eventlog import event_bytes, event_message
+    from edb_local.hub.store import UpstreamRow
+
+    for module in (None, "mod"):
+        for body in (b"", b"\x00\xff" * 10, b"x" * 70_000):
+            row = UpstreamRow(123456789, 1_700_000_000.5, "dev-\u00e9", module, body, props)
+            fast = codec.decode_message(event_bytes(row))
+            assert fast == codec.decode_message(codec.message_bytes(event_message(row)))
+    frame, size = codec.split_frame(fastcodec.transfer_frame(3, 7, 9, b"payload", more=True), 1 << 20) or (None, 0)
+    assert frame is not None and size == len(fastcodec.transfer_frame(3, 7, 9, b"payload", more=True))
+    assert (frame.channel, frame.code, frame.fields[:6], bytes(frame.fields[-1])) == (
+        3, codec.TRANSFER, [7, 9, (9).to_bytes(4, "big"), 0, True, True], b"payload")

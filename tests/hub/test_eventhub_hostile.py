@@ -117,3 +117,24 @@ def test_a_consumer_that_never_reads_costs_a_bounded_buffer_and_loses_nothing(
     again = receive(consumer(hub, str(stack_ca.ca_path)), total, timeout=60,
                     partition_id=str(partition_of("flood-dev", config.eventhub_partitions)))
     assert len(again) == total and len({e.sequence_number for e in again}) == total
+
+
+def test_an_oversized_c2d_delivery_detaches_its_link(hub: HubThread, stack_ca: StackCA) -> None:
+    from edb_local.hub.amqp import fastcodec
+    from edb_local.hub.sas import make_token
+
+    config = hub.config
+    raw = RawAmqp(hub, str(stack_ca.ca_path))
+    raw.open_session()
+    token = make_token(config.address, config.owner_key, expiry=int(time.time()) + 600, key_name="iothubowner",
+                       quote_plus=True)
+    assert raw.put_token(token, f"https://{config.address}") == 200
+    raw.attach(2, f"amqps://{config.address}/messages/devicebound", receiver=False)
+    raw.until(codec.ATTACH)
+    chunk = b"\x00" * 60_000
+    raw.send(fastcodec.transfer_frame(0, 2, 0, chunk, more=True))       # 60 KB, more to come
+    raw.send(fastcodec.transfer_frame(0, 2, None, chunk, more=True))    # 120 KB: over the link's limit
+    detach = raw.until(codec.DETACH)
+    assert detach.fields[0] == 2 and detach.fields[2][0] == b"amqp:link:message-size-exceeded"
+    assert "HUB_AMQP_MESSAGE_TOO_LARGE" in hub.server.core.refusal_codes()
+    raw.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from azure.data.tables import TableServiceClient
+from azure.eventhub import EventHubConsumerClient
 from azure.iot.hub import IoTHubConfigurationManager, IoTHubRegistryManager
 from azure.iot.hub.models import ConfigurationContent
 from azure.storage.blob import BlobServiceClient
@@ -25,8 +26,8 @@ from edb_local.supervisor.envfile import read_env_file
 from edb_local.supervisor.pidfile import is_alive, read_pid_file
 
 FIXTURE = Path(__file__).parents[1] / "agent" / "fixtures" / "fixture_module.py"
-REQUIRED_ENV = ("EDB_IOTHUB_CONNECTION_STRING", "EDB_DEVICE_ID", "EDB_CA_CERT", "EDB_KEYVAULT_URL",
-                "EDB_KEY_RELEASE_URL", "EDB_BLOB_CONNECTION_STRING", "EDB_TABLE_CONNECTION_STRING")
+REQUIRED_ENV = ("EDB_IOTHUB_CONNECTION_STRING", "EDB_EVENTHUB_CONNECTION_STRING", "EDB_DEVICE_ID", "EDB_CA_CERT",
+                "EDB_KEYVAULT_URL", "EDB_KEY_RELEASE_URL", "EDB_BLOB_CONNECTION_STRING", "EDB_TABLE_CONNECTION_STRING")
 ALWAYS_THERE = ("hub", "keyvault", "azurite", "tables", "tee", "keyrelease", "agent")
 
 
@@ -78,6 +79,10 @@ def test_up_status_down_and_restart_keeps_state(tmp_path: Path, monkeypatch: Any
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", env["EDB_CA_CERT"])
         registry = IoTHubRegistryManager.from_connection_string(env["EDB_IOTHUB_CONNECTION_STRING"])
         device_key = registry.get_device("dev-under-test").authentication.symmetric_key.primary_key
+        consumer = EventHubConsumerClient.from_connection_string(
+            env["EDB_EVENTHUB_CONNECTION_STRING"], "$Default", connection_verify=env["EDB_CA_CERT"])
+        assert consumer.get_eventhub_properties()["partition_ids"] == ["0", "1", "2", "3"]
+        consumer.close()
         blobs = BlobServiceClient.from_connection_string(env["EDB_BLOB_CONNECTION_STRING"],
                                                          connection_verify=env["EDB_CA_CERT"])
         blobs.create_container("packages")

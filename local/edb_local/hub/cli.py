@@ -71,6 +71,11 @@ def monitor(connection_string: str | None, ca_cert: str | None, state_dir: Path,
     """Print device-to-cloud events the way `az iot hub monitor-events --properties all` does,
     read from the hub's Event Hub-compatible endpoint (works against Azure IoT Hub too)."""
     wanted = _property_filter(properties)
+    if connection_string and not eventhub_connection_string:
+        if not connection_string.strip().startswith("Endpoint="):
+            raise click.UsageError("edb monitor reads the Event Hub-compatible endpoint: pass its connection string "
+                                   "with -e/--eventhub-connection-string (-c names the IoT Hub for `edb twin show`)")
+        eventhub_connection_string = connection_string
     settings = resolve_monitor_settings(eventhub_connection_string, ca_cert, environ=dict(os.environ),
                                         env_file=read_env_file(state_dir / "local.env"))
     start: Any = "-1"

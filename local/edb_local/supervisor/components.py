@@ -257,7 +257,8 @@ def _agent_health(ctx: StackContext) -> Health:
 
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("hub", "IoT Hub + edgeHub stand-in (MQTT 8883, HTTPS 443, AMQP 5671)", _module_missing("edb_local.hub.__main__"),
+    Component("hub", "IoT Hub + edgeHub stand-in (MQTT 8883, HTTPS 443, AMQP 5671)",
+              _module_missing("edb_local.hub.__main__"),
               _hub_command, _hub_health, ports=("mqtt", "https")),
     Component("keyvault", "Key Vault stand-in", _module_missing("edb_local.keyvault.__main__"),
               _keyvault_command, _keyvault_health, ports=("keyvault",)),

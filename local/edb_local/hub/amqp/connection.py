@@ -28,11 +28,10 @@ from azure.eventhub._pyamqp.performatives import (
     OpenFrame,
     SASLMechanism,
     SASLOutcome,
-    TransferFrame,
 )
 
 from edb_local.hub import errors
-from edb_local.hub.amqp import codec
+from edb_local.hub.amqp import codec, fastcodec
 from edb_local.hub.amqp import errors as amqp_errors
 from edb_local.hub.amqp.auth import Grant, normalise
 from edb_local.hub.amqp.links import CREDIT_GRANTED, Link, Session, field_at, flow_credit
@@ -312,16 +311,20 @@ class AmqpConnection(asyncio.Protocol):
                 refusal = exc
         self._send(session.channel, AttachFrame(
             name=name, handle=handle, role=not client_receives, send_settle_mode=field_at(fields, 3),
-            rcv_settle_mode=field_at(fields, 4), source=Source(address=source_address),
-            target=Target(address=target_address), unsettled=None, incomplete_unsettled=False,
+            rcv_settle_mode=field_at(fields, 4),
+            source=Source(address=source_address),  # type: ignore[call-arg]
+            target=Target(address=target_address),  # type: ignore[call-arg]
+            unsettled=None, incomplete_unsettled=False,
             initial_delivery_count=0 if client_receives else None, max_message_size=link.max_message,
             offered_capabilities=None, desired_capabilities=None, properties=None))
         if refusal is not None:
-            self.endpoint.core.refuse(refusal.code, self.peer,
-                                      f"attach {normalise(address)[:120]!r}: {refusal.message}")
+            info = refusal.info if isinstance(refusal, amqp_errors.LinkRedirect) else None
+            if info is None:
+                self.endpoint.core.refuse(refusal.code, self.peer,
+                                          f"attach {normalise(address)[:120]!r}: {refusal.message}")
             self._send(session.channel, DetachFrame(handle=handle, closed=True, error=AMQPError(
                 condition=amqp_errors.condition_of(refusal.code).encode(),
-                description=f"{refusal.code}: {refusal.message}"[:256])))
+                description=f"{refusal.code}: {refusal.message}"[:256], info=info)))
             return
         session.links[handle] = link
         if link.node == "events":
@@ -452,15 +455,14 @@ class AmqpConnection(asyncio.Protocol):
         delivery_id = session.next_delivery_id()
         room = self.peer_max_frame - 64       # transfer performative with all its fields < 64 bytes
         offset, first = 0, True
+        frames: list[bytes] = []
         while first or offset < len(payload):
             chunk = payload[offset:offset + room]
             offset += len(chunk)
-            self._send(session.channel, TransferFrame(
-                handle=link.handle, delivery_id=delivery_id if first else None,
-                delivery_tag=delivery_id.to_bytes(4, "big") if first else None, message_format=0 if first else None,
-                settled=True, more=offset < len(payload), rcv_settle_mode=None, state=None, resume=False,
-                aborted=False, batchable=False, payload=chunk))
+            frames.append(fastcodec.transfer_frame(session.channel, link.handle, delivery_id if first else None,
+                                                   chunk, more=offset < len(payload)))
             first = False
+        self._write(b"".join(frames))
         link.delivery_count += 1
         link.credit = max(0, link.credit - 1)
 

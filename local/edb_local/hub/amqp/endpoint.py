@@ -3,6 +3,7 @@ partition receivers (woken when the upstream log grows), management reads, and C
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from edb_local.hub.core import HubCore
 
 _PAGE = 256
+_PAGES_PER_TURN = 8
 MAX_EVENT_MESSAGE = 300 * 1024   # a 256 KB telemetry body plus its properties
 
 
@@ -55,6 +57,15 @@ class AmqpEndpoint:
         if path == "$cbs":
             link.node = "$cbs"
             return
+        if path.startswith("messages/events"):
+            if not conn.authorised(f"{self.core.config.address}/messages/events", event_hub=False):
+                raise HubError("no accepted IoT Hub service token for messages/events",
+                               code=amqp_errors.AMQP_UNAUTHORIZED)
+            tail = path[len("messages/events"):].strip("/")
+            address = self.core.config.address
+            raise amqp_errors.LinkRedirect({
+                "hostname": address, "network-host": address, "port": self.core.config.amqp_port,
+                "address": f"amqps://{address}:{self.core.config.amqp_port}/{self.entity}/{tail}".rstrip("/")})
         if path == "$management" or path.endswith("/$management"):
             link.node = "$management"
             return
@@ -131,8 +142,13 @@ class AmqpEndpoint:
             conn.pump_all()
 
     def fill(self, conn: AmqpConnection, session: Session, link: Link) -> None:
+        """Send what the credit allows. At most `_PAGES_PER_TURN` pages per event-loop turn: a receiver
+        far behind (the log is shared by all partitions) continues on the next turn instead of
+        holding the loop while it skips other partitions' rows."""
         store = self.core.store
-        while link.credit > 0 and not conn.paused and not conn.closed:
+        for _ in range(_PAGES_PER_TURN):
+            if link.credit <= 0 or conn.paused or conn.closed:
+                return
             rows = store.upstream_since(link.cursor, _PAGE)
             if not rows:
                 return
@@ -140,9 +156,10 @@ class AmqpEndpoint:
                 link.cursor = row.seq
                 if partition_of(row.device_id, self.partitions) != link.partition:
                     continue
-                conn.send_message(session, link, codec.message_bytes(eventlog.event_message(row)))
+                conn.send_message(session, link, eventlog.event_bytes(row))
                 if link.credit <= 0 or conn.paused:
                     return
+        asyncio.get_running_loop().call_soon(conn.pump, session, link)
 
     # -- $management -------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ AMQP_NOT_FOUND = "HUB_AMQP_NOT_FOUND"            # an unknown node, event hub, c
 AMQP_BAD_FILTER = "HUB_AMQP_BAD_FILTER"          # a selector filter this endpoint does not understand
 AMQP_TOO_MANY_LINKS = "HUB_AMQP_TOO_MANY_LINKS"  # links per connection or sessions above the limit
 AMQP_IDLE = "HUB_AMQP_IDLE"                      # no open (or no authenticated link) in time
+AMQP_REDIRECT = "HUB_AMQP_REDIRECT"              # not a refusal: `messages/events` lives on the Event Hub endpoint
 C2D_QUEUE_FULL = errors.C2D_QUEUE_FULL
 C2D_UNKNOWN_DEVICE = errors.C2D_UNKNOWN_DEVICE
 C2D_BAD_MESSAGE = errors.C2D_BAD_MESSAGE
@@ -31,6 +32,7 @@ CONDITIONS = {
     AMQP_BAD_FILTER: "com.microsoft:argument-error",
     AMQP_TOO_MANY_LINKS: "amqp:resource-limit-exceeded",
     AMQP_IDLE: "amqp:connection:forced",
+    AMQP_REDIRECT: "amqp:link:redirect",
     C2D_QUEUE_FULL: "amqp:resource-limit-exceeded",
     C2D_UNKNOWN_DEVICE: "amqp:not-found",
     C2D_BAD_MESSAGE: "amqp:invalid-field",
@@ -39,3 +41,12 @@ CONDITIONS = {
 
 def condition_of(code: str) -> str:
     return CONDITIONS.get(code, "amqp:internal-error")
+
+
+class LinkRedirect(errors.HubError):
+    """IoT Hub answers a receiver on `<hub>/messages/events/...` with a detach `amqp:link:redirect`
+    naming the Event Hub-compatible endpoint (the azure-iot CLI's uamqp probe relies on it)."""
+
+    def __init__(self, info: dict[str, object]) -> None:
+        super().__init__("messages/events is served by the Event Hub-compatible endpoint", code=AMQP_REDIRECT)
+        self.info = info

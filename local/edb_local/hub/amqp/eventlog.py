@@ -22,6 +22,7 @@ from azure.eventhub._pyamqp.message import Message, Properties
 from azure.eventhub._pyamqp.types import AMQPTypes
 
 from edb_local.hub.amqp import errors as amqp_errors
+from edb_local.hub.amqp import fastcodec as fc
 from edb_local.hub.errors import HubError
 from edb_local.hub.store import UpstreamRow
 
@@ -113,7 +114,7 @@ def event_message(row: UpstreamRow) -> Message:
     application: dict[str, Any] = row.props.get("application", {})
     enqueued_ms = int(row.enqueued * 1000)
     source = _SOURCES.get(system.get("messageSchema", ""), "Telemetry")
-    annotations: dict[str, Any] = {"iothub-connection-device-id": row.device_id}
+    annotations: dict[str | bytes, Any] = {"iothub-connection-device-id": row.device_id}
     if row.module_id:
         annotations["iothub-connection-module-id"] = row.module_id
     if source == "Telemetry":
@@ -144,3 +145,50 @@ def event_message(row: UpstreamRow) -> Message:
     return Message(message_annotations=annotations, properties=properties if has_properties else None,
                    application_properties={str(k): v for k, v in application.items()} or None,
                    data=[row.body])
+
+
+_KEYS = {name: fc.value(fc.Symbol(name)) for name in (
+    "iothub-connection-device-id", "iothub-connection-module-id", "iothub-connection-auth-method",
+    "iothub-connection-auth-generation-id", "iothub-enqueuedtime", "iothub-message-source",
+    "x-opt-sequence-number", "x-opt-offset", "x-opt-enqueued-time", "dt-dataschema", "dt-subject")}
+_TELEMETRY_AUTH = (_KEYS["iothub-connection-auth-method"] + fc.value(_AUTH_METHOD)
+                   + _KEYS["iothub-connection-auth-generation-id"] + fc.value("0"))
+_SOURCE_VALUES = {name: fc.value(name) for name in ("Telemetry", *_SOURCES.values())}
+
+
+def event_bytes(row: UpstreamRow) -> bytes:
+    """:func:`event_message`, encoded with the fast encoder (same sections, same AMQP types); the
+    constant keys and values are encoded once."""
+    system: dict[str, str] = row.props.get("system", {})
+    application: dict[str, Any] = row.props.get("application", {})
+    enqueued = fc.value(fc.Timestamp(int(row.enqueued * 1000)))
+    source = _SOURCES.get(system.get("messageSchema", ""), "Telemetry")
+    parts = [_KEYS["iothub-connection-device-id"], fc.value(row.device_id)]
+    count = 1
+    if row.module_id:
+        parts += [_KEYS["iothub-connection-module-id"], fc.value(row.module_id)]
+        count += 1
+    if source == "Telemetry":
+        parts.append(_TELEMETRY_AUTH)
+        count += 2
+    parts += [_KEYS["iothub-enqueuedtime"], enqueued, _KEYS["iothub-message-source"], _SOURCE_VALUES[source],
+              _KEYS["x-opt-sequence-number"], fc.value(fc.Long(row.seq)), _KEYS["x-opt-offset"],
+              fc.value(str(row.seq)), _KEYS["x-opt-enqueued-time"], enqueued]
+    count += 5
+    for name, key in (("interfaceId", "dt-dataschema"), ("componentName", "dt-subject")):
+        if system.get(name):
+            parts += [_KEYS[key], fc.value(system[name])]
+            count += 1
+    user_id = system.get("userId")
+    expiry = system.get("expiryTimeUtc")
+    expiry_ms = iso_ms(expiry, 0) if expiry else 0
+    content_type, content_encoding = system.get("contentType"), system.get("contentEncoding")
+    properties: list[Any] = [
+        system.get("messageId"), user_id.encode("utf-8") if user_id else None, None, None, None,
+        system.get("correlationId"), fc.Symbol(content_type) if content_type else None,
+        fc.Symbol(content_encoding) if content_encoding else None,
+        fc.Timestamp(expiry_ms) if expiry_ms else None, None, None, None, None]
+    has_properties = any(p is not None for p in properties)
+    app = {str(k): (None if v is None else str(v)) for k, v in application.items()}
+    return fc.event_payload_raw(b"".join(parts), count, properties if has_properties else None, app or None,
+                                row.body)

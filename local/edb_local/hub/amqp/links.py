@@ -58,10 +58,16 @@ class Session:
 
 
 def flow_credit(link: Link, remote_delivery_count: int | None, link_credit: int) -> int:
-    """AMQP 1.0 2.6.7: credit = delivery-count(receiver) + link-credit(receiver) - delivery-count(sender);
-    a receiver that has not seen a transfer yet sends no delivery-count (it means ours)."""
-    remote = link.delivery_count if remote_delivery_count is None else remote_delivery_count
-    return max(0, remote + max(0, link_credit) - link.delivery_count)
+    """AMQP 1.0 2.6.7: credit = delivery-count(receiver) + link-credit(receiver) - delivery-count(sender).
+
+    azure-eventhub's pyamqp receiver never advances the delivery-count it sends (it re-flows
+    `delivery_count=0, link_credit=300` whenever its own credit runs out), so a receiver count
+    behind ours is read as "link-credit is the new credit": the spec formula would stall it at 0.
+    A receiver that counts (uamqp) gets the spec formula."""
+    credit = max(0, link_credit)
+    if remote_delivery_count is None or remote_delivery_count < link.delivery_count:
+        return credit
+    return max(0, remote_delivery_count + credit - link.delivery_count)
 
 
 def field_at(fields: list[Any], index: int) -> Any:
