@@ -163,8 +163,17 @@ def test_orchestrator_uses_default_azure_credential_from_local_env(
              "EDB_KEYVAULT_CREDENTIAL": "default", "EDB_KEYVAULT_CA": str(stack_ca.ca_path)}
     (state / "local.env").write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     connection = VaultConnection.from_settings(CloudConfig.load(state, environ={}))
-    assert connection is not None and "clientSecret" not in repr(connection)
+    assert connection is not None and lines["AZURE_CLIENT_SECRET"] not in repr(connection)
     assert connection.key_client().get_key(name).name == name
+    # the settings reach azure-identity while the credential is built, and leave no trace in the process
+    import os
+
+    assert not any(os.environ.get(variable) for variable in IDENTITY_VARIABLES)
+    (state / "local.env").write_text("".join(f"{k}={v}\n" for k, v in {**lines, "AZURE_CLIENT_SECRET": "no"}.items()))
+    stale = VaultConnection.from_settings(CloudConfig.load(state, environ={}))
+    assert stale is not None
+    with pytest.raises(ClientAuthenticationError):
+        stale.key_client().get_key(name)
 
 
 async def test_key_release_service_credential_is_its_managed_identity(

@@ -4,7 +4,8 @@
 az login), the same code locally and on Azure: locally ``<state-dir>/local.env`` carries the
 ``AZURE_TENANT_ID``/``AZURE_CLIENT_ID``/``AZURE_CLIENT_SECRET``/``AZURE_AUTHORITY_HOST`` of the Key
 Vault stand-in's ``admin`` principal, which are handed to azure-identity through the process
-environment (a variable already set there wins). A path -> azure-identity's ``ClientSecretCredential``
+environment while the credential is built (the settings' usual order applies: a variable set in the
+environment wins over the files). A path -> azure-identity's ``ClientSecretCredential``
 for a stand-in credential file (``.edb/keyvault/credentials/<client>.json``). ``ca``: a PEM bundle to
 trust (the local stack CA), passed to the vault clients and to azure-identity as ``connection_verify``;
 None = system trust store. For loopback vaults the SDK's challenge-resource check (host must end with
@@ -19,6 +20,8 @@ and the package CLI's Key Vault keys (``edb package ... --kek https://...``) bot
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +40,23 @@ if TYPE_CHECKING:
 #: what azure-identity's EnvironmentCredential / ManagedIdentityCredential read from the environment
 IDENTITY_VARIABLES = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_AUTHORITY_HOST",
                       "IDENTITY_ENDPOINT", "IDENTITY_HEADER")
+
+
+@contextmanager
+def _environment(values: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """The settings' identity variables in the process environment while azure-identity's credentials
+    read them (they do so when constructed), and the environment as it was afterwards: a second
+    connection in the same process (another stack, Azure) never sees the first one's identity."""
+    saved = {name: os.environ.get(name) for name, _ in values}
+    os.environ.update(dict(values))
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
 @dataclass(frozen=True)
@@ -67,9 +87,8 @@ class VaultConnection:
         if self.credential_spec == "default":
             from azure.identity import DefaultAzureCredential
 
-            for name, value in self.identity_env:
-                os.environ.setdefault(name, value)
-            return DefaultAzureCredential(**verify)
+            with _environment(self.identity_env):
+                return DefaultAzureCredential(**verify)
         if not Path(self.credential_spec).is_file():
             raise ConfigError(f"credential file not found: {self.credential_spec}", code="CONFIG_INVALID")
         from edb_local.keyvault.credential_file import CredentialFile
