@@ -45,7 +45,7 @@ from edb.pki.certs import to_der, to_pem
 from edb.pki.issue import issue_leaf, make_name, make_root_ca
 from edb.pki.oids import DEVICE_ATTESTATION_EKU, PUBLISHER_SIGNING_EKU
 from edb_local.azurite import azurite_table_command, table_connection_string
-from edb_local.keyvault import LocalTokenCredential
+from edb_local.keyvault import CredentialFile
 from edb_local.net import free_loopback_address, free_port
 from edb_local.stack_ca import StackCA
 from key_release_service.policy import CONTENT_TYPE, build_policy, policy_secret_name
@@ -144,7 +144,7 @@ def main() -> None:
         procs.append(kv)
         vault_url = kv_ready["url"]
         sdk = {"verify_challenge_resource": False, "connection_verify": str(ca.ca_path)}
-        admin = LocalTokenCredential.from_file(kv_ready["credentials"]["admin"])
+        admin = CredentialFile.load(kv_ready["credentials"]["admin"]).client_secret_credential()
         KeyClient(vault_url, admin, **sdk).create_rsa_key("edb-kek", size=3072,
                                                           key_operations=["wrapKey", "unwrapKey"])
         # publisher, manufacturer, package, policy
@@ -226,7 +226,7 @@ def main() -> None:
         per_s = CONCURRENT_CLIENTS * PER_CLIENT / wall
 
         # -- baseline: bare stand-in unwrapKey round trip ------------------------------------------
-        release_cred = LocalTokenCredential.from_file(kv_ready["credentials"]["key-release"])
+        release_cred = CredentialFile.load(kv_ready["credentials"]["key-release"]).client_secret_credential()
         crypto = CryptographyClient(result.manifest.kid, release_cred, **sdk)
         wrapped = result.manifest.wrapped_dek.value
         for _ in range(WARMUP):

@@ -15,10 +15,11 @@ from edb_local.net import free_loopback_address, free_port
 from edb_local.stack_ca import StackCA
 
 if TYPE_CHECKING:  # the Key Vault pieces are imported by the fixtures, only in the sessions that use them
+    from azure.identity import ClientSecretCredential
     from azure.keyvault.keys import KeyClient
     from azure.keyvault.secrets import SecretClient
 
-    from edb_local.keyvault import KeyVaultStandIn, LocalTokenCredential
+    from edb_local.keyvault import KeyVaultStandIn
 
 
 @pytest.fixture(scope="session")
@@ -102,14 +103,14 @@ def sdk_kwargs(stack_ca: StackCA) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def admin_credential(keyvault: KeyVaultStandIn) -> LocalTokenCredential:
-    from edb_local.keyvault import LocalTokenCredential
+def admin_credential(keyvault: KeyVaultStandIn) -> ClientSecretCredential:
+    from edb_local.keyvault import CredentialFile
 
-    return LocalTokenCredential.from_file(keyvault.credential_path("admin"))
+    return CredentialFile.load(keyvault.credential_path("admin")).client_secret_credential()
 
 
 @pytest.fixture(scope="session")
-def key_client(keyvault: KeyVaultStandIn, admin_credential: LocalTokenCredential,
+def key_client(keyvault: KeyVaultStandIn, admin_credential: ClientSecretCredential,
                sdk_kwargs: dict[str, Any]) -> KeyClient:
     from azure.keyvault.keys import KeyClient
 
@@ -117,7 +118,7 @@ def key_client(keyvault: KeyVaultStandIn, admin_credential: LocalTokenCredential
 
 
 @pytest.fixture(scope="session")
-def secret_client(keyvault: KeyVaultStandIn, admin_credential: LocalTokenCredential,
+def secret_client(keyvault: KeyVaultStandIn, admin_credential: ClientSecretCredential,
                   sdk_kwargs: dict[str, Any]) -> SecretClient:
     from azure.keyvault.secrets import SecretClient
 

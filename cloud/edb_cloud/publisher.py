@@ -53,8 +53,7 @@ def _vault(config: CloudConfig) -> Any:
     from edb_cloud.keyvault.connection import VaultConnection
 
     url = config.require("EDB_KEYVAULT_URL", "the Key Vault holding the KEK and the signing key")
-    return VaultConnection(url, config.get("EDB_KEYVAULT_CREDENTIAL") or "default",
-                           config.get("EDB_KEYVAULT_CA") or config.get("EDB_CA_CERT"))
+    return VaultConnection.from_settings(config, vault_url=url)
 
 
 def init_publisher(config: CloudConfig) -> PublisherRecord:

@@ -169,3 +169,47 @@ async def test_garbage_frames_close_that_socket_only(hub: HubThread, registry: I
         assert (await client.get_twin())["desired"] == {"$version": 1}
     finally:
         await client.shutdown()
+
+
+def _paho(hub: HubThread, stack_ca: StackCA, device: str, key: str, *, websockets: bool) -> Any:
+    import threading
+    import time
+
+    import paho.mqtt.client as paho
+
+    from edb_local.hub.sas import make_token
+
+    client = paho.Client(client_id=device, clean_session=False, protocol=paho.MQTTv311,
+                         transport="websockets" if websockets else "tcp")
+    if websockets:
+        client.ws_set_options(path="/$iothub/websocket")
+    client.username_pw_set(f"{hub.config.hub_name}/{device}/?api-version=2021-04-12",
+                           make_token(f"{hub.config.hub_name}/devices/{device}", key, expiry=int(time.time()) + 300))
+    client.tls_set(ca_certs=str(stack_ca.ca_path), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.connected_event = threading.Event()
+    client.disconnected_event = threading.Event()
+    client.on_connect = lambda c, u, f, rc: rc == 0 and c.connected_event.set()
+    client.on_disconnect = lambda c, u, rc: c.disconnected_event.set()
+    client.reconnect_delay_set(60, 120)  # no quick reconnect: the takeover must stand
+    client.connect(hub.config.address, 443 if websockets else 8883)
+    client.loop_start()
+    assert client.connected_event.wait(10)
+    return client
+
+
+async def test_a_new_connection_takes_over_a_websocket_session(hub: HubThread, registry: IoTHubRegistryManager,
+                                                               stack_ca: StackCA) -> None:
+    """One connection per identity across both listeners: the WebSocket one is closed, not left hanging."""
+    key = new_key()
+    registry.create_device_with_sas("dev-take", key, key, "enabled")
+    first = await asyncio.to_thread(_paho, hub, stack_ca, "dev-take", key, websockets=True)
+    second = await asyncio.to_thread(_paho, hub, stack_ca, "dev-take", key, websockets=False)
+    try:
+        assert await asyncio.to_thread(first.disconnected_event.wait, 10)
+        assert await eventually(lambda: hub.call(lambda: len(hub.server._connections)), 1) == 1
+        assert "HUB_MQTT_SESSION_TAKEN_OVER" in hub.call(hub.server.core.refusal_codes)
+        assert not second.disconnected_event.is_set()
+    finally:
+        for client in (first, second):
+            client.loop_stop()
+            client.disconnect()

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.identity import ClientSecretCredential
 from azure.keyvault.keys import KeyClient, KeyVaultKey
 from azure.keyvault.secrets import SecretClient
 from kr_helpers import Manufacturer, Publisher
 
 from edb.keys.azure_keyvault import KeyVaultKek
-from edb_local.keyvault import AsyncLocalTokenCredential, KeyVaultStandIn, LocalTokenCredential
+from edb_local.keyvault import CredentialFile, KeyVaultStandIn
 from edb_local.stack_ca import StackCA
 from key_release_service.audit import AuditLog
 from key_release_service.config import ServiceConfig
@@ -30,7 +31,7 @@ def kek_key(key_client: KeyClient) -> KeyVaultKey:
 
 
 @pytest.fixture(scope="session")
-def kek(kek_key: KeyVaultKey, keyvault: KeyVaultStandIn, admin_credential: LocalTokenCredential,
+def kek(kek_key: KeyVaultKey, keyvault: KeyVaultStandIn, admin_credential: ClientSecretCredential,
         sdk_kwargs: dict[str, Any]) -> KeyVaultKek:
     # the orchestrator's KEK provider (edb.keys) over the stand-in: unversioned id, versioned kid out
     return KeyVaultKek(f"{keyvault.url}/keys/{kek_key.name}", admin_credential, **sdk_kwargs)
@@ -84,7 +85,7 @@ async def make_service(base_config: ServiceConfig, audit_lines: list[str]) -> As
             overrides.setdefault("credential", base_config.credential.replace("key-release.json",
                                                                               "key-release-legacy.json"))
         config = dataclasses.replace(base_config, **overrides)
-        credential = AsyncLocalTokenCredential.from_file(config.credential)
+        credential = CredentialFile.load(config.credential).client_secret_credential(aio=True)
         gateway = AzureVaultGateway(config.vault_url, credential, ca_file=config.vault_ca)
         service = KeyReleaseService(config, gateway, audit=AuditLog(audit_lines.append))
         made.append(service)

@@ -8,13 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from azure.identity import ClientSecretCredential
 from azure.keyvault.keys.crypto import CryptographyClient
-
-from edb_local.keyvault import LocalTokenCredential
 
 
 @pytest.fixture(scope="session")
-def crypto_client(admin_credential: LocalTokenCredential,
+def crypto_client(admin_credential: ClientSecretCredential,
                   sdk_kwargs: dict[str, Any]) -> Callable[..., CryptographyClient]:
     def make(key: Any, credential: Any = None) -> CryptographyClient:
         return CryptographyClient(key, credential or admin_credential, **sdk_kwargs)

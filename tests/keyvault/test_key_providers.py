@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from azure.identity import ClientSecretCredential
 from azure.keyvault.keys import KeyClient
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,7 +22,7 @@ from edb.keys.base import WrappedKey
 from edb.keys.errors import DISABLED, RETRYABLE_CODES, WRONG_KID, KeyProviderError
 from edb.pki.issue import issue_leaf, make_name, make_root_ca
 from edb.pki.oids import PUBLISHER_SIGNING_EKU
-from edb_local.keyvault import KeyVaultStandIn, LocalTokenCredential
+from edb_local.keyvault import KeyVaultStandIn
 
 
 def _name(prefix: str) -> str:
@@ -29,7 +30,7 @@ def _name(prefix: str) -> str:
 
 
 def test_kek_provider_wrap_unwrap_rotation_and_revocation(
-    keyvault: KeyVaultStandIn, key_client: KeyClient, admin_credential: LocalTokenCredential,
+    keyvault: KeyVaultStandIn, key_client: KeyClient, admin_credential: ClientSecretCredential,
     sdk_kwargs: dict[str, Any],
 ) -> None:
     name = _name("kek")
@@ -60,7 +61,7 @@ def test_kek_provider_wrap_unwrap_rotation_and_revocation(
 
 
 def test_signer_provider_and_a_package_built_with_key_vault_keys(
-    keyvault: KeyVaultStandIn, key_client: KeyClient, admin_credential: LocalTokenCredential,
+    keyvault: KeyVaultStandIn, key_client: KeyClient, admin_credential: ClientSecretCredential,
     sdk_kwargs: dict[str, Any],
 ) -> None:
     signing = key_client.create_ec_key(_name("signer"), curve="P-256", key_operations=["sign", "verify"])

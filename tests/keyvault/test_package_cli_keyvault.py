@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.identity import ClientSecretCredential
 from click.testing import CliRunner
 
 from edb.cli.main import root
 from edb.keys.azure_keyvault import KeyVaultKek
 from edb.keys.errors import CHALLENGE_REFUSED, KeyProviderError
-from edb_local.keyvault import KeyVaultStandIn, LocalTokenCredential
+from edb_local.keyvault import KeyVaultStandIn
 from edb_local.stack_ca import StackCA
 
 
@@ -110,7 +111,7 @@ def test_key_vault_failures_are_typed_json(edb: Edb, keyvault: KeyVaultStandIn, 
 
 
 def test_a_refused_challenge_is_typed(keyvault: KeyVaultStandIn, stack_ca: StackCA,
-                                      admin_credential: LocalTokenCredential, key_client: Any) -> None:
+                                      admin_credential: ClientSecretCredential, key_client: Any) -> None:
     """The SDK raises ValueError when the challenge's resource is not the vault's domain (what
     `edb package rewrap` used to die of against the stand-in): now KEY_CHALLENGE_REFUSED."""
     name = f"edb-kek-{uuid.uuid4().hex[:8]}"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.identity import ClientSecretCredential
 from azure.keyvault.keys import KeyClient, KeyVaultKey
 from azure.keyvault.keys.crypto import (
     CryptographyClient,
@@ -24,7 +25,7 @@ from azure.keyvault.secrets import SecretClient
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from edb_local.keyvault import KeyVaultStandIn, LocalTokenCredential
+from edb_local.keyvault import CredentialFile, KeyVaultStandIn
 from edb_local.keyvault.tokens import Issuer, Principal
 
 
@@ -40,7 +41,7 @@ def _b64u_dec(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _raw(keyvault: KeyVaultStandIn, cred: LocalTokenCredential, ca: str, method: str, path: str,
+def _raw(keyvault: KeyVaultStandIn, cred: ClientSecretCredential, ca: str, method: str, path: str,
          body: dict[str, Any] | None = None, api: str | None = "7.6") -> requests.Response:
     token = cred.get_token("https://vault.azure.net/.default").token
     params = {"api-version": api} if api else {}
@@ -159,7 +160,7 @@ def test_signing_key_es256_and_rsa_ps256(
 
 
 def test_server_side_verify_and_encrypt(
-    keyvault: KeyVaultStandIn, key_client: KeyClient, admin_credential: LocalTokenCredential, stack_ca: Any
+    keyvault: KeyVaultStandIn, key_client: KeyClient, admin_credential: ClientSecretCredential, stack_ca: Any
 ) -> None:
     """The operations CryptographyClient does locally are also served (other SDKs call them)."""
     ca = str(stack_ca.ca_path)
@@ -176,7 +177,7 @@ def test_server_side_verify_and_encrypt(
 
 
 def test_any_api_version_but_one_is_required(
-    keyvault: KeyVaultStandIn, kek: KeyVaultKey, admin_credential: LocalTokenCredential, stack_ca: Any
+    keyvault: KeyVaultStandIn, kek: KeyVaultKey, admin_credential: ClientSecretCredential, stack_ca: Any
 ) -> None:
     ca = str(stack_ca.ca_path)
     for api in ("2016-10-01", "7.4", "7.6-preview.2"):
@@ -250,7 +251,7 @@ def _forbidden_by_rbac(call: Callable[[], Any]) -> None:
 @pytest.mark.parametrize("client_id", ["key-release", "key-release-legacy"])
 def test_release_role_is_least_privilege(
     keyvault: KeyVaultStandIn, key_client: KeyClient, secret_client: SecretClient, sdk_kwargs: dict[str, Any],
-    admin_credential: LocalTokenCredential, client_id: str,
+    admin_credential: ClientSecretCredential, client_id: str,
 ) -> None:
     """keys get/unwrapKey on the KEK only; secrets get on edb-policy-* and edb-legacy-*; set only on
     edb-legacy-* and only for the legacy role. Nothing else: it can never rewrite its own policies."""
@@ -260,7 +261,7 @@ def test_release_role_is_least_privilege(
     policy, legacy, other = f"edb-policy-{tag}", f"edb-legacy-{tag}", f"app-secret-{tag}"
     for name in (policy, legacy, other):
         secret_client.set_secret(name, "v1")
-    cred = LocalTokenCredential.from_file(keyvault.credential_path(client_id))
+    cred = CredentialFile.load(keyvault.credential_path(client_id)).client_secret_credential()
     keys = KeyClient(keyvault.url, cred, **sdk_kwargs)
     secrets = SecretClient(keyvault.url, cred, **sdk_kwargs)
 
@@ -294,7 +295,7 @@ def test_release_role_is_least_privilege(
 
 
 def test_disabled_key_refuses_every_operation(
-    keyvault: KeyVaultStandIn, key_client: KeyClient, admin_credential: LocalTokenCredential, stack_ca: Any
+    keyvault: KeyVaultStandIn, key_client: KeyClient, admin_credential: ClientSecretCredential, stack_ca: Any
 ) -> None:
     """encrypt, wrapKey and verify included (the SDK does those locally; other clients call the vault)."""
     ca = str(stack_ca.ca_path)

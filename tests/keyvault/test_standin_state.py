@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kv_standin_util import start_standin
 
 from edb.errors import LocalStackError
-from edb_local.keyvault import LocalTokenCredential
+from edb_local.keyvault import CredentialFile
 from edb_local.keyvault.at_rest import Sealer
 from edb_local.keyvault.store import VaultStore
 from edb_local.keyvault.tokens import Issuer, Principal, TokenInvalid
@@ -36,7 +36,7 @@ def test_state_survives_restart_and_is_sealed_at_rest(stack_ca: StackCA, tmp_pat
     dek = os.urandom(32)
     vault = start_standin(stack_ca, state, loopback_address)
     with vault.running_in_thread():
-        cred = LocalTokenCredential.from_file(vault.credential_path("admin"))
+        cred = CredentialFile.load(vault.credential_path("admin")).client_secret_credential()
         kek = KeyClient(vault.url, cred, **_kwargs(stack_ca)).create_rsa_key("kek", size=2048)
         wrapped = CryptographyClient(kek.id, cred, **_kwargs(stack_ca)).wrap_key(
             KeyWrapAlgorithm.rsa_oaep_256, dek).encrypted_key
@@ -53,7 +53,7 @@ def test_state_survives_restart_and_is_sealed_at_rest(stack_ca: StackCA, tmp_pat
     # restart (same state, new port): same key, same version, old credentials file rewritten
     vault.port = 0
     with vault.running_in_thread():
-        cred = LocalTokenCredential.from_file(vault.credential_path("admin"))
+        cred = CredentialFile.load(vault.credential_path("admin")).client_secret_credential()
         again = KeyClient(vault.url, cred, **_kwargs(stack_ca)).get_key("kek")
         assert again.properties.version == kek.properties.version and again.key.n == kek.key.n
         assert CryptographyClient(again.id, cred, **_kwargs(stack_ca)).unwrap_key(

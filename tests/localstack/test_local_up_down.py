@@ -91,6 +91,17 @@ def test_up_status_down_and_restart_keeps_state(tmp_path: Path, monkeypatch: Any
         with TableServiceClient.from_connection_string(env["EDB_TABLE_CONNECTION_STRING"],
                                                        connection_verify=env["EDB_CA_CERT"]) as tables:
             assert isinstance(list(tables.list_tables()), list)
+        # DefaultAzureCredential, unchanged, from local.env's AZURE_* variables (the Key Vault stand-in's
+        # admin principal): the same credential code as on Azure
+        assert env["EDB_KEYVAULT_CREDENTIAL"] == "default"
+        for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_AUTHORITY_HOST"):
+            monkeypatch.setenv(name, env[name])
+        from azure.identity import DefaultAzureCredential
+        from azure.keyvault.secrets import SecretClient
+
+        vault = SecretClient(env["EDB_KEYVAULT_URL"], DefaultAzureCredential(), verify_challenge_resource=False,
+                             connection_verify=env["EDB_CA_CERT"])
+        assert vault.set_secret("edb-policy-localstack", "{}").value == "{}"
 
         # A module deployed through the hub is run by the agent.
         modules = {"sleeper": {"version": "1", "type": "docker", "status": "running", "restartPolicy": "always",
@@ -137,7 +148,9 @@ def test_up_status_down_and_restart_keeps_state(tmp_path: Path, monkeypatch: Any
         pid_after = wait_for(lambda: module_pid(state))
         assert pid_after != pid_before
         # No key ever reaches a log: the hub owner key, the device key, the agent's and the module's keys.
-        keys = [(state / "hub" / "owner.key").read_text().strip(), device_key,
+        release_identity = json.loads((state / "keyvault" / "credentials" / "key-release.json").read_text())
+        keys = [(state / "hub" / "owner.key").read_text().strip(), device_key, env["AZURE_CLIENT_SECRET"],
+                release_identity["clientSecret"], release_identity["identityHeader"].partition(".")[2],
                 registry.get_module("dev-under-test", "$edgeAgent").authentication.symmetric_key.primary_key,
                 registry.get_module("dev-under-test", "sleeper").authentication.symmetric_key.primary_key]
         for log in (state / "logs").rglob("*.log"):

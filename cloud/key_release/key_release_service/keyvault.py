@@ -186,3 +186,6 @@ class AzureVaultGateway:
         for client in self._crypto.values():
             await client.close()
         self._crypto.clear()
+        close_credential = getattr(self._credential, "close", None)  # azure-identity's aio credentials hold a session
+        if close_credential is not None:
+            await close_credential()

@@ -259,14 +259,17 @@ class KeyReleaseService:
 
 
 def make_credential(config: ServiceConfig) -> Any:
-    """``default`` -> DefaultAzureCredential (managed identity in Azure); a path -> the stand-in's."""
+    """``default`` -> azure-identity's DefaultAzureCredential: a managed identity (``IDENTITY_ENDPOINT``
+    + ``IDENTITY_HEADER``) in Azure Functions and in the local stack alike, the vault CA (if any) as
+    its ``connection_verify``; a path -> azure-identity's ClientSecretCredential for a stand-in
+    credential file (tests and tools)."""
     if config.credential == "default":
         from azure.identity.aio import DefaultAzureCredential
 
-        return DefaultAzureCredential()
-    from edb_local.keyvault.credential import AsyncLocalTokenCredential
+        return DefaultAzureCredential(**({"connection_verify": config.vault_ca} if config.vault_ca else {}))
+    from edb_local.keyvault.credential_file import CredentialFile
 
-    return AsyncLocalTokenCredential.from_file(config.credential)
+    return CredentialFile.load(config.credential).client_secret_credential(aio=True)
 
 
 def make_spent_store(config: ServiceConfig) -> SpentNonceStore:

@@ -7,11 +7,13 @@ verify). State lives in SQLite; private keys and secret values are sealed under 
 See docs/keyvault-standin.md.
 
 - :class:`KeyVaultStandIn` starts it (``await start()``, or ``with running_in_thread():``);
-- :class:`LocalTokenCredential` / :class:`AsyncLocalTokenCredential` get tokens from it;
+- its token issuer speaks what azure-identity needs (OpenID discovery, client credentials, the App
+  Service managed identity endpoint): clients use ``DefaultAzureCredential`` / ``ClientSecretCredential``
+  with the values of :class:`CredentialFile` (``credentials/<client>.json``);
 - ``python -m edb_local.keyvault serve --state-dir ... --address ... --port ... --cert ... --key ... --ca ...``.
 """
 
-from edb_local.keyvault.credential import AsyncLocalTokenCredential, CredentialFile, LocalTokenCredential
+from edb_local.keyvault.credential_file import CredentialFile
 from edb_local.keyvault.server import KeyVaultStandIn
 
-__all__ = ["AsyncLocalTokenCredential", "CredentialFile", "KeyVaultStandIn", "LocalTokenCredential"]
+__all__ = ["CredentialFile", "KeyVaultStandIn"]

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
 
 from edb_local.keyvault.errors import VaultError, bad_parameter
+from edb_local.keyvault.identity import IdentityEndpoints, token_path
 from edb_local.keyvault.operations import KEY_OPERATIONS, Result, VaultOperations
 from edb_local.keyvault.store import VaultStore
-from edb_local.keyvault.tokens import RESOURCE, SCOPE, TENANT, Issuer, Principal, TokenInvalid, secrets_match
+from edb_local.keyvault.tokens import RESOURCE, TENANT, Issuer, Principal, TokenInvalid
 
 log = logging.getLogger("edb_local.keyvault")
 
 MAX_BODY = 256 * 1024
-TOKEN_PATH = f"/{TENANT}/oauth2/v2.0/token"
+TOKEN_PATH = token_path(TENANT)
 
 
 def _json(status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> web.Response:
@@ -40,7 +40,7 @@ class VaultApp:
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_route("POST", TOKEN_PATH, self.token)
+        IdentityEndpoints(self.store, self.issuer, self.base_url).add_routes(app)
         app.router.add_route("GET", "/healthz", self.health)
         app.router.add_route("*", "/{tail:.*}", self.vault)
         return app
@@ -51,22 +51,6 @@ class VaultApp:
 
     async def health(self, request: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
-
-    # -- OAuth 2.0 client credentials --------------------------------------------------------------
-
-    async def token(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        grant, client_id, secret, scope = (form.get(k) for k in ("grant_type", "client_id", "client_secret", "scope"))
-        if grant != "client_credentials" or not isinstance(client_id, str) or not isinstance(secret, str):
-            return _json(400, {"error": "invalid_request", "error_description": "client credentials required"})
-        if scope != SCOPE:
-            return _json(400, {"error": "invalid_scope", "error_description": f"only {SCOPE} is issued"})
-        stored = self.store.get_client(client_id)
-        if stored is None or not secrets_match(stored[0], secret):
-            return _json(401, {"error": "invalid_client", "error_description": "unknown client or wrong secret"})
-        token, expires_on = self.issuer.issue(Principal(client_id, stored[1]), scope)
-        return _json(200, {"token_type": "Bearer", "expires_in": expires_on - int(time.time()),
-                           "expires_on": expires_on, "access_token": token})
 
     # -- the vault ---------------------------------------------------------------------------------
 

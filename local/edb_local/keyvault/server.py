@@ -13,10 +13,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from edb.errors import LocalStackError
-from edb_local.keyvault.app import TOKEN_PATH, VaultApp
+from edb.errors import ConfigError, LocalStackError
+from edb_local.keyvault.app import VaultApp
 from edb_local.keyvault.at_rest import write_private_file
-from edb_local.keyvault.credential import CredentialFile
+from edb_local.keyvault.credential_file import CLIENT_TENANT, CredentialFile
+from edb_local.keyvault.identity import MSI_CLIENT_PREFIX, MSI_PATH
 from edb_local.keyvault.store import VaultStore
 from edb_local.keyvault.tokens import ROLES, Issuer, new_client_secret, secret_digest
 from edb_local.net import free_port
@@ -77,24 +78,37 @@ class KeyVaultStandIn:
             self._store = None
 
     def ensure_client(self, client_id: str, role: str) -> Path:
-        """Register ``client_id`` (if new) and (re)write its credential file for the current URL."""
-        if role not in ROLES or self._store is None:
-            raise LocalStackError(f"unknown role {role!r} or vault not started", code="LOCAL_KV_CLIENT")
+        """Register ``client_id`` (if new) as a service principal (client secret) and a managed identity
+        (identity header), and (re)write its credential file for the current URL. Secrets survive a
+        restart while the file and the registration agree; otherwise fresh ones are issued."""
+        if role not in ROLES or self._store is None or client_id.startswith(MSI_CLIENT_PREFIX) or "." in client_id:
+            raise LocalStackError(f"unknown role {role!r}, bad client id, or vault not started", code="LOCAL_KV_CLIENT")
         path = self.credential_path(client_id)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        stored = self._store.get_client(client_id)
-        secret = None
-        if stored is not None and path.exists():
-            old = CredentialFile.load(path)
-            if secret_digest(old.client_secret) == stored[0] and stored[1] == role:
-                secret = old.client_secret
-        if secret is None:  # new client, lost file or role change: issue a fresh secret
-            secret = new_client_secret()
-            self._store.put_client(client_id, secret_digest(secret), role)
-        cred = CredentialFile(f"{self.url}{TOKEN_PATH}", client_id, secret, str(self.ca_path), self.url)
+        old: CredentialFile | None = None
+        if path.exists():
+            try:
+                old = CredentialFile.load(path)
+            except ConfigError:
+                old = None  # an older format or a damaged file: issue fresh secrets
+        secret = self._kept_secret(client_id, role, old.clientSecret if old else None)
+        header_secret = self._kept_secret(MSI_CLIENT_PREFIX + client_id, role,
+                                          old.identityHeader.partition(".")[2] if old else None)
+        cred = CredentialFile(tenantId=CLIENT_TENANT, clientId=client_id, clientSecret=secret, authorityHost=self.url,
+                              identityEndpoint=f"{self.url}{MSI_PATH}", identityHeader=f"{client_id}.{header_secret}",
+                              caFile=str(self.ca_path), vaultUrl=self.url)
         path.unlink(missing_ok=True)
         write_private_file(path, json.dumps(cred.to_json(), indent=2).encode())
         return path
+
+    def _kept_secret(self, client_id: str, role: str, old_secret: str | None) -> str:
+        assert self._store is not None
+        stored = self._store.get_client(client_id)
+        if stored is not None and old_secret and secret_digest(old_secret) == stored[0] and stored[1] == role:
+            return old_secret
+        secret = new_client_secret()  # new client, lost file or role change
+        self._store.put_client(client_id, secret_digest(secret), role)
+        return secret
 
     @contextmanager
     def running_in_thread(self) -> Iterator[KeyVaultStandIn]:

@@ -133,6 +133,11 @@ class Issuer:
         token.add_signature(self._jwk, alg="ES256", protected=json.dumps({"alg": "ES256", "typ": "JWT"}))
         return str(token.serialize(compact=True)), now + TOKEN_LIFETIME_S
 
+    def public_jwk(self) -> dict[str, str]:
+        """The verification key (JWKS entry) the discovery document points to."""
+        doc: dict[str, str] = json.loads(self._public.export(private_key=False))
+        return {**doc, "use": "sig", "alg": "ES256", "kid": self.issuer_id.rsplit(":", 1)[-1]}
+
     def verify(self, token: str, now: float | None = None) -> Principal:
         if not token or len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
             raise TokenInvalid("AKV10000: Request is missing a Bearer or PoP token.")

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from edb.errors import ConfigError
 from edb_local.azurite import azurite_command, azurite_table_command
 from edb_local.azurite import not_installed_reason as azurite_missing
 from edb_local.azurite import table_not_installed_reason as azurite_table_missing
+from edb_local.keyvault.credential_file import CredentialFile
 from edb_local.supervisor.context import StackContext
 from edb_local.supervisor.errors import COMPONENT_BLOCKED, DEVICE_PROVISION, SupervisorError
 from edb_local.supervisor.health import Health, agent_connected, https_responds, tls_handshake, unix_socket_accepts
@@ -118,9 +120,16 @@ def _keyrelease_env(ctx: StackContext) -> dict[str, str]:
     credential = ctx.keyvault_key_release_credential
     if ctx.settings.legacy_v1:
         credential = credential.with_name("key-release-legacy.json")
+    try:
+        # its managed identity, as a Functions app gets one (DefaultAzureCredential reads these)
+        identity = CredentialFile.load(credential).environment(managed_identity=True)
+    except ConfigError as exc:
+        raise SupervisorError(f"the Key Vault stand-in wrote no credential for the key release service: {exc}",
+                              code=COMPONENT_BLOCKED) from None
     return {
         "EDB_KEYVAULT_URL": ctx.keyvault_url,
-        "EDB_KEYVAULT_CREDENTIAL": str(credential),
+        "EDB_KEYVAULT_CREDENTIAL": "default",
+        **identity,
         "EDB_KEYVAULT_CA": str(ctx.ca),
         "EDB_KR_MANUFACTURER_ROOTS": str(roots) if roots else "",
         "EDB_KR_PUBLISHER_ROOTS": str(_publisher_pki_dir(ctx) / "root.pem"),

@@ -18,6 +18,8 @@ import os
 import secrets
 from pathlib import Path
 
+from edb.errors import ConfigError
+from edb_local.keyvault.credential_file import CredentialFile
 from edb_local.stack_ca import StackCA
 from edb_local.supervisor.context import StackContext
 from edb_local.supervisor.envfile import write_env_file
@@ -48,11 +50,25 @@ def ensure_credentials(ctx: StackContext) -> None:
     if ctx.settings.legacy_v1 and not ctx.legacy_function_key_file.exists():
         _write_secret(ctx.legacy_function_key_file, secrets.token_urlsafe(32) + "\n")
     values = local_env_values(ctx)
-    write_env_file(ctx.paths.local_env, values,
-                   header="The local stack (edb local up). Source it: set -a; . .edb/local.env; set +a")
+    write_local_env(ctx)
     module_keys = MODULE_ENV_KEYS + (("EDB_LEGACY_WRAP_KEY_FILE",) if ctx.settings.legacy_v1 else ())
     write_env_file(ctx.module_env_file, {k: values[k] for k in module_keys},
                    header="Host defaults for every module the edge agent runs (no credentials).")
+
+
+def operator_identity(ctx: StackContext) -> dict[str, str]:
+    """AZURE_TENANT_ID/CLIENT_ID/CLIENT_SECRET/AUTHORITY_HOST of the Key Vault stand-in's admin client,
+    once the stand-in has written its credential file (``edb local up`` rewrites local.env after
+    starting the stack)."""
+    try:
+        return CredentialFile.load(ctx.keyvault_admin_credential).environment()
+    except ConfigError:
+        return {}
+
+
+def write_local_env(ctx: StackContext) -> None:
+    write_env_file(ctx.paths.local_env, local_env_values(ctx),
+                   header="The local stack (edb local up). Source it: set -a; . .edb/local.env; set +a")
 
 
 def local_env_values(ctx: StackContext) -> dict[str, str]:
@@ -65,7 +81,9 @@ def local_env_values(ctx: StackContext) -> dict[str, str]:
         "EDB_IOTHUB_HOSTNAME": ctx.settings.hub_name,
         "EDB_IOTHUB_GATEWAY": ctx.address,
         "EDB_KEYVAULT_URL": ctx.keyvault_url,
-        "EDB_KEYVAULT_CREDENTIAL": str(ctx.keyvault_admin_credential),
+        # DefaultAzureCredential, as on Azure: the stand-in's admin principal (EnvironmentCredential)
+        "EDB_KEYVAULT_CREDENTIAL": "default",
+        **operator_identity(ctx),
         "EDB_KEYVAULT_CA": str(ctx.ca),
         "EDB_KEY_RELEASE_URL": ctx.key_release_url,
         "EDB_BLOB_CONNECTION_STRING": ctx.blob_connection_string,

@@ -19,7 +19,7 @@ from pathlib import Path
 from edb.errors import EdbError
 from edb_local.supervisor.components import COMPONENTS, Component, components_for
 from edb_local.supervisor.context import StackContext
-from edb_local.supervisor.credentials import ensure_credentials
+from edb_local.supervisor.credentials import ensure_credentials, write_local_env
 from edb_local.supervisor.launcher import running_record, spawn_detached, stop_process_group
 from edb_local.supervisor.pidfile import read_pid_file
 from edb_local.supervisor.settings import StackPaths, check_ports_free, load_or_create_settings
@@ -27,6 +27,14 @@ from edb_local.supervisor.settings import StackPaths, check_ports_free, load_or_
 RUNNING, UNHEALTHY, STOPPED, EXITED = "running", "unhealthy", "stopped", "exited"
 NOT_INSTALLED, BLOCKED, FAILED = "not installed", "blocked", "failed"
 _BAD_STATES = (UNHEALTHY, EXITED, BLOCKED, FAILED)
+
+
+#: what azure-identity's credentials read from the environment
+AZURE_IDENTITY_VARIABLES = frozenset({
+    "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_AUTHORITY_HOST",
+    "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_USERNAME", "AZURE_PASSWORD",
+    "AZURE_FEDERATED_TOKEN_FILE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",
+    "IMDS_ENDPOINT"})
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,7 @@ class Stack:
             started = {c.name: self._start(ctx, c) for c in wave}
             for status in self._wait_healthy(ctx, wave, started, deadline):
                 settle(status)
+        write_local_env(ctx)  # now with the Key Vault stand-in's admin identity (AZURE_*)
         return [results[c.name] for c in self.components if c.name in results]
 
     def _start(self, ctx: StackContext, component: Component) -> ComponentStatus | None:
@@ -130,7 +139,9 @@ class Stack:
             check_ports_free(ctx.settings, list(component.ports))
             if component.prepare is not None:
                 component.prepare(ctx)
-            env = {**os.environ, **(component.env(ctx) if component.env else {})}
+            # a component gets only the Azure identity the stack gives it, never the operator's
+            inherited = {k: v for k, v in os.environ.items() if k not in AZURE_IDENTITY_VARIABLES}
+            env = {**inherited, **(component.env(ctx) if component.env else {})}
             spawn_detached(component.command(ctx), log_path=self.paths.log_file(component.name),
                            pid_path=self.paths.pid_file(component.name), cwd=self.paths.root.resolve(), env=env)
         except (EdbError, OSError) as exc:
