@@ -116,7 +116,8 @@ def simulate(state_dir: Path, config: Any, count: int, *, prefix: str = "sim", t
     for index, first in enumerate(range(0, len(devices), devices_per_process)):
         size = min(devices_per_process, len(devices) - first)
         pids[f"devices-{index}"] = _spawn([sys.executable, "-m", "edb_local.fleet.device_host", str(path), str(first),
-                                           str(size)], logs / f"devices-{index}.log")
+                                           str(size), str(path.parent / "keyrelease.jsonl")],
+                                          logs / f"devices-{index}.log")
     spec = replace(spec, pids=pids)
     spec.save(path)
     return spec
