@@ -71,16 +71,21 @@ class Sampler(threading.Thread):
         self.latest: dict[str, str] = {}
         self.first_failure: float | None = None
         self.ever_served: set[str] = set()
+        self.max_swapping = 0
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                serving = {}
+                serving, swapping = {}, set()
                 for twin in self.hub.module_twins("inference_runner"):
                     model = twin.reported.get("model") or {}
                     if twin.device_id in self.ids and model.get("state") in ("serving", "failed") \
                             and model.get("version"):
                         serving[twin.device_id] = str(model["version"])
+                    elif twin.device_id in self.ids and model.get("state") == "loading":
+                        # the runner loads the new version beside the one it serves and swaps after:
+                        # the twin names the version being loaded, the previous one still answers
+                        swapping.add(twin.device_id)
                     if twin.device_id in self.ids and model.get("state") == "failed" \
                             and self.first_failure is None and (model.get("error") or {}):
                         self.first_failure = time.time()
@@ -88,7 +93,8 @@ class Sampler(threading.Thread):
                 self.samples += 1
                 # a device counts once it has served a model: before its first install it had none to lose
                 self.ever_served.update(serving)
-                self.max_without = max(self.max_without, len(self.ever_served - set(serving)))
+                self.max_without = max(self.max_without, len(self.ever_served - set(serving) - swapping))
+                self.max_swapping = max(self.max_swapping, len(swapping))
             except Exception:  # noqa: S112 - a failed sample is skipped, the next one counts
                 continue
             finally:
@@ -212,6 +218,7 @@ def run_size(n: int, soak_s: float) -> dict[str, Any]:
         sampler.stop.set()
         sampler.join(5)
         result["maxDevicesWithoutServingModel"] = sampler.max_without
+        result["maxDevicesSwappingModel"] = sampler.max_swapping
         result["samples"] = sampler.samples
     finally:
         edb("fleet", "down", "--state-dir", str(state), timeout=180)
