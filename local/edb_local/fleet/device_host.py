@@ -10,7 +10,9 @@ client with the module's own identity. What differs from a real device, and only
   of signing through an edge agent's workload API (there is no agent per simulated device);
 - frames are handed to the runner's input handler in-process (there is no sensor module): one frame
   every ``frame_interval_s``, from the sensor's own frame source;
-- faults are injected at the TEE client boundary (a load that fails for one version, a slow TEE).
+- faults are injected at the TEE client boundary (a load that fails for one version, a slow TEE);
+- each device calls the key release service from its own loopback source address (127.254.x.y), as
+  devices on their own networks would, so per-address limits see devices, not this host.
 """
 
 from __future__ import annotations
@@ -83,6 +85,27 @@ class TimedKeyRelease:
                     out.write(line + "\n")
 
 
+def device_source_address(index: int) -> str:
+    """Each simulated device's own loopback source address (127.254.x.y), so services that limit per
+    client address (the key release service's nonce bucket) see N devices, not one host. Linux
+    routes all of 127/8 to loopback; nothing listens here."""
+    return f"127.254.{index // 250}.{index % 250 + 1}"
+
+
+def source_bound_session(address: str) -> Any:
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class SourceAddressAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["source_address"] = (address, 0)
+            super().init_poolmanager(*args, **kwargs)
+
+    session = requests.Session()
+    session.mount("https://", SourceAddressAdapter())
+    return session
+
+
 async def run_device(spec: FleetSpec, device: SimDevice, stop: asyncio.Event, metrics: Path | None = None) -> None:
     if device.faults.offline:
         await stop.wait()
@@ -119,7 +142,8 @@ async def run_device(spec: FleetSpec, device: SimDevice, stop: asyncio.Event, me
         tee_i, tee_r = FaultyTee(installer_tee, device), FaultyTee(runner_tee, device)
         key_release = TimedKeyRelease(
             KeyReleaseClient(spec.key_release_url, ca_bundle=spec.ca_cert,
-                             retry=RetryPolicy(max_attempts=settings.key_release_attempts, deadline_s=60.0)),
+                             retry=RetryPolicy(max_attempts=settings.key_release_attempts, deadline_s=60.0),
+                             session=source_bound_session(device_source_address(spec.devices.index(device)))),
             device.device_id, metrics)
         download = DownloadSettings(cache_dir=settings.cache_dir, allowed_dirs=(), ca_file=settings.ca_file,
                                     connect_timeout_s=settings.connect_timeout_s,
