@@ -181,6 +181,21 @@ def _previous_and_baseline(hub: HubService, package: str, population: set[str]) 
     return previous, (p50s[len(p50s) // 2] if p50s else None)
 
 
+#: Failures the installer retries by itself (its own list, plus the key release service's transient
+#: answers): a device reporting one is still installing, not failed; if it never gets through, the
+#: phase stalls at its timeout instead of breaching.
+TRANSIENT_CODES = frozenset({
+    "INSTALL_DOWNLOAD_FAILED", "INSTALL_TIMEOUT", "INSTALL_INCOMPLETE", "INSTALL_TEE_UNAVAILABLE",
+    "INSTALL_INTERNAL", "TEE_UNAVAILABLE", "TEE_CONNECTION_LOST", "TEE_BUSY", "TEE_INSTALL_UNKNOWN",
+    "KR_RATE_LIMITED", "KR_BUSY", "KR_UNAVAILABLE", "KR_NONCE_STORE_UNAVAILABLE", "KR_KEYVAULT_UNAVAILABLE",
+    "KR_DEADLINE_EXCEEDED", "KR_UNREACHABLE", "KR_INTERNAL",
+})
+
+
+def is_transient(code: str | None) -> bool:
+    return code is not None and (code in TRANSIENT_CODES or code.endswith(("_UNAVAILABLE", "_TIMEOUT", "_BUSY")))
+
+
 def observe(hub: HubService, rollout: Rollout, phase: int) -> list[DeviceObservation]:
     """What the phase's devices report about the new version (three paged queries, any fleet size)."""
     key, value = tag_key(rollout.package, rollout.state.rollout_id), rollout.plan.phases[phase].name
@@ -208,7 +223,8 @@ def observe(hub: HubService, rollout: Rollout, phase: int) -> list[DeviceObserva
         elif (model.get("name") == rollout.package and model.get("state") == "failed"
               and model.get("version") != rollout.version and reported is not None
               and reported.version == rollout.version and reported.state is PackageState.INSTALLED) or (
-                reported is not None and reported.version == rollout.version and reported.state is PackageState.FAILED):
+                reported is not None and reported.version == rollout.version and reported.state is PackageState.FAILED
+                and not is_transient(reported.error.code if reported.error else None)):
             # the runner failed to load what is installed now (the new version): it reports the version
             # that still serves (the old one) with state failed
             out.append(DeviceObservation(device, DeviceState.FAILED, installed_svn=svn))
@@ -227,7 +243,24 @@ class StepResult:
     alert: str | None = None
 
 
-def step(hub: HubService, registry: ReleaseRegistry, package: str, *, now: float) -> StepResult:
+def since_watching(observations: list[DeviceObservation], baselines: dict[str, tuple[int, int]],
+                   key: str) -> list[DeviceObservation]:
+    """The runner's answers and errors since this orchestrator first saw each device serving in
+    this phase (the runner's stats are cumulative since it started, so answers from before the
+    switch, e.g. "no model yet", must not count). ``baselines`` lives in the driver's memory: after
+    a restart the window starts again (documented)."""
+    out = []
+    for o in observations:
+        if o.state is not DeviceState.SERVING:
+            out.append(o)
+            continue
+        first = baselines.setdefault(f"{key}/{o.device_id}", (o.answers, o.errors))
+        out.append(replace(o, answers=max(0, o.answers - first[0]), errors=max(0, o.errors - first[1])))
+    return out
+
+
+def step(hub: HubService, registry: ReleaseRegistry, package: str, *, now: float,
+         baselines: dict[str, tuple[int, int]] | None = None) -> StepResult:
     """Read the rollout back from the hub, decide, act. Idempotent: a step repeated after a crash
     finds the layer it created already there and the labels it wrote already written."""
     rollout = find_rollout(hub, package)
@@ -236,6 +269,8 @@ def step(hub: HubService, registry: ReleaseRegistry, package: str, *, now: float
     release = registry.find(package, rollout.version)
     previous_svn = registry.find(package, rollout.previous).security_version if rollout.previous else None
     observations = observe(hub, rollout, rollout.state.phase) if rollout.state.status is Status.RUNNING else []
+    if baselines is not None:
+        observations = since_watching(observations, baselines, f"{rollout.state.rollout_id}/{rollout.state.phase}")
     decision = decide(rollout.plan, rollout.state, observations, now, previous_svn=previous_svn,
                       new_svn=release.security_version)
     alert = None
