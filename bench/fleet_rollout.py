@@ -163,7 +163,7 @@ def run_size(n: int, soak_s: float) -> dict[str, Any]:
                                                      "gates": {**gates, "minSoakSeconds": 0}}])
         t0 = time.time()
         herd = edb(*cloud, "rollout", "digits", "--version", "1.0.0", "--plan", str(herd_plan))
-        done = wait_all(sampler, "1.0.0", n, 600)
+        done = wait_all(sampler, "1.0.0", n, 400)
         result["herd"] = {"status": herd.get("status"), "seconds": round(done - t0, 1) if done else None}
         releases = [json.loads(line) for line in kr_file.read_text().splitlines()] if kr_file.exists() else []
         ok_ms = [r["ms"] for r in releases if r["outcome"] == "released"]
@@ -180,7 +180,7 @@ def run_size(n: int, soak_s: float) -> dict[str, Any]:
             {"name": "rest", "percent": 100, "gates": {**gates, "minSoakSeconds": soak_s}}])
         t0 = time.time()
         rollout = edb(*cloud, "rollout", "digits", "--version", "2.0.0", "--plan", str(plan3))
-        done = wait_all(sampler, "2.0.0", n, 600)
+        done = wait_all(sampler, "2.0.0", n, 400)
         result["rollout"] = {"status": rollout.get("status"), "secondsTo100PctServing":
                              round(done - t0, 1) if done else None, "gateSoakSeconds": 3 * soak_s,
                              "phases": [5, 25, 100]}
