@@ -81,8 +81,9 @@ def drive(hub: HubService, registry: ReleaseRegistry, package: str, *, poll_s: f
 
     started = time.monotonic()
     alerts: list[str] = []
+    baselines: dict[str, tuple[int, int]] = {}  # each device's runner counters when first seen serving
     while True:
-        result = step(hub, registry, package, now=time.time())
+        result = step(hub, registry, package, now=time.time(), baselines=baselines)
         if result.alert:
             alerts.append(result.alert)
             if echo:

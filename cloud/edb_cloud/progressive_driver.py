@@ -2,8 +2,8 @@
 
 Everything a rollout needs to resume lives in the hub, so the orchestrator can be killed at any
 moment and ``edb cloud rollout resume NAME`` (or the same start command again) continues:
-- each device's phase is a device twin tag ``edbRollout_<package> = '<rolloutId>:<phase>'`` written
-  at the start (``...:<phase>:rolledback`` once rolled back);
+- each device's phase is a device twin tag ``edbRollout_<package>_<rolloutId> = '<phase>'`` written
+  at the start (``<phase>:rolledback`` once rolled back);
 - each phase started is a layered deployment ``edb-rollout-<package>-<rolloutId>-p<k>`` targeting
   its tag, and its **labels** hold the rollout's state (status, phase start time, baseline latency,
   the previous version, the plan as compact JSON). The newest phase's labels are the state.
@@ -46,8 +46,10 @@ from edb_cloud.rollout import INSTALLER, RUNNER, deployment_views, device_packag
 KIND = "progressive"
 
 
-def tag_key(package: str) -> str:
-    return "edbRollout_" + re.sub(r"[^A-Za-z0-9]", "_", package)
+def tag_key(package: str, rollout_id: str) -> str:
+    """One tag per rollout: re-tagging for a new rollout must never pull devices out of an earlier
+    (aborted or halted) rollout's layers, which would change what they are desired at once."""
+    return f"edbRollout_{re.sub(r'[^A-Za-z0-9]', '_', package)}_{rollout_id}"
 
 
 def layer_id(package: str, rollout_id: str, suffix: str) -> str:
@@ -142,10 +144,10 @@ def start(hub: HubService, registry: ReleaseRegistry, release: Release, plan: Pl
     previous, baseline = _previous_and_baseline(hub, release.name, set(population))
     if previous is not None and previous == release.version:
         raise PlanError(f"the population already desires {release.name} {release.version}", code="CLOUD_ROLLOUT_NOOP")
-    key = tag_key(release.name)
+    key = tag_key(release.name, rollout_id)
     for index, devices in enumerate(assignment):
         for device in devices:  # one twin update per device: the hub's throttle at scale (docs/scale.md)
-            hub.set_device_tags(device, {key: f"{rollout_id}:{plan.phases[index].name}"})
+            hub.set_device_tags(device, {key: plan.phases[index].name})
     state = RolloutState(rollout_id, Status.RUNNING, 0, now, now, baseline)
     _put_phase(hub, release, plan, state, previous, priority)
     return find_rollout(hub, release.name) or Rollout(release.name, release.version, plan, state, previous, ())
@@ -154,7 +156,7 @@ def start(hub: HubService, registry: ReleaseRegistry, release: Release, plan: Pl
 def _put_phase(hub: HubService, release: Release, plan: Plan, state: RolloutState, previous: str | None,
                priority: int) -> None:
     phase = plan.phases[state.phase]
-    condition = f"tags.{tag_key(release.name)} = '{state.rollout_id}:{phase.name}'"
+    condition = f"tags.{tag_key(release.name, state.rollout_id)} = '{phase.name}'"
     hub.put_deployment(layer_id(release.name, state.rollout_id, f"p{state.phase}"), _content(release),
                        target_condition=condition, priority=priority + state.phase,
                        labels=_labels(state, release.name, release.version, previous, plan),
@@ -179,10 +181,24 @@ def _previous_and_baseline(hub: HubService, package: str, population: set[str]) 
     return previous, (p50s[len(p50s) // 2] if p50s else None)
 
 
+#: Failures the installer retries by itself (its own list, plus the key release service's transient
+#: answers): a device reporting one is still installing, not failed; if it never gets through, the
+#: phase stalls at its timeout instead of breaching.
+TRANSIENT_CODES = frozenset({
+    "INSTALL_DOWNLOAD_FAILED", "INSTALL_TIMEOUT", "INSTALL_INCOMPLETE", "INSTALL_TEE_UNAVAILABLE",
+    "INSTALL_INTERNAL", "TEE_UNAVAILABLE", "TEE_CONNECTION_LOST", "TEE_BUSY", "TEE_INSTALL_UNKNOWN",
+    "KR_RATE_LIMITED", "KR_BUSY", "KR_UNAVAILABLE", "KR_NONCE_STORE_UNAVAILABLE", "KR_KEYVAULT_UNAVAILABLE",
+    "KR_DEADLINE_EXCEEDED", "KR_UNREACHABLE", "KR_INTERNAL",
+})
+
+
+def is_transient(code: str | None) -> bool:
+    return code is not None and (code in TRANSIENT_CODES or code.endswith(("_UNAVAILABLE", "_TIMEOUT", "_BUSY")))
+
+
 def observe(hub: HubService, rollout: Rollout, phase: int) -> list[DeviceObservation]:
     """What the phase's devices report about the new version (three paged queries, any fleet size)."""
-    key, phase_name = tag_key(rollout.package), rollout.plan.phases[phase].name
-    value = f"{rollout.state.rollout_id}:{phase_name}"
+    key, value = tag_key(rollout.package, rollout.state.rollout_id), rollout.plan.phases[phase].name
     members = hub.edge_devices(f"tags.{key} = '{value}'")
     rolled_back = set(hub.edge_devices(f"tags.{key} = '{value}:rolledback'"))
     installers = {t.device_id: t for t in hub.module_twins(INSTALLER)}
@@ -199,13 +215,18 @@ def observe(hub: HubService, rollout: Rollout, phase: int) -> list[DeviceObserva
         stats = (runner.reported.get("stats") or {}) if runner else {}
         same = model.get("name") == rollout.package and model.get("version") == rollout.version
         svn = reported.security_version if reported and reported.state is PackageState.INSTALLED else None
-        if same and model.get("state") == "serving":
+        if same and model.get("state") in ("serving", "failed"):  # failed + this version: a later load failed
             p50 = stats.get("p50Ms")
             out.append(DeviceObservation(device, DeviceState.SERVING, int(stats.get("count") or 0),
                                          int(stats.get("errors") or 0),
                                          float(p50) if isinstance(p50, int | float) else None, svn))
-        elif (same and model.get("state") == "failed") or (
-                reported is not None and reported.version == rollout.version and reported.state is PackageState.FAILED):
+        elif (model.get("name") == rollout.package and model.get("state") == "failed"
+              and model.get("version") != rollout.version and reported is not None
+              and reported.version == rollout.version and reported.state is PackageState.INSTALLED) or (
+                reported is not None and reported.version == rollout.version and reported.state is PackageState.FAILED
+                and not is_transient(reported.error.code if reported.error else None)):
+            # the runner failed to load what is installed now (the new version): it reports the version
+            # that still serves (the old one) with state failed
             out.append(DeviceObservation(device, DeviceState.FAILED, installed_svn=svn))
         elif reported is not None and reported.version == rollout.version:
             state = DeviceState.INSTALLED if reported.state is PackageState.INSTALLED else DeviceState.INSTALLING
@@ -222,7 +243,24 @@ class StepResult:
     alert: str | None = None
 
 
-def step(hub: HubService, registry: ReleaseRegistry, package: str, *, now: float) -> StepResult:
+def since_watching(observations: list[DeviceObservation], baselines: dict[str, tuple[int, int]],
+                   key: str) -> list[DeviceObservation]:
+    """The runner's answers and errors since this orchestrator first saw each device serving in
+    this phase (the runner's stats are cumulative since it started, so answers from before the
+    switch, e.g. "no model yet", must not count). ``baselines`` lives in the driver's memory: after
+    a restart the window starts again (documented)."""
+    out = []
+    for o in observations:
+        if o.state is not DeviceState.SERVING:
+            out.append(o)
+            continue
+        first = baselines.setdefault(f"{key}/{o.device_id}", (o.answers, o.errors))
+        out.append(replace(o, answers=max(0, o.answers - first[0]), errors=max(0, o.errors - first[1])))
+    return out
+
+
+def step(hub: HubService, registry: ReleaseRegistry, package: str, *, now: float,
+         baselines: dict[str, tuple[int, int]] | None = None) -> StepResult:
     """Read the rollout back from the hub, decide, act. Idempotent: a step repeated after a crash
     finds the layer it created already there and the labels it wrote already written."""
     rollout = find_rollout(hub, package)
@@ -231,6 +269,8 @@ def step(hub: HubService, registry: ReleaseRegistry, package: str, *, now: float
     release = registry.find(package, rollout.version)
     previous_svn = registry.find(package, rollout.previous).security_version if rollout.previous else None
     observations = observe(hub, rollout, rollout.state.phase) if rollout.state.status is Status.RUNNING else []
+    if baselines is not None:
+        observations = since_watching(observations, baselines, f"{rollout.state.rollout_id}/{rollout.state.phase}")
     decision = decide(rollout.plan, rollout.state, observations, now, previous_svn=previous_svn,
                       new_svn=release.security_version)
     alert = None
@@ -241,9 +281,9 @@ def step(hub: HubService, registry: ReleaseRegistry, package: str, *, now: float
     elif isinstance(decision, Complete):
         _finish(hub, release, rollout, now)
     elif isinstance(decision, Breach):
-        key, phase_name = tag_key(package), rollout.plan.phases[rollout.state.phase].name
+        key, phase_name = tag_key(package, rollout.state.rollout_id), rollout.plan.phases[rollout.state.phase].name
         for device in decision.rollback:  # out of the phase's layer: the previous version is desired again
-            hub.set_device_tags(device, {key: f"{rollout.state.rollout_id}:{phase_name}:rolledback"})
+            hub.set_device_tags(device, {key: f"{phase_name}:rolledback"})
         reason = f"breach in phase {phase_name}: {decision.detail}; rolled back {len(decision.rollback)} device(s)"
         if decision.floor_blocked:
             alert = (f"ROLLBACK_FLOOR: {len(decision.floor_blocked)} device(s) cannot go back to "

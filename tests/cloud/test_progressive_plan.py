@@ -188,3 +188,20 @@ def test_eta_counts_the_soak_left_and_the_pace() -> None:
     estimate = eta(plan, later, 1045.0)
     assert estimate.seconds is not None and estimate.seconds == pytest.approx(15 * 3.0)  # 45 s for 15 s of soak
     assert eta(plan, RolloutState("r1", Status.PAUSED, 0, 0, 0), 10).seconds is None
+
+
+def test_transient_failures_are_installing_and_errors_count_from_when_first_seen_serving() -> None:
+    from edb_cloud.progressive_driver import is_transient, since_watching
+
+    for code in ("KR_RATE_LIMITED", "KR_BUSY", "KR_NONCE_STORE_UNAVAILABLE", "INSTALL_TIMEOUT", "TEE_BUSY"):
+        assert is_transient(code)
+    for code in ("KR_DEVICE_NOT_ALLOWED", "CPK_ROLLBACK", "INSTALL_HASH_MISMATCH", "TEE_MODEL_INVALID", None):
+        assert not is_transient(code)
+    baselines: dict[str, tuple[int, int]] = {}
+    first = since_watching([serving("d", answers=500, errors=100)], baselines, "r/0")
+    assert (first[0].answers, first[0].errors) == (0, 0)  # "no model yet" answers before the switch drop out
+    later = since_watching([serving("d", answers=600, errors=101), DeviceObservation("p", DeviceState.PENDING)],
+                           baselines, "r/0")
+    assert (later[0].answers, later[0].errors) == (100, 1) and later[1].state is DeviceState.PENDING
+    other_phase = since_watching([serving("d", answers=600, errors=101)], baselines, "r/1")
+    assert other_phase[0].answers == 0

@@ -1,4 +1,4 @@
-"""``python -m edb_local.fleet.device_host FLEET_JSON FIRST COUNT``: one process hosting the module
+"""``python -m edb_local.fleet.device_host FLEET_JSON FIRST COUNT [METRICS_JSONL]``: one process hosting the module
 loops of several simulated edge devices on one asyncio loop.
 
 Each device runs the real module code, unchanged: :class:`package_installer.service.InstallerService`
@@ -10,13 +10,16 @@ client with the module's own identity. What differs from a real device, and only
   of signing through an edge agent's workload API (there is no agent per simulated device);
 - frames are handed to the runner's input handler in-process (there is no sensor module): one frame
   every ``frame_interval_s``, from the sensor's own frame source;
-- faults are injected at the TEE client boundary (a load that fails for one version, a slow TEE).
+- faults are injected at the TEE client boundary (a load that fails for one version, a slow TEE);
+- each device calls the key release service from its own loopback source address (127.254.x.y), as
+  devices on their own networks would, so per-address limits see devices, not this host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -56,7 +59,54 @@ class FaultyTee:
         return self._tee.load_model(name, **kwargs)
 
 
-async def run_device(spec: FleetSpec, device: SimDevice, stop: asyncio.Event) -> None:
+class TimedKeyRelease:
+    """The device's key release client, timing each whole release (nonce, evidence, release, retries
+    inside one install attempt) into a JSON-lines file for the benchmark; the key never leaves it."""
+
+    def __init__(self, client: Any, device_id: str, metrics: Path | None) -> None:
+        self._client, self._device, self._metrics = client, device_id, metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def release(self, *args: Any, **kwargs: Any) -> Any:
+        started, wall = time.perf_counter(), time.time()
+        outcome = "released"
+        try:
+            return self._client.release(*args, **kwargs)
+        except Exception as exc:
+            outcome = str(getattr(exc, "code", type(exc).__name__))
+            raise
+        finally:
+            if self._metrics is not None:
+                line = json.dumps({"device": self._device, "start": round(wall, 3), "outcome": outcome,
+                                   "ms": round((time.perf_counter() - started) * 1000, 2)})
+                with open(self._metrics, "a") as out:
+                    out.write(line + "\n")
+
+
+def device_source_address(index: int) -> str:
+    """Each simulated device's own loopback source address (127.254.x.y), so services that limit per
+    client address (the key release service's nonce bucket) see N devices, not one host. Linux
+    routes all of 127/8 to loopback; nothing listens here."""
+    return f"127.254.{index // 250}.{index % 250 + 1}"
+
+
+def source_bound_session(address: str) -> Any:
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class SourceAddressAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["source_address"] = (address, 0)
+            super().init_poolmanager(*args, **kwargs)
+
+    session = requests.Session()
+    session.mount("https://", SourceAddressAdapter())
+    return session
+
+
+async def run_device(spec: FleetSpec, device: SimDevice, stop: asyncio.Event, metrics: Path | None = None) -> None:
     if device.faults.offline:
         await stop.wait()
         return
@@ -90,8 +140,11 @@ async def run_device(spec: FleetSpec, device: SimDevice, stop: asyncio.Event) ->
     with TeeClient(socket_path) as installer_tee, TeeClient(socket_path) as runner_tee, \
             contextlib.closing(ReporterStore(device_dir / "reporter.db")) as store:
         tee_i, tee_r = FaultyTee(installer_tee, device), FaultyTee(runner_tee, device)
-        key_release = KeyReleaseClient(spec.key_release_url, ca_bundle=spec.ca_cert,
-                                       retry=RetryPolicy(max_attempts=settings.key_release_attempts, deadline_s=60.0))
+        key_release = TimedKeyRelease(
+            KeyReleaseClient(spec.key_release_url, ca_bundle=spec.ca_cert,
+                             retry=RetryPolicy(max_attempts=settings.key_release_attempts, deadline_s=60.0),
+                             session=source_bound_session(device_source_address(spec.devices.index(device)))),
+            device.device_id, metrics)
         download = DownloadSettings(cache_dir=settings.cache_dir, allowed_dirs=(), ca_file=settings.ca_file,
                                     connect_timeout_s=settings.connect_timeout_s,
                                     read_timeout_s=settings.read_timeout_s)
@@ -148,7 +201,7 @@ async def run_device(spec: FleetSpec, device: SimDevice, stop: asyncio.Event) ->
                     await client.shutdown()
 
 
-async def run_host(spec: FleetSpec, devices: list[SimDevice]) -> None:
+async def run_host(spec: FleetSpec, devices: list[SimDevice], metrics: Path | None = None) -> None:
     import signal
 
     stop = asyncio.Event()
@@ -160,7 +213,7 @@ async def run_host(spec: FleetSpec, devices: list[SimDevice]) -> None:
         # a device whose loop dies comes back after a pause, as an edge agent restarts a module
         while not stop.is_set():
             try:
-                await run_device(spec, device, stop)
+                await run_device(spec, device, stop, metrics)
             except Exception as exc:  # logged by type; the device restarts
                 log.warning("%s: device loop ended (%s: %s); restarting in 2 s", device.device_id,
                             type(exc).__name__, str(exc)[:200])
@@ -181,7 +234,8 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = FleetSpec.load(Path(argv[0]))
     first, count = int(argv[1]), int(argv[2])
-    asyncio.run(run_host(spec, spec.devices[first:first + count]))
+    metrics = Path(argv[3]) if len(argv) > 3 else None
+    asyncio.run(run_host(spec, spec.devices[first:first + count], metrics))
     return 0
 
 

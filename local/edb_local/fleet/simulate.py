@@ -116,7 +116,8 @@ def simulate(state_dir: Path, config: Any, count: int, *, prefix: str = "sim", t
     for index, first in enumerate(range(0, len(devices), devices_per_process)):
         size = min(devices_per_process, len(devices) - first)
         pids[f"devices-{index}"] = _spawn([sys.executable, "-m", "edb_local.fleet.device_host", str(path), str(first),
-                                           str(size)], logs / f"devices-{index}.log")
+                                           str(size), str(path.parent / "keyrelease.jsonl")],
+                                          logs / f"devices-{index}.log")
     spec = replace(spec, pids=pids)
     spec.save(path)
     return spec
@@ -153,7 +154,8 @@ def status(state_dir: Path, hub: Any | None = None) -> dict[str, Any]:
         serving: dict[str, int] = {}
         for twin in hub.module_twins("inference_runner"):
             model = twin.reported.get("model") or {}
-            if twin.device_id in ids and model.get("state") == "serving":
+            # "failed" with a version: the wanted version failed to load and this one still serves
+            if twin.device_id in ids and model.get("state") in ("serving", "failed") and model.get("version"):
                 key = f"{model.get('name')} {model.get('version')}"
                 serving[key] = serving.get(key, 0) + 1
         connected = sum(1 for t in hub.module_twins("package_installer")
