@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all setup test demo lint typecheck bench clean distclean
+.PHONY: all setup test demo demo-containers images images-arm64 test-arm64 lint typecheck bench clean distclean
 
 all: test
 
@@ -32,6 +32,24 @@ test: setup
 
 demo: setup
 	$(BIN)/edb demo
+
+# Containers (docs/containers.md): needs a running Docker Engine (dockerd), mmdebstrap for the offline
+# base image; arm64 also qemu-user-static + binfmt-support. Images are cached by content in .edb/images.
+images: setup
+	$(BIN)/edb images build --platform linux/amd64
+
+images-arm64: setup
+	$(BIN)/edb images build --platform linux/arm64
+
+# The same verified steps as `make demo`, every module (and the TEE) in a container of this tree's images.
+demo-containers: images
+	$(BIN)/edb demo --runtime docker --state-dir .edb/demo-containers
+
+# arm64 smoke test under qemu (slow: ~10+ min cold, not part of `make test`): the demo's steps with the
+# arm64v8 images: install a package in the arm64 TEE, load, inference with the right answers upstream.
+test-arm64: images-arm64
+	EDB_IMAGE_PLATFORM=arm64v8 EDB_DEMO_TIMEOUT_SCALE=8 $(BIN)/edb demo --runtime docker \
+	    --state-dir .edb/demo-arm64
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

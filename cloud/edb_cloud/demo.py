@@ -81,7 +81,16 @@ def _edb_local(command: str, state_dir: Path, timeout: float,
                          f"{out.stderr[-300:]}") from None
 
 
+def _timeout_scale() -> float:
+    """EDB_DEMO_TIMEOUT_SCALE: waits x N (arm64 images under qemu emulation are several times slower)."""
+    try:
+        return max(1.0, float(os.environ.get("EDB_DEMO_TIMEOUT_SCALE", "1")))
+    except ValueError:
+        return 1.0
+
+
 def _wait(what: str, check: Callable[[], Any], timeout: float, poll: float = 0.5) -> Any:
+    timeout *= _timeout_scale()
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -97,6 +106,9 @@ class Demo:
                  runtime: str = "process") -> None:
         self.state_dir = state_dir
         self.runtime = runtime  # "docker": every module (and the TEE) in a container of this tree's images
+        # the images' platform (module.json names): EDB_IMAGE_PLATFORM=arm64v8 runs the arm64 images
+        # under emulation on an amd64 host (make test-arm64)
+        self.platform = os.environ.get("EDB_IMAGE_PLATFORM", "amd64")
         self.keep_running = keep_running
         self.echo = echo
         self.results: list[StepResult] = []
@@ -291,8 +303,9 @@ class Demo:
     def deploy(self) -> str:
         from edb_cloud.deploy import default_template, deploy_to_device, render_manifest, write_manifest
 
-        manifest = render_manifest(self.s.config, default_template(), "amd64")
-        path = write_manifest(self.s.config, manifest, "amd64")
+        platform = self.platform
+        manifest = render_manifest(self.s.config, default_template(), platform)
+        path = write_manifest(self.s.config, manifest, platform)
         deploy_to_device(self.s.hub, self.s.device_id, manifest)
 
         def all_running() -> bool:
@@ -313,7 +326,7 @@ class Demo:
         started = time.monotonic()
         release = self._release(version)
         rollout_to_device(self.s.hub, self.s.device_id, release)
-        outcome = wait_for_install(self.s.hub, self.s.device_id, release, timeout_s=60, poll_s=0.25,
+        outcome = wait_for_install(self.s.hub, self.s.device_id, release, timeout_s=60 * _timeout_scale(), poll_s=0.25,
                                    require_serving=True)
         return time.monotonic() - started, outcome
 
