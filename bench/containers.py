@@ -36,7 +36,7 @@ def image_sizes() -> dict[str, dict[str, float]]:
 
     client = docker.from_env()
     sizes: dict[str, dict[str, float]] = {}
-    for image in client.images.list(filters={"label": "org.edb.kind=module"}):
+    for image in client.images.list(filters={"label": "org.edb.kind=module", "dangling": False}):
         labels = image.labels
         platform = labels.get("org.edb.platform", "?")
         sizes.setdefault(platform, {})[labels["org.edb.module"]] = round(image.attrs["Size"] / 1e6, 1)

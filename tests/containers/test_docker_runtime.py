@@ -4,6 +4,7 @@ the issue names reported in `$edgeAgent` while the rest of the deployment runs."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,23 @@ def _modules(reported: dict[str, Any]) -> dict[str, Any]:
     return reported.get("modules") or {}
 
 
+def _remove_stack(client: Any, stack: str) -> None:
+    """A failed test leaves nothing behind either."""
+    from edb_local.agent.docker_runner import remove_stack_containers
+
+    remove_stack_containers(client.api, stack)
+    remove_stack_volumes(client.api, stack)
+
+
+@pytest.fixture
+def stacks(docker_client: Any) -> Iterator[list[str]]:
+    """Stacks a test made: whatever the outcome, their containers and volumes go afterwards."""
+    made: list[str] = []
+    yield made
+    for stack in made:
+        _remove_stack(docker_client, stack)
+
+
 def _stack_objects(client: Any, stack: str) -> tuple[list[Any], list[Any]]:
     containers = client.api.containers(all=True, filters={"label": f"{LABEL_STACK}={stack}"})
     volumes = client.api.volumes(filters={"label": f"{LABEL_STACK}={stack}"}).get("Volumes") or []
@@ -28,10 +46,11 @@ def _stack_objects(client: Any, stack: str) -> tuple[list[Any], list[Any]]:
 
 async def test_a_module_container_reaches_the_hub_through_the_gateway_and_workload_api(
         tmp_path: Path, stack_ca: StackCA, loopback_address: str, docker_client: Any,
-        module_images: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+        module_images: dict[str, str], monkeypatch: pytest.MonkeyPatch, stacks: list[str]) -> None:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(stack_ca.ca_path))
     image = module_images["telemetry_reporter"]
     async with docker_edge(tmp_path, stack_ca, loopback_address) as (edge, log_dir, stack):
+        stacks.append(stack)
         await edge.deploy({"twin": cmodule(image, "twin", log_dir=log_dir,
                                            host={"Binds": [f"{Path(__file__).parents[1] / 'agent' / 'fixtures'}"
                                                            ":/fixture:ro", f"{log_dir}:/fixture-log",
@@ -66,10 +85,11 @@ async def test_a_module_container_reaches_the_hub_through_the_gateway_and_worklo
 
 async def test_bad_inputs_are_reported_and_the_rest_of_the_deployment_runs(
         tmp_path: Path, stack_ca: StackCA, loopback_address: str, docker_client: Any,
-        module_images: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+        module_images: dict[str, str], monkeypatch: pytest.MonkeyPatch, stacks: list[str]) -> None:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(stack_ca.ca_path))
     image = module_images["telemetry_reporter"]
     async with docker_edge(tmp_path, stack_ca, loopback_address) as (edge, log_dir, stack):
+        stacks.append(stack)
         await edge.deploy({
             "good": cmodule(image, "sleep", log_dir=log_dir),
             "missing": cmodule("localhost:5000/no_such_module:0.0.0-amd64", log_dir=log_dir),
@@ -105,7 +125,7 @@ async def test_bad_inputs_are_reported_and_the_rest_of_the_deployment_runs(
 
 async def test_an_unreachable_engine_is_reported_and_the_agent_recovers(
         tmp_path: Path, stack_ca: StackCA, loopback_address: str, docker_client: Any,
-        module_images: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+        module_images: dict[str, str], monkeypatch: pytest.MonkeyPatch, stacks: list[str]) -> None:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(stack_ca.ca_path))
     relay = EngineRelay(tmp_path / "engine.sock")
     await relay.restore()
@@ -113,6 +133,7 @@ async def test_an_unreachable_engine_is_reported_and_the_agent_recovers(
     image = module_images["telemetry_reporter"]
     try:
         async with docker_edge(tmp_path, stack_ca, loopback_address) as (edge, log_dir, stack):
+            stacks.append(stack)
             await edge.deploy({"worker": cmodule(image, "sleep", log_dir=log_dir)})
 
             async def status(wanted: str, text: str = "") -> Any:
