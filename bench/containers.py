@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# the demo's "... serving [<version>] <seconds> s after the twin patch" (rollout v1, then the hot swap)
+SERVING = re.compile(r"serving\s+(?:\d+\.\d+\.\d+\s+)?([\d.]+)\s+s\s+after\s+the\s+twin\s+patch")
 
 
 def image_sizes() -> dict[str, dict[str, float]]:
@@ -51,7 +53,7 @@ def run_demo(runtime: str, env: dict[str, str] | None = None) -> dict[str, Any]:
                          env={**os.environ, **(env or {})}, timeout=3600, check=False, cwd=ROOT)
     wall = time.monotonic() - started
     text = out.stdout
-    serving = [float(m) for m in re.findall(r"serving\s+(?:\d+\.\d+\.\d+\s+)?([\d.]+)\s+s\s+after\s+the\s+twin\s+patch", text)]
+    serving = [float(m) for m in SERVING.findall(text)]
     subprocess.run(["rm", "-rf", str(state)], check=False)
     passed = re.search(r"(\d+)/(\d+) steps in", text)
     return {"runtime": runtime, "ok": out.returncode == 0, "wall_s": round(wall, 1),
