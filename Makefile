@@ -41,15 +41,19 @@ images: setup
 images-arm64: setup
 	$(BIN)/edb images build --platform linux/arm64
 
+ARM64_SMOKE_MODULES := tee_service,inference_runner
+
 # The same verified steps as `make demo`, every module (and the TEE) in a container of this tree's images.
 demo-containers: images
 	$(BIN)/edb demo --runtime docker --state-dir .edb/demo-containers
 
-# arm64 smoke test under qemu (slow: ~10+ min cold, not part of `make test`): the demo's steps with the
-# arm64v8 images: install a package in the arm64 TEE, load, inference with the right answers upstream.
-test-arm64: images-arm64
-	EDB_IMAGE_PLATFORM=arm64v8 EDB_DEMO_TIMEOUT_SCALE=8 $(BIN)/edb demo --runtime docker \
-	    --state-dir .edb/demo-arm64
+# arm64 smoke test under qemu (slow, not part of `make test`): the demo's steps with the arm64v8 TEE
+# and runner images (the other modules amd64): the arm64 TEE installs the package (the factory
+# provisions with the arm64 TEE image), the arm64 runner loads it, answers upstream are checked.
+test-arm64: images
+	$(BIN)/edb images build --platform linux/arm64 --module tee_service --module inference_runner
+	EDB_IMAGE_PLATFORM=arm64v8 EDB_IMAGE_PLATFORM_MODULES=$(ARM64_SMOKE_MODULES) EDB_DEMO_TIMEOUT_SCALE=8 \
+	    $(BIN)/edb demo --runtime docker --state-dir .edb/demo-arm64
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -109,6 +109,9 @@ class Demo:
         # the images' platform (module.json names): EDB_IMAGE_PLATFORM=arm64v8 runs the arm64 images
         # under emulation on an amd64 host (make test-arm64)
         self.platform = os.environ.get("EDB_IMAGE_PLATFORM", "amd64")
+        # EDB_IMAGE_PLATFORM_MODULES=tee_service,inference_runner: only those in the platform's images,
+        # the others amd64 (the arm64 smoke test runs the TEE and the runner under emulation)
+        self.platform_modules = [m for m in os.environ.get("EDB_IMAGE_PLATFORM_MODULES", "").split(",") if m]
         self.keep_running = keep_running
         self.echo = echo
         self.results: list[StepResult] = []
@@ -304,7 +307,12 @@ class Demo:
         from edb_cloud.deploy import default_template, deploy_to_device, render_manifest, write_manifest
 
         platform = self.platform
-        manifest = render_manifest(self.s.config, default_template(), platform)
+        manifest = render_manifest(self.s.config, default_template(), "amd64" if self.platform_modules else platform)
+        if self.platform_modules:  # only these modules' images of the platform (the arm64 smoke test)
+            modules = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
+            for name in self.platform_modules:
+                settings = modules[name]["settings"]
+                settings["image"] = settings["image"].rsplit("-", 1)[0] + f"-{platform}"
         path = write_manifest(self.s.config, manifest, platform)
         deploy_to_device(self.s.hub, self.s.device_id, manifest)
 
