@@ -8,8 +8,8 @@
   measurement (``roll out v1``: install in the TEE + load, ``roll out v2``: hot swap), for both
   runtimes, alternating ``--repeat`` times; the ratio is container / process of the medians (target
   <= 1.2).
-- arm64 smoke test under emulation (``--arm64``): ``make test-arm64``'s run (the demo with the
-  arm64v8 images under qemu), its wall time; skipped unless asked (about 10 minutes or more).
+- arm64 smoke test under emulation (``--arm64``): ``make test-arm64``'s run (the demo with the TEE and
+  runner in arm64v8 images under qemu), its wall time; skipped unless asked (slow).
 
 Usage: ``.venv/bin/python bench/containers.py [--repeat 2] [--arm64]``. Last line: one JSON object.
 """
@@ -97,7 +97,8 @@ def main() -> None:
     summary["v2_ratio_docker_vs_process"] = round(v2["docker"] / v2["process"], 2) \
         if v2["docker"] and v2["process"] else None
     if args.arm64:
-        arm = run_demo("docker", {"EDB_IMAGE_PLATFORM": "arm64v8", "EDB_DEMO_TIMEOUT_SCALE": "8"})
+        arm = run_demo("docker", {"EDB_IMAGE_PLATFORM": "arm64v8", "EDB_DEMO_TIMEOUT_SCALE": "8",
+                                  "EDB_IMAGE_PLATFORM_MODULES": "tee_service,inference_runner"})
         print(f"arm64 smoke: ok={arm['ok']} wall {arm['wall_s']} s {arm['tail']}")
         summary["arm64_smoke"] = {k: arm[k] for k in ("ok", "wall_s", "steps", "v1_serving_s", "v2_serving_s")}
     else:
