@@ -16,6 +16,9 @@ from edb_local.agent.containers import LABEL_STACK
 from edb_local.agent.docker_runner import remove_stack_volumes
 from edb_local.stack_ca import StackCA
 
+# The first test may build the images on a cold machine (base image, wheelhouse, five modules).
+pytestmark = pytest.mark.timeout(1800)
+
 
 def _modules(reported: dict[str, Any]) -> dict[str, Any]:
     return reported.get("modules") or {}

@@ -28,6 +28,9 @@ ENTRY = {"tee_service": "edb_tee.cli", "telemetry_reporter": "telemetry_reporter
          "package_installer": "package_installer.main", "inference_runner": "inference_runner.main",
          "simulated_sensor": "simulated_sensor.main"}
 
+# The first test may build the images on a cold machine (base image, wheelhouse, five modules).
+pytestmark = pytest.mark.timeout(1800)
+
 
 def _template_mount_targets(folder: str) -> set[str]:
     template = json.loads((ROOT / "deployment.template.json").read_text())

@@ -35,6 +35,9 @@ for name, call in (('installed', tee.list_installed), ('load', lambda: tee.load_
         print(name, exc.code)
 """
 
+# The first test may build the images on a cold machine (base image, wheelhouse, five modules).
+pytestmark = pytest.mark.timeout(1800)
+
 
 def _outcomes(output: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in output.strip().splitlines() if line.split(" ")[0] in
