@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all setup test demo demo-vision lint typecheck bench clean distclean fuzz mutate az
+.PHONY: all setup test demo demo-vision demo-containers images images-arm64 test-arm64 lint typecheck bench clean distclean fuzz mutate az
 
 all: test
 
@@ -76,6 +76,28 @@ mutate: $(STAMP)
 # A pretrained vision model (from the rapidocr wheel) served to a camera module over the Open Inference Protocol.
 demo-vision: setup
 	$(BIN)/edb demo-vision
+
+# Containers (docs/containers.md): needs a running Docker Engine (dockerd), mmdebstrap for the offline
+# base image; arm64 also qemu-user-static + binfmt-support. Images are cached by content in .edb/images.
+images: setup
+	$(BIN)/edb images build --platform linux/amd64
+
+images-arm64: setup
+	$(BIN)/edb images build --platform linux/arm64
+
+ARM64_SMOKE_MODULES := tee_service,inference_runner
+
+# The same verified steps as `make demo`, every module (and the TEE) in a container of this tree's images.
+demo-containers: images
+	$(BIN)/edb demo --runtime docker --state-dir .edb/demo-containers
+
+# arm64 smoke test under qemu (slow, not part of `make test`): the demo's steps with the arm64v8 TEE
+# and runner images (the other modules amd64): the arm64 TEE installs the package (the factory
+# provisions with the arm64 TEE image), the arm64 runner loads it, answers upstream are checked.
+test-arm64: images
+	$(BIN)/edb images build --platform linux/arm64 --module tee_service --module inference_runner
+	EDB_IMAGE_PLATFORM=arm64v8 EDB_IMAGE_PLATFORM_MODULES=$(ARM64_SMOKE_MODULES) EDB_DEMO_TIMEOUT_SCALE=8 \
+	    $(BIN)/edb demo --runtime docker --state-dir .edb/demo-arm64
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -81,7 +81,16 @@ def _edb_local(command: str, state_dir: Path, timeout: float,
                          f"{out.stderr[-300:]}") from None
 
 
+def _timeout_scale() -> float:
+    """EDB_DEMO_TIMEOUT_SCALE: waits x N (arm64 images under qemu emulation are several times slower)."""
+    try:
+        return max(1.0, float(os.environ.get("EDB_DEMO_TIMEOUT_SCALE", "1")))
+    except ValueError:
+        return 1.0
+
+
 def _wait(what: str, check: Callable[[], Any], timeout: float, poll: float = 0.5) -> Any:
+    timeout *= _timeout_scale()
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -101,6 +110,12 @@ class Demo:
                  runtime: str = "process") -> None:
         self.state_dir = state_dir
         self.runtime = runtime  # "docker": every module (and the TEE) in a container of this tree's images
+        # the images' platform (module.json names): EDB_IMAGE_PLATFORM=arm64v8 runs the arm64 images
+        # under emulation on an amd64 host (make test-arm64)
+        self.platform = os.environ.get("EDB_IMAGE_PLATFORM", "amd64")
+        # EDB_IMAGE_PLATFORM_MODULES=tee_service,inference_runner: only those in the platform's images,
+        # the others amd64 (the arm64 smoke test runs the TEE and the runner under emulation)
+        self.platform_modules = [m for m in os.environ.get("EDB_IMAGE_PLATFORM_MODULES", "").split(",") if m]
         self.keep_running = keep_running
         self.echo = echo
         self.results: list[StepResult] = []
@@ -313,8 +328,14 @@ class Demo:
             write_manifest,
         )
 
-        manifest = render_manifest(self.s.config, self.template(), "amd64")
-        path = write_manifest(self.s.config, manifest, "amd64")
+        platform = self.platform
+        manifest = render_manifest(self.s.config, self.template(), "amd64" if self.platform_modules else platform)
+        if self.platform_modules:  # only these modules' images of the platform (the arm64 smoke test)
+            modules = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
+            for name in self.platform_modules:
+                settings = modules[name]["settings"]
+                settings["image"] = settings["image"].rsplit("-", 1)[0] + f"-{platform}"
+        path = write_manifest(self.s.config, manifest, platform)
         deploy_to_device(self.s.hub, self.s.device_id, manifest)
         # a refusal (CLOUD_DEPLOY_REFUSED, with the agent's code) ends the demo here, not after 60 s
         wait_for_deployment(self.s.hub, self.s.device_id, deployed_version(self.s.hub, self.s.device_id),
@@ -336,7 +357,7 @@ class Demo:
         started = time.monotonic()
         release = self._release(version)
         rollout_to_device(self.s.hub, self.s.device_id, release)
-        outcome = wait_for_install(self.s.hub, self.s.device_id, release, timeout_s=60, poll_s=0.25,
+        outcome = wait_for_install(self.s.hub, self.s.device_id, release, timeout_s=60 * _timeout_scale(), poll_s=0.25,
                                    require_serving=True)
         return time.monotonic() - started, outcome
 

@@ -101,7 +101,7 @@ class EdgeAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self._sweep_orphans()
+        await asyncio.to_thread(self._sweep_orphans)  # blocking: process waits, Docker Engine calls
         self._load_backup()
         stop_task = asyncio.create_task(stop.wait())
         try:

@@ -172,9 +172,11 @@ class ImageBuilder:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         key = base.tag.rsplit(":", 1)[1]
         rootfs = self.cache_dir / f"rootfs-{key}.tar"
-        if not rootfs.exists():
+        if rootfs.is_dir():  # an older cache entry (a directory): made again as a tar
+            shutil.rmtree(rootfs)
+        if not rootfs.is_file():
             self.progress(f"base: mmdebstrap {' '.join(base.mmdebstrap_args)} (network: the Debian mirror)")
-            partial = rootfs.with_suffix(".partial")
+            partial = rootfs.with_name(f"rootfs-{key}.partial.tar")  # mmdebstrap picks tar by the name
             out = subprocess.run(["mmdebstrap", *base.mmdebstrap_args, str(partial)], capture_output=True,
                                  text=True, check=False)
             if out.returncode != 0:

@@ -38,6 +38,10 @@ FACTORY = "/factory"
 
 
 def host_image_platform() -> str:
+    """The module images' platform (module.json names): EDB_IMAGE_PLATFORM, else the host's."""
+    chosen = os.environ.get("EDB_IMAGE_PLATFORM")
+    if chosen in ("amd64", "arm64v8"):
+        return chosen
     return "arm64v8" if host_platform.machine() in ("aarch64", "arm64") else "amd64"
 
 
