@@ -339,7 +339,7 @@ class Demo:
         deploy_to_device(self.s.hub, self.s.device_id, manifest)
         # a refusal (CLOUD_DEPLOY_REFUSED, with the agent's code) ends the demo here, not after 60 s
         wait_for_deployment(self.s.hub, self.s.device_id, deployed_version(self.s.hub, self.s.device_id),
-                            timeout_s=60)
+                            timeout_s=60 * _timeout_scale())
 
         def all_running() -> bool:
             reported = self._twin("$edgeAgent").reported
