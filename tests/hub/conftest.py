@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 from azure.iot.device.aio import IoTHubModuleClient
 from azure.iot.hub import IoTHubRegistryManager
-from hub_helpers import new_key
+from hub_helpers import HUB_NAME, new_key
 
 from edb_local.hub import HubConfig, HubThread
 from edb_local.stack_ca import StackCA
-
-HUB_NAME = "edb-test-hub.azure-devices.net"
 
 
 @pytest.fixture

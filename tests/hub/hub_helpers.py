@@ -8,6 +8,9 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+#: the hub name of every hub the tests start (imported from here: `conftest` is not a unique module name)
+HUB_NAME = "edb-test-hub.azure-devices.net"
+
 
 def threadsafe_queue() -> tuple[asyncio.Queue[Any], Callable[[Any], None]]:
     """A queue for the running loop and a callback that feeds it from any thread (the aio SDK

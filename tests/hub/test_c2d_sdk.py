@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(120)
 def hub_config(stack_ca: StackCA, loopback_address: str, tmp_path: Path) -> HubConfig:
     """A 16 KiB C2D limit (IoT Hub's is 64 KiB): uamqp itself refuses to send more than 64 KiB, so
     only a lower limit shows the hub's own refusal."""
-    from conftest import HUB_NAME
+    from hub_helpers import HUB_NAME
 
     creds = stack_ca.issue_server("hub", ips=[loopback_address], out_dir=tmp_path / "certs")
     return HubConfig(state_dir=tmp_path / "hub", address=loopback_address, hub_name=HUB_NAME,

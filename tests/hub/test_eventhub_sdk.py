@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def hub_config(stack_ca: StackCA, loopback_address: str, tmp_path: Path) -> HubConfig:
-    from conftest import HUB_NAME
+    from hub_helpers import HUB_NAME
 
     creds = stack_ca.issue_server("hub", ips=[loopback_address], out_dir=tmp_path / "certs")
     return HubConfig(state_dir=tmp_path / "hub", address=loopback_address, hub_name=HUB_NAME,

@@ -44,7 +44,7 @@ def package(model: CorpusModel, data: bytes, publisher: Publisher, directory: Pa
     payload = onnx_layout.convert(data) if layout else data
     now = dt.datetime.now(dt.UTC)
     ident = PackageIdentity(
-        package_id=f"corpus.{model.name}", version="1.0.0", security_version=1,
+        package_id=model.name, version="1.0.0", security_version=1,
         target=Target(device_ids=("dev-1",), device_classes=()), created=now - dt.timedelta(minutes=5),
         expires=now + dt.timedelta(days=1), media_type=onnx_layout.MEDIA_TYPE if layout else "application/onnx")
     out = directory / f"{model.name}.cpk"

@@ -11,13 +11,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from edb.errors import ConfigError, KeyProviderError
 from edb.keys import errors
 from edb.keys.azure_keyvault import KeyVaultKek, raw_to_der_signature
 from edb.keys.base import WrappedKey
 from edb.keys.local import LocalKek, LocalSigner
+from edb.keys.low_s import P256_N
 from edb.pki.devpki import init_publisher_pki
 from edb.pki.oids import PUBLISHER_SIGNING_EKU
 
@@ -123,7 +124,11 @@ def test_key_vault_raw_signature_to_der() -> None:
     der = key.sign(b"m", ec.ECDSA(hashes.SHA256()))
     r, s = decode_dss_signature(der)
     raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    assert raw_to_der_signature(raw) == der
+    # both s values (s and n - s) convert to the one low-s DER encoding packages carry
+    low = encode_dss_signature(r, min(s, P256_N - s))
+    high_raw = r.to_bytes(32, "big") + (P256_N - s).to_bytes(32, "big")
+    assert raw_to_der_signature(raw) == low
+    assert raw_to_der_signature(high_raw) == low
     key.public_key().verify(raw_to_der_signature(raw), b"m", ec.ECDSA(hashes.SHA256()))
     with pytest.raises(KeyProviderError):
         raw_to_der_signature(raw[:63])
