@@ -23,7 +23,7 @@ from azure.iot.hub import IoTHubRegistryManager
 from eventhub_helpers import consumer, receive
 from hub_helpers import new_key
 
-from edb_local.hub import HubConfig, HubThread
+from edb_local.hub import HubConfig, HubThread, twin_events
 from edb_local.hub.amqp.auth import service_policy_key
 from edb_local.hub.amqp.eventlog import partition_of
 from edb_local.hub.topics import Identity, PropertyBag
@@ -116,9 +116,9 @@ def test_module_twin_change_notifications_reach_the_endpoint(
     key = make_module("edge-eh", "sensor")
     deploy(hub, "edge-eh", {"twin": "FROM /twinChangeNotifications INTO $upstream"})
     identity = Identity("edge-eh", "sensor")
-    hub.call(lambda: hub.server.core.state.set_reported(identity, {"fw": "1.2"}))
+    twin = hub.call(lambda: hub.server.core.state.set_reported(identity, {"fw": "1.2"}))
     hub.call(lambda: hub.server.core._twin_change_notification(  # what a reported patch over MQTT triggers
-        identity, hub.server.core.state.twin(identity), {"fw": "1.2"}))
+        identity, twin_events.change_body(twin, reported={"fw": "1.2"}), twin_events.UPDATE, reported=True))
     assert key
     events = receive(consumer(hub, str(stack_ca.ca_path)), 1, partition_id=str(partition_of("edge-eh", 4)))
     assert len(events) == 1

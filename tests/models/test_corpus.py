@@ -191,7 +191,7 @@ def test_copied_weights_never_reach_a_file_or_a_descriptor(
     """With models loaded both ways (in place and copied), no file under the device directory or the
     temp directory, and nothing behind any descriptor the TEE holds (files, memfds), contains a
     64-byte window of a copied model's weights."""
-    from test_memory_scan import PlaintextIndex, scan_files
+    from test_tee_client_memory_scan import PlaintextIndex, scan_files
 
     handles = [corpus_client.load_model(n) for n in ("conv-nchwc", "magika", "ocr-cls")]
     try:
