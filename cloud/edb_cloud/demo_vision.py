@@ -211,7 +211,14 @@ class VisionDemo(Demo):
         return "; ".join(seen) + "; a good request still answers 200"
 
     def camera(self) -> str:
-        start = _wait("the camera's reported counts", self._camera, 20)
+        first = _wait("the camera's reported counts", self._camera, 20)
+        # the first report with an answer in it: requests before the model served (404/503) are
+        # counted by then, and the camera sends one request at a time, so later errors are new
+        def answering() -> dict[str, Any] | None:
+            now = self._camera()
+            return now if now.get("answered", 0) > first.get("answered", 0) else None
+
+        start = _wait("the camera's first answers", answering, 20)
 
         def answered() -> dict[str, Any] | None:
             now = self._camera()
