@@ -50,6 +50,7 @@ DENIAL_CODES: frozenset[str] = frozenset({
     cpk_errors.KEY_UNAVAILABLE,  # a v1 class key this device was not given
     tee_errors.ACCESS_DENIED,  # a process outside the TEE's allow-list
     "INSTALL_PATH_OUTSIDE", "INSTALL_URL_SCHEME",
+    "INSTALL_HOST_NOT_ALLOWED",  # a twin pointing at a host off the deployment's package host allow-list
 })
 
 #: Failures of the machinery, not of the bytes: the TEE or its socket is down or busy, a request
@@ -58,6 +59,7 @@ DENIAL_CODES: frozenset[str] = frozenset({
 OPERATIONAL_CODES: frozenset[str] = frozenset({
     cpk_errors.UNREADABLE,  # the file could not be opened or read (I/O)
     tee_errors.UNAVAILABLE, tee_errors.CONNECTION_LOST, tee_errors.PROTOCOL, tee_errors.FRAME_TOO_LARGE,
+    tee_errors.FRAME_TIMEOUT,  # a frame that did not arrive whole in time (the caller's connection, retried)
     tee_errors.VERSION, tee_errors.BUSY, tee_errors.UNKNOWN_TA, tee_errors.UNKNOWN_SESSION,
     tee_errors.UNKNOWN_COMMAND, tee_errors.BAD_PARAMETERS, tee_errors.DTYPE_UNSUPPORTED, tee_errors.INTERNAL,
     tee_errors.NOT_PROVISIONED, tee_errors.ALREADY_PROVISIONED, tee_errors.STATE_LOCKED,

@@ -67,6 +67,15 @@ def test_every_defined_code_is_classified(code: str) -> None:
         assert kind is AlertType.TAMPER  # chains, evidence and released keys: authenticity
 
 
+def test_hardening_codes_are_classified_by_what_they_mean() -> None:
+    # a host off the allow-list is a policy refusal; a frame that trickled past its deadline is the
+    # caller's connection (retried), not modified bytes; a name that is not the signed id is tampering
+    assert classify_code("INSTALL_HOST_NOT_ALLOWED") is AlertType.DENIAL
+    assert classify_code(tee_errors.FRAME_TIMEOUT) is None
+    assert tee_errors.FRAME_TIMEOUT in alerts.OPERATIONAL_CODES
+    assert classify_code(tee_errors.NAME_MISMATCH) is AlertType.TAMPER
+
+
 def test_reporter_lists_are_complete_and_not_stale() -> None:
     defined = set(ALL_CODES)
     assert defined == alerts.AREA_CODES  # the reporter's own derivation finds the same codes
