@@ -68,7 +68,8 @@ def finish(proc: subprocess.Popen[str], timeout: float = 150.0) -> tuple[str, st
 
 
 def test_az_iot_hub_monitor_events(hub: HubThread, az: Callable[..., subprocess.Popen[str]]) -> None:
-    proc = az("iot", "hub", "monitor-events", "--login", hub.config.service_connection_string, "--timeout", "40",
+    # --timeout is the CLI's idle timeout: it exits 10 s after the last event
+    proc = az("iot", "hub", "monitor-events", "--login", hub.config.service_connection_string, "--timeout", "10",
               "--properties", "all", "--device-id", "az-dev", "--yes", "--output", "json")
     stop = threading.Event()
 
@@ -78,9 +79,9 @@ def test_az_iot_hub_monitor_events(hub: HubThread, az: Callable[..., subprocess.
         hub.server.core.ingest(Identity("az-dev"), bag, json.dumps({"n": n}).encode())
         hub.server.core.ingest(Identity("other-dev"), bag, b'{"other": true}')
 
-    def feed() -> None:          # keep sending until the CLI (which starts at "now") has seen some
+    def feed() -> None:          # the CLI starts at "now": send for a while, then let it go idle
         n = 0
-        while not stop.is_set() and proc.poll() is None:
+        while n < 25 and not stop.is_set() and proc.poll() is None:
             hub.call(send, n)
             n += 1
             time.sleep(1.0)
