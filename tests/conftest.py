@@ -123,3 +123,15 @@ def secret_client(keyvault: KeyVaultStandIn, admin_credential: ClientSecretCrede
     from azure.keyvault.secrets import SecretClient
 
     return SecretClient(keyvault.url, admin_credential, **sdk_kwargs)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Tests that could not run on this machine are listed last, loudly: a skip here is never silent
+    (each such skip's reason starts with "NOT RUN:" and names what is missing and how to get it)."""
+    not_run = [report for report in terminalreporter.stats.get("skipped", [])
+               if "NOT RUN:" in str(getattr(report, "longrepr", ""))]
+    if not_run:
+        terminalreporter.section(f"{len(not_run)} TESTS NOT RUN ON THIS MACHINE", sep="!", red=True, bold=True)
+        for report in not_run:
+            reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            terminalreporter.write_line(f"{report.nodeid}: {reason}", red=True)
