@@ -105,6 +105,18 @@ def with_current_packages(manifest: dict[str, Any], current_desired: dict[str, A
 
 def deploy_to_device(hub: HubService, device_id: str, manifest: dict[str, Any], *, keep_packages: bool = True) -> \
         dict[str, Any]:
+    """set-modules. Refused on a device automatic deployments target: "once you start targeting IoT Edge
+    devices with automatic deployments, per-device deployments are no longer supported"
+    (module-deployment-monitoring), and the next evaluation would replace what it wrote."""
+    from edb_cloud.composition import is_automatic
+    from edb_cloud.rollout import deployment_views
+
+    views = deployment_views(hub)
+    if is_automatic(device_id, views):
+        ids = ", ".join(sorted(v.id for v in views if device_id in v.targets))
+        raise CloudError(f"{device_id} is targeted by automatic deployments ({ids}); IoT Hub does not support "
+                         "per-device deployments on it: change the base deployment (deploy --target-condition) "
+                         "instead", code="CLOUD_ROLLOUT_DEVICE_MANAGED")
     if keep_packages:
         try:
             current = hub.module_twin(device_id, INSTALLER).desired

@@ -22,7 +22,7 @@ from edb_cloud.composition import (
 )
 from edb_cloud.config import CloudConfig
 from edb_cloud.deploy import default_template, deploy_to_device, deploy_to_fleet, render_manifest
-from edb_cloud.iothub import HubService
+from edb_cloud.iothub import CloudError, HubService
 from edb_cloud.releases import Release
 from edb_cloud.rollout import INSTALLER, deployment_views, rollout_metrics, rollout_to_device, rollout_to_ring
 from edb_local.hub import HubThread
@@ -110,6 +110,9 @@ def test_base_with_carried_packages_then_layers_keep_every_package(
     with pytest.raises(CompositionError) as managed:
         rollout_to_device(service, "c-1", release("digits", "4.0.0"))
     assert managed.value.code == "CLOUD_ROLLOUT_DEVICE_MANAGED"
+    with pytest.raises(CloudError) as set_modules:  # and so is set-modules (module-deployment-monitoring)
+        deploy_to_device(service, "c-1", manifest)
+    assert set_modules.value.code == "CLOUD_ROLLOUT_DEVICE_MANAGED"
     assert packages(service, "c-1")["digits"]["version"] == "3.0.0"
 
 
