@@ -7,6 +7,7 @@ import hashlib
 import uuid
 from typing import Any
 
+from azure.identity import ClientSecretCredential
 from azure.keyvault.keys import KeyClient
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -16,10 +17,9 @@ from edb.keys.azure_keyvault import KeyVaultSigner
 from edb.keys.low_s import P256_HALF_N, is_canonical_low_s
 from edb.pki.issue import issue_leaf, make_name, make_root_ca
 from edb.pki.oids import PUBLISHER_SIGNING_EKU
-from edb_local.keyvault import LocalTokenCredential
 
 
-def test_key_vault_signer_returns_low_s(key_client: KeyClient, admin_credential: LocalTokenCredential,
+def test_key_vault_signer_returns_low_s(key_client: KeyClient, admin_credential: ClientSecretCredential,
                                         sdk_kwargs: dict[str, Any]) -> None:
     signing = key_client.create_ec_key(f"lows-{uuid.uuid4().hex[:8]}", curve="P-256",
                                        key_operations=["sign", "verify"])

@@ -8,18 +8,17 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.identity import ClientSecretCredential
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from azure.keyvault.secrets import SecretClient
-
-from edb_local.keyvault import LocalTokenCredential
 
 
 def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def test_key_names_case_insensitive(key_client: KeyClient, admin_credential: LocalTokenCredential,
+def test_key_names_case_insensitive(key_client: KeyClient, admin_credential: ClientSecretCredential,
                                     sdk_kwargs: dict[str, Any]) -> None:
     name = _name("CaseKek")
     first = key_client.create_rsa_key(name, size=2048, key_operations=["wrapKey", "unwrapKey"])

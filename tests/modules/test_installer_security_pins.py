@@ -9,6 +9,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
@@ -19,9 +20,15 @@ from edb.schemas import DesiredPackage
 from edb_local.net import free_port
 from edb_local.stack_ca import StackCA
 from package_installer.downloader import DownloadSettings, cache_paths, fetch, open_local
-from package_installer.sources import FileSource, resolve_source
+from package_installer.sources import FileSource, PackageHosts, resolve_source
 
 DATA = os.urandom(256 * 1024 + 7)
+
+
+def hosts_of(url: str) -> PackageHosts:
+    """The device's package host allow-list naming exactly the test server of ``url``."""
+    parts = urlsplit(url)
+    return PackageHosts.parse(f"{parts.hostname}:{parts.port or 443}")
 
 
 def desired(url: str, data: bytes = DATA, size: int | None = None) -> DesiredPackage:
@@ -40,9 +47,9 @@ def test_sibling_directory_sharing_the_prefix_is_outside(tmp_path: Path) -> None
     for d in (drop, evil):
         d.mkdir()
         (d / "a.cpk").write_bytes(DATA)
-    assert resolve_source(f"file://{drop}/a.cpk", (drop,)) == FileSource(drop / "a.cpk")
+    assert resolve_source(f"file://{drop}/a.cpk", (drop,), PackageHosts()) == FileSource(drop / "a.cpk")
     with pytest.raises(InstallError) as exc:
-        resolve_source(f"file://{evil}/a.cpk", (drop,))
+        resolve_source(f"file://{evil}/a.cpk", (drop,), PackageHosts())
     assert code(exc) == "INSTALL_PATH_OUTSIDE"
     with pytest.raises(InstallError) as exc:  # and on the opened file
         open_local(desired("file:///x"), FileSource(evil / "a.cpk"), (drop,))
@@ -68,7 +75,7 @@ async def test_parent_swapped_for_a_symlink_between_check_and_open(tmp_path: Pat
     (outside / "a.cpk").write_bytes(DATA)  # same bytes: only the location is wrong
     settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(drop,))
     pkg = desired(f"file://{drop}/sub/a.cpk")
-    source = resolve_source(pkg.url, settings.allowed_dirs)  # the check passes...
+    source = resolve_source(pkg.url, settings.allowed_dirs, settings.allowed_hosts)  # the check passes...
     (drop / "sub" / "a.cpk").unlink()
     (drop / "sub").rmdir()
     (drop / "sub").symlink_to(outside, target_is_directory=True)  # ...then the parent is swapped
@@ -126,12 +133,12 @@ async def test_chunked_response_longer_than_declared(chunked_server: PackageServ
         sizes.append(part.stat().st_size)
 
     with pytest.raises(InstallError) as exc:
-        await fetch(pkg, resolve_source(pkg.url, ()), settings, progress)
+        await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings, progress)
     assert code(exc) == "INSTALL_TOO_LARGE"
     assert sizes and max(sizes) <= pkg.size  # never more on disk than declared
     assert not part.exists() and not final.exists()
     chunked_server.files["a.cpk"] = DATA  # the honest file, chunked, is fine
-    fetched = await fetch(pkg, resolve_source(pkg.url, ()), settings)
+    fetched = await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings)
     with fetched:
         assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
 
@@ -147,11 +154,12 @@ async def test_cached_file_is_hashed_again_before_use(package_server: PackageSer
     tampered[len(DATA) // 2] ^= 1
     final.write_bytes(bytes(tampered))  # right size, wrong bytes, left in the cache
     with pytest.raises(InstallError) as exc:
-        await fetch(pkg, resolve_source(pkg.url, ()), settings)
+        await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings)
     assert code(exc) == "INSTALL_HASH_MISMATCH"
     assert not final.exists()  # removed
     assert package_server.ranges == []  # decided from the cache alone
-    fetched = await fetch(pkg, resolve_source(pkg.url, ()), settings)  # the next attempt downloads afresh
+    # the next attempt downloads afresh
+    fetched = await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings)
     with fetched:
         assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
 
@@ -165,7 +173,7 @@ async def test_content_encoding_is_never_decoded(chunked_server: PackageServer, 
     pkg = desired(chunked_server.url("z.cpk"), data=packed)
     settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=chunked_server.ca_path,
                                 read_timeout_s=5)
-    fetched = await fetch(pkg, resolve_source(pkg.url, ()), settings)
+    fetched = await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings)
     with fetched:
         assert os.fstat(fetched.fd).st_size == len(packed) and os.pread(fetched.fd, len(packed) + 1, 0) == packed
 
@@ -179,11 +187,11 @@ async def test_redirect_limit(package_server: PackageServer, tmp_path: Path, hop
     settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=package_server.ca_path,
                                 read_timeout_s=5)
     if ok:
-        with await fetch(pkg, resolve_source(pkg.url, ()), settings) as fetched:
+        with await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings) as fetched:
             assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
     else:
         with pytest.raises(InstallError) as exc:
-            await fetch(pkg, resolve_source(pkg.url, ()), settings)
+            await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings)
         assert code(exc) == "INSTALL_REDIRECT_REFUSED"
     assert len(package_server.ranges) == min(hops, 3) + 1
 
@@ -198,7 +206,7 @@ async def test_resume_from_a_part_file_longer_than_one_read(package_server: Pack
     _, part = cache_paths(settings.cache_dir, pkg)
     part.parent.mkdir(parents=True)
     part.write_bytes(big[:2 * 1024 * 1024 + 3])  # more than one 1 MiB read
-    with await fetch(pkg, resolve_source(pkg.url, ()), settings) as fetched:
+    with await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings) as fetched:
         assert os.pread(fetched.fd, pkg.size + 1, 0) == big
     assert package_server.ranges == [f"bytes={2 * 1024 * 1024 + 3}-"]
 
@@ -212,6 +220,6 @@ async def test_a_complete_part_file_is_verified_without_a_request(package_server
     final, part = cache_paths(settings.cache_dir, pkg)
     part.parent.mkdir(parents=True)
     part.write_bytes(DATA)
-    with await fetch(pkg, resolve_source(pkg.url, ()), settings) as fetched:
+    with await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings) as fetched:
         assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
     assert package_server.ranges == [] and final.exists() and not part.exists()
