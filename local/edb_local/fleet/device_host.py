@@ -119,10 +119,10 @@ async def run_device(spec: FleetSpec, device: SimDevice, stop: asyncio.Event, me
     from edb.tee.client import TeeClient
     from edb_tee.paths import DeviceLayout
     from inference_runner.service import RunnerService
-    from package_installer.downloader import DownloadSettings
     from package_installer.pipeline import InstallDeps
     from package_installer.service import InstallerService
     from package_installer.settings import InstallerSettings
+    from package_installer.sources import PackageHosts
     from simulated_sensor.frames import FrameSource, SensorSettings
     from telemetry_reporter.service import ReporterService
     from telemetry_reporter.store import ReporterStore
@@ -136,7 +136,8 @@ async def run_device(spec: FleetSpec, device: SimDevice, stop: asyncio.Event, me
                for m in (INSTALLER, RUNNER, REPORTER)}
     settings = InstallerSettings(tee_socket=socket_path, key_release_url=spec.key_release_url,
                                  cache_dir=device_dir / "cache", ca_file=Path(spec.ca_cert),
-                                 backoff_base_s=1.0, backoff_cap_s=30.0, resync_interval_s=30.0)
+                                 backoff_base_s=1.0, backoff_cap_s=30.0, resync_interval_s=30.0,
+                                 allowed_hosts=PackageHosts.parse(spec.package_hosts))
     with TeeClient(socket_path) as installer_tee, TeeClient(socket_path) as runner_tee, \
             contextlib.closing(ReporterStore(device_dir / "reporter.db")) as store:
         tee_i, tee_r = FaultyTee(installer_tee, device), FaultyTee(runner_tee, device)
@@ -145,9 +146,7 @@ async def run_device(spec: FleetSpec, device: SimDevice, stop: asyncio.Event, me
                              retry=RetryPolicy(max_attempts=settings.key_release_attempts, deadline_s=60.0),
                              session=source_bound_session(device_source_address(spec.devices.index(device)))),
             device.device_id, metrics)
-        download = DownloadSettings(cache_dir=settings.cache_dir, allowed_dirs=(), ca_file=settings.ca_file,
-                                    connect_timeout_s=settings.connect_timeout_s,
-                                    read_timeout_s=settings.read_timeout_s)
+        download = settings.download()  # the installer's own limits and package host allow-list
         installer_rt, runner_rt, reporter_rt = (ModuleRuntime(clients[m], loop) for m in (INSTALLER, RUNNER, REPORTER))
         installer = InstallerService(installer_rt.client, InstallDeps(tee_i, key_release, download, None), settings,
                                      tee_list=tee_i.list_installed, tee_uninstall=tee_i.uninstall)

@@ -103,7 +103,8 @@ def simulate(state_dir: Path, config: Any, count: int, *, prefix: str = "sim", t
                 registry.update_module_with_sas(device_id, module_id, None, module.etag, module_key, module_key)
         registry.update_twin(device_id, Twin(tags={"fleet": tag}), "*")
         devices.append(SimDevice(device_id, str(layout.root), keys, fault_of[device_id]))
-    spec = FleetSpec(hub_name, gateway, ca, key_release_url, tag, devices, frame_interval_s=frame_interval_s)
+    spec = FleetSpec(hub_name, gateway, ca, key_release_url, tag, devices, frame_interval_s=frame_interval_s,
+                     package_hosts=config.get("EDB_PACKAGE_HOSTS") or "")
     path = fleet_file(state_dir)
     spec.save(path)
     logs = log_dir or path.parent

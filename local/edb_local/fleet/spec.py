@@ -47,6 +47,7 @@ class FleetSpec:
     devices: list[SimDevice]
     pids: dict[str, int] = field(default_factory=dict)   # process name -> pid
     frame_interval_s: float = 2.0
+    package_hosts: str = ""  # the devices' EDB_PACKAGE_HOSTS (the stack's blob address): empty allows no HTTPS
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
