@@ -251,3 +251,27 @@ def test_final_component_symlink_is_not_followed(tmp_path: Path) -> None:
     assert code(exc) == "INSTALL_PATH_OUTSIDE"
     with open_local(desired("file:///x"), FileSource(drop / "a.cpk"), (drop,)) as fetched:
         assert not fetched.cached and fetched.path == drop / "a.cpk"
+
+
+async def test_a_good_cached_file_is_used_and_files_are_private(package_server: PackageServer,
+                                                                tmp_path: Path) -> None:
+    """Found unpinned by make mutate: the cache re-hash must also accept a good file (not refuse all),
+    the cache directory is 0700 and downloaded files 0600, an https URL without a port means 443."""
+    assert resolve_source("https://store.example/a.cpk", ()) == HttpsSource(
+        url="https://store.example/a.cpk", host="store.example", port=443)
+    package_server.files["g.cpk"] = DATA
+    pkg = desired(package_server.url("g.cpk"))
+    settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=package_server.ca_path,
+                                read_timeout_s=5)
+    old_umask = os.umask(0o022)
+    try:
+        with await fetch(pkg, resolve_source(pkg.url, ()), settings) as fetched:
+            assert fetched.cached
+    finally:
+        os.umask(old_umask)
+    final, _ = cache_paths(settings.cache_dir, pkg)
+    assert final.parent.stat().st_mode & 0o777 == 0o700 and final.stat().st_mode & 0o777 == 0o600
+    requests = len(package_server.ranges)
+    with await fetch(pkg, resolve_source(pkg.url, ()), settings) as fetched:  # from the cache, re-hashed
+        assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
+    assert len(package_server.ranges) == requests  # no new request
