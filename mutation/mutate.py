@@ -24,7 +24,6 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE = ROOT / ".mutate"
 PACKAGES = {
     "edb": "shared/edb",
     "edb_tee": "tee/edb_tee",
@@ -67,13 +66,13 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 DO_NOT_MUTATE = [r"^\s*raise ", r"^\s*log\.\w+\(", r"^\s*logger\.\w+\(", r"^\s*\"\"\"", r"^\s*warnings\.warn\("]
 
 
-def stage(files: list[str], tests: list[str]) -> None:
-    if STAGE.exists():
-        shutil.rmtree(STAGE)
-    STAGE.mkdir()
+def stage(files: list[str], tests: list[str], stage_dir: Path) -> None:
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir()
     for name, rel in PACKAGES.items():
-        (STAGE / name).symlink_to(ROOT / rel, target_is_directory=True)
-    (STAGE / "tests").symlink_to(ROOT / "tests", target_is_directory=True)
+        (stage_dir / name).symlink_to(ROOT / rel, target_is_directory=True)
+    (stage_dir / "tests").symlink_to(ROOT / "tests", target_is_directory=True)
     pytest_ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     lines = ["[tool.mutmut]",
              f"source_paths = {_toml(sorted({f.split('/')[0] for f in files}))}",
@@ -87,7 +86,7 @@ def stage(files: list[str], tests: list[str]) -> None:
              "",
              "[tool.pytest.ini_options]"]
     lines += [f"{key} = {_toml(value)}" for key, value in pytest_ini.items() if key != "testpaths"]
-    (STAGE / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    (stage_dir / "pyproject.toml").write_text("\n".join(lines) + "\n")
 
 
 def _toml(value: object) -> str:
@@ -108,15 +107,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("groups", nargs="*", choices=[[], *GROUPS], default=[])
     parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--stage", type=Path, default=ROOT / ".mutate", help="staging directory (default .mutate)")
+    parser.add_argument("--mutants", nargs="*", default=[],
+                        help="run only these mutants (names or globs, e.g. the survivors of an earlier run)")
     args = parser.parse_args()
     groups = args.groups or list(GROUPS)
     files = [f for g in groups for f in GROUPS[g][0]]
     tests = sorted({t for g in groups for t in GROUPS[g][1]})
-    stage(files, tests)
+    stage(files, tests, args.stage)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     mutmut = [sys.executable, "-m", "mutmut"]
-    run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=STAGE, env=env)
-    results = subprocess.run([*mutmut, "results", "--all", "true"], cwd=STAGE, env=env, capture_output=True,
+    run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children), *args.mutants], cwd=args.stage,
+                         env=env)
+    results = subprocess.run([*mutmut, "results", "--all", "true"], cwd=args.stage, env=env, capture_output=True,
                              text=True)
     print(results.stdout)
     return run.returncode

@@ -71,3 +71,23 @@ def test_verification_decisions() -> None:
         "HUB_AUTH_BAD_SIGNATURE"  # the expiry is signed
     raw = urllib.parse.quote(RES, safe="")
     assert sign(raw, 1, KEY) != sign(raw, 2, KEY) != sign(raw, 1, OTHER)
+
+
+def test_parsing_edges_found_by_mutation() -> None:
+    token = make_token(RES, KEY, expiry=7)
+    over = token.replace("sr=", "sr=" + "x" * (4097 - len(token)), 1)
+    assert len(over) == 4097 and code(lambda: parse_token(over)) == "HUB_AUTH_BAD_TOKEN"
+    sig = base64.b64encode(sign(urllib.parse.quote(RES, safe=""), 7, KEY)).decode()
+    raw_padding = f"SharedAccessSignature sr={urllib.parse.quote(RES, safe='')}&sig={sig}&se=7"
+    assert sig.endswith("=") and parse_token(raw_padding).expiry == 7  # '=' left unencoded in sig
+    dirty = raw_padding.replace(f"sig={sig}", f"sig={sig[:10]}*{sig[10:]}")
+    assert code(lambda: parse_token(dirty)) == "HUB_AUTH_BAD_TOKEN"  # strict base64
+
+
+def test_key_list_edges_found_by_mutation() -> None:
+    token = parse_token(make_token(RES, KEY, expiry=1000))
+    verify_token(token, expected_resources=[RES], keys=[KEY, OTHER], now=1)  # a later key does not undo a match
+    verify_token(token, expected_resources=[RES], keys=["not base64!", KEY], now=1)  # a bad key is skipped
+    dirty_key = KEY[:8] + "*" + KEY[8:]  # decodes to KEY only if non-alphabet characters were dropped
+    assert code(lambda: verify_token(token, expected_resources=[RES], keys=[dirty_key], now=1)) == \
+        "HUB_AUTH_BAD_SIGNATURE"

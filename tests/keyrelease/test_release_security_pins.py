@@ -123,3 +123,13 @@ def _facts(**overrides: object) -> ReleaseFacts:
                                "security_version": 2}
     base.update(overrides)
     return ReleaseFacts(**base)  # type: ignore[arg-type]
+
+
+def test_policy_minimums_default_to_zero_when_absent() -> None:
+    """A document without minTeeSvn/minSecurityVersion means 0 (what the documents say); found
+    unpinned by make mutate (a default of 1 survived)."""
+    doc = json.dumps({"schema": "edb.release-policy/1", "packageId": "p", "deviceClasses": [CLASS],
+                      "measurements": ["ab" * 32]})
+    policy = parse_policy(doc, expected_package_id="p")
+    assert (policy.min_tee_svn, policy.min_security_version, policy.revoked_versions) == (0, 0, frozenset())
+    evaluate(policy, _facts(tee_svn=0, security_version=0))

@@ -20,7 +20,7 @@ from edb.schemas import DesiredPackage
 from edb_local.net import free_port
 from edb_local.stack_ca import StackCA
 from package_installer.downloader import DownloadSettings, cache_paths, fetch, open_local
-from package_installer.sources import FileSource, PackageHosts, resolve_source
+from package_installer.sources import FileSource, HttpsSource, PackageHosts, resolve_source, same_origin
 
 DATA = os.urandom(256 * 1024 + 7)
 
@@ -223,3 +223,64 @@ async def test_a_complete_part_file_is_verified_without_a_request(package_server
     with await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings) as fetched:
         assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
     assert package_server.ranges == [] and final.exists() and not part.exists()
+
+
+def test_redirect_origin_rules() -> None:
+    """Only https to the same host (any case) and port; found unpinned by make mutate."""
+    first = HttpsSource(url="https://store.example:8443/a.cpk", host="store.example", port=8443)
+    assert same_origin(first, "https://STORE.example:8443/b.cpk").url == "https://STORE.example:8443/b.cpk"
+    assert same_origin(first, "/b.cpk").url == "https://store.example:8443/b.cpk"  # relative: same origin
+    assert same_origin(first, "//store.example:8443/c.cpk").host == "store.example"
+    for location in ("http://store.example:8443/b.cpk", "https://other.example:8443/b.cpk",
+                     "https://store.example:8444/b.cpk", "https://store.example/b.cpk", "file:///b.cpk",
+                     "//other.example:8443/b.cpk", "https://:8443/b.cpk"):
+        with pytest.raises(InstallError) as exc:
+            same_origin(first, location)
+        assert code(exc) == "INSTALL_REDIRECT_REFUSED", location
+    default_port = HttpsSource(url="https://store.example/a.cpk", host="store.example", port=443)
+    assert same_origin(default_port, "https://store.example/b.cpk").port == 443
+    assert same_origin(default_port, "https://store.example:443/b.cpk").host == "store.example"
+
+
+def test_file_url_with_nul_refused(tmp_path: Path) -> None:
+    with pytest.raises(InstallError) as exc:
+        resolve_source(f"file://{tmp_path}/a%00.cpk", (tmp_path,), PackageHosts())
+    assert code(exc) == "INSTALL_INVALID_URL"
+
+
+def test_final_component_symlink_is_not_followed(tmp_path: Path) -> None:
+    """Even to a file inside the allowed directory: the path checked is the path opened."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.cpk").write_bytes(DATA)
+    (drop / "link.cpk").symlink_to(drop / "a.cpk")
+    with pytest.raises(InstallError) as exc:
+        open_local(desired("file:///x"), FileSource(drop / "link.cpk"), (drop,))
+    assert code(exc) == "INSTALL_PATH_OUTSIDE"
+    with open_local(desired("file:///x"), FileSource(drop / "a.cpk"), (drop,)) as fetched:
+        assert not fetched.cached and fetched.path == drop / "a.cpk"
+
+
+async def test_a_good_cached_file_is_used_and_files_are_private(package_server: PackageServer,
+                                                                tmp_path: Path) -> None:
+    """Found unpinned by make mutate: the cache re-hash must also accept a good file (not refuse all),
+    the cache directory is 0700 and downloaded files 0600, an https URL without a port means 443."""
+    assert resolve_source("https://store.example/a.cpk", (), PackageHosts.parse("store.example")) == HttpsSource(
+        url="https://store.example/a.cpk", host="store.example", port=443)
+    package_server.files["g.cpk"] = DATA
+    pkg = desired(package_server.url("g.cpk"))
+    settings = DownloadSettings(cache_dir=tmp_path / "cache", allowed_dirs=(), ca_file=package_server.ca_path,
+                                read_timeout_s=5)
+    old_umask = os.umask(0o022)
+    try:
+        with await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings) as fetched:
+            assert fetched.cached
+    finally:
+        os.umask(old_umask)
+    final, _ = cache_paths(settings.cache_dir, pkg)
+    assert final.parent.stat().st_mode & 0o777 == 0o700 and final.stat().st_mode & 0o777 == 0o600
+    requests = len(package_server.ranges)
+    # from the cache, re-hashed
+    with await fetch(pkg, resolve_source(pkg.url, (), hosts_of(pkg.url)), settings) as fetched:
+        assert os.pread(fetched.fd, pkg.size + 1, 0) == DATA
+    assert len(package_server.ranges) == requests  # no new request

@@ -52,3 +52,24 @@ def test_bounds() -> None:
     assert code(data, Limits(max_chain_certs=1)) == E.TOO_LARGE
     assert code(data, Limits(max_chain_bytes=21)) == E.TOO_LARGE  # 2 x 4-byte length + 8 + 6
     assert code({**data, "json": "A" * 4000}, Limits(max_manifest_bytes=100)) == E.TOO_LARGE  # before decoding
+
+
+def test_decode_chain_bounds() -> None:
+    """The chain stream: u32-le length + DER, repeated; found unpinned by make mutate."""
+    from edb.cpk.signed import decode_chain, encode_chain
+
+    two = encode_chain([b"a" * 10, b"b"])
+    assert decode_chain(two, Limits(max_chain_bytes=len(two))) == (b"a" * 10, b"b")  # exactly at the bound
+    assert code_chain(two, Limits(max_chain_bytes=len(two) - 1)) == E.TOO_LARGE
+    for cut in (1, 2, 3):  # a length prefix cut short
+        assert code_chain(two + b"\x05\x00\x00"[:cut]) == E.MANIFEST_INVALID
+    assert code_chain(encode_chain([b""])) == E.MANIFEST_INVALID  # an empty certificate
+    assert code_chain(two[:-1]) == E.MANIFEST_INVALID  # an entry longer than what is left
+
+
+def code_chain(data: bytes, limits: Limits = DEFAULT_LIMITS) -> str:
+    from edb.cpk.signed import decode_chain
+
+    with pytest.raises(PackageError) as exc:
+        decode_chain(data, limits)
+    return exc.value.code

@@ -49,6 +49,7 @@ def test_describe_and_summary_say_whether_roles_are_split() -> None:
     assert d["mode"] == "per-role" and "note" not in d
     assert d["roles"]["runner"] == {"uids": [], "gids": [2002]} and d["socket"] == "0660, group 3003"
     assert d["trustedApps"]["installer"] == ["installer"]
-    line = summary(SPLIT)
-    assert line.startswith("allow-list: per-role: admin uids=[0]") and line.endswith("socket 0660 group 3003")
-    assert "installer uids=[1001] gids=[]" in line and "runner uids=[] gids=[2002]" in line
+    assert summary(SPLIT) == ("allow-list: per-role: admin uids=[0] gids=[]; installer uids=[1001] gids=[]; "
+                              "runner uids=[] gids=[2002]; socket 0660 group 3003")
+    owner_only = AccessConfig(roles=SPLIT.roles)
+    assert summary(owner_only).endswith("runner uids=[] gids=[2002]; socket 0600")
