@@ -54,6 +54,9 @@ def run_demo(runtime: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     wall = time.monotonic() - started
     text = out.stdout
     serving = [float(m) for m in SERVING.findall(text)]
+    # the demo keeps the stack's volumes (the device's state) for a next `up`: the bench does not
+    subprocess.run([sys.executable, "-m", "edb.cli.main", "local", "down", "--state-dir", str(state / "demo"),
+                    "--volumes", "--json"], capture_output=True, timeout=300, check=False, cwd=ROOT)
     subprocess.run(["rm", "-rf", str(state)], check=False)
     passed = re.search(r"(\d+)/(\d+) steps in", text)
     return {"runtime": runtime, "ok": out.returncode == 0, "wall_s": round(wall, 1),

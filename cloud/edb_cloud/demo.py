@@ -226,6 +226,8 @@ class Demo:
         from edb.tee.client import TeeClient
 
         socket = self.s.config.require("EDB_TEE_SOCKET", "the TEE socket")
+        if self.runtime == "docker":  # the tee_service container opens it once it has started
+            _wait("the TEE container's socket", lambda: Path(socket).exists(), 30)
         with TeeClient(socket) as tee:
             info = tee.device_info()
         if info.device_id != self.s.device_id:
