@@ -25,7 +25,7 @@ def _client() -> Any:
         client = docker.from_env(timeout=300)
         client.ping()
     except Exception as exc:
-        pytest.skip(f"NO DOCKER ENGINE ({type(exc).__name__}): container tests not run; start dockerd "
+        pytest.skip(f"NOT RUN: no Docker Engine ({type(exc).__name__}): container tests not run; start dockerd "
                     "(docs/containers.md, .ci/run does)")
     return client
 
