@@ -158,6 +158,10 @@ class Demo:
             deploy = next(s for s in steps if s[1] == self.deploy)
             steps.remove(deploy)
             steps.insert(2, deploy)
+        return self.run_steps(steps)
+
+    def run_steps(self, steps: list[tuple[str, Callable[[], str]]]) -> bool:
+        """Run the steps in order until one fails, show the status, then stop the stack (unless kept)."""
         ok = True
         for name, fn in steps:
             if not self.step(name, fn):

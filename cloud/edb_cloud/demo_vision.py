@@ -72,16 +72,7 @@ class VisionDemo(Demo):
             ("camera images answered through the endpoint", self.camera),
             ("results and metrics arrive upstream", self.upstream),
         ]
-        ok = True
-        for name, fn in steps:
-            if not self.step(name, fn):
-                ok = False
-                break
-        if self.s.hub is not None:
-            self.print_status()
-        if not self.keep_running:
-            ok = self.step("stop the stack", self.stack_down) and ok
-        return ok
+        return self.run_steps(steps)
 
     # -- helpers -----------------------------------------------------------------------------------
     def template(self) -> Path:
