@@ -160,6 +160,17 @@ class Demo:
             steps.insert(2, deploy)
         return self.run_steps(steps)
 
+    def pinned_release_policy(self, name: str) -> str:
+        """Pin what the device attested to: this device, its TEE measurement and security version, and
+        the package's first security version (so a revoked lower version can never be released again)."""
+        from edb_cloud.publisher import ReleasePins, ensure_release_policy
+
+        if not self.s.tee_measurement:  # the device step reads it from the TEE: never fall back to "any"
+            raise StepFailed("no TEE measurement to pin in the release policy")
+        pins = ReleasePins((self.s.tee_measurement,), self.s.tee_svn)
+        return ensure_release_policy(self.s.config, name, devices=[self.s.device_id], device_classes=[],
+                                     min_security_version=1, pins=pins)
+
     def run_steps(self, steps: list[tuple[str, Callable[[], str]]]) -> bool:
         """Run the steps in order until one fails, show the status, then stop the stack (unless kept)."""
         ok = True
@@ -269,7 +280,7 @@ class Demo:
         from edb.cpk import open_package, verify_package
         from edb.pki.certs import load_pem_certificates_file
         from edb_cloud.packaging import build_package
-        from edb_cloud.publisher import ReleasePins, ensure_release_policy, pki_dir
+        from edb_cloud.publisher import pki_dir
 
         roots = load_pem_certificates_file(pki_dir(self.s.config) / "root.pem")
         details = []
@@ -282,13 +293,7 @@ class Demo:
                 verify_package(reader, trust_roots=roots, now=dt.datetime.now(dt.UTC), device_id=self.s.device_id)
             self.s.packages[version] = path
             details.append(f"{version} svn {svn} {built.file_size} B")
-        # Pin what the device attested to: this device, its TEE measurement and security version, and the
-        # package's first security version (so a revoked lower version can never be released again).
-        if not self.s.tee_measurement:  # the device step reads it from the TEE: never fall back to "any"
-            raise StepFailed("no TEE measurement to pin in the release policy")
-        pins = ReleasePins((self.s.tee_measurement,), self.s.tee_svn)
-        policy = ensure_release_policy(self.s.config, NAME, devices=[self.s.device_id], device_classes=[],
-                                       min_security_version=1, pins=pins)
+        policy = self.pinned_release_policy(NAME)
         return "; ".join(details) + f"; signatures verify; release policy {policy}"
 
     def publish(self) -> str:

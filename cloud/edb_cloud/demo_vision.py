@@ -115,7 +115,7 @@ class VisionDemo(Demo):
         from edb.cpk import open_package, verify_package
         from edb.pki.certs import load_pem_certificates_file
         from edb_cloud.packaging import build_package
-        from edb_cloud.publisher import ensure_release_policy, pki_dir
+        from edb_cloud.publisher import pki_dir
 
         model = self.s.packages.pop("model")
         roots = load_pem_certificates_file(pki_dir(self.s.config) / "root.pem")
@@ -125,10 +125,7 @@ class VisionDemo(Demo):
         with open_package(path) as reader:
             verify_package(reader, trust_roots=roots, now=dt.datetime.now(dt.UTC), device_id=self.s.device_id)
         self.s.packages[VERSION] = path
-        measurements = [self.s.tee_measurement] if self.s.tee_measurement else None
-        policy = ensure_release_policy(self.s.config, VISION_NAME, devices=[self.s.device_id], device_classes=[],
-                                       measurements=measurements, min_tee_svn=self.s.tee_svn,
-                                       min_security_version=1)
+        policy = self.pinned_release_policy(VISION_NAME)
         return f"{VERSION} svn 1 {built.file_size} B; signature verifies; release policy {policy}"
 
     def rollout(self) -> str:

@@ -30,3 +30,26 @@ def test_the_vision_template_expands_to_a_valid_manifest_with_the_camera() -> No
     assert content["inference_runner"]["properties.desired"]["results"] == {"upstreamFraction": 1}
     assert content["camera_sensor"]["properties.desired"]["camera"]["model"] == \
         content["inference_runner"]["properties.desired"]["model"]["name"] == "textorient"
+
+
+def test_the_vision_template_runs_the_same_modules_as_the_main_one() -> None:
+    """The vision template swaps the sensor for the camera; every module both run (and the runtime
+    and system modules) must be defined identically, so a setting added to one (a package host
+    allow-list, a read-only root) cannot be missing from the other."""
+    import json
+
+    def agent(name: str) -> dict[str, object]:
+        doc = json.loads((ROOT / name).read_text())
+        desired: dict[str, object] = doc["modulesContent"]["$edgeAgent"]["properties.desired"]
+        return desired
+
+    main, vision = agent("deployment.template.json"), agent("deployment.vision.template.json")
+    assert vision["runtime"] == main["runtime"] and vision["systemModules"] == main["systemModules"]
+    main_modules, vision_modules = main["modules"], vision["modules"]
+    assert isinstance(main_modules, dict) and isinstance(vision_modules, dict)
+    shared = set(main_modules) & set(vision_modules)
+    assert shared == {"tee_service", "package_installer", "inference_runner", "telemetry_reporter"}
+    for name in shared:
+        assert vision_modules[name] == main_modules[name], name
+    for module in vision_modules.values():  # every module of the vision demo has a read-only root too
+        assert module["settings"]["createOptions"]["HostConfig"].get("ReadonlyRootfs") is True
