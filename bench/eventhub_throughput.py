@@ -31,14 +31,13 @@ import base64
 import json
 import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from _hub import HubProcess
 from azure.eventhub import EventHubConsumerClient
 from azure.eventhub.aio import EventHubConsumerClient as AsyncConsumerClient
 from azure.iot.device import Message
@@ -46,8 +45,6 @@ from azure.iot.device.aio import IoTHubDeviceClient
 from azure.iot.hub import IoTHubRegistryManager
 
 from edb_local.hub.client import ServiceClient, resolve_settings
-from edb_local.hub.config import HubConfig
-from edb_local.net import free_loopback_address
 from edb_local.stack_ca import StackCA
 
 N = int(os.environ.get("EDB_BENCH_MESSAGES", "4000"))
@@ -66,29 +63,9 @@ def pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else float("nan")
 
 
-class Hub:
+class Hub(HubProcess):
     def __init__(self, workdir: Path, ca: StackCA) -> None:
-        self.address = free_loopback_address()
-        creds = ca.issue_server("hub", ips=[self.address], out_dir=workdir / "certs")
-        owner = workdir / "hub" / "owner.key"
-        owner.parent.mkdir(parents=True)
-        owner.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
-        self.config = HubConfig(state_dir=workdir / "hub", address=self.address, hub_name=HUB_NAME,
-                                cert_path=creds.cert_path, key_path=creds.key_path,
-                                owner_key=owner.read_text().strip())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edb_local.hub", "--state-dir", str(workdir / "hub"), "--address", self.address,
-             "--hub-name", HUB_NAME, "--cert", str(creds.cert_path), "--key", str(creds.key_path),
-             "--owner-key-file", str(owner), "--log-level", "WARNING"],
-            stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        ready = json.loads(self.proc.stdout.readline())
-        if not ready.get("ready"):
-            raise SystemExit(f"hub did not start: {ready}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        super().__init__(workdir, ca, HUB_NAME)
 
 
 class Arrivals:

@@ -45,13 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from _hub import HubProcess
 from azure.iot.device import Message
 from azure.iot.device.aio import IoTHubModuleClient
 from azure.iot.device.common.mqtt_transport import MQTTTransport
 from azure.iot.hub import IoTHubConfigurationManager, IoTHubRegistryManager
 from azure.iot.hub.models import ConfigurationContent
 
-from edb_local.hub.config import HubConfig
 from edb_local.hub.sas import make_token
 from edb_local.net import free_loopback_address
 from edb_local.stack_ca import StackCA
@@ -88,25 +88,9 @@ def percentile(values: list[float], pct: float) -> float:
 # the hub
 
 
-class Hub:
+class Hub(HubProcess):
     def __init__(self, workdir: Path, ca: StackCA) -> None:
-        self.address = free_loopback_address()
-        creds = ca.issue_server("hub", ips=[self.address], out_dir=workdir / "certs")
-        owner = workdir / "hub" / "owner.key"
-        owner.parent.mkdir(parents=True)
-        owner.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
-        self.config = HubConfig(state_dir=workdir / "hub", address=self.address, hub_name=HUB_NAME,
-                                cert_path=creds.cert_path, key_path=creds.key_path,
-                                owner_key=owner.read_text().strip())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edb_local.hub", "--state-dir", str(workdir / "hub"), "--address", self.address,
-             "--hub-name", HUB_NAME, "--cert", str(creds.cert_path), "--key", str(creds.key_path),
-             "--owner-key-file", str(owner), "--log-level", "WARNING"],
-            stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        ready = json.loads(self.proc.stdout.readline())
-        if not ready.get("ready"):
-            raise SystemExit(f"hub did not start: {ready}")
+        super().__init__(workdir, ca, HUB_NAME)
         self.session = requests.Session()
         self.session.verify = str(ca.ca_path)
 
@@ -119,10 +103,6 @@ class Hub:
             if time.monotonic() > deadline:
                 raise SystemExit("timed out waiting for $upstream")
             time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def provision(hub: Hub) -> dict[str, str]:
