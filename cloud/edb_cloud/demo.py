@@ -522,11 +522,17 @@ class Demo:
                    "(make demo-containers)")
 def demo(state_dir: Path, keep_running: bool, runtime: str) -> None:
     """Run the whole blueprint end to end on the local stack; exit 0 only if every step is verified."""
+    run_and_exit(lambda echo: Demo(state_dir, keep_running=keep_running, echo=echo, runtime=runtime))
+
+
+def run_and_exit(make: Callable[[Callable[[str], None]], Demo]) -> None:
+    """Run a demo printing to a wide console, print its summary and verdict, exit 0 only if every
+    step was verified (`edb demo`, `edb demo-vision`)."""
     from rich.console import Console
 
     console = Console(width=max(Console().width, 120))
     started = time.monotonic()
-    runner = Demo(state_dir, keep_running=keep_running, echo=console.print, runtime=runtime)
+    runner = make(console.print)
     ok = runner.run()
     console.print(runner.summary())
     total = time.monotonic() - started

@@ -17,15 +17,13 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from edb_cloud.demo import Demo, StepFailed, _wait
+from edb_cloud.demo import Demo, StepFailed, _wait, run_and_exit
 from edb_cloud.demo_checks import Upstream, metrics_with_results
 
 VISION_NAME = "textorient"
@@ -247,15 +245,4 @@ class VisionDemo(Demo):
 @click.option("--keep-running", is_flag=True, help="Leave the stack running at the end (to explore it).")
 def demo_vision(state_dir: Path, keep_running: bool) -> None:
     """A pretrained vision model served from the TEE to a camera module over the Open Inference Protocol."""
-    from rich.console import Console
-
-    console = Console(width=max(Console().width, 120))
-    started = time.monotonic()
-    runner = VisionDemo(state_dir, keep_running=keep_running, echo=console.print)
-    ok = runner.run()
-    console.print(runner.summary())
-    total = time.monotonic() - started
-    passed = sum(r.ok for r in runner.results)
-    verdict = "[green]every step verified[/green]" if ok else "[red]FAILED[/red]"
-    console.print(f"{verdict}: {passed}/{len(runner.results)} steps in {total:.0f} s")
-    sys.exit(0 if ok else 1)
+    run_and_exit(lambda echo: VisionDemo(state_dir, keep_running=keep_running, echo=echo))
