@@ -78,27 +78,34 @@ mutate: $(STAMP)
 demo-vision: setup
 	$(BIN)/edb demo-vision
 
-# Containers (docs/containers.md): needs a running Docker Engine (dockerd), mmdebstrap for the offline
-# base image; arm64 also qemu-user-static + binfmt-support. Images are cached by content in .edb/images.
+# Containers (docs/containers.md). tools/with-docker installs what these need when missing (root +
+# apt-get: docker.io, mmdebstrap; for arm64 qemu-user-static >= 10 from bookworm-backports, since
+# bookworm's 7.2 crashes in onnxruntime) and starts dockerd for the command if no engine answers,
+# stopping it afterwards. Images are cached by content (Docker labels; .edb/images keeps the rootfs
+# and wheels).
+WITH_DOCKER := tools/with-docker
+
 images: setup
-	$(BIN)/edb images build --platform linux/amd64
+	$(WITH_DOCKER) $(BIN)/edb images build --platform linux/amd64
 
 images-arm64: setup
-	$(BIN)/edb images build --platform linux/arm64
+	$(WITH_DOCKER) --arm64 $(BIN)/edb images build --platform linux/arm64
 
 ARM64_SMOKE_MODULES := tee_service,inference_runner
 
 # The same verified steps as `make demo`, every module (and the TEE) in a container of this tree's images.
-demo-containers: images
-	$(BIN)/edb demo --runtime docker --state-dir .edb/demo-containers
+demo-containers: setup
+	$(WITH_DOCKER) sh -c '$(BIN)/edb images build --platform linux/amd64 && \
+	    $(BIN)/edb demo --runtime docker --state-dir .edb/demo-containers'
 
 # arm64 smoke test under qemu (slow, not part of `make test`): the demo's steps with the arm64v8 TEE
 # and runner images (the other modules amd64): the arm64 TEE installs the package (the factory
 # provisions with the arm64 TEE image), the arm64 runner loads it, answers upstream are checked.
-test-arm64: images
-	$(BIN)/edb images build --platform linux/arm64 --module tee_service --module inference_runner
-	EDB_IMAGE_PLATFORM=arm64v8 EDB_IMAGE_PLATFORM_MODULES=$(ARM64_SMOKE_MODULES) EDB_DEMO_TIMEOUT_SCALE=8 \
-	    $(BIN)/edb demo --runtime docker --state-dir .edb/demo-arm64
+test-arm64: setup
+	$(WITH_DOCKER) --arm64 sh -c '$(BIN)/edb images build --platform linux/amd64 && \
+	    $(BIN)/edb images build --platform linux/arm64 --module tee_service --module inference_runner && \
+	    EDB_IMAGE_PLATFORM=arm64v8 EDB_IMAGE_PLATFORM_MODULES=$(ARM64_SMOKE_MODULES) EDB_DEMO_TIMEOUT_SCALE=8 \
+	    $(BIN)/edb demo --runtime docker --state-dir .edb/demo-arm64'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -26,6 +26,8 @@ import docker
 import docker.errors
 
 from edb.errors import EdbError
+from edb_local.images.emulation import emulation_problem
+from edb_local.images.emulation import probe as probe_emulation
 from edb_local.images.plan import (
     LABEL_CONTENT,
     LABEL_KIND,
@@ -167,8 +169,8 @@ class ImageBuilder:
         if self._image(base.tag) is not None:
             return self._result("base", base.tag, started, True)
         if shutil.which("mmdebstrap") is None:
-            raise ImageBuildError("mmdebstrap is not installed (apt-get install mmdebstrap; arm64 also needs "
-                                  "qemu-user-static and binfmt-support)", code="IMAGES_TOOL_MISSING")
+            raise ImageBuildError("mmdebstrap is not installed (apt-get install mmdebstrap, or run through "
+                                  "tools/with-docker, which installs it)", code="IMAGES_TOOL_MISSING")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         key = base.tag.rsplit(":", 1)[1]
         rootfs = self.cache_dir / f"rootfs-{key}.tar"
@@ -226,6 +228,11 @@ class ImageBuilder:
         return self._result(build.folder, build.tag, started, False)
 
     def build_all(self, plan: BuildPlan, only: tuple[str, ...] = ()) -> Iterator[BuiltImage]:
+        verdict = emulation_problem(plan.base.platform, probe_emulation(plan.base.platform))
+        if not verdict.ok:
+            raise ImageBuildError(verdict.message, code=verdict.code)
+        if verdict.message:
+            self.progress(f"warning: {verdict.message}")
         base = self.base(plan.base)
         yield base
         wheelhouse = self.wheelhouse(plan.wheelhouse)

@@ -26,7 +26,8 @@ def images() -> None:
 
 @images.command()
 @click.option("--platform", "platform_name", default="linux/amd64", show_default=True,
-              help="linux/amd64 or linux/arm64 (arm64 on an amd64 host needs qemu-user-static + binfmt-support)")
+              help="linux/amd64 or linux/arm64 (arm64 on an amd64 host needs qemu-user-static >= 10 "
+                   "and binfmt-support: tools/with-docker --arm64)")
 @click.option("--base", default="offline", show_default=True,
               help="offline (a Debian bookworm base made with mmdebstrap), official (python:3.11-slim-bookworm, "
                    "which must be present locally: nothing is pulled), or any local image")
