@@ -30,6 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # the demo's "... serving [<version>] <seconds> s after the twin patch" (rollout v1, then the hot swap)
+# the demo's "results and telemetry arrive upstream" step: "... N answers in T s, p50 X ms"
+ANSWER_P50 = re.compile(r"answers in [\d.]+ s, p50 ([\d.]+) ms")
 SERVING = re.compile(r"serving\s+(?:\d+\.\d+\.\d+\s+)?([\d.]+)\s+s\s+after\s+the\s+twin\s+patch")
 
 
@@ -59,10 +61,12 @@ def run_demo(runtime: str, env: dict[str, str] | None = None) -> dict[str, Any]:
                     "--volumes", "--json"], capture_output=True, timeout=300, check=False, cwd=ROOT)
     subprocess.run(["rm", "-rf", str(state)], check=False)
     passed = re.search(r"(\d+)/(\d+) steps in", text)
+    flat = " ".join(text.replace("\u2502", " ").split())  # the summary table's cells, unwrapped
     return {"runtime": runtime, "ok": out.returncode == 0, "wall_s": round(wall, 1),
             "steps": passed.group(0) if passed else None,
             "v1_serving_s": serving[0] if serving else None,
             "v2_serving_s": serving[1] if len(serving) > 1 else None,
+            "answer_p50_ms": float(p50.group(1)) if (p50 := ANSWER_P50.search(flat)) else None,
             "tail": "" if out.returncode == 0 else text[-1500:]}
 
 
@@ -93,6 +97,8 @@ def main() -> None:
         "v2_serving_s": {"process": median("process", "v2_serving_s"), "docker": median("docker", "v2_serving_s")},
         "all_ok": all(r["ok"] for r in runs), "repeat": args.repeat,
     }
+    summary["answer_p50_ms"] = {"process": median("process", "answer_p50_ms"),
+                                "docker": median("docker", "answer_p50_ms")}
     v1 = summary["v1_serving_s"]
     summary["v1_ratio_docker_vs_process"] = round(v1["docker"] / v1["process"], 2) \
         if v1["docker"] and v1["process"] else None
@@ -103,7 +109,8 @@ def main() -> None:
         arm = run_demo("docker", {"EDB_IMAGE_PLATFORM": "arm64v8", "EDB_DEMO_TIMEOUT_SCALE": "8",
                                   "EDB_IMAGE_PLATFORM_MODULES": "tee_service,inference_runner"})
         print(f"arm64 smoke: ok={arm['ok']} wall {arm['wall_s']} s {arm['tail']}")
-        summary["arm64_smoke"] = {k: arm[k] for k in ("ok", "wall_s", "steps", "v1_serving_s", "v2_serving_s")}
+        summary["arm64_smoke"] = {k: arm[k] for k in ("ok", "wall_s", "steps", "v1_serving_s", "v2_serving_s",
+                                                        "answer_p50_ms")}
     else:
         summary["arm64_smoke"] = None
     print(json.dumps(summary))

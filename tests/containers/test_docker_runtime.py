@@ -4,6 +4,7 @@ the issue names reported in `$edgeAgent` while the rest of the deployment runs."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,4 +156,47 @@ async def test_an_unreachable_engine_is_reported_and_the_agent_recovers(
             assert len(_stack_objects(docker_client, stack)[0]) == 1
     finally:
         await relay.cut()
+    assert _stack_objects(docker_client, stack)[0] == []
+
+
+def _with_healthcheck(module: dict[str, Any], test: list[str]) -> dict[str, Any]:
+    """Docker's Healthcheck in createOptions (durations in nanoseconds, as the Engine API has them)."""
+    options = json.loads(module["settings"]["createOptions"])
+    options["Healthcheck"] = {"Test": test, "Interval": 300_000_000, "Timeout": 5_000_000_000, "Retries": 1}
+    module["settings"]["createOptions"] = json.dumps(options)
+    return module
+
+
+async def test_dockers_health_verdict_is_the_modules_and_on_unhealthy_restarts(
+        tmp_path: Path, stack_ca: StackCA, loopback_address: str, docker_client: Any,
+        module_images: dict[str, str], monkeypatch: pytest.MonkeyPatch, stacks: list[str]) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(stack_ca.ca_path))
+    image = module_images["telemetry_reporter"]
+    probe = "import os, sys; print('probe: no flag'); sys.exit(0 if os.path.exists('/fixture-log/healthy') else 4)"
+    async with docker_edge(tmp_path, stack_ca, loopback_address) as (edge, log_dir, stack):
+        stacks.append(stack)
+        await edge.deploy({
+            "probed": _with_healthcheck(cmodule(image, "sleep", policy="on-failure", log_dir=log_dir),
+                                        ["CMD", "python", "-c", probe]),
+            "sick": _with_healthcheck(cmodule(image, "sleep", policy="on-unhealthy", log_dir=log_dir),
+                                      ["CMD", "python", "-c", "raise SystemExit(1)"]),
+        })
+
+        async def status(module_id: str, wanted: str, text: str = "") -> Any:
+            module = _modules(await edge.reported()).get(module_id) or {}
+            return module if module.get("runtimeStatus") == wanted and text in module.get(
+                "statusDescription", "") else None
+
+        unhealthy = await eventually(lambda: status("probed", "unhealthy", "health check failed"), timeout=60)
+        assert "exit code 4" in unhealthy["statusDescription"] and "probe: no flag" in unhealthy["statusDescription"]
+        (log_dir / "healthy").write_text("ok")
+        await eventually(lambda: status("probed", "running", "healthy"), timeout=60)
+
+        async def sick_restarted() -> Any:
+            sick = _modules(await edge.reported()).get("sick") or {}
+            return sick if sick.get("restartCount", 0) >= 1 else None
+
+        await eventually(sick_restarted, timeout=90)
+        starts = [line.split()[0] for line in (log_dir / "starts.log").read_text().splitlines()]
+        assert starts.count("sick") >= 2 and starts.count("probed") == 1  # on-failure: unhealthy is not restarted
     assert _stack_objects(docker_client, stack)[0] == []

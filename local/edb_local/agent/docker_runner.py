@@ -7,6 +7,8 @@ loop's default executor). What Docker says when it refuses something (a missing 
 createOptions it rejects, an engine that is not there) becomes the module's ``statusDescription``
 and counts as a failed start, so the restart policy and its backoff apply and the rest of the
 deployment keeps running. Container output is appended to the module's log file, as for processes.
+Docker runs a container's health check; its verdict (``State.Health``) is read back and becomes the
+module's ``healthy``, so the planner applies ``on-unhealthy`` exactly as in process mode.
 """
 
 from __future__ import annotations
@@ -48,11 +50,12 @@ def describe_docker_error(exc: BaseException) -> str:
 
 class ContainerRunner:
     def __init__(self, stack: str, log_dir: Path, on_change: Callable[[], None], stop_timeout_s: float = 10.0,
-                 client_factory: Callable[[], docker.DockerClient] | None = None) -> None:
+                 client_factory: Callable[[], docker.DockerClient] | None = None, health_poll_s: float = 1.0) -> None:
         self.stack = stack
         self.log_dir = log_dir
         self.on_change = on_change
         self.stop_timeout_s = stop_timeout_s
+        self.health_poll_s = health_poll_s
         self._factory = client_factory or (lambda: docker.from_env(timeout=60))
         self._client: docker.DockerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
@@ -100,7 +103,8 @@ class ContainerRunner:
         record.description = "running"
         log.info("module %s started (container %s, image %s)", module_id, container_id[:12], request.body["Image"])
         record.tasks = [asyncio.create_task(self._watch(record, container_id)),
-                        asyncio.create_task(self._follow_logs(module_id, container_id))]
+                        asyncio.create_task(self._follow_logs(module_id, container_id)),
+                        asyncio.create_task(self._health(record, container_id))]
 
     def _create_and_start(self, request: ContainerRequest) -> str:
         api = self._api()
@@ -154,6 +158,27 @@ class ContainerRunner:
                 task.cancel()
         self.on_change()
 
+    async def _health(self, record: ModuleRecord, container_id: str) -> None:
+        """Docker runs the health check (createOptions ``Healthcheck`` or the image's HEALTHCHECK);
+        its verdict becomes the module's, as edgeAgent reports ``unhealthy`` from the container's
+        ``State.Health``. Ends at once for a container without a health check."""
+        while record.container_id == container_id and record.running:
+            try:
+                state = (await self._call(self._api().inspect_container, container_id))["State"]
+            except Exception:  # the container went away or the engine did: _watch reports it
+                return
+            health = state.get("Health")
+            if not isinstance(health, dict):
+                return
+            verdict = health_verdict(health)
+            if verdict != record.healthy and record.container_id == container_id and record.running:
+                record.healthy = verdict
+                if verdict is not None:
+                    record.description = "healthy" if verdict else health_failure(health)
+                    log.info("module %s is %s", record.spec.module_id, "healthy" if verdict else "unhealthy")
+                self.on_change()
+            await asyncio.sleep(self.health_poll_s)
+
     async def _follow_logs(self, module_id: str, container_id: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"{module_id}.log"
@@ -205,6 +230,19 @@ class ContainerRunner:
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
+
+
+def health_verdict(health: dict[str, Any]) -> bool | None:
+    """Docker's ``State.Health.Status``: healthy -> True, unhealthy -> False, starting (or else) -> None."""
+    return {"healthy": True, "unhealthy": False}.get(str(health.get("Status")))
+
+
+def health_failure(health: dict[str, Any]) -> str:
+    """The unhealthy verdict as a status description, with the last probe's exit code and output."""
+    streak = health.get("FailingStreak", 0)
+    last = (health.get("Log") or [{}])[-1]
+    output = " ".join(str(last.get("Output") or "").split())[:200]
+    return f"health check failed {streak} times (exit code {last.get('ExitCode')}" + (f": {output})" if output else ")")
 
 
 def remove_stack_containers(api: Any, stack: str) -> int:
