@@ -194,8 +194,9 @@ def stage_times(state: Path, version: str, patched: float, seen: float) -> dict[
 
 
 def plain_download_and_load(url: str) -> float:
-    import onnxruntime as ort
     import requests
+
+    from edb.ort import onnxruntime as ort
 
     started = time.perf_counter()
     data = requests.get(url, timeout=120).content

@@ -41,6 +41,8 @@ OUT = ROOT / "bench" / ".out"
 PLAIN = r"""
 import json, os, resource, sys, time
 import numpy as np
+import os
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # as edb.ort does (shared/edb/ort.py)
 import onnxruntime as ort
 
 def rss_kb(field):

@@ -127,10 +127,10 @@ def main() -> None:
         serve(args.serve)
         return
 
-    import onnxruntime as ort
     import requests
     from _tee import build_and_install, provision_device, start_tee
 
+    from edb.ort import onnxruntime as ort
     from edb.tee import TeeClient
     from edb_tee.models import session_options
 

@@ -103,8 +103,7 @@ def identical(got: dict[str, Any], names: list[str], ref: list[Any]) -> bool:
 
 
 def measure_model(model: CorpusModel, device: Any, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import onnxruntime as ort
-
+    from edb.ort import onnxruntime as ort
     from edb.tee import TeeClient
     from edb_tee.models import session_options
 
@@ -170,7 +169,7 @@ def measure_model(model: CorpusModel, device: Any, work: Path, args: argparse.Na
 LOAD_CHILD = r"""
 import json, sys, tempfile, time
 from pathlib import Path
-import onnxruntime as ort
+from edb.ort import onnxruntime as ort
 from edb_tee.hardening import SecureBuffer
 from edb_tee.models import COPIED, IN_PLACE, create_session, session_options
 

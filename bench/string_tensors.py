@@ -86,9 +86,9 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=20, help="alternating baseline/TEE blocks per case")
     args = parser.parse_args()
 
-    import onnxruntime as ort
     from _tee import build_and_install, provision_device, start_tee
 
+    from edb.ort import onnxruntime as ort
     from edb.tee import TeeClient
     from edb_tee.models import session_options
 

@@ -80,9 +80,9 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=20)
     args = parser.parse_args()
 
-    import onnxruntime as ort
     from _tee import build_and_install, provision_device, start_tee
 
+    from edb.ort import onnxruntime as ort
     from edb.tee import RUNNER_TA, TeeClient, TeeContext
     from edb.tee.commands import LOAD_PREPACK, RunnerCmd
     from edb.tee.protocol import MsgType, Op, Text, Value, encode_tensors, value_param

@@ -93,7 +93,7 @@ class VisionDemo(Demo):
 
     # -- steps -------------------------------------------------------------------------------------
     def model(self) -> str:
-        import onnxruntime as ort
+        from edb.ort import onnxruntime as ort
 
         path = wheel_model()
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -137,10 +137,11 @@ class VisionDemo(Demo):
                 f"inputs {info.get('inputs')}")
 
     def endpoint(self) -> str:
-        import onnxruntime as ort
         import requests
         from camera_sensor.images import FrameSource, to_tensor
         from camera_sensor.oip_client import HEADER_LENGTH, infer_request, read_outputs
+
+        from edb.ort import onnxruntime as ort
 
         url = self._url()
         for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{VISION_NAME}/ready"):

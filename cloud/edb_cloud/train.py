@@ -84,7 +84,7 @@ def _float_tensor_type() -> object:
 
 def evaluate_onnx(onnx_bytes: bytes, x: np.ndarray, y: np.ndarray) -> float:
     """Accuracy of the exported graph itself (so what ships is what was measured)."""
-    import onnxruntime as ort
+    from edb.ort import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     labels = session.run(["label"], {INPUT_NAME: x.astype(np.float32)})[0]

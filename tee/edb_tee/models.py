@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from edb import onnx_layout
 from edb.errors import TeeError
+from edb.ort import onnxruntime as ort
 from edb.schemas.common import MAX_ERROR_MESSAGE, clip_message
 from edb.tee import errors as E
 from edb.tee.protocol import dtype_from_code

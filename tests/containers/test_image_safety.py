@@ -109,3 +109,16 @@ def test_runs_with_a_read_only_root_and_writing_to_it_fails(folder: str, docker_
         security_opt=["no-new-privileges"], remove=True, stderr=True).decode()
     assert "refused 30" in output  # EROFS
     assert "WROTE" not in output
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_onnxruntime_telemetry_is_off_in_every_image_that_ships_it(
+        folder: str, docker_client: Any, module_images: dict[str, str],
+        filesystems: dict[str, list[tarfile.TarInfo]]) -> None:
+    """onnxruntime 1.29+ writes a device id and sends Microsoft a process event unless switched off
+    (shared/edb/ort.py): an image with it must carry the switch in its environment, whatever imports it."""
+    ships_ort = any("/onnxruntime/capi/" in f"/{m.name}" for m in filesystems[folder])
+    env = docker_client.images.get(module_images[folder]).attrs["Config"].get("Env") or []
+    if ships_ort:
+        assert "ORT_DISABLE_TELEMETRY=1" in env, f"{folder} ships onnxruntime with telemetry on: {env}"
+    print(f"{folder}: onnxruntime {'shipped, telemetry off' if ships_ort else 'not shipped'}")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from corpus import CORPUS, SERVED, CorpusModel
 from tee_helpers import Device, Package, Publisher, TeeProcess, install
@@ -23,6 +22,7 @@ from tee_helpers import Device, Package, Publisher, TeeProcess, install
 from edb import onnx_layout
 from edb.cpk import PackageIdentity, Target, build
 from edb.errors import EdbError
+from edb.ort import onnxruntime as ort
 from edb.schemas import AlertType, ErrorInfo, EventKind, ModuleEvent
 from edb.schemas.common import MAX_ERROR_MESSAGE
 from edb.tee import TeeClient

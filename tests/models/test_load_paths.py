@@ -8,12 +8,12 @@ import mmap
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from corpus import conv_nchwc, mlp_at_opset, unknown_operator
 
 from edb import onnx_layout
 from edb.errors import TeeError
+from edb.ort import onnxruntime as ort
 from edb_tee.hardening import SecureBuffer
 from edb_tee.models import COPIED, IN_PLACE, create_session, model_cause, session_options
 

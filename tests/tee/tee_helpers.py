@@ -74,7 +74,7 @@ def mlp_model(dim: int = 64, layers: int = 2, seed: int = 1) -> bytes:
 
 
 def reference(model: bytes, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from edb.ort import onnxruntime as ort
 
     return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 

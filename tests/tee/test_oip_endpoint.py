@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import aiohttp
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http.aio as triton
 from tee_helpers import Device, Publisher, install
@@ -25,6 +24,7 @@ from test_string_tensors_tee import string_model
 from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from edb.ort import onnxruntime as ort
 from edb.tee import TeeClient
 from inference_runner.oip_server import OipServer
 from inference_runner.service import RunnerService

@@ -7,7 +7,6 @@ import random
 from collections.abc import AsyncIterator
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc.aio as triton_grpc
 from test_oip_endpoint import Endpoint, endpoint, vision_inputs  # noqa: F401 (the fixture)
@@ -15,6 +14,7 @@ from test_runner_real_models import vision_model
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from edb.ort import onnxruntime as ort
 from inference_runner.oip_grpc import GrpcEndpoint
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,12 +9,12 @@ import io
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from tee_helpers import Device, Publisher, install
 from test_string_tensors_runner import Frame, Recorder
 
+from edb.ort import onnxruntime as ort
 from edb.tee import TeeClient
 from edb.tee.types import MAX_METADATA_VALUE
 from inference_runner.decode import encode_npz
