@@ -124,8 +124,12 @@ class ImageBuilder:
 
     def _build(self, *, tag: str, platform: Platform, labels: dict[str, str], dockerfile: str | None = None,
                fileobj: io.BytesIO | None = None, buildargs: dict[str, str] | None = None) -> None:
+        # network_mode none: a build needs no network (the wheelhouse is local, pip runs --no-index), and
+        # with none it can have none: nothing in a Dockerfile can reach out, and a build does not
+        # depend on the engine's default bridge.
         kwargs: dict[str, Any] = {"tag": tag, "pull": False, "rm": True, "forcerm": True, "decode": True,
-                                  "platform": platform.docker, "labels": labels, "buildargs": buildargs or {}}
+                                  "platform": platform.docker, "labels": labels, "buildargs": buildargs or {},
+                                  "network_mode": "none"}
         if fileobj is not None:
             kwargs.update(fileobj=fileobj, custom_context=True)
         else:
