@@ -60,7 +60,8 @@ def pct(values: list[float], q: float) -> float | None:
 
 class Sampler(threading.Thread):
     """Every 0.5 s: which devices serve which version (runner twins; a failed load of a newer one
-    still serves the old version) and when a device first reported the 3.0.0 load failure."""
+    still serves the old version, reported apart in model.lastLoadFailure) and when a device first
+    reported the 3.0.0 load failure."""
 
     def __init__(self, hub: Any, ids: set[str]) -> None:
         super().__init__(daemon=True)
@@ -86,8 +87,10 @@ class Sampler(threading.Thread):
                         # the runner loads the new version beside the one it serves and swaps after:
                         # the twin names the version being loaded, the previous one still answers
                         swapping.add(twin.device_id)
-                    if twin.device_id in self.ids and model.get("state") == "failed" \
-                            and self.first_failure is None and (model.get("error") or {}):
+                    # the runner reports a failed load apart (model.lastLoadFailure) while the old version
+                    # serves; "failed" when nothing serves (or from a runner of before that field)
+                    failed = model.get("lastLoadFailure") or (model.get("state") == "failed" and model.get("error"))
+                    if twin.device_id in self.ids and failed and self.first_failure is None:
                         self.first_failure = time.time()
                 self.latest = serving
                 self.samples += 1

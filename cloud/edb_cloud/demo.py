@@ -329,6 +329,9 @@ class Demo:
         # Faster windows and frames for a short demo (ordinary module twin settings).
         self.s.hub.patch_module_desired(self.s.device_id, "telemetry_reporter", {"metricsIntervalSeconds": 2})
         self.s.hub.patch_module_desired(self.s.device_id, "simulated_sensor", {"intervalMs": 100})
+        # the runner's counters every 5 s (its minimum) instead of its fleet default of 60 s: the demo
+        # waits on them (every frame answered)
+        self.s.hub.patch_module_desired(self.s.device_id, "inference_runner", {"stats": {"reportIntervalSeconds": 5}})
 
     def deploy(self) -> str:
         from edb_cloud.deploy import (

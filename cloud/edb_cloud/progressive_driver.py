@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edb.schemas import PackageState, ReportedPackage
+from edb.schemas import LoadFailure, PackageState, ReportedPackage
 from edb_cloud.composition import DeploymentView, check_layer_rollout
 from edb_cloud.iothub import HubService
 from edb_cloud.progressive import (
@@ -211,29 +211,39 @@ def observe(hub: HubService, rollout: Rollout, phase: int) -> list[DeviceObserva
         installer, runner = installers.get(device), runners.get(device)
         reported = ReportedPackage.from_twin((installer.reported.get("packages") or {}).get(rollout.package)) \
             if installer else None
-        model = (runner.reported.get("model") or {}) if runner else {}
-        stats = (runner.reported.get("stats") or {}) if runner else {}
-        same = model.get("name") == rollout.package and model.get("version") == rollout.version
-        svn = reported.security_version if reported and reported.state is PackageState.INSTALLED else None
-        if same and model.get("state") in ("serving", "failed"):  # failed + this version: a later load failed
-            p50 = stats.get("p50Ms")
-            out.append(DeviceObservation(device, DeviceState.SERVING, int(stats.get("count") or 0),
-                                         int(stats.get("errors") or 0),
-                                         float(p50) if isinstance(p50, int | float) else None, svn))
-        elif (model.get("name") == rollout.package and model.get("state") == "failed"
-              and model.get("version") != rollout.version and reported is not None
-              and reported.version == rollout.version and reported.state is PackageState.INSTALLED) or (
-                reported is not None and reported.version == rollout.version and reported.state is PackageState.FAILED
-                and not is_transient(reported.error.code if reported.error else None)):
-            # the runner failed to load what is installed now (the new version): it reports the version
-            # that still serves (the old one) with state failed
-            out.append(DeviceObservation(device, DeviceState.FAILED, installed_svn=svn))
-        elif reported is not None and reported.version == rollout.version:
-            state = DeviceState.INSTALLED if reported.state is PackageState.INSTALLED else DeviceState.INSTALLING
-            out.append(DeviceObservation(device, state, installed_svn=svn))
-        else:
-            out.append(DeviceObservation(device, DeviceState.PENDING))
+        out.append(classify(device, rollout.package, rollout.version, reported,
+                            (runner.reported.get("model") or {}) if runner else {},
+                            (runner.reported.get("stats") or {}) if runner else {}))
     return out
+
+
+def classify(device: str, package: str, version: str, reported: ReportedPackage | None,
+             model: Mapping[str, Any], stats: Mapping[str, Any]) -> DeviceObservation:
+    """One phase device's state for the new ``version`` from its installer's report and its runner's
+    reported ``model`` and ``stats`` (pure)."""
+    same = model.get("name") == package and model.get("version") == version
+    svn = reported.security_version if reported and reported.state is PackageState.INSTALLED else None
+    installed = reported is not None and reported.version == version and reported.state is PackageState.INSTALLED
+    # (a runner of before lastLoadFailure reported "failed" with the version that still served)
+    if same and model.get("state") in ("serving", "failed"):
+        p50 = stats.get("p50Ms")
+        return DeviceObservation(device, DeviceState.SERVING, int(stats.get("count") or 0),
+                                 int(stats.get("errors") or 0), float(p50) if isinstance(p50, int | float) else None,
+                                 svn)
+    failure = LoadFailure.from_twin(model.get("lastLoadFailure"))
+    load_failed = installed and model.get("state") != "loading" and (
+        # the runner failed to load what is installed now (the new version): it keeps serving the old
+        # one and says so, the failure apart
+        (failure is not None and failure.name == package and failure.version == version)
+        # nothing serves (version null), or a runner of before lastLoadFailure
+        or (model.get("name") == package and model.get("state") == "failed" and model.get("version") != version))
+    if load_failed or (reported is not None and reported.version == version and reported.state is PackageState.FAILED
+                       and not is_transient(reported.error.code if reported.error else None)):
+        return DeviceObservation(device, DeviceState.FAILED, installed_svn=svn)
+    if reported is not None and reported.version == version:
+        state = DeviceState.INSTALLED if reported.state is PackageState.INSTALLED else DeviceState.INSTALLING
+        return DeviceObservation(device, state, installed_svn=svn)
+    return DeviceObservation(device, DeviceState.PENDING)
 
 
 @dataclass(frozen=True)

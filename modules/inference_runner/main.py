@@ -4,7 +4,7 @@ Environment: ``EDB_TEE_SOCKET`` (the TEE service's socket); ``EDB_OIP_LISTEN`` (
 the Open Inference Protocol endpoint; unset: no endpoint), ``EDB_OIP_MAX_BODY_BYTES`` (64 MiB),
 ``EDB_OIP_MAX_CONCURRENCY`` (8); ``EDB_OIP_GRPC_LISTEN`` (the same protocol over gRPC, when
 ``grpcio`` and the service stubs are installed: :mod:`.oip_grpc`). Everything else comes from the
-module twin (``model``, ``batching``, ``limits``, ``results``).
+module twin (``model``, ``batching``, ``limits``, ``results``, ``stats``).
 """
 
 from __future__ import annotations

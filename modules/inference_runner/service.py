@@ -27,6 +27,7 @@ from edb.schemas import (
     ErrorInfo,
     EventKind,
     InferenceResult,
+    LoadFailure,
     MessageError,
     MessageType,
     ModelRef,
@@ -52,9 +53,10 @@ from inference_runner.model_slot import Loaded, ModelSlot
 from inference_runner.outputs import Answer, present
 from inference_runner.selection import decide
 from inference_runner.serving import InferenceMixin, Reply, Request
-from inference_runner.settings import ResultSettings, parse_limits, parse_results
+from inference_runner.settings import ResultSettings, StatsSettings, parse_limits, parse_results, parse_stats
 from inference_runner.signature import InputError, Limits, Signature, bind
 from inference_runner.stats import LatencyStats
+from inference_runner.status import DEFAULT_REPORT_INTERVAL_S, Facts, failure_after_load, model_report, report_wait
 
 log = logging.getLogger("inference_runner")
 SOURCE = "inference_runner"
@@ -74,12 +76,16 @@ class RunnerFailed(EdbError):
 
 class RunnerService(InferenceMixin):
     def __init__(self, client: Any, tee: Any, *, check_interval_s: float = 30.0,
-                 report_interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 report_interval_s: float = DEFAULT_REPORT_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``report_interval_s``: the counters' reporting interval when the twin sets none
+        (``stats.reportIntervalSeconds`` overrides it)."""
         self.client = client
         self.tee = tee
         self.clock = clock
         self.check_interval_s = check_interval_s
-        self.report_interval_s = report_interval_s
+        self.default_stats = StatsSettings(report_interval_s)
+        self.stats_settings = self.default_stats
         self.desired_doc: dict[str, Any] = {}
         self.spec: ModelSpec | None = None
         self.desired_error: ErrorInfo | None = None
@@ -103,10 +109,14 @@ class RunnerService(InferenceMixin):
         self.duplicates = 0
         self.failed_batches = 0
         self.report = ModelReport(None, None, ModelState.WAITING, iso_utc())
+        self.load_failure: LoadFailure | None = None  # the last failed load (reported model.lastLoadFailure)
+        self._loading: str | None = None  # the version being loaded now
+        self._waiting: str | None = None  # why the last selection loads nothing
         self._arrived = asyncio.Event()
         self._select_lock = asyncio.Lock()
         self._select_wanted = asyncio.Event()
-        self._report_dirty = True
+        self._report_dirty = False  # the counters changed without a count (sent at the interval)
+        self._report_urgent = True  # the status or a setting changed: report at once
         self._report_now = asyncio.Event()
         self._stopping = False
 
@@ -124,7 +134,8 @@ class RunnerService(InferenceMixin):
         batching = parse_batching(self.desired_doc.get("batching"))
         limits = parse_limits(self.desired_doc.get("limits"))
         results = parse_results(self.desired_doc.get("results"))
-        errors = [e for e in (spec, batching, limits, results) if isinstance(e, ErrorInfo)]
+        stats = parse_stats(self.desired_doc.get("stats"), self.default_stats)
+        errors = [e for e in (spec, batching, limits, results, stats) if isinstance(e, ErrorInfo)]
         self.desired_error = errors[0] if errors else None
         if not isinstance(spec, ErrorInfo):
             self.spec = spec
@@ -132,10 +143,13 @@ class RunnerService(InferenceMixin):
             self.limits = limits
         if isinstance(results, ResultSettings):
             self.result_settings = results
+        if isinstance(stats, StatsSettings):
+            self.stats_settings = stats
         if isinstance(batching, BatchingSettings):
             self.batching = batching
             self.batcher.configure(batching.max_batch, batching.max_latency_ms / 1000)
-        self._report_dirty = True
+        self._refresh_report()  # (the wanted model may have changed)
+        self._report_changed()  # the settings are reported back at once
         self.request_selection()
 
     def request_selection(self) -> None:
@@ -315,52 +329,66 @@ class RunnerService(InferenceMixin):
 
     async def select(self) -> None:
         async with self._select_lock:
-            spec = self.spec
-            active = self.slot.active
-            if spec is None:
-                if active is not None:
-                    await self._unload(self.slot.swap(None))
-                    self._set_report(ModelReport(None, None, ModelState.WAITING, iso_utc()))
-                return
             try:
-                available = await self.available_version(spec.name)
-            except EdbError as exc:
-                log.warning("cannot list installed packages: %s", exc.code)
-                return
-            if available is None and active is not None and active.name == spec.name:
-                # The package was uninstalled on purpose: stop serving it.
+                await self._select()
+            finally:
+                self._loading = None
+                self._refresh_report()  # from what is true now, whatever happened above
+
+    async def _select(self) -> None:
+        spec = self.spec
+        active = self.slot.active
+        if spec is None:
+            self._waiting = None
+            if active is not None:
                 await self._unload(self.slot.swap(None))
-            current = (active.name, active.version) if active is not None and self.slot.active is not None else None
-            decision = decide(spec, current, available)
-            if not decision.load:
-                if self.slot.active is None:
-                    self._set_report(ModelReport(spec.name, None, ModelState.WAITING, iso_utc(),
-                                                 ErrorInfo("RUNNER_WAITING", decision.reason)))
-                return
-            self._set_report(ModelReport(spec.name, available, ModelState.LOADING, iso_utc()))
-            started = self.clock()
-            try:
-                handle = await asyncio.to_thread(self.tee.load_model, spec.name)
-            except EdbError as exc:
-                error = ErrorInfo.from_exception(exc)
-                serving = self.slot.active
-                self._set_report(ModelReport(spec.name, serving.version if serving else None, ModelState.FAILED,
-                                             iso_utc(), error))
-                await self._emit(ModuleEvent(EventKind.MODEL_FAILED, SOURCE, spec.name, available, error=error))
-                log.warning("loading %s %s failed: %s", spec.name, available, error.code)
-                return
-            loaded = Loaded(handle, spec.name, str(handle.version))
-            metadata = await self._metadata(handle)
-            previous = self.slot.active
-            await self._unload(self.slot.swap(loaded))
-            self.model_metadata = metadata
-            self.metadata = model_info(handle, metadata)
-            duration_ms = (self.clock() - started) * 1000
-            self._set_report(ModelReport(spec.name, loaded.version, ModelState.SERVING, iso_utc()))
-            await self._emit(ModuleEvent(EventKind.MODEL_LOADED, SOURCE, spec.name, loaded.version,
-                                         state=ModelState.SERVING.value, duration_ms=round(duration_ms, 1)))
-            log.info("serving %s %s (was %s) after a %.0f ms load", spec.name, loaded.version,
-                     previous.version if previous else None, duration_ms)
+            return
+        try:
+            available = await self.available_version(spec.name)
+        except EdbError as exc:
+            log.warning("cannot list installed packages: %s", exc.code)
+            return
+        if available is None and active is not None and active.name == spec.name:
+            # The package was uninstalled on purpose: stop serving it.
+            await self._unload(self.slot.swap(None))
+        current = (active.name, active.version) if active is not None and self.slot.active is not None else None
+        decision = decide(spec, current, available)
+        if not decision.load:
+            self._waiting = decision.reason if self.slot.active is None else None
+            return
+        assert available is not None
+        self._waiting = None
+        self._loading = available
+        self._refresh_report()
+        started = self.clock()
+        try:
+            handle = await asyncio.to_thread(self.tee.load_model, spec.name)
+        except Exception as exc:
+            error = ErrorInfo.from_exception(exc) if isinstance(exc, EdbError) else \
+                ErrorInfo("RUNNER_LOAD_FAILED", f"loading failed unexpectedly ({type(exc).__name__})")
+            self.load_failure = LoadFailure(spec.name, available, error, iso_utc())
+            self._loading = None
+            self._refresh_report()
+            await self._emit(ModuleEvent(EventKind.MODEL_FAILED, SOURCE, spec.name, available, error=error))
+            serving = self.slot.active
+            log.warning("loading %s %s failed: %s (serving %s)", spec.name, available, error.code,
+                        f"{serving.name} {serving.version}" if serving else "nothing",
+                        exc_info=not isinstance(exc, EdbError))
+            return
+        loaded = Loaded(handle, spec.name, str(handle.version))
+        metadata = await self._metadata(handle)
+        previous = self.slot.active
+        await self._unload(self.slot.swap(loaded))
+        self.model_metadata = metadata
+        self.metadata = model_info(handle, metadata)
+        duration_ms = (self.clock() - started) * 1000
+        self.load_failure = failure_after_load(self.load_failure, spec.name, loaded.version)
+        self._loading = None
+        self._refresh_report()
+        await self._emit(ModuleEvent(EventKind.MODEL_LOADED, SOURCE, spec.name, loaded.version,
+                                     state=ModelState.SERVING.value, duration_ms=round(duration_ms, 1)))
+        log.info("serving %s %s (was %s) after a %.0f ms load", spec.name, loaded.version,
+                 previous.version if previous else None, duration_ms)
 
     async def _metadata(self, handle: Any) -> Any:
         """The model's metadata from the TEE (None if this TEE has no such command or refuses)."""
@@ -382,13 +410,27 @@ class RunnerService(InferenceMixin):
 
     # -- reporting -----------------------------------------------------------------------------------
     def mark_report_dirty(self) -> None:
-        """Something reported changed (not urgent: sent with the next periodic report)."""
+        """A counter changed (not urgent: sent with the next periodic report)."""
         self._report_dirty = True
 
-    def _set_report(self, report: ModelReport) -> None:
-        self.report = report
-        self._report_dirty = True
-        self._report_now.set()  # a model change is reported at once, not at the next interval
+    def _report_changed(self) -> None:
+        self._report_urgent = True
+        self._report_now.set()  # a change of status or settings is reported at once, not at the next interval
+
+    def _refresh_report(self) -> None:
+        """Recompute the reported model status from the facts (reported at once if it changed)."""
+        serving = self.slot.active
+        facts = Facts(self.spec.name if self.spec is not None else None,
+                      (serving.name, serving.version) if serving is not None else None,
+                      self._loading, self._waiting, self.load_failure)
+        report = model_report(facts, self.report, iso_utc())
+        if report != self.report:
+            self.report = report
+            self._report_changed()
+
+    def _counters(self) -> tuple[int, ...]:
+        return (self.stats.count, self.stats.errors, self.stats.batches, self.duplicates, self.failed_batches,
+                self.split_batches)
 
     def reported_patch(self) -> dict[str, Any]:
         return {
@@ -400,24 +442,34 @@ class RunnerService(InferenceMixin):
             "modelInfo": self.metadata,
             "oip": self.oip_status,
             "stats": {**self.stats.summary(), "duplicates": self.duplicates, "failedBatches": self.failed_batches,
-                      "splitBatches": self.split_batches},
+                      "splitBatches": self.split_batches, **self.stats_settings.to_twin()},
         }
 
     async def report_loop(self) -> None:
-        last_count = -1
+        """Reported properties: a change of the model's status or of a setting at once; the counters
+        at most every ``stats.reportIntervalSeconds`` and only when they changed (:func:`.status.report_wait`)."""
+        last_sent: float | None = None
+        sent: tuple[int, ...] | None = None
+        failures = 0
         while True:
-            self._report_now.clear()  # before sending, so a change made meanwhile wakes us again
-            if self._report_dirty or self.stats.count != last_count:
-                self._report_dirty = False
+            self._report_now.clear()  # before deciding, so a change made meanwhile wakes us again
+            counters = self._counters()
+            interval = self.stats_settings.report_interval_s
+            wait = report_wait(now=self.clock(), last_sent=last_sent, urgent=self._report_urgent,
+                               counters_changed=self._report_dirty or counters != sent, interval_s=interval)
+            if wait == 0.0:
+                self._report_urgent = self._report_dirty = False
                 try:
                     await self.client.patch_twin_reported_properties(self.reported_patch())
-                    last_count = self.stats.count
+                    last_sent, sent, failures = self.clock(), counters, 0
+                    continue
                 except Exception as exc:
-                    self._report_dirty = True
-                    log.warning("reported patch failed (%s)", type(exc).__name__)
+                    self._report_urgent = True
+                    failures += 1
+                    wait = min(30.0, 0.5 * 2 ** min(failures - 1, 6))
+                    log.warning("reported patch failed (%s); again in %.1f s", type(exc).__name__, wait)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report_now.wait(),
-                                       timeout=self.report_interval_s if not self._report_dirty else 0.5)
+                await asyncio.wait_for(self._report_now.wait(), timeout=interval if wait is None else wait)
 
     async def handle_method(self, name: str, payload: Any) -> tuple[int, dict[str, Any]]:
         if name == "status":
@@ -472,7 +524,7 @@ class RunnerService(InferenceMixin):
         error = ErrorInfo(LOOP_FAILED, f"{task.get_name()} stopped ({reason}); the module exits")
         serving = self.slot.active
         self.report = ModelReport(serving.name if serving else None, serving.version if serving else None,
-                                  ModelState.FAILED, iso_utc(), error)
+                                  ModelState.FAILED, iso_utc(), error, self.load_failure)
         try:
             await asyncio.wait_for(self.client.patch_twin_reported_properties(self.reported_patch()), timeout=5.0)
         except Exception as patch_exc:

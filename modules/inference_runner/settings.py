@@ -4,6 +4,9 @@
 - ``results = {upstreamFraction}``: the fraction of per-input results (0..1) also sent on the
   ``resultsUpstream`` output, which the deployment routes to ``$upstream``; chosen by a hash of
   the request id, so the same input is always in or out of the sample.
+- ``stats = {reportIntervalSeconds}``: the counters (reported ``stats``) are patched no more often
+  than this (default 60 s, 5..3600); a change of the model's status or of a setting is reported at
+  once (:func:`.status.report_wait`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from edb.schemas import ErrorInfo
 from inference_runner.signature import Limits
+from inference_runner.status import DEFAULT_REPORT_INTERVAL_S, MAX_REPORT_INTERVAL_S, MIN_REPORT_INTERVAL_S
 
 INVALID = "RUNNER_INVALID_DESIRED"
 #: ceilings a twin cannot raise the limits above (the TEE's frame is 64 MiB)
@@ -38,6 +42,14 @@ class ResultSettings:
             return True
         digest = hashlib.sha256(request_id.encode("utf-8", "backslashreplace")).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < self.upstream_fraction
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    report_interval_s: float = DEFAULT_REPORT_INTERVAL_S
+
+    def to_twin(self) -> dict[str, Any]:
+        return {"reportIntervalSeconds": self.report_interval_s}
 
 
 def _int(value: Mapping[str, Any], key: str, default: int, upper: int) -> int | ErrorInfo:
@@ -78,3 +90,19 @@ def parse_results(value: object) -> ResultSettings | ErrorInfo:
     if not isinstance(fraction, int | float) or isinstance(fraction, bool) or not 0.0 <= fraction <= 1.0:
         return ErrorInfo(INVALID, "desired.results.upstreamFraction must be a number 0..1")
     return ResultSettings(float(fraction))
+
+
+def parse_stats(value: object, default: StatsSettings | None = None) -> StatsSettings | ErrorInfo:
+    """``default`` when absent (the service's own, 60 s unless its harness chose another)."""
+    if value is None:
+        return default or StatsSettings()
+    if not isinstance(value, Mapping) or set(value) - {"reportIntervalSeconds"}:
+        return ErrorInfo(INVALID, "desired.stats must be {reportIntervalSeconds}")
+    interval = value.get("reportIntervalSeconds")
+    if interval is None:
+        return default or StatsSettings()
+    if not isinstance(interval, int | float) or isinstance(interval, bool) \
+            or not MIN_REPORT_INTERVAL_S <= interval <= MAX_REPORT_INTERVAL_S:
+        return ErrorInfo(INVALID, f"desired.stats.reportIntervalSeconds must be a number "
+                                  f"{MIN_REPORT_INTERVAL_S:g}..{MAX_REPORT_INTERVAL_S:g}")
+    return StatsSettings(float(interval))

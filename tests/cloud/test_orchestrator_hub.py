@@ -121,7 +121,10 @@ async def test_status_rows_come_from_reported_module_twins(hub: HubThread, confi
                 "state": "failed", "version": "1.0.0", "securityVersion": None, "sha256": SHA,
                 "error": {"code": "CPK_ROLLBACK", "message": "below the floor"}, "updatedAt": "2026-11-26T00:00:00Z",
                 "installedVersion": "2.0.0", "attempts": 1}}}),
-            ("inference_runner", {"model": {"name": "digits", "version": "2.0.0", "state": "serving"},
+            ("inference_runner", {"model": {"name": "digits", "version": "2.0.0", "state": "serving",
+                                            "lastLoadFailure": {"name": "digits", "version": "3.0.0", "at": "",
+                                                                "error": {"code": "TEE_MODEL_INVALID",
+                                                                          "message": "x"}}},
                                   "stats": {"count": 42, "p50Ms": 3.5}}),
         ):
             module_key = key()
@@ -137,7 +140,7 @@ async def test_status_rows_come_from_reported_module_twins(hub: HubThread, confi
         assert row.to_json() == {"deviceId": "dev-a", "package": "digits", "desiredVersion": "1.0.0",
                                  "state": "failed", "installedVersion": "2.0.0", "securityVersion": None,
                                  "error": "CPK_ROLLBACK", "servingVersion": "2.0.0", "modelState": "serving",
-                                 "p50Ms": 3.5, "answered": 42}
+                                 "p50Ms": 3.5, "answered": 42, "lastLoadFailure": "3.0.0 TEE_MODEL_INVALID"}
         out = CliRunner().invoke(cloud, ["--state-dir", str(config.state_dir), "status", "--json"],
                                  env=dict(config.env), catch_exceptions=False)
         doc = json.loads(out.output)

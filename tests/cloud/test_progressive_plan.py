@@ -205,3 +205,39 @@ def test_transient_failures_are_installing_and_errors_count_from_when_first_seen
     assert (later[0].answers, later[0].errors) == (100, 1) and later[1].state is DeviceState.PENDING
     other_phase = since_watching([serving("d", answers=600, errors=101)], baselines, "r/1")
     assert other_phase[0].answers == 0
+
+
+def test_a_device_is_classified_from_its_installer_and_runner_reports() -> None:
+    """The runner reports what serves (``model.state``) and a failed load apart
+    (``model.lastLoadFailure``); a runner of before that field reported ``failed`` with the version
+    that still served. Both count as a failed load of the new version, never a device that rolled
+    back and serves the old one."""
+    from edb.schemas import ReportedPackage
+    from edb_cloud.progressive_driver import classify
+
+    def installer(state: str, version: str = "2.0.0", code: str | None = None) -> ReportedPackage | None:
+        return ReportedPackage.from_twin({"state": state, "version": version, "securityVersion": 1,
+                                          "error": {"code": code, "message": ""} if code else None})
+
+    failure = {"name": "digits", "version": "2.0.0", "error": {"code": "TEE_MODEL_INVALID", "message": "x"},
+               "at": "2026-01-01T00:00:00.000Z"}
+
+    def state(reported: ReportedPackage | None, **model: Any) -> str:
+        return classify("d", "digits", "2.0.0", reported, {"name": "digits", **model},
+                        {"count": 5, "errors": 1, "p50Ms": 2.5}).state.value
+
+    serving_new = classify("d", "digits", "2.0.0", installer("installed"),
+                           {"name": "digits", "version": "2.0.0", "state": "serving"}, {"count": 5, "errors": 1})
+    assert (serving_new.state.value, serving_new.answers, serving_new.errors) == ("serving", 5, 1)
+    assert state(installer("installed"), version="1.0.0", state="serving", lastLoadFailure=failure) == "failed"
+    assert state(installer("installed"), version=None, state="failed", lastLoadFailure=failure) == "failed"
+    assert state(installer("installed"), version="1.0.0", state="failed") == "failed"  # an older runner
+    assert state(installer("installed"), version="2.0.0", state="loading", lastLoadFailure=failure) == "installed"
+    assert state(installer("installed"), version="1.0.0", state="serving") == "installed"  # not loaded yet
+    # rolled back by hand (the installer has 1.0.0 again): the old failure is history, not this version's
+    assert state(installer("installed", "1.0.0"), version="1.0.0", state="serving", lastLoadFailure=failure) \
+        == "pending"
+    assert state(installer("installing"), version="1.0.0", state="serving", lastLoadFailure=failure) == "installing"
+    assert state(installer("failed", code="INSTALL_SIGNATURE_INVALID"), version="1.0.0", state="serving") == "failed"
+    assert state(installer("failed", code="KR_UNAVAILABLE"), version="1.0.0", state="serving") == "installing"
+    assert state(None, version="1.0.0", state="serving") == "pending"

@@ -120,6 +120,8 @@ class E2EStack:
             env[key] = {"value": value}
         manifest["modulesContent"]["telemetry_reporter"]["properties.desired"]["metricsIntervalSeconds"] = 1
         manifest["modulesContent"]["simulated_sensor"]["properties.desired"]["intervalMs"] = 100
+        # the runner's counters every 5 s (its minimum; 60 s by default): tests wait on them
+        manifest["modulesContent"]["inference_runner"]["properties.desired"]["stats"] = {"reportIntervalSeconds": 5}
         return manifest
 
     def deploy(self, manifest: dict[str, Any] | None = None, *, installer_env: dict[str, str] | None = None,

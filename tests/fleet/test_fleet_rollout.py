@@ -51,7 +51,8 @@ def stack() -> Iterator[Path]:
 
 
 def serving_everywhere(state: Path, ids: list[str]) -> dict[str, str]:
-    """Every simulated device's serving version (a failed load of a newer one still serves the old)."""
+    """Every simulated device's serving version (a failed load of a newer one still serves the old,
+    reported "serving" with the failure in model.lastLoadFailure)."""
     from edb_cloud.config import CloudConfig
     from edb_cloud.iothub import HubService
 

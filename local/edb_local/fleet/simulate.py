@@ -155,7 +155,8 @@ def status(state_dir: Path, hub: Any | None = None) -> dict[str, Any]:
         serving: dict[str, int] = {}
         for twin in hub.module_twins("inference_runner"):
             model = twin.reported.get("model") or {}
-            # "failed" with a version: the wanted version failed to load and this one still serves
+            # "failed" with a version: a runner of before model.lastLoadFailure, whose wanted version
+            # failed to load while this one still served (now: "serving", the failure apart)
             if twin.device_id in ids and model.get("state") in ("serving", "failed") and model.get("version"):
                 key = f"{model.get('name')} {model.get('version')}"
                 serving[key] = serving.get(key, 0) + 1

@@ -39,7 +39,15 @@ from edb.schemas.packages import (
     ReportedPackage,
     parse_desired_packages,
 )
-from edb.schemas.runner import BatchingSettings, ModelReport, ModelSpec, ModelState, parse_batching, parse_model_spec
+from edb.schemas.runner import (
+    BatchingSettings,
+    LoadFailure,
+    ModelReport,
+    ModelSpec,
+    ModelState,
+    parse_batching,
+    parse_model_spec,
+)
 
 __all__ = [
     "CONTENT_ENCODING_UTF8",
@@ -56,6 +64,7 @@ __all__ = [
     "InferenceResult",
     "InvalidDesired",
     "LatencySummary",
+    "LoadFailure",
     "MessageError",
     "MessageType",
     "MetricsReport",

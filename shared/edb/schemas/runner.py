@@ -1,9 +1,10 @@
 """The inference runner's twin (Contract 6).
 
 Desired: ``model = {name, minVersion}`` and ``batching = {maxBatch, maxLatencyMs}``.
-Reported: ``model = {name, version, securityVersion, state, since, error}`` and ``stats``
-(latency percentiles and counts since start). Parsing never raises: a bad value yields an
-:class:`ErrorInfo` and the previous (or default) setting stays in force.
+Reported: ``model = {name, version, securityVersion, state, since, error, lastLoadFailure}`` and
+``stats`` (latency percentiles and counts since start). ``model.state`` describes what serves now;
+a version that failed to load while another keeps serving is in ``lastLoadFailure``. Parsing never
+raises: a bad value yields an :class:`ErrorInfo` and the previous (or default) setting stays in force.
 """
 
 from __future__ import annotations
@@ -72,16 +73,45 @@ class ModelState(StrEnum):
     WAITING = "waiting"  # no acceptable version installed yet
     LOADING = "loading"
     SERVING = "serving"
-    FAILED = "failed"  # the wanted version failed to load; an older one may still serve
+    FAILED = "failed"  # nothing serves: the wanted version failed to load (or the runner is stopping on a fault)
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """The last load of a version that failed (``model.lastLoadFailure``): kept, for operators and
+    the rollout gates, while another version serves; gone once that version loads."""
+
+    name: str
+    version: str | None
+    error: ErrorInfo
+    at: str
+
+    def to_twin(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "error": self.error.to_json(), "at": self.at}
+
+    @classmethod
+    def from_twin(cls, value: object) -> LoadFailure | None:
+        """None for anything that is not a well-formed failure (never raises)."""
+        if not isinstance(value, Mapping):
+            return None
+        name, version, at = value.get("name"), value.get("version"), value.get("at")
+        error = ErrorInfo.from_json(value.get("error"))
+        if not isinstance(name, str) or error is None or not (version is None or isinstance(version, str)):
+            return None
+        return cls(name, version, error, at if isinstance(at, str) else "")
 
 
 @dataclass(frozen=True)
 class ModelReport:
+    """``name``/``version``: what serves (``state`` serving), is being loaded (loading) or is wanted
+    (waiting, failed: nothing serves, version null)."""
+
     name: str | None
     version: str | None
     state: ModelState
     since: str
     error: ErrorInfo | None = None
+    last_load_failure: LoadFailure | None = None
 
     def to_twin(self) -> dict[str, Any]:
         return {
@@ -90,4 +120,5 @@ class ModelReport:
             "state": self.state.value,
             "since": self.since,
             "error": self.error.to_json() if self.error else None,
+            "lastLoadFailure": self.last_load_failure.to_twin() if self.last_load_failure else None,
         }
