@@ -37,11 +37,18 @@ log = logging.getLogger(__name__)
 ENGINE_DOWN = (requests.exceptions.ConnectionError, docker.errors.DockerException)
 
 
-def describe_docker_error(exc: BaseException) -> str:
-    """Docker's own message, prefixed with what kind of refusal it is (no secrets: messages only)."""
+def describe_docker_error(exc: BaseException, *, engine_answers: bool = True) -> str:
+    """Docker's own message, prefixed with what kind of refusal it is (no secrets: messages only).
+
+    ``engine_answers=False``: the engine accepts no new connection any more. A dockerd that is
+    stopping has closed its listener but still answers, with server errors about its own state
+    (``failed to update store ...``), on the connections it had: that is the engine going away, not
+    a refusal of the container."""
     if isinstance(exc, docker.errors.ImageNotFound):
         return f"image not found locally (never pulled; build it with `edb images build`): {exc.explanation}"
     if isinstance(exc, docker.errors.APIError):
+        if exc.is_server_error() and not engine_answers:
+            return f"Docker Engine unreachable (it is stopping): {exc.explanation or exc}"
         return f"Docker refused the container: {exc.explanation or exc}"
     if isinstance(exc, requests.exceptions.ConnectionError | docker.errors.DockerException):
         return f"Docker Engine unreachable: {type(exc).__name__}"
@@ -91,11 +98,13 @@ class ContainerRunner:
         try:
             container_id = await self._call(self._create_and_start, request)
         except Exception as exc:  # Docker's refusal is the module's failure, never the agent's
+            answers = not (isinstance(exc, docker.errors.APIError) and exc.is_server_error()) \
+                or await self._call(self._engine_answers)
             record.running = False
             record.container_id = None
             record.exited_at = time.monotonic()
             record.last_exit = dt.datetime.now(dt.UTC)
-            record.description = f"cannot start: {describe_docker_error(exc)}"
+            record.description = f"cannot start: {describe_docker_error(exc, engine_answers=answers)}"
             log.error("module %s could not start: %s", module_id, record.description)
             return
         record.container_id = container_id
@@ -123,6 +132,19 @@ class ContainerRunner:
             container_id = str(api.create_container_from_config(request.body, request.name)["Id"])
         api.start(container_id)
         return container_id
+
+    def _engine_answers(self) -> bool:
+        """Whether the engine answers on a new connection (the pooled ones may outlive its listener)."""
+        client: docker.DockerClient | None = None
+        try:
+            client = self._factory()
+            return bool(client.ping())
+        except Exception:
+            return False
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
 
     def _existing(self, name: str) -> dict[str, Any] | None:
         try:
