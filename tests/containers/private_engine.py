@@ -2,8 +2,12 @@
 and pid file, that the test may really stop (SIGTERM to its pid, as ``systemctl stop docker`` does)
 and start again on the same data root, without touching the machine's engine.
 
-It must not touch the host's networking either: no default bridge (``--bridge=none``), no iptables
-rules, no masquerading, no IP forwarding; containers use host networking (the agent's rule) or none.
+It must not touch the host's networking either. It runs in a network namespace of its own
+(``unshare --net``): ``--bridge=none`` makes dockerd *delete* an existing ``docker0`` at start-up
+(seen here: the machine's engine lost its bridge to this fixture), so in the host's namespace no flag
+is safe enough. Inside its namespace: no default bridge, no iptables rules, no masquerading, no IP
+forwarding; its containers' host network is that empty namespace (the agent talks to it over its Unix
+socket, which namespaces do not separate).
 Live restore is off (Docker's default), so stopping this dockerd stops its containers, and when it is
 back they are ``exited``, exactly what an edge device sees when its engine restarts.
 
@@ -63,7 +67,8 @@ class PrivateEngine:
         return self.process is not None and self.process.poll() is None
 
     def argv(self) -> list[str]:
-        return [DOCKERD, "--host", self.host, "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
+        return ["unshare", "--net", DOCKERD, "--host", self.host, "--data-root", str(self.data_root),
+                "--exec-root", str(self.exec_root),
                 "--pidfile", str(self.pidfile), "--config-file", str(self.config_file),
                 "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
                 "--live-restore=false"]
@@ -200,8 +205,11 @@ def private_engine(tmp_path: Path) -> Iterator[PrivateEngine]:
     (its log is kept as the test's ``private-dockerd.log``)."""
     if os.geteuid() != 0:
         pytest.skip("NOT RUN: a private dockerd needs root (run the container tests as root, as .ci/run does)")
+    if shutil.which("unshare") is None:
+        pytest.skip("NOT RUN: no `unshare` (util-linux): the private engine needs a network namespace of its own")
     if shutil.which(DOCKERD) is None:
         pytest.skip("NOT RUN: no dockerd on PATH for a private Docker Engine (Debian: apt-get install docker.io)")
+    host_interfaces = sorted(os.listdir("/sys/class/net"))
     engine = PrivateEngine(Path(tempfile.mkdtemp(prefix="edbd-", dir="/tmp")))
     try:
         try:
@@ -220,3 +228,5 @@ def private_engine(tmp_path: Path) -> Iterator[PrivateEngine]:
             engine.close()
             print(f"private dockerd: stopped in {stopped - began:.1f} s, its directories removed in "
                   f"{time.monotonic() - stopped:.1f} s")
+    # the host's network interfaces (the machine engine's docker0 among them) are as they were
+    assert sorted(os.listdir("/sys/class/net")) == host_interfaces
