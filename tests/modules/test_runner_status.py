@@ -146,7 +146,7 @@ async def _until(predicate: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_the_report_loop_sends_changes_at_once_and_counters_at_the_interval() -> None:
+async def test_the_report_loop_sends_counters_no_more_often_than_the_interval() -> None:
     twin = Twin({"model": {"name": "m"}})
     # the harness's own interval (the twin's minimum is 5 s; a real interval would make this test slow)
     service = RunnerService(twin, Tee(), report_interval_s=0.5)
@@ -159,17 +159,31 @@ async def test_the_report_loop_sends_changes_at_once_and_counters_at_the_interva
         while time.monotonic() - started < 1.6:  # answers every 10 ms for 1.6 s
             service.stats.record(1.0)
             await asyncio.sleep(0.01)
+        await asyncio.sleep(0.6)  # the last counters go out once
         counts = [p["stats"]["count"] for _, p in twin.patches[1:]]
-        assert 2 <= len(counts) <= 4, counts  # ~160 answers in ~3 patches, not one per change
+        assert len(counts) >= 2 and counts == sorted(counts), counts  # ~160 answers in a few patches
         times = [t for t, _ in twin.patches]
+        # the property itself: never two counter reports closer than the interval (lower bounds only,
+        # so a slow machine cannot fail it)
         assert all(b - a >= 0.45 for a, b in itertools.pairwise(times)), times
-        sent = len(twin.patches)
-        await service.select()  # 1.0.0 loads: each change of status goes out at once
-        await _until(lambda: twin.patches[-1][1]["model"]["state"] == "serving", timeout=0.3)
-        states = [p["model"]["state"] for _, p in twin.patches[sent:]]
-        assert states in (["serving"], ["loading", "serving"]), states  # (a quick load can be one patch)
         settled = len(twin.patches)
         await asyncio.sleep(1.2)  # nothing changes: nothing is sent
         assert len(twin.patches) == settled
+    finally:
+        loop.cancel()
+
+
+async def test_the_report_loop_sends_a_change_of_status_at_once() -> None:
+    twin = Twin({"model": {"name": "m"}})
+    service = RunnerService(twin, Tee(), report_interval_s=60.0)  # counters would wait a minute
+    await service.load_twin()
+    loop = asyncio.create_task(service.report_loop())
+    try:
+        await _until(lambda: len(twin.patches) == 1)
+        sent = len(twin.patches)
+        await service.select()  # 1.0.0 loads: each change of status goes out at once, not in 60 s
+        await _until(lambda: twin.patches[-1][1]["model"]["state"] == "serving", timeout=20.0)
+        states = [p["model"]["state"] for _, p in twin.patches[sent:]]
+        assert states in (["serving"], ["loading", "serving"]), states  # (a quick load can be one patch)
     finally:
         loop.cancel()
