@@ -5,9 +5,12 @@ in flight each; one SDK client tops out near 650 msg/s, see docs/iothub-standin.
 the endpoint). The hub runs as its own process (`python -m edb_local.hub`).
 
 Readers, at the same time, of the same messages:
-- `eventhub_*`: one `azure.eventhub.EventHubConsumerClient` (sync by default, EDB_BENCH_CONSUMER=aio
-  for the aio client; all partitions, from `@latest`) with `receive_batch` and `socket_timeout`
-  (EDB_BENCH_SOCKET_TIMEOUT, default 0.005 s). (The SDK's sync
+- `eventhub_*`: one `azure.eventhub.EventHubConsumerClient` over AMQP/TLS on 5671 (sync by default,
+  EDB_BENCH_CONSUMER=aio for the aio client; all partitions, from `@latest`) with `receive_batch`
+  and `socket_timeout` (EDB_BENCH_SOCKET_TIMEOUT, default 0.005 s).
+- `eventhub_ws_*`: the same consumer with `transport_type=TransportType.AmqpOverWebsocket`
+  (`wss://ADDRESS:443/$servicebus/websocket`; websocket-client for sync, aiohttp for aio).
+  `--transport tls|websocket|both` (default both) picks which of the two run. (The SDK's sync
   `receive()` hands over one event per partition turn and waits `socket_timeout`, 0.2 s by default,
   on every idle partition in one thread: about 1.25 events/s per partition once a backlog stops
   growing, whatever the server does. `receive_batch` with a short socket timeout avoids it.)
@@ -21,11 +24,15 @@ device send start -> reader callback, one message in flight (`*_p50/p95_ms`), an
 load (`*_loaded_p50/p95_ms`). Checkpoint restart: a consumer reads half of `CKPT` messages, closes,
 a new one resumes from the last sequence number: `lost` and `duplicates` must both be 0.
 
-Run: `.venv/bin/python bench/eventhub_throughput.py` (EDB_BENCH_MESSAGES, default 4000). Last line: JSON.
+The backlog drain and the checkpoint restart run once per transport, one reader alone at a time.
+
+Run: `.venv/bin/python bench/eventhub_throughput.py [--transport both]` (EDB_BENCH_MESSAGES, default
+4000). Last line: JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import json
@@ -38,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from _hub import HubProcess
-from azure.eventhub import EventHubConsumerClient
+from azure.eventhub import EventHubConsumerClient, TransportType
 from azure.eventhub.aio import EventHubConsumerClient as AsyncConsumerClient
 from azure.iot.device import Message
 from azure.iot.device.aio import IoTHubDeviceClient
@@ -56,6 +63,8 @@ DEVICES = 4
 WINDOW = 64
 HUB_NAME = "edb-bench-eh.azure-devices.net"
 PAD = "x" * 900
+#: result key prefix -> the consumer's transport
+TRANSPORTS = {"eventhub": TransportType.Amqp, "eventhub_ws": TransportType.AmqpOverWebsocket}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -93,15 +102,16 @@ class Arrivals:
             self.changed.wait_for(lambda: all(t in self.at for t in tags), timeout)
 
 
-def start_eventhub_reader(hub: Hub, ca: StackCA, arrivals: Arrivals, start: Any = "@latest") -> threading.Event:
-    """An aio EventHubConsumerClient (partitions as concurrent tasks) on its own thread and loop;
-    set the returned event to stop it."""
+def start_eventhub_reader(hub: Hub, ca: StackCA, arrivals: Arrivals, start: Any = "@latest",
+                          transport: TransportType = TransportType.Amqp) -> threading.Event:
+    """An EventHubConsumerClient (sync, or aio with partitions as concurrent tasks) on its own
+    thread; set the returned event to stop it."""
     stop = threading.Event()
 
     async def run() -> None:
         client = AsyncConsumerClient.from_connection_string(hub.config.eventhub_connection_string, "$Default",
                                                             connection_verify=str(ca.ca_path),
-                                                            socket_timeout=SOCKET_TIMEOUT)
+                                                            socket_timeout=SOCKET_TIMEOUT, transport_type=transport)
 
         async def on_events(_context: Any, events: list[Any]) -> None:
             for event in events:
@@ -118,7 +128,7 @@ def start_eventhub_reader(hub: Hub, ca: StackCA, arrivals: Arrivals, start: Any 
     def run_sync() -> None:
         client = EventHubConsumerClient.from_connection_string(hub.config.eventhub_connection_string, "$Default",
                                                                connection_verify=str(ca.ca_path),
-                                                               socket_timeout=SOCKET_TIMEOUT)
+                                                               socket_timeout=SOCKET_TIMEOUT, transport_type=transport)
 
         def on_events(_context: Any, events: list[Any]) -> None:
             for event in events:
@@ -185,7 +195,7 @@ async def latency_phase(devices: list[IoTHubDeviceClient], readers: list[Arrival
     return samples
 
 
-async def throughput_phase(devices: list[IoTHubDeviceClient], readers: list[Arrivals]) -> dict[str, Any]:
+async def throughput_phase(devices: list[IoTHubDeviceClient], readers: dict[str, Arrivals]) -> dict[str, Any]:
     sent_at: dict[str, float] = {}
     per_device = N // len(devices)
 
@@ -205,7 +215,7 @@ async def throughput_phase(devices: list[IoTHubDeviceClient], readers: list[Arri
     await asyncio.gather(*(feed(i, c) for i, c in enumerate(devices)))
     sent_done = time.perf_counter()
     out: dict[str, Any] = {"device_send_msgs_per_s": round(len(tags) / (sent_done - start), 1)}
-    for name, reader in zip(("eventhub", "baseline_rest"), readers, strict=True):
+    for name, reader in readers.items():
         await asyncio.to_thread(reader.wait_for, tags, 300.0)
         arrived = [reader.at[t] for t in tags if t in reader.at]
         latencies = [(reader.at[t] - sent_at[t]) * 1000 for t in tags if t in reader.at]
@@ -216,9 +226,10 @@ async def throughput_phase(devices: list[IoTHubDeviceClient], readers: list[Arri
     return out
 
 
-async def drain_phase(hub: Hub, ca: StackCA, devices: list[IoTHubDeviceClient]) -> dict[str, Any]:
+async def drain_phase(hub: Hub, ca: StackCA, devices: list[IoTHubDeviceClient], names: list[str]) -> dict[str, Any]:
     """N messages stored with no reader attached, then each reader reads the backlog alone: the
-    endpoint's (and the REST feed's) delivery rate without the device SDK senders as the bound."""
+    endpoint's (per transport) and the REST feed's delivery rate without the device SDK senders
+    as the bound."""
     rest_client = ServiceClient(resolve_settings(hub.config.service_connection_string, str(ca.ca_path),
                                                  environ={}, env_file={}))
     cursor = rest_client.messages(since=0, limit=1).last
@@ -241,17 +252,20 @@ async def drain_phase(hub: Hub, ca: StackCA, devices: list[IoTHubDeviceClient]) 
 
     await asyncio.gather(*(feed(i, c) for i, c in enumerate(devices)))
     out: dict[str, Any] = {}
-    eventhub = Arrivals()
-    start = time.perf_counter()
-    stop = start_eventhub_reader(hub, ca, eventhub, start={p: (s if s >= 0 else "-1") for p, s in begin.items()})
-    await asyncio.to_thread(eventhub.wait_for, tags, 300.0)
-    stop.set()
-    got = [eventhub.at[t] for t in tags if t in eventhub.at]
-    # from the first event delivered (the SDK's start-up, ~2 s of CBS and management reads, excluded;
-    # reported separately)
-    out["eventhub_backlog_msgs_per_s"] = round((len(got) - 1) / (max(got) - min(got)), 1) if len(got) > 1 else 0.0
-    out["eventhub_consumer_startup_s"] = round(min(got) - start, 2) if got else None
-    out["eventhub_backlog_received"] = len(got)
+    for name in names:
+        eventhub = Arrivals()
+        start = time.perf_counter()
+        stop = start_eventhub_reader(hub, ca, eventhub, start={p: (s if s >= 0 else "-1") for p, s in begin.items()},
+                                     transport=TRANSPORTS[name])
+        await asyncio.to_thread(eventhub.wait_for, tags, 300.0)
+        stop.set()
+        got = [eventhub.at[t] for t in tags if t in eventhub.at]
+        # from the first event delivered (the SDK's start-up, ~2 s of CBS and management reads,
+        # excluded; reported separately)
+        out[f"{name}_backlog_msgs_per_s"] = round((len(got) - 1) / (max(got) - min(got)), 1) if len(got) > 1 else 0.0
+        out[f"{name}_consumer_startup_s"] = round(min(got) - start, 2) if got else None
+        out[f"{name}_backlog_received"] = len(got)
+        await asyncio.sleep(1.0)   # the stopped reader's connection gone before the next one starts
     rest = Arrivals()
     start = time.perf_counter()
     while not all(t in rest.at for t in tags) and time.perf_counter() - start < 300:
@@ -265,9 +279,9 @@ async def drain_phase(hub: Hub, ca: StackCA, devices: list[IoTHubDeviceClient]) 
     return out
 
 
-async def checkpoint_phase(hub: Hub, ca: StackCA, device: IoTHubDeviceClient) -> dict[str, Any]:
+async def checkpoint_phase(hub: Hub, ca: StackCA, device: IoTHubDeviceClient, name: str) -> dict[str, Any]:
     """Half the messages, close, resume from the last sequence number per partition."""
-    tags = [f"ck-{n}" for n in range(CKPT)]
+    tags = [f"ck-{name}-{n}" for n in range(CKPT)]
     seen: list[str] = []
     checkpoint: dict[str, int] = {}
     lock = threading.Lock()
@@ -275,7 +289,8 @@ async def checkpoint_phase(hub: Hub, ca: StackCA, device: IoTHubDeviceClient) ->
     def read(start: Any, stop_after: int) -> None:
         client = EventHubConsumerClient.from_connection_string(hub.config.eventhub_connection_string, "$Default",
                                                                connection_verify=str(ca.ca_path),
-                                                               socket_timeout=SOCKET_TIMEOUT)
+                                                               socket_timeout=SOCKET_TIMEOUT,
+                                                               transport_type=TRANSPORTS[name])
         done = threading.Event()
 
         def on_events(context: Any, events: list[Any]) -> None:
@@ -284,7 +299,7 @@ async def checkpoint_phase(hub: Hub, ca: StackCA, device: IoTHubDeviceClient) ->
                     if done.is_set():
                         return
                     tag = json.loads(event.body_as_str())["tag"]
-                    if tag.startswith("ck-"):
+                    if tag.startswith(f"ck-{name}-"):
                         seen.append(tag)
                         checkpoint[context.partition_id] = event.sequence_number
                     if len(seen) >= stop_after:
@@ -312,43 +327,48 @@ async def checkpoint_phase(hub: Hub, ca: StackCA, device: IoTHubDeviceClient) ->
             "lost": len(set(tags) - set(seen)), "duplicates": len(seen) - len(set(seen))}
 
 
-async def main() -> None:
+async def main(names: list[str]) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="edb-bench-eh-"))
     ca = StackCA.load_or_create(workdir / "ca")
     os.environ["REQUESTS_CA_BUNDLE"] = str(ca.ca_path)
     hub = Hub(workdir, ca)
     stop = threading.Event()
-    consumer_stop = threading.Event()
+    consumer_stops: list[threading.Event] = []
     devices: list[IoTHubDeviceClient] = []
     try:
         devices = await connect_devices(hub, ca)
-        eventhub, rest = Arrivals(), Arrivals()
-        consumer_stop = start_eventhub_reader(hub, ca, eventhub)
-        start_rest_reader(hub, ca, rest, stop)
+        readers = {name: Arrivals() for name in [*names, "baseline_rest"]}
+        consumer_stops = [start_eventhub_reader(hub, ca, readers[name], transport=TRANSPORTS[name]) for name in names]
+        start_rest_reader(hub, ca, readers["baseline_rest"], stop)
         await asyncio.sleep(3.0)         # partitions claimed, links attached
         await devices[0].send_message(message("warm-up"))
-        await asyncio.to_thread(eventhub.wait_for, ["warm-up"], 60.0)
-        await asyncio.to_thread(rest.wait_for, ["warm-up"], 60.0)
-        lat_eh, lat_rest = await latency_phase(devices, [eventhub, rest])
+        for reader in readers.values():
+            await asyncio.to_thread(reader.wait_for, ["warm-up"], 60.0)
+        latencies = await latency_phase(devices, list(readers.values()))
         result: dict[str, Any] = {"messages": N, "devices": DEVICES, "latency_samples": LATENCY_SAMPLES,
                                   "consumer": f"{CONSUMER} receive_batch, socket_timeout={SOCKET_TIMEOUT}",
-                                  "eventhub_p50_ms": pct(lat_eh, 0.50), "eventhub_p95_ms": pct(lat_eh, 0.95),
-                                  "baseline_rest_p50_ms": pct(lat_rest, 0.50),
-                                  "baseline_rest_p95_ms": pct(lat_rest, 0.95)}
-        result.update(await throughput_phase(devices, [eventhub, rest]))
-        consumer_stop.set()
+                                  "transports": {n: TRANSPORTS[n].name for n in names}}
+        for name, samples in zip(readers, latencies, strict=True):
+            result[f"{name}_p50_ms"] = pct(samples, 0.50)
+            result[f"{name}_p95_ms"] = pct(samples, 0.95)
+        result.update(await throughput_phase(devices, readers))
+        for consumer_stop in consumer_stops:
+            consumer_stop.set()
         stop.set()
-        result.update(await drain_phase(hub, ca, devices))
-        result["checkpoint_restart"] = await checkpoint_phase(hub, ca, devices[0])
-        result["targets_met"] = {
-            "eventhub_backlog_msgs_per_s>=1000": result["eventhub_backlog_msgs_per_s"] >= 1000,
-            "eventhub_p95_ms<=50": result["eventhub_p95_ms"] <= 50,
-            "checkpoint_no_loss_no_duplicates": result["checkpoint_restart"]["lost"] == 0
-            and result["checkpoint_restart"]["duplicates"] == 0,
-        }
+        await asyncio.sleep(1.0)
+        result.update(await drain_phase(hub, ca, devices, names))
+        targets: dict[str, bool] = {}
+        for name in names:
+            result[f"{name}_checkpoint_restart"] = ckpt = await checkpoint_phase(hub, ca, devices[0], name)
+            targets[f"{name}_backlog_msgs_per_s>=1000"] = result[f"{name}_backlog_msgs_per_s"] >= 1000
+            targets[f"{name}_p95_ms<=50"] = result[f"{name}_p95_ms"] <= 50
+            targets[f"{name}_checkpoint_no_loss_no_duplicates"] = ckpt["lost"] == 0 and ckpt["duplicates"] == 0
+        result["targets_met"] = targets
+        result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         stop.set()
-        consumer_stop.set()
+        for consumer_stop in consumer_stops:
+            consumer_stop.set()
         for device in devices:
             await device.shutdown()
         hub.stop()
@@ -356,4 +376,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transport", choices=("tls", "websocket", "both"), default="both",
+                        help="the Event Hub consumer's transport: AMQP/TLS on 5671, AMQP over WebSockets on 443, "
+                             "or both side by side (default)")
+    choice = parser.parse_args().transport
+    asyncio.run(main({"tls": ["eventhub"], "websocket": ["eventhub_ws"], "both": ["eventhub", "eventhub_ws"]}[choice]))

@@ -69,18 +69,21 @@ class RawAmqp:
     def __init__(self, hub: HubThread, ca_path: str) -> None:
         context = ssl.create_default_context(cafile=ca_path)
         raw = socket.create_connection((hub.config.address, hub.config.amqp_port), timeout=10)
-        self.sock = context.wrap_socket(raw, server_hostname=hub.config.address)
+        self.sock: Any = context.wrap_socket(raw, server_hostname=hub.config.address)
         self.buffer = bytearray()
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def recv(self) -> bytes:
+        return bytes(self.sock.recv(65536))
 
     def frame(self, performative: Any, channel: int = 0, kind: bytes = codec.AMQP_FRAME) -> None:
         self.send(codec.frame_bytes(channel, performative, kind))
 
     def read_exact(self, size: int) -> bytes:
         while len(self.buffer) < size:
-            chunk = self.sock.recv(65536)
+            chunk = self.recv()
             if not chunk:
                 raise ConnectionError("closed")
             self.buffer += chunk
@@ -96,7 +99,7 @@ class RawAmqp:
                 if frame.code is not None:
                     return frame
                 continue
-            chunk = self.sock.recv(65536)
+            chunk = self.recv()
             if not chunk:
                 raise ConnectionError("closed")
             self.buffer += chunk
@@ -111,7 +114,7 @@ class RawAmqp:
         """True once the server closed the socket (after reading what is left)."""
         try:
             while True:
-                if not self.sock.recv(65536):
+                if not self.recv():
                     return True
         except (ConnectionError, ssl.SSLError, OSError):
             return True
@@ -170,6 +173,32 @@ class RawAmqp:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+class RawAmqpWs(RawAmqp):
+    """The same over ``wss://ADDRESS:443/$servicebus/websocket`` (subprotocol AMQPWSB10), with
+    websocket-client (the library azure-eventhub's sync WebSocket transport uses): each ``send`` is
+    one binary message, received messages are concatenated into one byte stream."""
+
+    def __init__(self, hub: HubThread, ca_path: str, path: str = "/$servicebus/websocket") -> None:
+        import websocket
+
+        self.sock = websocket.create_connection(f"wss://{hub.config.address}:{hub.config.https_port}{path}",
+                                                subprotocols=["AMQPWSB10"], timeout=10,
+                                                sslopt={"ca_certs": ca_path})
+        self.buffer = bytearray()
+
+    def send(self, data: bytes) -> None:
+        self.sock.send_binary(data)
+
+    def recv(self) -> bytes:
+        import websocket
+
+        try:
+            data = self.sock.recv()
+        except websocket.WebSocketConnectionClosedException:
+            return b""
+        return data.encode() if isinstance(data, str) else bytes(data)
 
 
 def wait_for(probe: Any, timeout: float = 20.0) -> Any:

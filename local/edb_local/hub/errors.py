@@ -23,7 +23,7 @@ MQTT_UNEXPECTED_PACKET = "HUB_MQTT_UNEXPECTED_PACKET"
 MQTT_KEEPALIVE_TIMEOUT = "HUB_MQTT_KEEPALIVE_TIMEOUT"
 MQTT_SESSION_TAKEN_OVER = "HUB_MQTT_SESSION_TAKEN_OVER"  # a newer connection of the same identity
 MQTT_SLOW_CONSUMER = "HUB_MQTT_SLOW_CONSUMER"    # a client that does not read what it asked for
-WS_UPGRADE_REFUSED = "HUB_WS_UPGRADE_REFUSED"    # /$iothub/websocket without a usable upgrade (400)
+WS_UPGRADE_REFUSED = "HUB_WS_UPGRADE_REFUSED"    # a WebSocket upgrade with a wrong path or subprotocol, or none (400)
 INTERNAL = "HUB_INTERNAL"                        # a bug; costs the one connection
 
 # Authentication and authorization

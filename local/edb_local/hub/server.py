@@ -1,4 +1,5 @@
-"""HubServer: MQTT/TLS on address:8883 and HTTPS on address:443, one asyncio loop.
+"""HubServer: MQTT/TLS on address:8883, AMQP/TLS on address:5671 and HTTPS on address:443 (the
+REST API, and MQTT and AMQP over WebSockets), one asyncio loop.
 
     server = HubServer(config)
     await server.start()
@@ -28,13 +29,15 @@ from aiohttp import web
 from edb_local.hub import errors
 from edb_local.hub.amqp.connection import AmqpConnection
 from edb_local.hub.amqp.endpoint import AmqpEndpoint
+from edb_local.hub.amqp.websocket import amqp_websocket
 from edb_local.hub.config import HubConfig
 from edb_local.hub.core import HubCore
 from edb_local.hub.errors import HubError
 from edb_local.hub.mqtt.connection import MqttConnection
-from edb_local.hub.mqtt.websocket import WebSocketEndpoint
+from edb_local.hub.mqtt.websocket import mqtt_websocket
 from edb_local.hub.service.app import ServiceApi
 from edb_local.hub.store import Store
+from edb_local.hub.websocket import WebSocketEndpoint
 
 log = logging.getLogger("edb_local.hub")
 
@@ -83,9 +86,11 @@ class HubServer:
             self._amqp = await loop.create_server(
                 lambda: AmqpConnection(endpoint), host=self.config.address, port=self.config.amqp_port,
                 ssl=context, reuse_address=True, backlog=256)
+            websockets = WebSocketEndpoint(core)
+            websockets.register(mqtt_websocket(core, self._connections))
+            websockets.register(amqp_websocket(endpoint))
             self.service = ServiceApi(core)
-            app = self.service.app()
-            WebSocketEndpoint(core, self._connections).add_route(app)
+            app = self.service.app(front=(websockets.middleware,))
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
             await runner.setup()
             self._https = runner
@@ -96,8 +101,8 @@ class HubServer:
             await self.stop()
             raise HubError(f"cannot listen on {self.config.address}: {exc}", code=errors.CONFIG_INVALID) from exc
         self._housekeeping = asyncio.create_task(self._housekeep())
-        log.info("hub %s listening on %s (mqtts %d, https %d, amqps %d)", self.config.hub_name, self.config.address,
-                 self.config.mqtt_port, self.config.https_port, self.config.amqp_port)
+        log.info("hub %s listening on %s (mqtts %d, https and wss %d, amqps %d)", self.config.hub_name,
+                 self.config.address, self.config.mqtt_port, self.config.https_port, self.config.amqp_port)
 
     async def _housekeep(self) -> None:
         while True:

@@ -1,5 +1,6 @@
-"""One AMQP 1.0 connection (TLS already done by asyncio): SASL, open, sessions, links, and the
-dispatch to the nodes: `$cbs`, `$management`, event partitions, `/messages/devicebound`.
+"""One AMQP 1.0 connection (TLS already done by asyncio on 5671, or a WebSocket on 443 through
+amqp/websocket.py): SASL, open, sessions, links, and the dispatch to the nodes: `$cbs`,
+`$management`, event partitions, `/messages/devicebound`.
 
 Flow control is the client's: we send event messages only within the link credit it grants, and
 stop reading the log while the socket's write buffer is above its high-water mark
@@ -77,10 +78,15 @@ class AmqpConnection(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         peer = transport.get_extra_info("peername")
-        self.peer = f"amqp:{peer[0]}:{peer[1]}" if peer else "amqp:?"
+        scheme = "amqp-ws" if transport.get_extra_info("subprotocol") else "amqp"   # 443 or 5671
+        self.peer = f"{scheme}:{peer[0]}:{peer[1]}" if peer else f"{scheme}:?"
         self.endpoint.connections.add(self)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(OPEN_TIMEOUT, self._check_opened))
+
+    @property
+    def who(self) -> str:
+        return self.peer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

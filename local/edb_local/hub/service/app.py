@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from edb_local.hub import errors
 from edb_local.hub.core import HubCore
@@ -39,7 +40,7 @@ _STATUS = {
     errors.UNREACHABLE: (503, "ServiceUnavailable"),
 }
 _MAX_BODY = 1024 * 1024
-_UNAUTHENTICATED = ("/edb/health", "/$iothub/websocket")
+_UNAUTHENTICATED = ("/edb/health",)   # (the WebSocket paths are taken by the front middleware)
 #: routes a device calls with its own SAS token (file upload)
 _DEVICE_ROUTES = ("file-upload-start", "file-upload-complete")
 #: Who is calling: None for the service (an `iothubowner` token), else the module calling through edgeHub.
@@ -106,8 +107,10 @@ class ServiceApi:
                                    config.file_upload_container, ca_path=config.file_upload_ca) \
             if config.file_upload_connection_string else None
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=_MAX_BODY)
+    def app(self, front: Sequence[Middleware] = ()) -> web.Application:
+        """``front``: middlewares after the error mapping and before authentication (the
+        WebSocket endpoint, whose clients authenticate inside their own protocol)."""
+        app = web.Application(middlewares=[self._errors, *front, self._auth], client_max_size=_MAX_BODY)
         r = app.router
         r.add_get("/edb/health", self.health)
         r.add_get("/edb/messages", self.messages)
