@@ -4,7 +4,9 @@ receiving with the real azure-eventhub consumer, and a raw AMQP client for hosti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import socket
 import ssl
 import threading
@@ -199,6 +201,30 @@ class RawAmqpWs(RawAmqp):
         except websocket.WebSocketConnectionClosedException:
             return b""
         return data.encode() if isinstance(data, str) else bytes(data)
+
+
+async def read_numbered(client: Any, partition: str, count: int, start: Any, seen: list[int],
+                        checkpoint: dict[str, Any]) -> None:
+    """Receive with the async consumer ``client`` until ``seen`` holds ``count`` bodies' ``n``; the
+    last event's offset goes to ``checkpoint["offset"]``; the client is closed afterwards."""
+    done = asyncio.Event()
+
+    async def on_event(_context: Any, event: Any) -> None:
+        if event is None or done.is_set():
+            return
+        seen.append(json.loads(event.body_as_str())["n"])
+        checkpoint["offset"] = event.offset
+        if len(seen) >= count:
+            done.set()
+
+    task = asyncio.create_task(client.receive(on_event=on_event, partition_id=partition,
+                                              starting_position=start, max_wait_time=0.5))
+    try:
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        await client.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def wait_for(probe: Any, timeout: float = 20.0) -> Any:

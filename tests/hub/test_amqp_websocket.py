@@ -31,7 +31,7 @@ from azure.eventhub.aio import EventHubConsumerClient as AsyncConsumerClient
 from azure.eventhub.exceptions import EventHubError
 from azure.iot.device import IoTHubDeviceClient, Message
 from azure.iot.hub import IoTHubRegistryManager
-from eventhub_helpers import RawAmqpWs, consumer, receive, wait_for
+from eventhub_helpers import RawAmqpWs, consumer, read_numbered, receive, wait_for
 from hub_helpers import new_key
 
 from edb_local.hub import HubConfig, HubThread
@@ -123,24 +123,7 @@ async def test_aio_consumer_over_websocket_resumes_from_a_checkpoint(hub: HubThr
         client = AsyncConsumerClient.from_connection_string(hub.config.eventhub_connection_string, "ops",
                                                             connection_verify=str(stack_ca.ca_path),
                                                             transport_type=WS)
-        done = asyncio.Event()
-
-        async def on_event(_context: Any, event: Any) -> None:
-            if event is None or done.is_set():
-                return
-            seen.append(json.loads(event.body_as_str())["n"])
-            checkpoint["offset"] = event.offset
-            if len(seen) >= count:
-                done.set()
-
-        task = asyncio.create_task(client.receive(on_event=on_event, partition_id=partition,
-                                                  starting_position=start, max_wait_time=0.5))
-        try:
-            await asyncio.wait_for(done.wait(), 30)
-        finally:
-            await client.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await read_numbered(client, partition, count, start, seen, checkpoint)
 
     await read_until(5, "-1")
     assert seen == [0, 1, 2, 3, 4]

@@ -4,7 +4,6 @@ start positions, consumer groups, checkpoint restarts, and bad tokens refused.""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import time
@@ -20,7 +19,7 @@ from azure.eventhub.aio import EventHubConsumerClient as AsyncConsumerClient
 from azure.eventhub.exceptions import EventHubError
 from azure.iot.device import IoTHubDeviceClient, Message
 from azure.iot.hub import IoTHubRegistryManager
-from eventhub_helpers import consumer, receive
+from eventhub_helpers import consumer, read_numbered, receive
 from hub_helpers import new_key
 
 from edb_local.hub import HubConfig, HubThread, twin_events
@@ -137,24 +136,7 @@ async def test_aio_consumer_resumes_from_a_checkpoint_without_loss_or_duplicates
     checkpoint: dict[str, Any] = {}
 
     async def read_until(client: AsyncConsumerClient, count: int, start: Any) -> None:
-        done = asyncio.Event()
-
-        async def on_event(_context: Any, event: Any) -> None:
-            if event is None or done.is_set():
-                return
-            seen.append(json.loads(event.body_as_str())["n"])
-            checkpoint["offset"] = event.offset
-            if len(seen) >= count:
-                done.set()
-
-        task = asyncio.create_task(client.receive(on_event=on_event, partition_id=partition,
-                                                  starting_position=start, max_wait_time=0.5))
-        try:
-            await asyncio.wait_for(done.wait(), 30)
-        finally:
-            await client.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await read_numbered(client, partition, count, start, seen, checkpoint)
 
     def make() -> AsyncConsumerClient:
         return AsyncConsumerClient.from_connection_string(hub.config.eventhub_connection_string, "ops",
