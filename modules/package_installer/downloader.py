@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import ssl
 import stat
 import time
@@ -146,11 +147,14 @@ async def download(package: DesiredPackage, source: HttpsSource, settings: Downl
                    progress: Progress | None = None) -> FetchedPackage:
     final, part = cache_paths(settings.cache_dir, package)
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fresh = not final.exists()
-    if fresh:
+    fd = _open_cached(final)
+    fresh = fd is None
+    if fd is None:
         await _download_to(part, package, source, settings, progress)  # hashed while it arrived
         os.replace(part, final)
-    fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _open_cached(final)
+        if fd is None:  # replaced by something else between the rename and the open
+            raise InstallError("the package cache entry changed while it was written", code="INSTALL_CACHE_INVALID")
     fetched = FetchedPackage(fd, final, cached=True)
     try:
         if os.fstat(fd).st_size != package.size:
@@ -161,6 +165,40 @@ async def download(package: DesiredPackage, source: HttpsSource, settings: Downl
         fetched.discard()
         raise
     return fetched
+
+
+def _open_cached(final: Path) -> int | None:
+    """A descriptor of the regular file ``final``, or None when there is none to use. A cache entry
+    that is not a regular file (a symlink: ``O_NOFOLLOW`` refuses it; a FIFO, which ``O_NONBLOCK``
+    keeps from blocking the open; a directory) was not written by the installer: it is removed so
+    the package is downloaded again, rather than followed, waited on or failing untyped."""
+    try:
+        fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP (a symlink), EISDIR, EACCES...
+        log.warning("package cache entry %s is not a regular file (%s): downloading again", final.name,
+                    exc.strerror)
+        _remove_entry(final)
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        log.warning("package cache entry %s is not a regular file: downloading again", final.name)
+        _remove_entry(final)
+        return None
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
+
+
+def _remove_entry(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise InstallError(f"cannot remove the package cache entry ({exc.strerror})",
+                           code="INSTALL_CACHE_INVALID") from None
 
 
 @dataclass

@@ -10,6 +10,7 @@ RETRYABLE_CODES = frozenset(
         "INSTALL_DOWNLOAD_FAILED",  # network error, connection reset, 5xx from the server
         "INSTALL_TIMEOUT",  # connect or read timeout
         "INSTALL_INCOMPLETE",  # the server closed before the declared size arrived
+        "INSTALL_CACHE_INVALID",  # a cache entry that is not a regular file could not be removed or was swapped in
         "INSTALL_TEE_UNAVAILABLE",  # the TEE service socket is not answering
         "INSTALL_INTERNAL",  # an unexpected exception: retried, reported by type only
         # the TEE service restarted or is busy: its unfinished transactions are gone, start again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -161,3 +162,27 @@ async def test_file_source_inside_the_allowed_directory(tmp_path: Path) -> None:
     with pytest.raises(InstallError) as info:
         await get(desired(f"file://{drop}/missing.cpk"), st)
     assert info.value.code == "INSTALL_NOT_FOUND"
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "directory"])
+async def test_a_cache_entry_that_is_not_a_regular_file_is_removed_and_the_package_downloaded_again(
+        package_server: PackageServer, tmp_path: Path, planted: str) -> None:
+    """What the installer did not write is never followed (a symlink to another file), waited on
+    (a FIFO would block the open forever) or an untyped error: it goes, and the package comes again."""
+    package_server.files["a.cpk"] = DATA
+    pkg = desired(package_server.url("a.cpk"))
+    st = settings(tmp_path, package_server)
+    final, _ = cache_paths(st.cache_dir, pkg)
+    final.parent.mkdir(parents=True)
+    decoy = tmp_path / "decoy.cpk"
+    decoy.write_bytes(DATA)  # the right bytes, even: a symlink is still not followed
+    if planted == "symlink":
+        final.symlink_to(decoy)
+    elif planted == "fifo":
+        os.mkfifo(final)
+    else:
+        (final / "inside").mkdir(parents=True)
+    requests_before = len(package_server.ranges)
+    assert await asyncio.wait_for(get(pkg, st), 30) == DATA
+    assert len(package_server.ranges) > requests_before  # downloaded again, not served from the entry
+    assert final.is_file() and not final.is_symlink() and decoy.read_bytes() == DATA
