@@ -167,17 +167,8 @@ class ContainerRunner:
             description = describe_docker_error(exc)
         if record.container_id != container_id:
             return
-        record.running = False
-        record.healthy = None
-        record.exit_code = code
-        record.exited_at = time.monotonic()
-        record.last_exit = dt.datetime.now(dt.UTC)
-        if record.stop_reason is None:
-            record.description = description or f"exited with code {code}"
+        record.mark_exited(code, description)
         log.info("module %s exited: %s", record.spec.module_id, record.description)
-        for task in record.tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
         self.on_change()
 
     async def _health(self, record: ModuleRecord, container_id: str) -> None:

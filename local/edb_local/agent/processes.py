@@ -48,6 +48,20 @@ class ModuleRecord:
     container_id: str | None = None  # the Docker runtime's container (edb_local.agent.docker_runner)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def mark_exited(self, code: int, description: str | None = None) -> None:
+        """The module's process or container ended with ``code``: what both runtimes record (a
+        stop the agent asked for keeps its own description), and the other tasks of this run end."""
+        self.running = False
+        self.healthy = None
+        self.exit_code = code
+        self.exited_at = time.monotonic()
+        self.last_exit = dt.datetime.now(dt.UTC)
+        if self.stop_reason is None:
+            self.description = description or f"exited with code {code}"
+        for task in self.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
     def observation(self) -> ModuleObservation:
         return ModuleObservation(
             fingerprint=self.spec.fingerprint, running=self.running, healthy=self.healthy,
@@ -114,18 +128,9 @@ class ProcessRunner:
         code = await process.wait()
         if record.process is not process:
             return
-        record.running = False
-        record.healthy = None
-        record.exit_code = code
-        record.exited_at = time.monotonic()
-        record.last_exit = dt.datetime.now(dt.UTC)
-        if record.stop_reason is None:
-            record.description = f"exited with code {code}"
+        record.mark_exited(code)
         remove_pid_file(self.run_dir / f"module.{record.spec.module_id}.pid")
         log.info("module %s exited with code %d", record.spec.module_id, code)
-        for task in record.tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
         self.on_change()
 
     async def _health(self, record: ModuleRecord, process: asyncio.subprocess.Process, check: HealthCheck,
