@@ -301,3 +301,32 @@ def test_c2d_send_over_websocket_reaches_the_device(hub: HubThread, stack_ca: St
     assert message.message_id == "m-ws" and message.custom_properties == {"reason": "ws"}
     who = [r.who for r in hub.call(lambda: list(hub.server.core.refusals)) if r.code == "HUB_C2D_UNKNOWN_DEVICE"]
     assert who and who[0].startswith("amqp-ws:")
+
+
+def test_edb_monitor_reads_over_websocket_where_5671_is_not_served(hub: HubThread, stack_ca: StackCA,
+                                                                   tmp_path: Path) -> None:
+    """This hub serves AMQP over TLS on a moved port. With the port in the connection string
+    `edb monitor` reaches it (the SDK ignores that port: the monitor passes it as a custom endpoint);
+    without it, 5671 answers nothing and only --websockets (443) reads the events."""
+    from click.testing import CliRunner
+
+    from edb.cli.main import root
+    from edb_local.hub.errors import UNREACHABLE
+
+    ingest(hub, "ws-mon", [{"n": n} for n in range(3)])
+    expected = [{"n": n} for n in range(3)]
+    common = ["--ca-cert", str(stack_ca.ca_path), "--json", "--state-dir", str(tmp_path)]
+
+    def payloads(output: str) -> list[Any]:
+        return [json.loads(line)["event"]["payload"] for line in output.splitlines()]
+
+    with_port = CliRunner().invoke(root, ["monitor", "-e", hub.config.eventhub_connection_string, *common])
+    assert with_port.exit_code == 0, with_port.output
+    assert payloads(with_port.output) == expected
+    no_port = hub.config.eventhub_connection_string.replace(f":{hub.config.amqp_port}/", "/")
+    assert no_port != hub.config.eventhub_connection_string
+    over_tls = CliRunner().invoke(root, ["monitor", "-e", no_port, *common])
+    assert over_tls.exit_code != 0 and getattr(over_tls.exception, "code", None) == UNREACHABLE
+    over_ws = CliRunner().invoke(root, ["monitor", "-e", no_port, *common, "--websockets"])
+    assert over_ws.exit_code == 0, over_ws.output
+    assert payloads(over_ws.output) == expected

@@ -64,10 +64,12 @@ def _emit(event: dict[str, Any], as_json: bool) -> None:
 @click.option("--tail", type=int, default=None, help="Start with the last N stored events.")
 @click.option("--timeout", type=float, default=None, help="With --follow: stop after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One compact JSON event per line (for scripts).")
+@click.option("--websockets", is_flag=True, help="AMQP over WebSockets on port 443 (where 5671 is blocked).")
 def monitor(connection_string: str | None, ca_cert: str | None, state_dir: Path,
             eventhub_connection_string: str | None, consumer_group: str, device_id: str | None,
             module_id: str | None, properties: tuple[str, ...], follow: bool, since: int | None,
-            enqueued_time: str | None, tail: int | None, timeout: float | None, as_json: bool) -> None:
+            enqueued_time: str | None, tail: int | None, timeout: float | None, as_json: bool,
+            websockets: bool) -> None:
     """Print device-to-cloud events the way `az iot hub monitor-events --properties all` does,
     read from the hub's Event Hub-compatible endpoint (works against Azure IoT Hub too)."""
     wanted = _property_filter(properties)
@@ -92,7 +94,7 @@ def monitor(connection_string: str | None, ca_cert: str | None, state_dir: Path,
             _emit(event, as_json)
 
     run_monitor(settings, consumer_group=consumer_group, start=start, inclusive=inclusive, tail=tail,
-                follow=follow, timeout=timeout, emit=emit)
+                follow=follow, timeout=timeout, emit=emit, websockets=websockets)
 
 
 @click.group("twin")

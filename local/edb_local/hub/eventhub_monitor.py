@@ -58,7 +58,7 @@ def resolve_monitor_settings(connection_string: str | None, ca_cert: str | None,
     ca = ca_cert or environ.get(ENV_CA_CERT) or env_file.get(ENV_CA_CERT) or None
     if ca and not Path(ca).is_file():
         raise HubError(f"CA bundle {ca} does not exist", code=errors.CONFIG_INVALID)
-    return MonitorSettings(cs, host, int(port) if port.isdigit() else 5671, ca)
+    return MonitorSettings(cs, host, int(port) if port.isdigit() else AMQPS_PORT, ca)
 
 
 def parse_enqueued_time(text: str) -> dt.datetime:
@@ -109,32 +109,45 @@ def start_targets(partitions: dict[str, dict[str, Any]], start: Any) -> dict[str
     return out
 
 
-def probe_tls(settings: MonitorSettings, timeout: float = 10.0) -> None:
+AMQPS_PORT = 5671
+#: AMQP over WebSockets: azure-eventhub always connects to 443 (``_pyamqp.constants.WEBSOCKET_PORT``)
+WEBSOCKET_PORT = 443
+
+
+def probe_tls(settings: MonitorSettings, timeout: float = 10.0, *, port: int | None = None) -> None:
     """Fail fast with a stable code before the SDK's retry loop hides the cause."""
     context = ssl.create_default_context(cafile=settings.ca_cert) if settings.ca_cert else ssl.create_default_context()
+    port = port or settings.port
     try:
-        with socket.create_connection((settings.host, settings.port), timeout=timeout) as raw, \
+        with socket.create_connection((settings.host, port), timeout=timeout) as raw, \
                 context.wrap_socket(raw, server_hostname=settings.host):
             pass
     except ssl.SSLCertVerificationError:
         raise HubError(f"the Event Hub endpoint {settings.host} presented a certificate that does not verify "
                        f"against {settings.ca_cert or 'the system trust store'}", code=errors.TLS_UNTRUSTED) from None
     except OSError as exc:
-        raise HubError(f"cannot reach the Event Hub endpoint {settings.host}:{settings.port}: {type(exc).__name__}",
+        raise HubError(f"cannot reach the Event Hub endpoint {settings.host}:{port}: {type(exc).__name__}",
                        code=errors.UNREACHABLE) from None
 
 
 def run_monitor(settings: MonitorSettings, *, consumer_group: str, start: Any, inclusive: bool, tail: int | None,
-                follow: bool, timeout: float | None, emit: Callable[[Any], None]) -> None:
+                follow: bool, timeout: float | None, emit: Callable[[Any], None], websockets: bool = False) -> None:
     """Receive from every partition; ``emit`` gets each EventData (from one thread at a time).
-    Without ``follow`` it returns once every partition delivered what it held at the start."""
-    from azure.eventhub import EventHubConsumerClient
+    Without ``follow`` it returns once every partition delivered what it held at the start.
+    ``websockets``: AMQP over WebSockets on 443, for networks that block 5671."""
+    from azure.eventhub import EventHubConsumerClient, TransportType
     from azure.eventhub.exceptions import EventHubError
 
-    probe_tls(settings)
+    probe_tls(settings, port=WEBSOCKET_PORT if websockets else None)
+    extra: dict[str, Any] = {}
+    if not websockets and settings.port != AMQPS_PORT:
+        # the SDK takes the host from the connection string but always connects to 5671 there; a
+        # port in the Endpoint reaches it only as a custom endpoint address
+        extra["custom_endpoint_address"] = f"sb://{settings.host}:{settings.port}"
     client = EventHubConsumerClient.from_connection_string(
         settings.connection_string, consumer_group, connection_verify=settings.ca_cert, retry_total=2,
-        socket_timeout=_SOCKET_TIMEOUT)
+        socket_timeout=_SOCKET_TIMEOUT,
+        transport_type=TransportType.AmqpOverWebsocket if websockets else TransportType.Amqp, **extra)
     lock = threading.Lock()
     finished = threading.Event()
     failures: list[BaseException] = []
