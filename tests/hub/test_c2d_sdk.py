@@ -269,3 +269,16 @@ def test_purge_and_feedback_credentials(hub: HubThread, registry: IoTHubRegistry
     with pytest.raises(HttpOperationError) as registry_read:
         service.get_device("cred-dev")
     assert registry_read.value.response.status_code == 401
+
+
+def test_queued_message_and_its_ack_survive_a_hub_restart(
+        hub: HubThread, registry: IoTHubRegistryManager, device: Any) -> None:
+    registry.send_c2d_message("c2d-dev", "kept", properties={"messageId": "m-kept", "iothub-ack": "positive"})
+    hub.stop()
+    hub.start()             # same state directory: the message is reloaded from the pending table
+    inbox = Inbox()
+    device(inbox)
+    assert [m.data for m in inbox.wait(1)] == [b"kept"]
+    response = _feedback(registry)
+    assert response.status_code == 200
+    assert [(r["originalMessageId"], r["statusCode"]) for r in response.json()] == [("m-kept", "Success")]
