@@ -136,3 +136,149 @@ def test_service_tokens_of_other_hubs_or_keys_cannot_send(hub: HubThread) -> Non
         registry.send_c2d_message("c2d-dev", "forged")
     refusals = list(hub.server.core.refusals)
     assert any(r.code == "HUB_AMQP_CBS_REFUSED" and r.detail.startswith("HUB_AUTH_BAD_SIGNATURE") for r in refusals)
+
+
+# -- purge and feedback (azure-iot-hub's protocol layer over HTTPS) ----------------------------
+
+def _feedback(registry: IoTHubRegistryManager, *, timeout: float = 15.0) -> Any:
+    """`receive_feedback_notification` until a feedback message arrives (a PUBACK completes a
+    message shortly after the device got it); the raw response (status, headers, body)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        raw = registry.protocol.cloud_to_device_messages.receive_feedback_notification(raw=True)
+        if raw.response.status_code == 200 or time.monotonic() > deadline:
+            return raw.response
+        time.sleep(0.2)
+
+
+def _lock_token(response: Any) -> str:
+    etag = response.headers["ETag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    return str(etag.strip('"'))
+
+
+def test_purge_empties_the_queue(hub: HubThread, registry: IoTHubRegistryManager, device: Any) -> None:
+    from msrest.exceptions import HttpOperationError
+
+    c2d_api = registry.protocol.cloud_to_device_messages
+    for n in range(3):
+        registry.send_c2d_message("c2d-dev", f"stale {n}")
+    result = c2d_api.purge_cloud_to_device_message_queue("c2d-dev")
+    assert (result.device_id, result.total_messages_purged) == ("c2d-dev", 3)
+    assert c2d_api.purge_cloud_to_device_message_queue("c2d-dev").total_messages_purged == 0
+    inbox = Inbox()
+    device(inbox)
+    registry.send_c2d_message("c2d-dev", "fresh")        # the device is subscribed and receiving...
+    assert [m.data for m in inbox.wait(1)] == [b"fresh"]
+    time.sleep(0.5)
+    assert [m.data for m in inbox.messages] == [b"fresh"]  # ...and got none of the purged ones
+    with pytest.raises(HttpOperationError) as unknown:
+        c2d_api.purge_cloud_to_device_message_queue("nobody")
+    assert unknown.value.response.status_code == 404
+    assert unknown.value.response.json()["error"]["code"] == "HUB_NOT_FOUND"
+
+
+def test_ack_full_and_negative_feedback_after_the_device_receives(
+        hub: HubThread, registry: IoTHubRegistryManager, device: Any) -> None:
+    inbox = Inbox()
+    device(inbox)
+    registry.send_c2d_message("c2d-dev", "a", properties={"messageId": "m-full", "iothub-ack": "full"})
+    registry.send_c2d_message("c2d-dev", "b", properties={"messageId": "m-negative", "iothub-ack": "negative"})
+    registry.send_c2d_message("c2d-dev", "c", properties={"messageId": "m-positive", "iothub-ack": "positive"})
+    registry.send_c2d_message("c2d-dev", "d", properties={"messageId": "m-none"})
+    assert len(inbox.wait(4)) == 4
+    deadline = time.monotonic() + 10
+    while hub.call(lambda: hub.server.core.counters.get("c2d_success", 0)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)      # all four PUBACKed: their feedback is recorded
+    response = _feedback(registry)
+    assert response.status_code == 200, response.status_code
+    assert response.headers["Content-Type"].startswith("application/vnd.microsoft.iothub.feedback.json")
+    records = response.json()
+    generation_id = registry.get_device("c2d-dev").generation_id
+    assert sorted(r["originalMessageId"] for r in records) == ["m-full", "m-positive"]   # negative: none
+    full = next(r for r in records if r["originalMessageId"] == "m-full")
+    assert full["statusCode"] == "Success" and full["description"] == "Success"
+    assert full["deviceId"] == "c2d-dev" and full["deviceGenerationId"] == generation_id
+    assert full["enqueuedTimeUtc"].endswith("Z")
+    assert response.headers["iothub-deliverycount"] == "0"
+    c2d_api = registry.protocol.cloud_to_device_messages
+    c2d_api.complete_feedback_notification(_lock_token(response))
+    empty = c2d_api.receive_feedback_notification(raw=True).response
+    assert empty.status_code == 204 and not empty.content
+
+
+def test_expired_message_gives_expired_feedback(hub: HubThread, registry: IoTHubRegistryManager) -> None:
+    registry.create_device_with_sas("offline-dev", None, None, "enabled")
+    soon = int((time.time() + 1.0) * 1000)
+    registry.send_c2d_message("offline-dev", "never read", properties={
+        "messageId": "m-expiring", "iothub-ack": "negative", "expiryTimeUtc": soon})
+    time.sleep(1.5)
+    response = _feedback(registry)
+    assert response.status_code == 200
+    [record] = response.json()
+    assert (record["originalMessageId"], record["statusCode"], record["deviceId"]) == (
+        "m-expiring", "Expired", "offline-dev")
+    expired_at = dt.datetime.fromisoformat(record["enqueuedTimeUtc"].replace("Z", "+00:00"))
+    assert abs(expired_at.timestamp() - soon / 1000) < 0.01        # when it expired, not when noticed
+
+
+def test_feedback_abandon_redelivers_and_complete_removes(
+        hub: HubThread, registry: IoTHubRegistryManager, device: Any) -> None:
+    from msrest.exceptions import HttpOperationError
+
+    c2d_api = registry.protocol.cloud_to_device_messages
+    registry.send_c2d_message("c2d-dev", "x", properties={"messageId": "m-1", "iothub-ack": "full"})
+    assert c2d_api.purge_cloud_to_device_message_queue("c2d-dev").total_messages_purged == 1
+    first = _feedback(registry)
+    assert [r["statusCode"] for r in first.json()] == ["Purged"]
+    token = _lock_token(first)
+    assert c2d_api.receive_feedback_notification(raw=True).response.status_code == 204   # locked
+    c2d_api.abandon_feedback_notification(token)
+    second = _feedback(registry)
+    assert second.json() == first.json() and second.headers["iothub-messageid"] == first.headers["iothub-messageid"]
+    assert second.headers["iothub-deliverycount"] == "1" and _lock_token(second) != token
+    with pytest.raises(HttpOperationError) as stale:
+        c2d_api.complete_feedback_notification(token)            # the abandoned lock is gone
+    assert stale.value.response.status_code == 412
+    c2d_api.complete_feedback_notification(_lock_token(second))
+    assert c2d_api.receive_feedback_notification(raw=True).response.status_code == 204
+
+
+def test_purge_and_feedback_credentials(hub: HubThread, registry: IoTHubRegistryManager) -> None:
+    from msrest.exceptions import HttpOperationError
+
+    from edb_local.hub.amqp.auth import service_policy_key
+
+    registry.create_device_with_sas("cred-dev", None, None, "enabled")
+    forged = IoTHubRegistryManager.from_connection_string(
+        hub.config.service_connection_string.replace(hub.config.owner_key, new_key()))
+    for call in (lambda: forged.protocol.cloud_to_device_messages.receive_feedback_notification(),
+                 lambda: forged.protocol.cloud_to_device_messages.purge_cloud_to_device_message_queue("cred-dev"),
+                 lambda: forged.protocol.cloud_to_device_messages.complete_feedback_notification("t"),
+                 lambda: forged.protocol.cloud_to_device_messages.abandon_feedback_notification("t")):
+        with pytest.raises(HttpOperationError) as refused:
+            call()
+        assert refused.value.response.status_code == 401
+    # the `service` policy (ServiceConnect) may purge and read feedback, not read the registry
+    service = IoTHubRegistryManager.from_connection_string(
+        f"HostName={hub.config.service_host};SharedAccessKeyName=service;"
+        f"SharedAccessKey={service_policy_key(hub.config.owner_key)}")
+    c2d_api = service.protocol.cloud_to_device_messages
+    assert c2d_api.purge_cloud_to_device_message_queue("cred-dev").total_messages_purged == 0
+    assert c2d_api.receive_feedback_notification(raw=True).response.status_code == 204
+    with pytest.raises(HttpOperationError) as registry_read:
+        service.get_device("cred-dev")
+    assert registry_read.value.response.status_code == 401
+
+
+def test_queued_message_and_its_ack_survive_a_hub_restart(
+        hub: HubThread, registry: IoTHubRegistryManager, device: Any) -> None:
+    registry.send_c2d_message("c2d-dev", "kept", properties={"messageId": "m-kept", "iothub-ack": "positive"})
+    hub.stop()
+    hub.start()             # same state directory: the message is reloaded from the pending table
+    inbox = Inbox()
+    device(inbox)
+    assert [m.data for m in inbox.wait(1)] == [b"kept"]
+    response = _feedback(registry)
+    assert response.status_code == 200
+    assert [(r["originalMessageId"], r["statusCode"]) for r in response.json()] == [("m-kept", "Success")]

@@ -195,7 +195,8 @@ def test_bulk_registry_create_update_delete(hub: HubThread, registry: IoTHubRegi
 
 
 @pytest.mark.parametrize("method,path", [("GET", "/jobs/v2"), ("POST", "/jobs/v2/import"),
-                                         ("GET", "/digitaltwins/dev"), ("DELETE", "/devices/x/commands")])
+                                         ("GET", "/digitaltwins/dev"),
+                                         ("GET", "/messages/serviceBound/filenotifications")])
 def test_unsupported_apis_answer_501_never_an_auth_error(hub: HubThread, stack_ca: StackCA, method: str,
                                                          path: str) -> None:
     url = f"https://{hub.config.address}{path}?api-version=2021-04-12"

@@ -38,6 +38,13 @@ class HubConfig:
     c2d_default_ttl_secs: float = 3600.0   # IoT Hub's default C2D time to live (1 hour)
     c2d_max_ttl_secs: float = 48 * 3600.0
     c2d_max_message_bytes: int = 64 * 1024  # IoT Hub's C2D message size limit
+    c2d_max_delivery_count: int = 10       # IoT Hub's default maxDeliveryCount (explicit abandons)
+    #: the service-bound feedback queue (IoT Hub's feedback.* defaults: 1 h, 60 s lock, 10 deliveries;
+    #: records per feedback message: 64, as IoT Hub batches); at most this many records held
+    feedback_ttl_secs: float = 3600.0
+    feedback_lock_secs: float = 60.0
+    feedback_max_delivery_count: int = 10
+    feedback_max_records: int = 10_000
     #: file upload: the storage account (Azurite locally; "" = file upload not configured, 501), the
     #: container devices upload into, and the CA to trust when the hub creates that container
     file_upload_connection_string: str = field(default="", repr=False)

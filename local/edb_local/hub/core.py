@@ -15,11 +15,12 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edb_local.hub import errors, twin_events
+from edb_local.hub import c2d, errors, twin_events
+from edb_local.hub.amqp.auth import SERVICE_POLICY, policy_keys
 from edb_local.hub.config import OWNER_POLICY, HubConfig
 from edb_local.hub.delivery import InputQueue, QueuedMessage
 from edb_local.hub.errors import HubError
@@ -108,7 +109,11 @@ class HubCore:
         self.sessions: dict[Identity, ClientSession] = {}
         self._conn_times: dict[Identity, tuple[float, float]] = {}
         self.route_tables: dict[str, RouteTable] = {}
-        self.queues: dict[Identity, InputQueue] = {}
+        self.queues: dict[Identity, InputQueue] = {}      # module inputs (edgeHub store-and-forward)
+        self.c2d: dict[str, c2d.C2DQueue] = {}             # cloud-to-device, by device id
+        self.feedback = c2d.FeedbackQueue(
+            ttl_secs=config.feedback_ttl_secs, lock_secs=config.feedback_lock_secs,
+            max_delivery_count=config.feedback_max_delivery_count, max_records=config.feedback_max_records)
         self.refusals: deque[Refusal] = deque(maxlen=1000)
         self._pending_methods: dict[tuple[Identity, str], asyncio.Future[tuple[int, Any]]] = {}
         self._online_waiters: dict[Identity, list[asyncio.Future[None]]] = {}
@@ -121,9 +126,11 @@ class HubCore:
             if identity.module_id == "$edgeHub":
                 self._load_routes(identity.device_id, twin, report=False)
         for row in store.pending():
-            # C2D messages are stored with module_id "" (the pending table's module column is NOT NULL)
-            self._queue(Identity(row.device_id, row.module_id or None)).push(QueuedMessage(
-                row.priority, row.seq, row.input, row.expires, row.body, row.props))
+            message = QueuedMessage(row.priority, row.seq, row.input, row.expires, row.body, row.props)
+            if row.module_id:
+                self._queue(Identity(row.device_id, row.module_id)).push(message)
+            else:   # C2D messages are stored with module_id "" (the module column is NOT NULL)
+                self._c2d_queue(row.device_id).push(message)
 
     # -- diagnostics -------------------------------------------------------------------------
 
@@ -166,16 +173,19 @@ class HubCore:
         self.state.set_model_id(identity, model_id)  # authenticated: the twin shows what it announced
         return identity, token.expiry
 
-    def authenticate_service(self, authorization: str | None) -> None:
+    def authenticate_service(self, authorization: str | None, *, service_connect: bool = False) -> None:
         """The `Authorization` header of a service (azure-iot-hub) request: an `iothubowner` token
-        for this hub's service host name."""
+        for this hub's service host name. ``service_connect``: the request needs only IoT Hub's
+        ServiceConnect permission (C2D purge and feedback), which the `service` policy has too."""
         if not authorization:
             raise HubError("no Authorization header", code=errors.AUTH_MISSING)
         token = parse_token(authorization)
-        if token.key_name != OWNER_POLICY:
-            raise HubError("unknown shared access policy", code=errors.AUTH_UNKNOWN_POLICY)
+        keys = policy_keys(self.config.owner_key)
+        if token.key_name != OWNER_POLICY and not (service_connect and token.key_name == SERVICE_POLICY):
+            raise HubError("unknown shared access policy, or one without this permission",
+                           code=errors.AUTH_UNKNOWN_POLICY)
         hosts = {self.config.service_host, self.config.address, self.config.hub_name}
-        verify_token(token, expected_resources=hosts, keys=[self.config.owner_key])
+        verify_token(token, expected_resources=hosts, keys=[keys[token.key_name]])
 
     def authenticate_module_request(self, authorization: str | None, edge_module: str | None) -> Identity:
         """A module's own SAS token plus `x-ms-edge-moduleId: device/module` naming the same module
@@ -253,9 +263,14 @@ class HubCore:
         self._conn_times[identity] = (time.time(), self._conn_times.get(identity, (0.0, 0.0))[1])
 
     def _release(self, identity: Identity) -> None:
-        queue = self.queues.get(identity)
+        queue = self.queues.get(identity) if identity.module_id is not None else self.c2d.get(identity.device_id)
         if queue is not None:
             queue.requeue_inflight()
+
+    def inflight_packets(self, identity: Identity) -> Mapping[int, QueuedMessage]:
+        """Packet ids of this identity's unacknowledged deliveries (a new packet id must avoid them)."""
+        queue = self.queues.get(identity) if identity.module_id is not None else self.c2d.get(identity.device_id)
+        return queue.inflight if queue is not None else {}
 
     def touch(self, identity: Identity) -> None:
         updated, _ = self._conn_times.get(identity, (0.0, 0.0))
@@ -313,6 +328,9 @@ class HubCore:
         return True
 
     def on_puback(self, session: ClientSession, packet_id: int) -> None:
+        if session.identity.module_id is None:
+            self._c2d_puback(session.identity, packet_id)
+            return
         queue = self.queues.get(session.identity)
         if queue is not None and queue.ack(packet_id, self.store):
             self.counters["inputs_acked"] += 1
@@ -437,13 +455,15 @@ class HubCore:
         return queue
 
     def pump(self, identity: Identity) -> None:
-        """Send queued input messages to a connected, subscribed module."""
+        """Send queued messages to a connected, subscribed module (inputs) or device (C2D)."""
+        if identity.module_id is None:
+            self._c2d_pump(identity)
+            return
         session = self.sessions.get(identity)
         queue = self.queues.get(identity)
         if session is None or queue is None or not queue.heap:
             return
-        suffix = "inputs/#" if identity.module_id is not None else "messages/devicebound/#"
-        qos = session.subscriptions.get(f"{identity.topic_base}/{suffix}")
+        qos = session.subscriptions.get(f"{identity.topic_base}/inputs/#")
         if qos is None:
             return
         queue.pump(session, self.store, window=self.config.inflight_window, qos=qos)
@@ -455,7 +475,8 @@ class HubCore:
                                   message.props.get("application", {}))
 
     def expire_pending(self) -> int:
-        return sum(queue.drop_expired(self.store) for queue in self.queues.values())
+        inputs = sum(queue.drop_expired(self.store) for queue in self.queues.values())
+        return inputs + self.expire_c2d()
 
     # -- upstream (what IoT Hub receives) ----------------------------------------------------
 
@@ -494,33 +515,118 @@ class HubCore:
                 self._upstream_waiters.remove(waiter)
         return self.store.upstream_since(since, limit)
 
-    # -- cloud-to-device messages -----------------------------------------------------------
+    # -- cloud-to-device messages (queue and feedback logic: c2d.py) --------------------------
+
+    def _c2d_queue(self, device_id: str) -> c2d.C2DQueue:
+        queue = self.c2d.get(device_id)
+        if queue is None:
+            queue = self.c2d[device_id] = c2d.C2DQueue(max_delivery_count=self.config.c2d_max_delivery_count)
+        return queue
 
     def enqueue_c2d(self, device_id: str, body: bytes, system: dict[str, str], application: dict[str, str | None],
                     *, expires: float | None) -> None:
         """Queue a C2D message for a device (stored; delivered over MQTT as QoS 1 on
         `devices/<id>/messages/devicebound/<properties>` while the device is subscribed; a PUBACK
         completes it). Refused: unknown device, a full queue (IoT Hub's limit: 50), already expired,
-        too large."""
+        too large, an `iothub-ack` other than none/positive/negative/full."""
         identity = Identity(device_id)
         if self.state.identities.get(identity) is None:
             raise HubError("no such device", code=errors.C2D_UNKNOWN_DEVICE)
         if len(body) > self.config.c2d_max_message_bytes:
             raise HubError(f"{len(body)}-byte C2D message above the limit", code=errors.C2D_BAD_MESSAGE)
+        if c2d.ack_mode(application) is None:
+            raise HubError(f"{c2d.ACK_PROPERTY} must be one of {', '.join(c2d.ACK_MODES)}",
+                           code=errors.C2D_BAD_MESSAGE)
         now = time.time()
         ttl = self.config.c2d_default_ttl_secs if expires is None else expires - now
         if ttl <= 0:
             raise HubError("C2D message already expired", code=errors.C2D_BAD_MESSAGE)
-        queue = self._queue(identity)
+        queue = self._c2d_queue(device_id)
         if len(queue) >= self.config.c2d_queue_limit:
             raise HubError(f"device {device_id} has {len(queue)} C2D messages queued",
                            code=errors.C2D_QUEUE_FULL)
         deadline = now + min(ttl, self.config.c2d_max_ttl_secs)
         props = {"system": system, "application": application}
-        seq = self.store.add_pending(device_id, "", "$c2d", 0, deadline, body, props)
-        queue.push(QueuedMessage(0, seq, "$c2d", deadline, body, props))
+        seq = self.store.add_pending(device_id, "", c2d.C2D_INPUT, 0, deadline, body, props)
+        queue.push(QueuedMessage(0, seq, c2d.C2D_INPUT, deadline, body, props))
         self.counters["c2d_queued"] = self.counters.get("c2d_queued", 0) + 1
         self.pump(identity)
+
+    def _c2d_pump(self, identity: Identity) -> None:
+        queue = self.c2d.get(identity.device_id)
+        session = self.sessions.get(identity)
+        if queue is None or not queue.heap:
+            return
+        qos = None if session is None else session.subscriptions.get(f"{identity.topic_base}/messages/devicebound/#")
+        if session is None or qos is None:
+            return      # expired messages wait for housekeeping, a feedback receive or the next send
+        now = time.time()
+        send, outcomes = queue.take(self.config.inflight_window, now)
+        for message in send:
+            outcome = queue.sent(message, session.send_input(message, qos), now)
+            if outcome is not None:
+                outcomes.append(outcome)     # QoS 0 subscription: completed when sent
+        self._c2d_outcomes(identity.device_id, outcomes)
+
+    def _c2d_puback(self, identity: Identity, packet_id: int) -> None:
+        queue = self.c2d.get(identity.device_id)
+        outcome = None if queue is None else queue.complete(packet_id, time.time())
+        if outcome is not None:
+            self._c2d_outcomes(identity.device_id, [outcome])
+            self.pump(identity)
+
+    def _c2d_outcomes(self, device_id: str, outcomes: list[c2d.Outcome]) -> None:
+        """Messages that left a device's queue: delete their rows, count them, and record the
+        feedback their `iothub-ack` asks for."""
+        if not outcomes:
+            return
+        for outcome in outcomes:
+            self.store.delete_pending(outcome.message.seq)
+            key = f"c2d_{outcome.status.lower()}"
+            self.counters[key] = self.counters.get(key, 0) + 1
+        record = self.state.identities.get(Identity(device_id))
+        generation_id = record.generation_id if record is not None else ""
+        for feedback in c2d.outcome_records(outcomes, device_id, generation_id):
+            if not self.feedback.add(feedback):
+                self.refuse(errors.C2D_FEEDBACK_DROPPED, device_id,
+                            f"feedback queue holds {self.config.feedback_max_records} records")
+
+    def expire_c2d(self) -> int:
+        """Drop every expired enqueued C2D message (their `Expired` feedback included)."""
+        now = time.time()
+        dropped = 0
+        for device_id, queue in list(self.c2d.items()):
+            outcomes = queue.expire(now)
+            dropped += len(outcomes)
+            self._c2d_outcomes(device_id, outcomes)
+        return dropped
+
+    def purge_c2d(self, device_id: str) -> int:
+        """`DELETE /devices/{id}/commands`: remove every message queued for the device (404 for an
+        unknown device); returns how many."""
+        self.state.identity(Identity(device_id))
+        queue = self.c2d.get(device_id)
+        if queue is None:
+            return 0
+        outcomes = queue.purge(time.time())
+        self._c2d_outcomes(device_id, outcomes)
+        return len(outcomes)
+
+    def forget_c2d(self, device_id: str) -> None:
+        """A deleted device: its queue (rows are deleted by the caller) and its waiting feedback go."""
+        self.c2d.pop(device_id, None)
+        self.feedback.forget_device(device_id)
+
+    def receive_feedback(self) -> c2d.FeedbackMessage | None:
+        self.expire_c2d()      # an expiry is reported when the service asks, not 30 s later
+        return self.feedback.receive(time.time())
+
+    def settle_feedback(self, lock_token: str, *, complete: bool) -> None:
+        now = time.time()
+        done = self.feedback.complete(lock_token, now) if complete else self.feedback.abandon(lock_token, now)
+        if not done:
+            raise HubError("no feedback message is locked under this token (unknown, completed or lapsed)",
+                           code=errors.C2D_LOCK_LOST)
 
     # -- direct methods ----------------------------------------------------------------------
 

@@ -58,7 +58,9 @@ MESSAGE_TOO_LARGE = "HUB_MESSAGE_TOO_LARGE"
 QUEUE_FULL = "HUB_QUEUE_FULL"
 C2D_QUEUE_FULL = "HUB_C2D_QUEUE_FULL"            # the device already has `c2d_queue_limit` messages queued
 C2D_UNKNOWN_DEVICE = "HUB_C2D_UNKNOWN_DEVICE"    # a C2D message for no registered device
-C2D_BAD_MESSAGE = "HUB_C2D_BAD_MESSAGE"          # no `to`, already expired, too large
+C2D_BAD_MESSAGE = "HUB_C2D_BAD_MESSAGE"          # no `to`, already expired, too large, bad iothub-ack
+C2D_LOCK_LOST = "HUB_C2D_LOCK_LOST"              # complete/abandon with a lock token that is unknown or lapsed (412)
+C2D_FEEDBACK_DROPPED = "HUB_C2D_FEEDBACK_DROPPED"  # a feedback record over the feedback queue's bound
 FILE_UPLOAD_THROTTLED = "HUB_FILE_UPLOAD_THROTTLED"  # more than 10 outstanding uploads of one device (429)
 NOT_IMPLEMENTED = "HUB_NOT_IMPLEMENTED"          # an IoT Hub API the stand-in does not offer (501)
 

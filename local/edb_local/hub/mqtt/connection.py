@@ -213,8 +213,7 @@ class MqttConnection(asyncio.Protocol):
         self._out.clear()
 
     def _packet_id(self) -> int:
-        queue = self.core.queues.get(self.identity)
-        inflight = queue.inflight if queue is not None else {}
+        inflight = self.core.inflight_packets(self.identity)
         while True:
             self._next_packet_id = self._next_packet_id % 0xFFFF + 1
             if self._next_packet_id not in inflight:

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from edb_local.hub import errors
+from edb_local.hub import c2d, errors
 from edb_local.hub.core import HubCore
 from edb_local.hub.deployments import parse_target_condition
 from edb_local.hub.errors import HubError
@@ -34,6 +34,7 @@ _STATUS = {
     errors.DEVICE_NOT_ONLINE: (404, "DeviceNotOnline"),
     errors.CONFLICT: (409, "DeviceAlreadyExists"),
     errors.PRECONDITION_FAILED: (412, "PreconditionFailed"),
+    errors.C2D_LOCK_LOST: (412, "DeviceMessageLockLost"),
     errors.METHOD_TIMEOUT: (504, "GatewayTimeout"),
     errors.NOT_IMPLEMENTED: (501, "NotImplemented"),
     errors.FILE_UPLOAD_THROTTLED: (429, "ThrottlingException"),
@@ -43,6 +44,8 @@ _MAX_BODY = 1024 * 1024
 _UNAUTHENTICATED = ("/edb/health",)   # (the WebSocket paths are taken by the front middleware)
 #: routes a device calls with its own SAS token (file upload)
 _DEVICE_ROUTES = ("file-upload-start", "file-upload-complete")
+#: routes IoT Hub's ServiceConnect permission allows (the `service` policy as well as `iothubowner`)
+_SERVICE_CONNECT_ROUTES = ("c2d-purge", "feedback-receive", "feedback-complete", "feedback-abandon")
 #: Who is calling: None for the service (an `iothubowner` token), else the module calling through edgeHub.
 CALLER: web.RequestKey[Identity | None] = web.RequestKey("caller", Identity | None)  # type: ignore[arg-type]
 
@@ -125,6 +128,12 @@ class ServiceApi:
         r.add_put("/devices/{id}/modules/{mid}", self.put_module)
         r.add_delete("/devices/{id}/modules/{mid}", self.delete_module)
         r.add_post("/devices/{id}/applyConfigurationContent", self.apply_content)
+        r.add_delete("/devices/{id}/commands", self.purge_c2d, name=_SERVICE_CONNECT_ROUTES[0])
+        r.add_get("/messages/serviceBound/feedback", self.receive_feedback, name=_SERVICE_CONNECT_ROUTES[1])
+        r.add_delete("/messages/serviceBound/feedback/{lockToken}", self.complete_feedback,
+                     name=_SERVICE_CONNECT_ROUTES[2])
+        r.add_post("/messages/serviceBound/feedback/{lockToken}/abandon", self.abandon_feedback,
+                   name=_SERVICE_CONNECT_ROUTES[3])
         r.add_post("/devices/{id}/files", self.file_upload_start, name=_DEVICE_ROUTES[0])
         r.add_post("/devices/{id}/files/notifications", self.file_upload_complete, name=_DEVICE_ROUTES[1])
         r.add_get("/twins/{id}", self.get_twin)
@@ -173,7 +182,8 @@ class ServiceApi:
         elif edge_module is not None and request.method == "POST" and request.path.endswith("/methods"):
             request[CALLER] = self.core.authenticate_module_request(authorization, edge_module)
         else:
-            self.core.authenticate_service(authorization)
+            self.core.authenticate_service(
+                authorization, service_connect=request.match_info.route.name in _SERVICE_CONNECT_ROUTES)
             request[CALLER] = None  # the service: any target
         return await handler(request)
 
@@ -241,6 +251,7 @@ class ServiceApi:
         for session_identity in [i for i in self.core.sessions if i.device_id == device_id]:
             self.core.sessions[session_identity].close()
         self.core.store.delete_pending_for(device_id)
+        self.core.forget_c2d(device_id)
 
     async def get_device(self, request: web.Request) -> web.Response:
         return _etag_response(self.state.identity_json(Identity(request.match_info["id"])))
@@ -281,6 +292,40 @@ class ServiceApi:
             session.close()
         self.core.store.delete_pending_for(identity.device_id, identity.module_id)
         self.core.queues.pop(identity, None)
+        return web.Response(status=204)
+
+    # -- cloud-to-device: purge and feedback ---------------------------------------------------
+
+    async def purge_c2d(self, request: web.Request) -> web.Response:
+        device_id = request.match_info["id"]
+        purged = self.core.purge_c2d(device_id)
+        return web.json_response({"deviceId": device_id, "totalMessagesPurged": purged})
+
+    async def receive_feedback(self, request: web.Request) -> web.Response:
+        """The next feedback message, locked: its records as the body, the lock token in `ETag`
+        (quoted, as IoT Hub's HTTPS receive of device-bound messages has it), the message's system
+        properties in `iothub-*` headers; 204 when there is none."""
+        message = self.core.receive_feedback()
+        if message is None:
+            return web.Response(status=204)
+        headers = {
+            "ETag": f'"{message.lock_token}"',
+            "iothub-messageid": message.message_id,
+            "iothub-sequencenumber": str(message.sequence_number),
+            "iothub-enqueuedtime": c2d.iso_utc(message.enqueued),
+            "iothub-expiry": c2d.iso_utc(message.expires),
+            "iothub-deliverycount": str(message.delivery_count),
+            "iothub-userid": self.core.config.hub_name,
+        }
+        return web.Response(body=json.dumps(message.body()).encode(), headers=headers,
+                            content_type=c2d.FEEDBACK_CONTENT_TYPE)
+
+    async def complete_feedback(self, request: web.Request) -> web.Response:
+        self.core.settle_feedback(request.match_info["lockToken"], complete=True)
+        return web.Response(status=204)
+
+    async def abandon_feedback(self, request: web.Request) -> web.Response:
+        self.core.settle_feedback(request.match_info["lockToken"], complete=False)
         return web.Response(status=204)
 
     # -- twins -------------------------------------------------------------------------------
