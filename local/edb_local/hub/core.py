@@ -17,10 +17,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from edb_local.hub import c2d, errors, twin_events
+from edb_local.hub import errors, twin_events
 from edb_local.hub.amqp.auth import SERVICE_POLICY, policy_keys
+from edb_local.hub.c2d_hub import CloudToDevice
 from edb_local.hub.config import OWNER_POLICY, HubConfig
 from edb_local.hub.delivery import InputQueue, QueuedMessage
 from edb_local.hub.errors import HubError
@@ -28,6 +29,7 @@ from edb_local.hub.message import HubMessage
 from edb_local.hub.mqtt.codec import Connect, Publish
 from edb_local.hub.routing import Delivery, RouteTable, parse_edgehub_desired, route_message, route_twin_change
 from edb_local.hub.sas import parse_token, verify_token
+from edb_local.hub.session import ClientSession
 from edb_local.hub.state import HubState
 from edb_local.hub.store import Store, UpstreamRow
 from edb_local.hub.topics import (
@@ -56,22 +58,6 @@ METHODS_FILTER = "$iothub/methods/POST/#"
 DESIRED_FILTER = "$iothub/twin/PATCH/properties/desired/#"
 TWIN_RES_FILTER = "$iothub/twin/res/#"
 MAX_METHOD_TIMEOUT = 300
-
-
-class ClientSession(Protocol):
-    """A connected MQTT client, as the core sees it."""
-
-    identity: Identity
-    subscriptions: dict[str, int]
-    clean_session: bool
-
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> int | None: ...
-
-    def send_input(self, message: QueuedMessage, qos: int) -> int | None: ...
-
-    def send_puback(self, packet_id: int) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +96,6 @@ class HubCore:
         self._conn_times: dict[Identity, tuple[float, float]] = {}
         self.route_tables: dict[str, RouteTable] = {}
         self.queues: dict[Identity, InputQueue] = {}      # module inputs (edgeHub store-and-forward)
-        self.c2d: dict[str, c2d.C2DQueue] = {}             # cloud-to-device, by device id
-        self.feedback = c2d.FeedbackQueue(
-            ttl_secs=config.feedback_ttl_secs, lock_secs=config.feedback_lock_secs,
-            max_delivery_count=config.feedback_max_delivery_count, max_records=config.feedback_max_records)
         self.refusals: deque[Refusal] = deque(maxlen=1000)
         self._pending_methods: dict[tuple[Identity, str], asyncio.Future[tuple[int, Any]]] = {}
         self._online_waiters: dict[Identity, list[asyncio.Future[None]]] = {}
@@ -122,6 +104,7 @@ class HubCore:
         self._wake_scheduled = False
         self._rids = itertools.count(1)
         self.counters = {"telemetry_in": 0, "upstream": 0, "inputs_queued": 0, "inputs_acked": 0}
+        self.c2d = CloudToDevice(config, store, self.state, self.sessions, self.counters, self.refuse)
         for identity, twin in self.state.twins.items():
             if identity.module_id == "$edgeHub":
                 self._load_routes(identity.device_id, twin, report=False)
@@ -130,7 +113,7 @@ class HubCore:
             if row.module_id:
                 self._queue(Identity(row.device_id, row.module_id)).push(message)
             else:   # C2D messages are stored with module_id "" (the module column is NOT NULL)
-                self._c2d_queue(row.device_id).push(message)
+                self.c2d.queue(row.device_id).push(message)
 
     # -- diagnostics -------------------------------------------------------------------------
 
@@ -263,13 +246,13 @@ class HubCore:
         self._conn_times[identity] = (time.time(), self._conn_times.get(identity, (0.0, 0.0))[1])
 
     def _release(self, identity: Identity) -> None:
-        queue = self.queues.get(identity) if identity.module_id is not None else self.c2d.get(identity.device_id)
+        queue = self.queues.get(identity) if identity.module_id is not None else self.c2d.queues.get(identity.device_id)
         if queue is not None:
             queue.requeue_inflight()
 
     def inflight_packets(self, identity: Identity) -> Mapping[int, QueuedMessage]:
         """Packet ids of this identity's unacknowledged deliveries (a new packet id must avoid them)."""
-        queue = self.queues.get(identity) if identity.module_id is not None else self.c2d.get(identity.device_id)
+        queue = self.queues.get(identity) if identity.module_id is not None else self.c2d.queues.get(identity.device_id)
         return queue.inflight if queue is not None else {}
 
     def touch(self, identity: Identity) -> None:
@@ -329,7 +312,7 @@ class HubCore:
 
     def on_puback(self, session: ClientSession, packet_id: int) -> None:
         if session.identity.module_id is None:
-            self._c2d_puback(session.identity, packet_id)
+            self.c2d.puback(session.identity, packet_id)
             return
         queue = self.queues.get(session.identity)
         if queue is not None and queue.ack(packet_id, self.store):
@@ -457,7 +440,7 @@ class HubCore:
     def pump(self, identity: Identity) -> None:
         """Send queued messages to a connected, subscribed module (inputs) or device (C2D)."""
         if identity.module_id is None:
-            self._c2d_pump(identity)
+            self.c2d.pump(identity)
             return
         session = self.sessions.get(identity)
         queue = self.queues.get(identity)
@@ -476,7 +459,7 @@ class HubCore:
 
     def expire_pending(self) -> int:
         inputs = sum(queue.drop_expired(self.store) for queue in self.queues.values())
-        return inputs + self.expire_c2d()
+        return inputs + self.c2d.expire()
 
     # -- upstream (what IoT Hub receives) ----------------------------------------------------
 
@@ -514,119 +497,6 @@ class HubCore:
             if waiter in self._upstream_waiters:
                 self._upstream_waiters.remove(waiter)
         return self.store.upstream_since(since, limit)
-
-    # -- cloud-to-device messages (queue and feedback logic: c2d.py) --------------------------
-
-    def _c2d_queue(self, device_id: str) -> c2d.C2DQueue:
-        queue = self.c2d.get(device_id)
-        if queue is None:
-            queue = self.c2d[device_id] = c2d.C2DQueue(max_delivery_count=self.config.c2d_max_delivery_count)
-        return queue
-
-    def enqueue_c2d(self, device_id: str, body: bytes, system: dict[str, str], application: dict[str, str | None],
-                    *, expires: float | None) -> None:
-        """Queue a C2D message for a device (stored; delivered over MQTT as QoS 1 on
-        `devices/<id>/messages/devicebound/<properties>` while the device is subscribed; a PUBACK
-        completes it). Refused: unknown device, a full queue (IoT Hub's limit: 50), already expired,
-        too large, an `iothub-ack` other than none/positive/negative/full."""
-        identity = Identity(device_id)
-        if self.state.identities.get(identity) is None:
-            raise HubError("no such device", code=errors.C2D_UNKNOWN_DEVICE)
-        if len(body) > self.config.c2d_max_message_bytes:
-            raise HubError(f"{len(body)}-byte C2D message above the limit", code=errors.C2D_BAD_MESSAGE)
-        if c2d.ack_mode(application) is None:
-            raise HubError(f"{c2d.ACK_PROPERTY} must be one of {', '.join(c2d.ACK_MODES)}",
-                           code=errors.C2D_BAD_MESSAGE)
-        now = time.time()
-        ttl = self.config.c2d_default_ttl_secs if expires is None else expires - now
-        if ttl <= 0:
-            raise HubError("C2D message already expired", code=errors.C2D_BAD_MESSAGE)
-        queue = self._c2d_queue(device_id)
-        if len(queue) >= self.config.c2d_queue_limit:
-            raise HubError(f"device {device_id} has {len(queue)} C2D messages queued",
-                           code=errors.C2D_QUEUE_FULL)
-        deadline = now + min(ttl, self.config.c2d_max_ttl_secs)
-        props = {"system": system, "application": application}
-        seq = self.store.add_pending(device_id, "", c2d.C2D_INPUT, 0, deadline, body, props)
-        queue.push(QueuedMessage(0, seq, c2d.C2D_INPUT, deadline, body, props))
-        self.counters["c2d_queued"] = self.counters.get("c2d_queued", 0) + 1
-        self.pump(identity)
-
-    def _c2d_pump(self, identity: Identity) -> None:
-        queue = self.c2d.get(identity.device_id)
-        session = self.sessions.get(identity)
-        if queue is None or not queue.heap:
-            return
-        qos = None if session is None else session.subscriptions.get(f"{identity.topic_base}/messages/devicebound/#")
-        if session is None or qos is None:
-            return      # expired messages wait for housekeeping, a feedback receive or the next send
-        now = time.time()
-        send, outcomes = queue.take(self.config.inflight_window, now)
-        for message in send:
-            outcome = queue.sent(message, session.send_input(message, qos), now)
-            if outcome is not None:
-                outcomes.append(outcome)     # QoS 0 subscription: completed when sent
-        self._c2d_outcomes(identity.device_id, outcomes)
-
-    def _c2d_puback(self, identity: Identity, packet_id: int) -> None:
-        queue = self.c2d.get(identity.device_id)
-        outcome = None if queue is None else queue.complete(packet_id, time.time())
-        if outcome is not None:
-            self._c2d_outcomes(identity.device_id, [outcome])
-            self.pump(identity)
-
-    def _c2d_outcomes(self, device_id: str, outcomes: list[c2d.Outcome]) -> None:
-        """Messages that left a device's queue: delete their rows, count them, and record the
-        feedback their `iothub-ack` asks for."""
-        if not outcomes:
-            return
-        for outcome in outcomes:
-            self.store.delete_pending(outcome.message.seq)
-            key = f"c2d_{outcome.status.lower()}"
-            self.counters[key] = self.counters.get(key, 0) + 1
-        record = self.state.identities.get(Identity(device_id))
-        generation_id = record.generation_id if record is not None else ""
-        for feedback in c2d.outcome_records(outcomes, device_id, generation_id):
-            if not self.feedback.add(feedback):
-                self.refuse(errors.C2D_FEEDBACK_DROPPED, device_id,
-                            f"feedback queue holds {self.config.feedback_max_records} records")
-
-    def expire_c2d(self) -> int:
-        """Drop every expired enqueued C2D message (their `Expired` feedback included)."""
-        now = time.time()
-        dropped = 0
-        for device_id, queue in list(self.c2d.items()):
-            outcomes = queue.expire(now)
-            dropped += len(outcomes)
-            self._c2d_outcomes(device_id, outcomes)
-        return dropped
-
-    def purge_c2d(self, device_id: str) -> int:
-        """`DELETE /devices/{id}/commands`: remove every message queued for the device (404 for an
-        unknown device); returns how many."""
-        self.state.identity(Identity(device_id))
-        queue = self.c2d.get(device_id)
-        if queue is None:
-            return 0
-        outcomes = queue.purge(time.time())
-        self._c2d_outcomes(device_id, outcomes)
-        return len(outcomes)
-
-    def forget_c2d(self, device_id: str) -> None:
-        """A deleted device: its queue (rows are deleted by the caller) and its waiting feedback go."""
-        self.c2d.pop(device_id, None)
-        self.feedback.forget_device(device_id)
-
-    def receive_feedback(self) -> c2d.FeedbackMessage | None:
-        self.expire_c2d()      # an expiry is reported when the service asks, not 30 s later
-        return self.feedback.receive(time.time())
-
-    def settle_feedback(self, lock_token: str, *, complete: bool) -> None:
-        now = time.time()
-        done = self.feedback.complete(lock_token, now) if complete else self.feedback.abandon(lock_token, now)
-        if not done:
-            raise HubError("no feedback message is locked under this token (unknown, completed or lapsed)",
-                           code=errors.C2D_LOCK_LOST)
 
     # -- direct methods ----------------------------------------------------------------------
 

@@ -225,5 +225,5 @@ class AmqpEndpoint:
         else:
             body = b""
         expiry_ms = props.absolute_expiry_time if props is not None else None
-        self.core.enqueue_c2d(parts[1], body, system, application,
+        self.core.c2d.enqueue(parts[1], body, system, application,
                               expires=None if not expiry_ms else float(expiry_ms) / 1000)

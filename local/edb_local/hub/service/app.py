@@ -251,7 +251,7 @@ class ServiceApi:
         for session_identity in [i for i in self.core.sessions if i.device_id == device_id]:
             self.core.sessions[session_identity].close()
         self.core.store.delete_pending_for(device_id)
-        self.core.forget_c2d(device_id)
+        self.core.c2d.forget(device_id)
 
     async def get_device(self, request: web.Request) -> web.Response:
         return _etag_response(self.state.identity_json(Identity(request.match_info["id"])))
@@ -298,14 +298,14 @@ class ServiceApi:
 
     async def purge_c2d(self, request: web.Request) -> web.Response:
         device_id = request.match_info["id"]
-        purged = self.core.purge_c2d(device_id)
+        purged = self.core.c2d.purge(device_id)
         return web.json_response({"deviceId": device_id, "totalMessagesPurged": purged})
 
     async def receive_feedback(self, request: web.Request) -> web.Response:
         """The next feedback message, locked: its records as the body, the lock token in `ETag`
         (quoted, as IoT Hub's HTTPS receive of device-bound messages has it), the message's system
         properties in `iothub-*` headers; 204 when there is none."""
-        message = self.core.receive_feedback()
+        message = self.core.c2d.receive_feedback()
         if message is None:
             return web.Response(status=204)
         headers = {
@@ -321,11 +321,11 @@ class ServiceApi:
                             content_type=c2d.FEEDBACK_CONTENT_TYPE)
 
     async def complete_feedback(self, request: web.Request) -> web.Response:
-        self.core.settle_feedback(request.match_info["lockToken"], complete=True)
+        self.core.c2d.settle_feedback(request.match_info["lockToken"], complete=True)
         return web.Response(status=204)
 
     async def abandon_feedback(self, request: web.Request) -> web.Response:
-        self.core.settle_feedback(request.match_info["lockToken"], complete=False)
+        self.core.c2d.settle_feedback(request.match_info["lockToken"], complete=False)
         return web.Response(status=204)
 
     # -- twins -------------------------------------------------------------------------------
