@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from edb_local.hub.config import OWNER_POLICY, HubConfig
 from edb_local.hub.delivery import InputQueue, QueuedMessage
 from edb_local.hub.errors import HubError
 from edb_local.hub.message import HubMessage
+from edb_local.hub.methods_hub import METHODS_FILTER, DirectMethods
 from edb_local.hub.mqtt.codec import Connect, Publish
 from edb_local.hub.routing import Delivery, RouteTable, parse_edgehub_desired, route_message, route_twin_change
 from edb_local.hub.sas import parse_token, verify_token
@@ -46,7 +46,6 @@ from edb_local.hub.topics import (
     encode_c2d_topic,
     encode_input_topic,
     identity_from_client_id,
-    method_request_topic,
     model_id_from_username,
     twin_response_topic,
 )
@@ -54,10 +53,8 @@ from edb_local.hub.twin import Twin
 
 log = logging.getLogger("edb_local.hub")
 
-METHODS_FILTER = "$iothub/methods/POST/#"
 DESIRED_FILTER = "$iothub/twin/PATCH/properties/desired/#"
 TWIN_RES_FILTER = "$iothub/twin/res/#"
-MAX_METHOD_TIMEOUT = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +94,10 @@ class HubCore:
         self.route_tables: dict[str, RouteTable] = {}
         self.queues: dict[Identity, InputQueue] = {}      # module inputs (edgeHub store-and-forward)
         self.refusals: deque[Refusal] = deque(maxlen=1000)
-        self._pending_methods: dict[tuple[Identity, str], asyncio.Future[tuple[int, Any]]] = {}
-        self._online_waiters: dict[Identity, list[asyncio.Future[None]]] = {}
+        self.methods = DirectMethods(self.state, self.sessions)
         self._upstream_waiters: list[asyncio.Future[None]] = []
         self.upstream_listeners: list[Callable[[], None]] = []   # the AMQP endpoint's receivers
         self._wake_scheduled = False
-        self._rids = itertools.count(1)
         self.counters = {"telemetry_in": 0, "upstream": 0, "inputs_queued": 0, "inputs_acked": 0}
         self.c2d = CloudToDevice(config, store, self.state, self.sessions, self.counters, self.refuse)
         for identity, twin in self.state.twins.items():
@@ -231,7 +226,7 @@ class HubCore:
         self.sessions[identity] = session
         now = time.time()
         self._conn_times[identity] = (now, now)
-        self._wake_online(identity)
+        self.methods.wake_online(identity)
         asyncio.get_running_loop().call_soon(self.pump, identity)
         return present
 
@@ -272,7 +267,7 @@ class HubCore:
             self.store.subscribe(session.identity.client_id, topic_filter, granted)
             codes.append(granted)
         if METHODS_FILTER in session.subscriptions:
-            self._wake_online(session.identity)
+            self.methods.wake_online(session.identity)
         return codes
 
     def unsubscribe(self, session: ClientSession, topics: tuple[str, ...]) -> None:
@@ -304,7 +299,7 @@ class HubCore:
         elif isinstance(request, TwinReportedPatch):
             self._twin_reported(session, request.rid, publish.payload)
         elif isinstance(request, MethodResponse):
-            self._method_response(identity, request, publish.payload)
+            self.methods.response(identity, request, publish.payload)
         if publish.qos == 1 and publish.packet_id is not None:
             packet_id = publish.packet_id
             self.store.after_commit(lambda: session.send_puback(packet_id))
@@ -498,67 +493,7 @@ class HubCore:
                 self._upstream_waiters.remove(waiter)
         return self.store.upstream_since(since, limit)
 
-    # -- direct methods ----------------------------------------------------------------------
-
-    def _method_session(self, identity: Identity) -> ClientSession | None:
-        session = self.sessions.get(identity)
-        if session is not None and METHODS_FILTER in session.subscriptions:
-            return session
-        return None
-
-    def _wake_online(self, identity: Identity) -> None:
-        for waiter in self._online_waiters.pop(identity, []):
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def invoke_method(self, target: Identity, name: str, payload: Any, *, response_timeout: float,
-                            connect_timeout: float) -> tuple[int, Any]:
-        """Cloud-to-module (and module-to-module) direct method. HUB_DEVICE_NOT_ONLINE (404) when
-        the target is not connected and subscribed within ``connect_timeout``; HUB_METHOD_TIMEOUT
-        (504) when it does not answer within ``response_timeout``."""
-        self.state.identity(target)
-        loop = asyncio.get_running_loop()
-        session = self._method_session(target)
-        deadline = loop.time() + max(0.0, min(connect_timeout, MAX_METHOD_TIMEOUT))
-        while session is None and loop.time() < deadline:
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._online_waiters.setdefault(target, []).append(waiter)
-            try:
-                await asyncio.wait_for(waiter, deadline - loop.time())
-            except TimeoutError:
-                waiters = self._online_waiters.get(target, [])
-                if waiter in waiters:
-                    waiters.remove(waiter)
-                if not waiters:
-                    self._online_waiters.pop(target, None)
-                break
-            session = self._method_session(target)
-        if session is None:
-            raise HubError(f"{target} is not connected for direct methods", code=errors.DEVICE_NOT_ONLINE)
-        rid = format(next(self._rids), "x")
-        future: asyncio.Future[tuple[int, Any]] = loop.create_future()
-        self._pending_methods[(target, rid)] = future
-        try:
-            session.publish(method_request_topic(name, rid), json.dumps(payload).encode())
-            return await asyncio.wait_for(future, max(1.0, min(response_timeout, MAX_METHOD_TIMEOUT)))
-        except TimeoutError:
-            raise HubError(f"{target} did not answer {name!r} in time", code=errors.METHOD_TIMEOUT) from None
-        finally:
-            self._pending_methods.pop((target, rid), None)
-
-    def _method_response(self, identity: Identity, response: MethodResponse, payload: bytes) -> None:
-        future = self._pending_methods.get((identity, response.rid))
-        if future is None or future.done():
-            return  # late, duplicate, or for a request this identity never received
-        try:
-            body: Any = json.loads(payload.decode("utf-8")) if payload else None
-        except (UnicodeDecodeError, ValueError):
-            body = payload.decode("utf-8", errors="replace")
-        future.set_result((response.status, body))
-
     def close_all(self) -> None:
         for session in list(self.sessions.values()):
             session.close()
-        for future in self._pending_methods.values():
-            if not future.done():
-                future.cancel()
+        self.methods.cancel_all()

@@ -354,7 +354,7 @@ class ServiceApi:
         body = await _json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("methodName"), str) or not body["methodName"]:
             raise HubError("methodName is required", code=errors.BAD_REQUEST)
-        status, payload = await self.core.invoke_method(
+        status, payload = await self.core.methods.invoke(
             target, body["methodName"], body.get("payload"),
             response_timeout=_timeout(body.get("responseTimeoutInSeconds"), 30),
             connect_timeout=_timeout(body.get("connectTimeoutInSeconds"), 0))
