@@ -282,3 +282,131 @@ def test_queued_message_and_its_ack_survive_a_hub_restart(
     response = _feedback(registry)
     assert response.status_code == 200
     assert [(r["originalMessageId"], r["statusCode"]) for r in response.json()] == [("m-kept", "Success")]
+
+
+# -- feedback over AMQP (uamqp's ReceiveClient, as `az iot hub monitor-feedback`) ----------------
+
+def _service_auth(host: str, policy: str, key: str) -> Any:
+    """A CBS token for the IoT Hub service audience, made as azure-iot-hub's own AMQP client makes
+    it (`iothub_amqp_client.IoTHubAmqpClientSharedAccessKeyAuth`)."""
+    import base64
+    import hashlib
+    import hmac
+    import urllib.parse
+
+    import uamqp
+    from azure.core.credentials import AccessToken
+
+    def get_token() -> AccessToken:
+        expiry = int(time.time() + 3600)
+        digest = hmac.new(base64.b64decode(key), f"{host}\n{expiry}".encode(), hashlib.sha256).digest()
+        signature = urllib.parse.quote(base64.b64encode(digest))
+        return AccessToken(f"SharedAccessSignature sr={host}&sig={signature}&se={expiry}&skn={policy}", expiry)
+
+    auth = uamqp.authentication.JWTTokenAuth(audience="https://" + host, uri="https://" + host,
+                                             get_token=get_token, token_type=b"servicebus.windows.net:sastoken")
+    auth.update_token()
+    return auth
+
+
+def _feedback_receiver(hub: HubThread, *, key: str | None = None, path: str = "messages/serviceBound/feedback") -> Any:
+    import uamqp
+
+    from edb_local.hub.amqp.auth import service_policy_key
+
+    host = hub.config.service_host
+    auth = _service_auth(host, "service", key or service_policy_key(hub.config.owner_key))
+    return uamqp.ReceiveClient(f"amqps://{host}/{path}", auth=auth, auto_complete=False, timeout=0)
+
+
+def _amqp_feedback(receiver: Any, count: int = 1, timeout: float = 15.0) -> list[Any]:
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += receiver.receive_message_batch(max_batch_size=count - len(got), timeout=1000)
+    return got
+
+
+def _wait_success(hub: HubThread, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while hub.call(lambda: hub.server.core.counters.get("c2d_success", 0)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_feedback_over_amqp_accept_removes_and_release_redelivers(
+        hub: HubThread, registry: IoTHubRegistryManager, device: Any) -> None:
+    import json
+
+    inbox = Inbox()
+    device(inbox)
+    registry.send_c2d_message("c2d-dev", "a", properties={"messageId": "m-amqp", "iothub-ack": "full"})
+    assert len(inbox.wait(1)) == 1
+    _wait_success(hub, 1)
+    receiver = _feedback_receiver(hub)
+    try:
+        [first] = _amqp_feedback(receiver)
+        assert first.properties.content_type == b"application/vnd.microsoft.iothub.feedback.json"
+        [record] = json.loads(b"".join(first.get_data()))
+        assert (record["originalMessageId"], record["statusCode"], record["deviceId"]) == (
+            "m-amqp", "Success", "c2d-dev")
+        # locked while the delivery is unsettled: the HTTPS receive finds nothing
+        c2d_api = registry.protocol.cloud_to_device_messages
+        assert c2d_api.receive_feedback_notification(raw=True).response.status_code == 204
+        assert first.release()                            # abandon: the same message comes again
+        [second] = _amqp_feedback(receiver)
+        assert json.loads(b"".join(second.get_data())) == [record]
+        assert second.properties.message_id == first.properties.message_id
+        assert second.header.delivery_count == 1 and second.delivery_tag != first.delivery_tag
+        assert second.accept()                            # complete: gone
+        assert _amqp_feedback(receiver, timeout=2.0) == []
+    finally:
+        receiver.close()
+    assert c2d_api.receive_feedback_notification(raw=True).response.status_code == 204
+
+
+def test_feedback_over_amqp_unsettled_is_abandoned_when_the_receiver_goes(
+        hub: HubThread, registry: IoTHubRegistryManager, device: Any) -> None:
+    import json
+
+    inbox = Inbox()
+    device(inbox)
+    registry.send_c2d_message("c2d-dev", "a", properties={"messageId": "m-left", "iothub-ack": "positive"})
+    inbox.wait(1)
+    _wait_success(hub, 1)
+    receiver = _feedback_receiver(hub, path="messages/servicebound/feedback")   # IoT Hub's lower-case form
+    try:
+        [message] = _amqp_feedback(receiver)
+    finally:
+        receiver.close()                                  # never settled
+    records = json.loads(b"".join(message.get_data()))
+    response = _feedback(registry)                        # received again, over HTTPS this time
+    assert response.status_code == 200 and response.json() == records
+    assert response.headers["iothub-deliverycount"] == "1"
+
+
+def test_feedback_over_amqp_refuses_a_wrong_token(hub: HubThread) -> None:
+    receiver = _feedback_receiver(hub, key=new_key())
+    try:
+        with pytest.raises(Exception):  # noqa: B017 (uamqp raises its own TokenAuthFailure types)
+            _amqp_feedback(receiver, timeout=5.0)
+    finally:
+        receiver.close()
+    assert any(r.code == "HUB_AMQP_CBS_REFUSED" and r.detail.startswith("HUB_AUTH_BAD_SIGNATURE")
+               for r in hub.server.core.refusals)
+
+
+def test_feedback_over_amqp_reject_drops_it(hub: HubThread, registry: IoTHubRegistryManager, device: Any) -> None:
+    inbox = Inbox()
+    device(inbox)
+    registry.send_c2d_message("c2d-dev", "a", properties={"messageId": "m-rejected", "iothub-ack": "positive"})
+    inbox.wait(1)
+    _wait_success(hub, 1)
+    receiver = _feedback_receiver(hub)
+    try:
+        [message] = _amqp_feedback(receiver)
+        assert message.reject(condition="test:rejected", description="not wanted")
+        assert _amqp_feedback(receiver, timeout=2.0) == []
+    finally:
+        receiver.close()
+    c2d_api = registry.protocol.cloud_to_device_messages
+    assert c2d_api.receive_feedback_notification(raw=True).response.status_code == 204

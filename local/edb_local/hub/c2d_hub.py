@@ -32,6 +32,8 @@ class CloudToDevice:
         self.feedback = c2d.FeedbackQueue(
             ttl_secs=config.feedback_ttl_secs, lock_secs=config.feedback_lock_secs,
             max_delivery_count=config.feedback_max_delivery_count, max_records=config.feedback_max_records)
+        #: called when feedback may have become receivable (records added, a message abandoned)
+        self.feedback_listeners: list[Callable[[], None]] = []
 
     def queue(self, device_id: str) -> c2d.C2DQueue:
         queue = self.queues.get(device_id)
@@ -102,10 +104,19 @@ class CloudToDevice:
             self.counters[key] = self.counters.get(key, 0) + 1
         record = self.state.identities.get(Identity(device_id))
         generation_id = record.generation_id if record is not None else ""
+        added = False
         for feedback in c2d.outcome_records(outcomes, device_id, generation_id):
             if not self.feedback.add(feedback):
                 self._refuse(errors.C2D_FEEDBACK_DROPPED, device_id,
                             f"feedback queue holds {self.config.feedback_max_records} records")
+            else:
+                added = True
+        if added:
+            self._feedback_changed()
+
+    def _feedback_changed(self) -> None:
+        for listener in self.feedback_listeners:
+            listener()
 
     def expire(self) -> int:
         """Drop every expired enqueued C2D message (their `Expired` feedback included)."""
@@ -143,3 +154,5 @@ class CloudToDevice:
         if not done:
             raise HubError("no feedback message is locked under this token (unknown, completed or lapsed)",
                            code=errors.C2D_LOCK_LOST)
+        if not complete:
+            self._feedback_changed()

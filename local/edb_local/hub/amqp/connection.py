@@ -1,6 +1,6 @@
 """One AMQP 1.0 connection (TLS already done by asyncio on 5671, or a WebSocket on 443 through
 amqp/websocket.py): SASL, open, sessions, links, and the dispatch to the nodes: `$cbs`,
-`$management`, event partitions, `/messages/devicebound`.
+`$management`, event partitions, `/messages/devicebound`, `/messages/serviceBound/feedback`.
 
 Flow control is the client's: we send event messages only within the link credit it grants, and
 stop reading the log while the socket's write buffer is above its high-water mark
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from azure.eventhub._pyamqp.endpoints import Source, Target
 from azure.eventhub._pyamqp.error import AMQPError
-from azure.eventhub._pyamqp.outcomes import Accepted, Rejected
+from azure.eventhub._pyamqp.outcomes import Accepted, Rejected, Released
 from azure.eventhub._pyamqp.performatives import (
     AttachFrame,
     BeginFrame,
@@ -32,7 +32,7 @@ from azure.eventhub._pyamqp.performatives import (
 )
 
 from edb_local.hub import errors
-from edb_local.hub.amqp import codec, fastcodec
+from edb_local.hub.amqp import codec, fastcodec, servicebound
 from edb_local.hub.amqp import errors as amqp_errors
 from edb_local.hub.amqp.auth import Grant, normalise
 from edb_local.hub.amqp.links import CREDIT_GRANTED, Link, Session, field_at, flow_credit
@@ -54,6 +54,7 @@ OPEN_TIMEOUT = 10.0              # TLS done -> open received
 AUTH_TIMEOUT = 60.0              # open -> at least one accepted token
 WRITE_HIGH = 4 * 1024 * 1024     # per-connection write buffer before we stop reading the log
 _HEARTBEAT = b"\x00\x00\x00\x08\x02\x00\x00\x00"
+_SERVICEBOUND_NODES = frozenset(servicebound.NODES.values())
 _SASL_MECHANISMS = [b"MSSBCBS", b"PLAIN", b"ANONYMOUS"]   # uamqp-c needs MSSBCBS in the array
 
 
@@ -104,6 +105,7 @@ class AmqpConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.paused = False
         self.pump_all()
+        self.pump_all(servicebound=True)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -264,7 +266,9 @@ class AmqpConnection(asyncio.Protocol):
                 self._drop_link(link)
             del self.sessions[channel]
             self._send(channel, EndFrame(error=None))
-        elif code != codec.DISPOSITION:   # dispositions: every delivery we send is pre-settled
+        elif code == codec.DISPOSITION:
+            self._on_disposition(session, fields)
+        else:
             raise HubError(f"unexpected performative 0x{code:x}", code=amqp_errors.AMQP_MALFORMED)
 
     def _on_open(self, fields: list[Any]) -> None:
@@ -333,6 +337,7 @@ class AmqpConnection(asyncio.Protocol):
                 description=f"{refusal.code}: {refusal.message}"[:256], info=info)))
             return
         session.links[handle] = link
+        link.send_settled = field_at(fields, 3) == 1      # snd-settle-mode settled: at most once
         if link.node == "events":
             self.endpoint.add_receiver(self, session, link)
         if not link.we_send:
@@ -354,6 +359,8 @@ class AmqpConnection(asyncio.Protocol):
         link.credit = flow_credit(link, field_at(fields, 5), int(field_at(fields, 6) or 0))
         if link.node == "events":
             self.pump(session, link)
+        elif link.node in _SERVICEBOUND_NODES:
+            self.pump_servicebound(session, link)
         if field_at(fields, 8) and link.credit > 0:    # drain: use up the credit we could not fill
             link.delivery_count += link.credit
             link.credit = 0
@@ -430,6 +437,35 @@ class AmqpConnection(asyncio.Protocol):
         link.closed = True
         if link.node == "events":
             self.endpoint.remove_receiver(link)
+        unsettled, link.unsettled = link.unsettled, {}
+        for token in unsettled.values():    # never settled: received again later
+            self.endpoint.settle_servicebound(self, link, token, complete=False)
+
+    def _on_disposition(self, session: Session, fields: list[Any]) -> None:
+        """The receiver's outcome for deliveries of a service-bound source (the deliveries of other
+        links are pre-settled: nothing to do)."""
+        if not field_at(fields, 0):
+            return          # from a sender: we settle every delivery we receive at once
+        first = int(field_at(fields, 1) or 0)
+        last = field_at(fields, 2)
+        last = first if last is None else int(last)
+        settled, state = bool(field_at(fields, 3)), field_at(fields, 4)
+        if last < first or last - first > 0xFFFF:
+            return
+        for delivery_id in range(first, last + 1):
+            for link in session.links.values():
+                token = link.unsettled.pop(delivery_id, None)
+                if token is None:
+                    continue
+                complete = servicebound.settle_as(state)
+                self.endpoint.settle_servicebound(self, link, token, complete=complete)
+                if not settled:      # rcv-settle-mode second: we settle, the receiver forgets
+                    self._send(session.channel, DispositionFrame(
+                        role=False, first=delivery_id, last=delivery_id, settled=True,
+                        state=Accepted() if complete else Released(), batchable=None))
+                if not link.closed:
+                    self.pump_servicebound(session, link)
+                break
 
     # -- messages to nodes -------------------------------------------------------------------
 
@@ -456,8 +492,10 @@ class AmqpConnection(asyncio.Protocol):
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send_message(self, session: Session, link: Link, payload: bytes) -> None:
-        """One pre-settled delivery, split into frames that fit the client's max-frame-size."""
+    def send_message(self, session: Session, link: Link, payload: bytes, *, settled: bool = True,
+                     tag: bytes | None = None) -> int:
+        """One delivery (pre-settled unless ``settled`` is False), split into frames that fit the
+        client's max-frame-size; returns its delivery id."""
         delivery_id = session.next_delivery_id()
         room = self.peer_max_frame - 64       # transfer performative with all its fields < 64 bytes
         offset, first = 0, True
@@ -466,11 +504,12 @@ class AmqpConnection(asyncio.Protocol):
             chunk = payload[offset:offset + room]
             offset += len(chunk)
             frames.append(fastcodec.transfer_frame(session.channel, link.handle, delivery_id if first else None,
-                                                   chunk, more=offset < len(payload)))
+                                                   chunk, more=offset < len(payload), settled=settled, tag=tag))
             first = False
         self._write(b"".join(frames))
         link.delivery_count += 1
         link.credit = max(0, link.credit - 1)
+        return delivery_id
 
     def pump(self, session: Session, link: Link) -> None:
         """Send stored events to one partition receiver, within its credit."""
@@ -478,8 +517,28 @@ class AmqpConnection(asyncio.Protocol):
             return
         self.endpoint.fill(self, session, link)
 
-    def pump_all(self) -> None:
+    def pump_servicebound(self, session: Session, link: Link) -> None:
+        """Send receivable messages of a service-bound source, within its credit; each stays
+        locked until the receiver's disposition (or the link's end) settles it."""
+        while not (self.closed or self.paused or link.closed) and link.credit > 0:
+            item = self.endpoint.next_servicebound(link)
+            if item is None:
+                return
+            payload, token = item
+            delivery_id = self.send_message(session, link, payload, settled=link.send_settled,
+                                            tag=servicebound.lock_tag(token))
+            if link.send_settled:
+                self.endpoint.settle_servicebound(self, link, token, complete=True)
+            else:
+                link.unsettled[delivery_id] = token
+
+    def pump_all(self, *, servicebound: bool = False) -> None:
+        """Fill the event receivers (or, with ``servicebound``, the service-bound ones)."""
         for session in list(self.sessions.values()):
             for link in list(session.links.values()):
-                if link.node == "events":
+                if link.closed:
+                    continue
+                if not servicebound and link.node == "events":
                     self.pump(session, link)
+                elif servicebound and link.node in _SERVICEBOUND_NODES:
+                    self.pump_servicebound(session, link)

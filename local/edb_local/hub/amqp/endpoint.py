@@ -7,7 +7,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from edb_local.hub.amqp import codec, eventlog
+from edb_local.hub import c2d
+from edb_local.hub.amqp import codec, eventlog, servicebound
 from edb_local.hub.amqp import errors as amqp_errors
 from edb_local.hub.amqp.auth import Grant, normalise, verify_service_token
 from edb_local.hub.amqp.eventlog import Position, partition_of
@@ -38,6 +39,8 @@ class AmqpEndpoint:
         self.connections: set[AmqpConnection] = set()
         self._receivers: dict[tuple[str, int], list[tuple[AmqpConnection, Session, Link]]] = {}
         core.upstream_listeners.append(self.wake)
+        core.c2d.feedback_listeners.append(self.wake_servicebound)
+        self._servicebound_wake: asyncio.Handle | None = None
 
     # -- authorisation -----------------------------------------------------------------------
 
@@ -81,6 +84,12 @@ class AmqpEndpoint:
                                code=amqp_errors.AMQP_UNAUTHORIZED)
             link.node = "devicebound"
             link.max_message = self.core.config.c2d_max_message_bytes + 8 * 1024
+            return
+        if path in servicebound.NODES and link.we_send:
+            # ServiceConnect, as the HTTPS feedback routes: only `iothubowner` and `service` grant
+            if not conn.authorised(f"{self.core.config.address}/{path}", event_hub=False):
+                raise HubError(f"no accepted IoT Hub service token for /{path}", code=amqp_errors.AMQP_UNAUTHORIZED)
+            link.node = servicebound.NODES[path]
             return
         raise HubError("no such node", code=amqp_errors.AMQP_NOT_FOUND)
 
@@ -160,6 +169,34 @@ class AmqpEndpoint:
                 if link.credit <= 0 or conn.paused:
                     return
         asyncio.get_running_loop().call_soon(conn.pump, session, link)
+
+    # -- service-bound sources (feedback) ----------------------------------------------------
+
+    def wake_servicebound(self) -> None:
+        """Feedback became receivable: fill the service-bound receivers on the next loop turn (the
+        caller may be in the middle of a device's PUBACK)."""
+        if self._servicebound_wake is None and self.connections:
+            self._servicebound_wake = asyncio.get_running_loop().call_soon(self._pump_servicebound)
+
+    def _pump_servicebound(self) -> None:
+        self._servicebound_wake = None
+        for conn in list(self.connections):
+            conn.pump_all(servicebound=True)
+
+    def next_servicebound(self, link: Link) -> tuple[bytes, str] | None:
+        """The next message for a service-bound receiver, locked: its payload and lock token."""
+        message = self.core.c2d.receive_feedback()
+        if message is None or message.lock_token is None:
+            return None
+        payload = servicebound.message_payload(message.message_id, message.body(), c2d.FEEDBACK_CONTENT_TYPE,
+                                               self.core.config.hub_name, message.delivery_count)
+        return payload, message.lock_token
+
+    def settle_servicebound(self, conn: AmqpConnection, link: Link, lock_token: str, *, complete: bool) -> None:
+        try:
+            self.core.c2d.settle_feedback(lock_token, complete=complete)
+        except HubError as exc:   # the lock lapsed (and the message was received again): nothing to settle
+            self.core.refuse(exc.code, conn.peer, f"{link.node} disposition: {exc.message}")
 
     # -- $management -------------------------------------------------------------------------
 

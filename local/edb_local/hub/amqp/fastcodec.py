@@ -99,14 +99,19 @@ def event_payload_raw(annotation_pairs: bytes, pair_count: int, properties: list
     return out + section(0x75, value(bytes(body)))
 
 
-def transfer_frame(channel: int, handle: int, delivery_id: int | None, payload: bytes, *, more: bool) -> bytes:
-    """A pre-settled transfer with all 11 fields present (pyamqp reads them by position)."""
+def transfer_frame(channel: int, handle: int, delivery_id: int | None, payload: bytes, *, more: bool,
+                   settled: bool = True, tag: bytes | None = None) -> bytes:
+    """A transfer with all 11 fields present (pyamqp reads them by position): pre-settled unless
+    ``settled`` is False (the receiver then settles it with a disposition); the delivery tag is
+    ``tag`` or the delivery id's four bytes."""
     first = delivery_id is not None
+    if first and tag is None:
+        tag = delivery_id.to_bytes(4, "big")   # type: ignore[union-attr]
     fields = (_UINT.pack(0x70, handle)
               + (_UINT.pack(0x70, delivery_id) if first else _NULL)
-              + (value(delivery_id.to_bytes(4, "big")) if first else _NULL)   # type: ignore[union-attr]
+              + (value(tag) if first else _NULL)
               + (b"\x43" if first else _NULL)          # message-format 0
-              + _TRUE                                  # settled
+              + (_TRUE if settled else _FALSE)         # settled
               + (_TRUE if more else _FALSE)            # more
               + _NULL + _NULL                          # rcv-settle-mode, state
               + _FALSE + _FALSE + _FALSE)              # resume, aborted, batchable

@@ -17,7 +17,7 @@ class Link:
     handle: int             # the client's handle; ours is the same number
     we_send: bool           # True: the client receives on this link
     address: str
-    node: str               # "$cbs" | "$management" | "events" | "devicebound"
+    node: str               # "$cbs" | "$management" | "events" | "devicebound" | "feedback"
     max_message: int
     # sending side (we_send)
     credit: int = 0
@@ -34,6 +34,9 @@ class Link:
     position: Position | None = None
     epoch: int | None = None
     runtime_metrics: bool = False
+    # service-bound sources (feedback): deliveries awaiting the receiver's disposition
+    send_settled: bool = False                                  # the receiver asked for pre-settled
+    unsettled: dict[int, str] = field(default_factory=dict)     # delivery id -> lock token
     closed: bool = False
 
 
