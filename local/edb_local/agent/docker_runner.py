@@ -89,12 +89,7 @@ class ContainerRunner:
 
     async def start(self, record: ModuleRecord, request: ContainerRequest) -> None:
         module_id = record.spec.module_id
-        record.healthy = None
-        record.exit_code = None
-        record.stop_reason = None
-        record.started_at = time.monotonic()
-        record.exited_at = None
-        record.last_start = dt.datetime.now(dt.UTC)
+        record.mark_starting()
         try:
             container_id = await self._call(self._create_and_start, request)
         except Exception as exc:  # Docker's refusal is the module's failure, never the agent's

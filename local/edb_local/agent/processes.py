@@ -48,6 +48,15 @@ class ModuleRecord:
     container_id: str | None = None  # the Docker runtime's container (edb_local.agent.docker_runner)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def mark_starting(self) -> None:
+        """A new run of the module begins (process or container): the last run's outcome is cleared."""
+        self.healthy = None
+        self.exit_code = None
+        self.stop_reason = None
+        self.started_at = time.monotonic()
+        self.exited_at = None
+        self.last_start = dt.datetime.now(dt.UTC)
+
     def mark_exited(self, code: int, description: str | None = None) -> None:
         """The module's process or container ended with ``code``: what both runtimes record (a
         stop the agent asked for keeps its own description), and the other tasks of this run end."""
@@ -95,12 +104,7 @@ class ProcessRunner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         workdir = self.work_root / module_id
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        record.healthy = None
-        record.exit_code = None
-        record.stop_reason = None
-        record.started_at = time.monotonic()
-        record.exited_at = None
-        record.last_start = dt.datetime.now(dt.UTC)
+        record.mark_starting()
         with open(self.log_dir / f"{module_id}.log", "ab") as log_file:
             try:
                 process = await asyncio.create_subprocess_exec(
